@@ -1,0 +1,8 @@
+"""lotdeploy: compile, deploy and verify Coreflux MQTT_CLUSTER meshes from one site spec.
+
+The pipeline, one package or module per stage:
+spec (load, validate) -> model/topology -> compiler (templates, LOT grammar) -> pki/secrets
+-> plan -> transports -> broker client -> apply/verify/rollout; the lab beside it.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from lotdeploy.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""Render each node's route file and prove it: the text is parsed back with the LOT parser
+and must equal the intended routes, or nothing is written (a template bug never ships)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lotdeploy.compiler.routes import node_route_settings, route_tree
+from lotdeploy.compiler.templates import render_template
+from lotdeploy.errors import CompileError, LotSyntaxError
+from lotdeploy.lot import parse
+from lotdeploy.lot.ast import Route
+from lotdeploy.model import Node, Site
+from lotdeploy.secret import Secret, scrub
+
+
+@dataclass(frozen=True)
+class NodeArtifact:
+    node: str
+    text: str  # holds the cluster password: write it 0600, never print it
+    routes: tuple[Route, ...]
+
+
+def compile_node(site: Site, node: Node, password: Secret) -> NodeArtifact:
+    settings = node_route_settings(site, node)
+    intended = tuple(route_tree(s, password) for s in settings)
+    context = {
+        "site": {"name": site.name},
+        "node": {"name": node.name, "region": node.region, "address": node.address},
+        "routes": [{**s, "password": password.reveal()} for s in settings],
+    }
+    text = render_template(site.templates_dir, context)
+    filename = f"{node.name}/routes.lot"
+    try:
+        parsed = parse(text, filename)
+    except LotSyntaxError as exc:
+        raise CompileError(
+            f"template output for node {node.name} does not parse: {scrub(str(exc))}"
+        ) from None
+    if parsed != intended:
+        raise CompileError(
+            f"template output for node {node.name} differs from the intended routes "
+            f"({_first_difference(intended, parsed)}); nothing was written"
+        )
+    return NodeArtifact(node.name, text, intended)
+
+
+def compile_site(site: Site, password: Secret) -> list[NodeArtifact]:
+    return [compile_node(site, node, password) for node in site.nodes]
+
+
+def _first_difference(intended: tuple[Route, ...], parsed: tuple[Route, ...]) -> str:
+    if len(intended) != len(parsed):
+        return f"{len(parsed)} routes instead of {len(intended)}"
+    for want, got in zip(intended, parsed, strict=True):
+        if want != got:
+            return f"route {want.name} at line {got.line}"
+    return "unknown"

@@ -1,0 +1,55 @@
+"""What each node should run: one MQTT_CLUSTER route per peer, as a LOT tree (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str
+from lotdeploy.model import Link, Node, Site
+from lotdeploy.secret import Secret
+
+ROUTE_TYPE = "MQTT_CLUSTER"
+ROUTE_FILE = "routes.lot"
+
+
+def route_settings(link: Link, peer: Node) -> dict[str, Any]:
+    """The route's attributes, password excluded; used by the plan, the template and the AST.
+
+    The peer decides port, TLS and username: the route must match what the *target*
+    broker listens on and accepts.
+    """
+    return {
+        "name": link.route_name,
+        "peer": peer.name,
+        "peer_region": peer.region,
+        "link_class": link.link_class,
+        "broker_address": peer.address,
+        "broker_port": peer.port,
+        "client_id": link.client_id,
+        "username": peer.username,
+        "message_validity_sec": link.message_validity_sec,
+        "use_tls": peer.tls,
+    }
+
+
+def route_tree(settings: dict[str, Any], password: Secret) -> Route:
+    entries = [
+        Setting("BROKER_ADDRESS", Str(settings["broker_address"])),
+        Setting("BROKER_PORT", Int(settings["broker_port"], quoted=True)),
+        Setting("CLIENT_ID", Str(settings["client_id"])),
+        Setting("USERNAME", Str(settings["username"])),
+        Setting("PASSWORD", Str(password.reveal())),
+        Setting("MESSAGE_VALIDITY_SEC", Int(settings["message_validity_sec"], quoted=True)),
+    ]
+    if settings["use_tls"]:
+        entries.append(Setting("USE_TLS", Bool(True)))
+    return Route(settings["name"], ROUTE_TYPE, (Block("CLUSTER_CONFIG", None, tuple(entries)),))
+
+
+def node_route_settings(site: Site, node: Node) -> list[dict[str, Any]]:
+    peers = {peer.name: peer for peer in site.nodes}
+    return [route_settings(link, peers[link.target]) for link in site.links_from(node.name)]
+
+
+def intended_routes(site: Site, node: Node, password: Secret) -> tuple[Route, ...]:
+    return tuple(route_tree(s, password) for s in node_route_settings(site, node))

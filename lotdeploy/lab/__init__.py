@@ -1,0 +1,1 @@
+"""The lab: a Coreflux-compatible broker and a multi-host cluster on one Linux machine."""

@@ -1,0 +1,114 @@
+"""Show a plan: one change per line, grouped site → region → node, closing summary.
+
+Sensitive values never reach here (Attr only ever holds "(sensitive)"); as a second line
+of defence every output passes through `scrub`.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+from typing import Any
+
+import click
+
+from lotdeploy.plan.build import Plan
+from lotdeploy.plan.changes import Change
+from lotdeploy.secret import dumps
+
+PLAN_JSON_FORMAT = 1
+_COLOURS = {"create": "green", "update": "yellow", "delete": "red", "replace": "magenta"}
+
+
+def _route_line(change: Change) -> str:
+    if change.action == "update":
+        parts = [f"{a.name} {a.before} -> {a.after}" for a in change.attrs]
+        return "  ".join(parts)
+    values = {a.name: (a.after if change.action != "delete" else a.before) for a in change.attrs}
+    tls = "tls" if values.get("USE_TLS") == "true" else "plain"
+    return (
+        f"-> {values.get('BROKER_ADDRESS')}:{values.get('BROKER_PORT')} {tls}  "
+        f"client {values.get('CLIENT_ID')}  user {values.get('USERNAME')}  "
+        f"password {values.get('PASSWORD')}  validity {values.get('MESSAGE_VALIDITY_SEC')}s"
+        + (f" ({change.reason})" if change.reason else "")
+    )
+
+
+def _line(change: Change, colour: bool) -> str:
+    marker = change.marker
+    if colour:
+        marker = click.style(marker, fg=_COLOURS[change.action], bold=True)
+    if change.kind == "route":
+        detail = _route_line(change)
+    else:
+        shown = "  ".join(f"{a.name} {a.after}" for a in change.attrs if a.after is not None)
+        detail = "  ".join(p for p in (shown, f"({change.reason})" if change.reason else "") if p)
+    return f"{marker} {change.kind} {change.name}  {detail}".rstrip()
+
+
+def format_text(plan: Plan, colour: bool = False) -> str:
+    out: list[str] = []
+    head = (
+        f"lotdeploy plan: site {plan.site} ({plan.node_count} nodes, "
+        f"{plan.region_count} region{'s' if plan.region_count != 1 else ''})"
+    )
+    out.append(click.style(head, bold=True) if colour else head)
+    site_level = [c for c in plan.changes if c.node is None]
+    node_level = sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key)
+    if site_level:
+        out.append("")
+        out.append(f"site {plan.site}")
+        out.extend("  " + _line(c, colour) for c in site_level)
+    for region, in_region in groupby(node_level, key=lambda c: c.region or ""):
+        out.append("")
+        out.append(f"region {region}")
+        for node, changes in groupby(in_region, key=lambda c: c.node or ""):
+            out.append(f"  node {node}")
+            out.extend("    " + _line(c, colour) for c in changes)
+    if plan.warnings:
+        out.append("")
+        for warning in plan.warnings:
+            out.append(("Warning: " if not colour else click.style("Warning: ", fg="yellow")) + warning)
+    out.append("")
+    out.append(summary_line(plan))
+    return "\n".join(out) + "\n"
+
+
+def summary_line(plan: Plan) -> str:
+    if not plan.has_changes:
+        return "No changes. The site matches the known state."
+    counts = plan.summary()
+    kinds: dict[str, int] = {}
+    for change in plan.changes:
+        kinds[change.kind] = kinds.get(change.kind, 0) + 1
+    detail = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(kinds.items()))
+    replace = f", {counts['replace']} to replace" if counts["replace"] else ""
+    return (
+        f"Plan: {counts['create']} to add, {counts['update']} to change, "
+        f"{counts['delete']} to destroy{replace} ({detail})."
+    )
+
+
+def to_json(plan: Plan) -> str:
+    doc: dict[str, Any] = {
+        "format_version": PLAN_JSON_FORMAT,
+        "site": plan.site,
+        "site_digest": plan.site_digest,
+        "nodes": plan.node_count,
+        "regions": plan.region_count,
+        "changes": [
+            {
+                "action": c.action,
+                "kind": c.kind,
+                "name": c.name,
+                "node": c.node,
+                "region": c.region,
+                "reason": c.reason,
+                "attributes": {a.name: {"before": a.before, "after": a.after} for a in c.attrs},
+            }
+            for c in [*(c for c in plan.changes if c.node is None),
+                      *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key)]
+        ],
+        "warnings": plan.warnings,
+        "summary": plan.summary(),
+    }
+    return dumps(doc, indent=2) + "\n"

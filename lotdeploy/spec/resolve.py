@@ -1,0 +1,136 @@
+"""Decide every setting (node > region > defaults > built-in) and build the topology."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lotdeploy.model import (
+    DEFAULT_PORT,
+    DEFAULT_REGION,
+    DEFAULT_TLS_PORT,
+    DEFAULT_USERNAME,
+    DEFAULT_VALIDITY_CROSS_REGION,
+    DEFAULT_VALIDITY_IN_REGION,
+    BrokerAccess,
+    Link,
+    LinkClass,
+    Node,
+    PkiPolicy,
+    Site,
+    SshTarget,
+    route_name_for,
+)
+from lotdeploy.spec.schema import NodeSpec, Settings, SiteSpec
+
+
+def layers_for(spec: SiteSpec, node: NodeSpec) -> list[Settings]:
+    region = spec.regions.get(node.region or DEFAULT_REGION)
+    return [layer for layer in (node, region, spec.defaults) if layer is not None]
+
+
+def _pick(layers: list[Settings], attr: str, default: Any) -> Any:
+    for layer in layers:
+        value = getattr(layer, attr)
+        if value is not None:
+            return value
+    return default
+
+
+def _merge_block(layers: list[Settings], block: str) -> dict[str, Any]:
+    """Per-key merge of a nested block (`ssh`, `broker`): nearest layer wins per key."""
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        sub = getattr(layer, block)
+        if sub is not None:
+            merged.update({k: v for k, v in sub.model_dump().items() if v is not None})
+    return merged
+
+
+def resolve_node(spec: SiteSpec, node: NodeSpec) -> Node:
+    layers = layers_for(spec, node)
+    tls = bool(_pick(layers, "tls", False))
+    ssh = _merge_block(layers, "ssh")
+    broker = _merge_block(layers, "broker")
+    for key in ("key", "known_hosts"):
+        if key in ssh:
+            ssh[key] = Path(ssh[key])
+    if "admin_password_file" in broker:
+        broker["admin_password_file"] = Path(broker["admin_password_file"])
+    ssh.setdefault("host", node.address)
+    return Node(
+        name=node.name,
+        address=node.address,
+        port=_pick(layers, "port", DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
+        region=node.region or DEFAULT_REGION,
+        tls=tls,
+        username=_pick(layers, "username", DEFAULT_USERNAME),
+        message_validity_sec=_pick(layers, "message_validity_sec", DEFAULT_VALIDITY_IN_REGION),
+        cross_region_message_validity_sec=_pick(
+            layers, "cross_region_message_validity_sec", DEFAULT_VALIDITY_CROSS_REGION
+        ),
+        dns_names=tuple(node.dns_names),
+        ip_addresses=tuple(node.ip_addresses),
+        tags=tuple(sorted(set(node.tags))),
+        ssh=SshTarget(**ssh),
+        broker=BrokerAccess(**broker),
+    )
+
+
+def format_client_id(spec: SiteSpec, source: Node, target: Node) -> str:
+    return spec.client_id_format.format(
+        node=source.name,
+        peer=target.name,
+        site=spec.site,
+        region=source.region,
+        peer_region=target.region,
+    )
+
+
+def link_validity(spec: SiteSpec, source: Node, target: Node) -> tuple[int, LinkClass]:
+    """Node-pair override > region-pair override > the source's link-class setting."""
+    by_region: int | None = None
+    for override in spec.links:
+        pair = set(override.between)
+        if pair == {source.name, target.name}:
+            return override.message_validity_sec, "override"
+        if pair == {source.region, target.region} and by_region is None:
+            by_region = override.message_validity_sec
+    if by_region is not None:
+        return by_region, "override"
+    if source.region == target.region:
+        return source.message_validity_sec, "in-region"
+    return source.cross_region_message_validity_sec, "cross-region"
+
+
+def resolve(spec: SiteSpec, source_file: Path, base_dir: Path) -> Site:
+    nodes = sorted((resolve_node(spec, n) for n in spec.nodes), key=lambda n: n.name)
+    links: list[Link] = []
+    if spec.topology == "full-mesh":
+        for source in nodes:
+            for target in nodes:
+                if source.name == target.name:
+                    continue
+                validity, link_class = link_validity(spec, source, target)
+                links.append(
+                    Link(
+                        source=source.name,
+                        target=target.name,
+                        route_name=route_name_for(target.name),
+                        client_id=format_client_id(spec, source, target),
+                        message_validity_sec=validity,
+                        link_class=link_class,
+                    )
+                )
+    regions = sorted({n.region for n in nodes} | set(spec.regions))
+    templates_dir = (base_dir / spec.templates) if spec.templates else None
+    return Site(
+        name=spec.site,
+        source=source_file,
+        nodes=tuple(nodes),
+        links=tuple(links),
+        regions=tuple(regions),
+        pki=PkiPolicy(**spec.pki.model_dump()),
+        templates_dir=templates_dir,
+        base_dir=base_dir,
+    )

@@ -1,0 +1,220 @@
+"""The site's workspace (`.lotdeploy/` beside the site file): secret store, PKI, state.
+
+The secret store is one file, `secrets.enc`, encrypted at rest with AES-256-GCM under a key
+derived by scrypt from the operator's passphrase. The header (format, KDF parameters, salt)
+is authenticated as associated data, so tampering with any byte is detected. The file is
+written atomically with mode 0600; a wrong passphrase or a damaged file is an error that
+says what to do, and nothing is ever overwritten after a failed open.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from lotdeploy.errors import SecretStoreError, WorkspaceError
+from lotdeploy.fsutil import atomic_write
+from lotdeploy.secret import Secret
+
+PASSPHRASE_ENV = "LOTDEPLOY_PASSPHRASE"
+STORE_FORMAT = "lotdeploy-secret-store"
+STORE_VERSION = 1
+# scrypt cost: ~0.1 s on a small machine; stored in the header so it can grow later.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+PassphraseProvider = Callable[[bool], Secret]
+
+
+def passphrase_from_environment(creating: bool) -> Secret:
+    """LOTDEPLOY_PASSPHRASE, else a prompt on a terminal, else a clear error."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return Secret(value)
+    if sys.stdin.isatty():
+        import click
+
+        prompt = "New workspace passphrase" if creating else "Workspace passphrase"
+        entered = click.prompt(prompt, hide_input=True, confirmation_prompt=creating)
+        if entered:
+            return Secret(entered)
+    raise SecretStoreError(
+        f"the workspace secret store needs a passphrase: set {PASSPHRASE_ENV} "
+        "or run on a terminal to be prompted"
+    )
+
+
+def _derive_key(passphrase: Secret, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.reveal().encode())
+
+
+@dataclass
+class SecretStore:
+    """Named secrets of one site. Values are Secrets in memory; `save()` re-encrypts."""
+
+    path: Path
+    _passphrase: Secret
+    _values: dict[str, str] = field(default_factory=dict)
+    _salt: bytes = b""
+
+    @classmethod
+    def open(cls, path: Path, passphrase: Secret, create: bool = True) -> SecretStore:
+        if not path.exists():
+            if not create:
+                raise SecretStoreError(f"{path}: no secret store yet (run `lotdeploy render` first)")
+            return cls(path, passphrase, {}, os.urandom(16))
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise SecretStoreError(f"{path}: cannot read the secret store: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+            header = doc["header"]
+            if header.get("format") != STORE_FORMAT or header.get("version") != STORE_VERSION:
+                raise ValueError("unknown format")
+            kdf = header["kdf"]
+            salt = base64.b64decode(kdf["salt"], validate=True)
+            nonce = base64.b64decode(doc["nonce"], validate=True)
+            ciphertext = base64.b64decode(doc["ciphertext"], validate=True)
+            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+            if not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16):
+                raise ValueError("KDF parameters out of range")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SecretStoreError(
+                f"{path}: the secret store is damaged or truncated; restore it from a backup "
+                "(nothing was changed)"
+            ) from None
+        aad = _canonical(header)
+        key = _derive_key(passphrase, salt, n, r, p)
+        try:
+            plaintext = AESGCM(key).decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise SecretStoreError(
+                f"{path}: wrong passphrase, or the secret store was tampered with "
+                f"(check {PASSPHRASE_ENV}; nothing was changed)"
+            ) from None
+        try:
+            values = json.loads(plaintext)
+            if not isinstance(values, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+            ):
+                raise ValueError
+        except ValueError:
+            raise SecretStoreError(f"{path}: the secret store content is malformed") from None
+        return cls(path, passphrase, values, salt)
+
+    def get(self, name: str) -> Secret | None:
+        value = self._values.get(name)
+        return None if value is None else Secret(value)
+
+    def set(self, name: str, value: Secret) -> None:
+        self._values[name] = value.reveal()
+
+    def delete(self, name: str) -> None:
+        self._values.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._values)
+
+    def get_or_create(self, name: str, factory: Callable[[], Secret]) -> Secret:
+        """Return the stored secret, generating, storing and saving it on first use."""
+        existing = self.get(name)
+        if existing is not None:
+            return existing
+        value = factory()
+        self.set(name, value)
+        self.save()
+        return value
+
+    def save(self) -> None:
+        header = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "kdf": {
+                "name": "scrypt",
+                "n": SCRYPT_N,
+                "r": SCRYPT_R,
+                "p": SCRYPT_P,
+                "salt": base64.b64encode(self._salt).decode(),
+            },
+            "cipher": "AES-256-GCM",
+        }
+        key = _derive_key(self._passphrase, self._salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        nonce = os.urandom(12)
+        plaintext = json.dumps(self._values, sort_keys=True).encode()
+        ciphertext = AESGCM(key).encrypt(nonce, plaintext, _canonical(header))
+        doc = {
+            "header": header,
+            "nonce": base64.b64encode(nonce).decode(),
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+        }
+        try:
+            atomic_write(self.path, json.dumps(doc, indent=1) + "\n", mode=0o600)
+        except OSError as exc:
+            raise SecretStoreError(f"{self.path}: cannot write the secret store: {exc.strerror}") from None
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Workspace:
+    """Where lotdeploy keeps what it knows about one site between runs."""
+
+    root: Path
+    passphrase_provider: PassphraseProvider = passphrase_from_environment
+    _store: SecretStore | None = None
+
+    @classmethod
+    def for_site(cls, site_file: Path, override: Path | None = None) -> Workspace:
+        root = override if override is not None else Path(site_file).resolve().parent / ".lotdeploy"
+        return cls(Path(root))
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.root / "secrets.enc"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def ensure(self) -> None:
+        """Create the workspace directory (0700); refuse one we cannot use."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise WorkspaceError(f"{self.root}: workspace is not writable")
+            mode = stat.S_IMODE(self.root.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise WorkspaceError(f"{self.root}: cannot use the workspace: {exc.strerror}") from None
+
+    def has_secret_store(self) -> bool:
+        return self.secrets_path.exists()
+
+    def secrets(self) -> SecretStore:
+        """Open (or create) the secret store, asking for the passphrase once per run."""
+        if self._store is None:
+            self.ensure()
+            creating = not self.secrets_path.exists()
+            passphrase = self.passphrase_provider(creating)
+            self._store = SecretStore.open(self.secrets_path, passphrase)
+        return self._store
