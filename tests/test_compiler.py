@@ -1,0 +1,199 @@
+"""The compiler: golden files, the parse-back guarantee, determinism, random specs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lotdeploy.compiler import compile_node, compile_site
+from lotdeploy.errors import CompileError, SpecError
+from lotdeploy.lot import parse
+from lotdeploy.model import ROUTE_PREFIX
+from lotdeploy.secret import Secret
+from lotdeploy.spec import load_site, load_site_text
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+VENDOR_PASSWORD = Secret("secure_cluster_pass")  # the vendor page's example value
+
+
+def test_golden_three_node_example() -> None:
+    """The vendor's three-node example (system-routes.md) compiles to the golden files."""
+    site = load_site(REPO / "inventories" / "plant-a.yaml").site
+    for artifact in compile_site(site, VENDOR_PASSWORD):
+        golden = GOLDEN / "plant-a" / f"{artifact.node}.lot"
+        if os.environ.get("UPDATE_GOLDEN"):
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(artifact.text)
+        assert artifact.text == golden.read_text(), f"golden mismatch for {artifact.node}"
+
+
+def test_route_content_matches_vendor_convention() -> None:
+    site = load_site(REPO / "inventories" / "plant-a.yaml").site
+    node1 = compile_node(site, site.node("Node1"), VENDOR_PASSWORD)
+    assert [r.name for r in node1.routes] == ["lotdeploy_Node2", "lotdeploy_Node3"]
+    config = node1.routes[0].block("CLUSTER_CONFIG")
+    assert config is not None
+    text = node1.text
+    assert 'WITH CLIENT_ID "Node1-to-Node2"' in text
+    assert "WITH BROKER_PORT '1883'" in text
+    assert 'WITH BROKER_ADDRESS "192.168.1.101"' in text
+    assert "WITH MESSAGE_VALIDITY_SEC '30'" in text
+    assert "USE_TLS" not in text
+
+
+def test_tls_routes_carry_use_tls_and_tls_port() -> None:
+    site = load_site(REPO / "inventories" / "geo.yaml").site
+    text = compile_node(site, site.node("eu1"), VENDOR_PASSWORD).text
+    assert "WITH USE_TLS true" in text and "WITH BROKER_PORT '8883'" in text
+    assert "WITH MESSAGE_VALIDITY_SEC '20'" in text  # eu in-region
+    assert "WITH MESSAGE_VALIDITY_SEC '180'" in text  # eu<->us override
+
+
+def _site_with_templates(tmp_path: Path, template: str) -> Path:
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "mqtt_cluster.lot.j2").write_text(template)
+    site = tmp_path / "site.yaml"
+    site.write_text((REPO / "inventories" / "plant-a.yaml").read_text() + "templates: tpl\n")
+    return site
+
+
+BUILTIN = (REPO / "templates" / "mqtt_cluster.lot.j2").read_text()
+
+
+def test_own_template_may_change_layout_only(tmp_path: Path) -> None:
+    site = load_site(_site_with_templates(tmp_path, "// my header\n" + BUILTIN)).site
+    artifact = compile_node(site, site.node("Node1"), VENDOR_PASSWORD)
+    assert artifact.text.startswith("// my header")
+
+
+@pytest.mark.parametrize(
+    ("mutation", "needle"),
+    [
+        (("WITH BROKER_PORT '{{ route.broker_port }}'", "WITH BROKER_PORT '1'"), "differs"),
+        (("        WITH PASSWORD", "        WITH PASSWORD \"x\"\n        WITH PASSWORD"), "differs"),
+        (("DEFINE ROUTE", "DEFINE ROUTE ROUTE"), "does not parse"),
+        (("{{ route.client_id }}", "{{ route.no_such_thing }}"), "no attribute"),
+        (("{% for route in routes %}", "{% for route in routes %}{% if"), "template syntax"),
+    ],
+)
+def test_template_bug_never_ships(tmp_path: Path, mutation: tuple[str, str], needle: str) -> None:
+    template = BUILTIN.replace(*mutation)
+    assert template != BUILTIN
+    site = load_site(_site_with_templates(tmp_path, template)).site
+    with pytest.raises(CompileError, match=needle) as info:
+        compile_site(site, VENDOR_PASSWORD)
+    assert "secure_cluster_pass" not in str(info.value)
+
+
+def test_deterministic_whatever_the_spec_order(tmp_path: Path) -> None:
+    text = (REPO / "inventories" / "geo.yaml").read_text()
+    one = load_site_text(text, "a.yaml", tmp_path).site
+    # the same site with nodes reversed and keys reordered
+    nodes_at = text.index("nodes:")
+    links_at = text.index("links:")
+    node_blocks = text[nodes_at + len("nodes:\n") : links_at].strip("\n").split("\n  - ")
+    reversed_nodes = "nodes:\n  - " + "\n  - ".join(
+        b.removeprefix("  - ") for b in reversed(node_blocks)
+    ) + "\n\n"
+    shuffled = text[links_at:] + reversed_nodes + text[:nodes_at]
+    two = load_site_text(shuffled, "b.yaml", tmp_path).site
+    assert one.digest() == two.digest()
+    assert [a.text for a in compile_site(one, VENDOR_PASSWORD)] == [
+        a.text for a in compile_site(two, VENDOR_PASSWORD)
+    ]
+
+
+names = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,6}", fullmatch=True)
+
+
+@st.composite
+def site_specs(draw: st.DrawFn) -> str:
+    count = draw(st.integers(min_value=1, max_value=9))
+    node_names = draw(st.lists(names, min_size=count, max_size=count, unique_by=str.lower))
+    regions = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    lines = [f"site: {draw(names)}", "defaults:", f"  tls: {str(draw(st.booleans())).lower()}"]
+    lines.append(f"  message_validity_sec: {draw(st.integers(1, 300))}")
+    lines.append("nodes:")
+    for index, name in enumerate(node_names):
+        lines.append(f"  - name: {name}")
+        lines.append(f"    address: 10.{index // 250}.{index % 250}.1")
+        lines.append(f"    region: {draw(st.sampled_from(regions))}")
+        if draw(st.booleans()):
+            lines.append(f"    port: {draw(st.integers(1, 65535))}")
+        if draw(st.booleans()):
+            lines.append(f"    tls: {str(draw(st.booleans())).lower()}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(site_specs())
+def test_random_valid_specs_compile_to_a_complete_mesh(text: str) -> None:
+    site = load_site_text(text, "random.yaml", Path(".")).site
+    artifacts = compile_site(site, Secret("RandomPassw0rd"))
+    names = {node.name for node in site.nodes}
+    client_ids = []
+    for artifact in artifacts:
+        routes = parse(artifact.text)
+        assert routes == artifact.routes  # parse-back guarantee
+        route_names = [r.name for r in routes]
+        assert len(route_names) == len(set(route_names)) == len(names) - 1
+        assert all(r.startswith(ROUTE_PREFIX) for r in route_names)
+        for route in routes:
+            config = route.block("CLUSTER_CONFIG")
+            assert config is not None
+            client_id = config.get("CLIENT_ID")
+            client_ids.append(getattr(client_id, "value", None))
+    assert len(client_ids) == len(set(client_ids)) == len(names) * (len(names) - 1)
+
+
+yaml_junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["site", "nodes", "name", "address", "port", "tls",
+                                        "regions", "defaults", "links", "x", "ssh"]),
+                      children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(yaml_junk)
+def test_random_structures_never_crash_the_loader(data: object) -> None:
+    import yaml
+
+    text = yaml.safe_dump(data)
+    try:
+        load_site_text(text, "junk.yaml", Path("."))
+    except SpecError as exc:
+        assert all(d.file == "junk.yaml" and d.line >= 1 for d in exc.diagnostics)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("site:nodes-[]{},'\"\n #&*!|>?%@`\t\\abc123")),
+               max_size=80))
+def test_random_text_never_crashes_the_loader(text: str) -> None:
+    try:
+        load_site_text(text, "junk.yaml", Path("."))
+    except SpecError as exc:
+        assert exc.diagnostics
+
+
+def test_render_is_all_or_nothing_on_template_bug(tmp_path: Path, passphrase: str,
+                                                    write_site: Callable[..., Path]) -> None:
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.render import write_bundles
+    from lotdeploy.workspace import Workspace
+
+    site_path = _site_with_templates(tmp_path, BUILTIN.replace("'{{ route.broker_port }}'", "'1'"))
+    out = tmp_path / "out"
+    with pytest.raises(LotdeployError):
+        write_bundles(load_site(site_path).site, Workspace.for_site(site_path), out)
+    assert not out.exists() or not any(out.iterdir())
+    shutil.rmtree(tmp_path / "tpl")
