@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import lotdeploy, median_child, median_seconds, table  # noqa: E402
+from bench.common import lotdeploy, median_child, median_seconds, table
 
 PASSPHRASE = {"LOTDEPLOY_PASSPHRASE": "benchmark passphrase"}
 
@@ -46,7 +46,11 @@ def naive_plan(site_path: Path) -> None:
     site = load_site(site_path).site
     peers = {n.name: n for n in site.nodes}
     for node in site.nodes:
-        [route_settings(link, peers[link.target]) for link in site.links if link.source == node.name]
+        [
+            route_settings(link, peers[link.target])
+            for link in site.links
+            if link.source == node.name
+        ]
 
 
 def unverified_render(site_path: Path) -> None:
@@ -57,9 +61,14 @@ def unverified_render(site_path: Path) -> None:
     site = load_site(site_path).site
     for node in site.nodes:
         settings = node_route_settings(site, node)
-        render_template(None, {"site": {"name": site.name}, "node": {"name": node.name,
-                        "region": node.region, "address": node.address},
-                        "routes": [{**s, "password": "x" * 32} for s in settings]})
+        render_template(
+            None,
+            {
+                "site": {"name": site.name},
+                "node": {"name": node.name, "region": node.region, "address": node.address},
+                "routes": [{**s, "password": "x" * 32} for s in settings],
+            },
+        )
 
 
 def main() -> None:
@@ -75,13 +84,30 @@ def main() -> None:
             site = write_site(directory, n)
             routes = n * (n - 1)
             seconds, rss = median_child(lotdeploy("plan", str(site)), args.runs)
-            rows.append(("plan (CLI)", str(n), str(routes), f"{seconds:.2f}", f"{routes / seconds:,.0f}",
-                         f"{rss / 1024:.0f}"))
+            rows.append(
+                (
+                    "plan (CLI)",
+                    str(n),
+                    str(routes),
+                    f"{seconds:.2f}",
+                    f"{routes / seconds:,.0f}",
+                    f"{rss / 1024:.0f}",
+                )
+            )
             out = directory / "out"
-            seconds, rss = median_child(lotdeploy("render", str(site), "--out", str(out)), args.runs,
-                                        env=PASSPHRASE)
-            rows.append(("render (CLI, parse-back verified)", str(n), str(routes), f"{seconds:.2f}",
-                         f"{routes / seconds:,.0f}", f"{rss / 1024:.0f}"))
+            seconds, rss = median_child(
+                lotdeploy("render", str(site), "--out", str(out)), args.runs, env=PASSPHRASE
+            )
+            rows.append(
+                (
+                    "render (CLI, parse-back verified)",
+                    str(n),
+                    str(routes),
+                    f"{seconds:.2f}",
+                    f"{routes / seconds:,.0f}",
+                    f"{rss / 1024:.0f}",
+                )
+            )
         site = Path(tmp) / f"n{args.nodes}" / "site.yaml"
         routes = args.nodes * (args.nodes - 1)
         from lotdeploy.plan.make import make_plan
@@ -102,8 +128,16 @@ def main() -> None:
             start = time.perf_counter()
             seconds = median_seconds(fn, runs)
             _ = start
-            rows.append((label, str(args.nodes), str(routes), f"{seconds:.2f}",
-                         f"{routes / seconds:,.0f}", "-"))
+            rows.append(
+                (
+                    label,
+                    str(args.nodes),
+                    str(routes),
+                    f"{seconds:.2f}",
+                    f"{routes / seconds:,.0f}",
+                    "-",
+                )
+            )
     print(table(rows))
 
 

@@ -36,7 +36,9 @@ def run_child(args: Sequence[str], env: dict[str, str] | None = None) -> tuple[f
     return elapsed, usage.ru_maxrss
 
 
-def median_child(args: Sequence[str], runs: int = 5, env: dict[str, str] | None = None) -> tuple[float, int]:
+def median_child(
+    args: Sequence[str], runs: int = 5, env: dict[str, str] | None = None
+) -> tuple[float, int]:
     results = [run_child(args, env) for _ in range(runs)]
     return statistics.median(r[0] for r in results), max(r[1] for r in results)
 
@@ -47,4 +49,6 @@ def lotdeploy(*args: str) -> list[str]:
 
 def table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )

@@ -101,8 +101,13 @@ def validate(site: Path) -> None:
 
 @cli.command()
 @SITE
-@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Output directory; one subdirectory per node.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Output directory; one subdirectory per node.",
+)
 @WORKSPACE
 def render(site: Path, out: Path, workspace: Path | None) -> None:
     """Write each node's bundle to OUT/<node>/: routes.lot, TLS files, manifest.json.
@@ -130,8 +135,11 @@ def render(site: Path, out: Path, workspace: Path | None) -> None:
 @SITE
 @WORKSPACE
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable plan on stdout.")
-@click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 0 when there are no changes, 2 when there are, 1 on error.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when there are no changes, 2 when there are, 1 on error.",
+)
 def plan(site: Path, workspace: Path | None, as_json: bool, detailed_exitcode: bool) -> None:
     """Show what apply would change: grouped site → region → node, + ~ - markers.
 
@@ -192,8 +200,9 @@ def schema() -> None:
 
 @cli.command()
 @SITE
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
+)
 def graph(site: Path, fmt: str) -> None:
     """Print the topology: nodes grouped by region, links labelled with their validity.
 
@@ -205,7 +214,9 @@ def graph(site: Path, fmt: str) -> None:
     from lotdeploy import graph as graphs
 
     loaded = _load(site)
-    click.echo(graphs.mermaid(loaded.site) if fmt == "mermaid" else graphs.dot(loaded.site), nl=False)
+    click.echo(
+        graphs.mermaid(loaded.site) if fmt == "mermaid" else graphs.dot(loaded.site), nl=False
+    )
 
 
 def _register_subcommands() -> None:

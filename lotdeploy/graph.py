@@ -8,7 +8,7 @@ from lotdeploy.model import Site
 def _edges(site: Site) -> list[tuple[str, str, str, str]]:
     """Undirected edges (a, b, label, link_class); label 'N s' or 'a->b N s / b->a M s'."""
     validity = {(link.source, link.target): link for link in site.links}
-    edges = []
+    edges: list[tuple[str, str, str, str]] = []
     for (a, b), link in sorted(validity.items()):
         if a > b:
             continue
@@ -34,7 +34,9 @@ def mermaid(site: Site) -> str:
         out.append(f"    subgraph region_{_ident(region)} [{region}]")
         for node in members:
             tls = " TLS" if node.tls else ""
-            out.append(f'        {_ident(node.name)}["{node.name}<br/>{node.address}:{node.port}{tls}"]')
+            out.append(
+                f'        {_ident(node.name)}["{node.name}<br/>{node.address}:{node.port}{tls}"]'
+            )
         out.append("    end")
     for a, b, label, link_class in _edges(site):
         arrow = "<-->" if link_class == "in-region" else "<-.->"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lotdeploy.compiler import ROUTE_FILE, compile_site
@@ -46,9 +47,10 @@ def node_bundles(site: Site, workspace: Workspace) -> dict[str, BundleFiles]:
     if tls_nodes:
         from lotdeploy.pki.bundle import ensure_pki, node_tls_files
 
-        ensure_pki(site, workspace)
+        now = datetime.now(UTC)
+        ensure_pki(site, workspace, now)
         for node in tls_nodes:
-            bundles[node.name].update(node_tls_files(site, workspace, node))
+            bundles[node.name].update(node_tls_files(site, workspace, node, now))
     return bundles
 
 
@@ -89,7 +91,9 @@ def write_bundles(site: Site, workspace: Workspace, out: Path) -> RenderResult:
             files += 1
         removed = _remove_stale(out, set(bundles))
     except OSError as exc:
-        raise LotdeployError(f"{exc.filename or out}: cannot write bundle: {exc.strerror}") from None
+        raise LotdeployError(
+            f"{exc.filename or out}: cannot write bundle: {exc.strerror}"
+        ) from None
     return RenderResult(len(bundles), len(site.links), files, removed)
 
 

@@ -73,12 +73,16 @@ class SecretStore:
     def open(cls, path: Path, passphrase: Secret, create: bool = True) -> SecretStore:
         if not path.exists():
             if not create:
-                raise SecretStoreError(f"{path}: no secret store yet (run `lotdeploy render` first)")
+                raise SecretStoreError(
+                    f"{path}: no secret store yet (run `lotdeploy render` first)"
+                )
             return cls(path, passphrase, {}, os.urandom(16))
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise SecretStoreError(f"{path}: cannot read the secret store: {exc.strerror}") from None
+            raise SecretStoreError(
+                f"{path}: cannot read the secret store: {exc.strerror}"
+            ) from None
         try:
             doc = json.loads(raw)
             header = doc["header"]
@@ -163,7 +167,9 @@ class SecretStore:
         try:
             atomic_write(self.path, json.dumps(doc, indent=1) + "\n", mode=0o600)
         except OSError as exc:
-            raise SecretStoreError(f"{self.path}: cannot write the secret store: {exc.strerror}") from None
+            raise SecretStoreError(
+                f"{self.path}: cannot write the secret store: {exc.strerror}"
+            ) from None
 
 
 def _canonical(obj: Any) -> bytes:

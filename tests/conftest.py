@@ -31,8 +31,12 @@ def passphrase(monkeypatch: pytest.MonkeyPatch) -> str:
     return TEST_PASSPHRASE
 
 
-def run_cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `lotdeploy` in a subprocess, as a user would."""
     full_env = {k: v for k, v in os.environ.items() if k != "LOTDEPLOY_PASSPHRASE"}
     full_env.update(env or {})

@@ -36,7 +36,9 @@ def test_validate_reports_every_error_without_traceback(tmp_path: Path) -> None:
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert f"{site}:3:34: error: unknown key 'prot' (did you mean 'port'?)" in lines
-    assert any(line.startswith(f"{site}:4:5: error: nodes[1]: missing required key") for line in lines)
+    assert any(
+        line.startswith(f"{site}:4:5: error: nodes[1]: missing required key") for line in lines
+    )
     assert any(line.startswith(f"{site}:4:12: error: duplicate node name 'a'") for line in lines)
     assert "Traceback" not in result.stderr
 
@@ -48,7 +50,9 @@ def test_schema_is_a_json_schema_the_examples_satisfy() -> None:
     for example in ("plant-a.yaml", "geo.yaml"):
         jsonschema.validate(yaml.safe_load((REPO / "inventories" / example).read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"site": "s", "nodes": [{"name": "a", "address": "x", "tsl": 1}]}, schema)
+        jsonschema.validate(
+            {"site": "s", "nodes": [{"name": "a", "address": "x", "tsl": 1}]}, schema
+        )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -63,10 +67,12 @@ def test_lint(tmp_path: Path) -> None:
     good.write_text(
         "DEFINE ROUTE A WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n"
         "        WITH BROKER_ADDRESS \"10.0.0.1\"\n        WITH BROKER_PORT '1883'\n"
-        "        WITH CLIENT_ID \"a-to-b\"\n"
+        '        WITH CLIENT_ID "a-to-b"\n'
     )
     bad = tmp_path / "bad.lot"
-    bad.write_text("DEFINE ROUTE A WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n        WITH BROKER_PORT\n")
+    bad.write_text(
+        "DEFINE ROUTE A WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n        WITH BROKER_PORT\n"
+    )
     assert run_cli("lint", good).returncode == 0
     result = run_cli("lint", good, bad)
     assert result.returncode == 1
@@ -102,7 +108,10 @@ def test_render_writes_private_bundles_and_manifest(tmp_path: Path) -> None:
         assert manifest["node"] == node and len(manifest["routes"]) == 2
         import hashlib
 
-        assert manifest["files"]["routes.lot"]["sha256"] == hashlib.sha256(routes.read_bytes()).hexdigest()
+        assert (
+            manifest["files"]["routes.lot"]["sha256"]
+            == hashlib.sha256(routes.read_bytes()).hexdigest()
+        )
         assert manifest["files"]["routes.lot"]["mode"] == "0600"
     # second run: byte-identical (same secrets), nothing else written
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -144,8 +153,12 @@ def test_plan_without_state_creates_everything(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "lotdeploy plan: site plant-a (3 nodes, 1 region)"
     assert "region default" in lines and "  node Node1" in lines
-    assert any(line.startswith("    + route lotdeploy_Node2  -> 192.168.1.101:1883 plain  client Node1-to-Node2")
-               for line in lines)
+    assert any(
+        line.startswith(
+            "    + route lotdeploy_Node2  -> 192.168.1.101:1883 plain  client Node1-to-Node2"
+        )
+        for line in lines
+    )
     assert lines[-1] == "Plan: 7 to add, 0 to change, 0 to destroy (1 credential, 6 routes)."
     detailed = run_cli("plan", site, "--detailed-exitcode")
     assert detailed.returncode == 2
@@ -183,7 +196,9 @@ def test_plan_shows_updates_and_deletes_against_known_state(tmp_path: Path) -> N
     assert unchanged.stdout.splitlines()[-1] == "No changes. The site matches the known state."
 
     desired["Node1"]["lotdeploy_Node2"]["message_validity_sec"] = 60
-    desired["Node1"]["lotdeploy_Node9"] = dict(desired["Node1"]["lotdeploy_Node2"], name="lotdeploy_Node9")
+    desired["Node1"]["lotdeploy_Node9"] = dict(
+        desired["Node1"]["lotdeploy_Node2"], name="lotdeploy_Node9"
+    )
     desired["Node2"]["lotdeploy_Node1"]["password_version"] = 0
     KnownState(routes=desired).save(workspace)
     changed = run_cli("plan", site_path, "--detailed-exitcode")

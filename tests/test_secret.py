@@ -15,8 +15,16 @@ from lotdeploy.secret import SENSITIVE, ScrubFilter, Secret, dumps, scrub
 
 def test_every_rendering_is_redacted() -> None:
     secret = Secret("hunter2hunter2")
-    for shown in (str(secret), repr(secret), f"{secret}", f"{secret!r}", "%s" % secret,
-                  "{}".format(secret), str([secret]), str({"p": secret})):
+    for shown in (
+        str(secret),
+        repr(secret),
+        f"{secret}",
+        f"{secret!r}",
+        "%s" % secret,
+        "{}".format(secret),
+        str([secret]),
+        str({"p": secret}),
+    ):
         assert "hunter2" not in shown
     assert SENSITIVE in str(secret)
     assert secret.reveal() == "hunter2hunter2"

@@ -53,7 +53,9 @@ def test_tampering_is_detected(tmp_path: Path, where: str) -> None:
         raw[0] ^= 1
         doc[where] = __import__("base64").b64encode(bytes(raw)).decode()
     path.write_text(json.dumps(doc))
-    with pytest.raises(SecretStoreError, match="wrong passphrase, or the secret store was tampered"):
+    with pytest.raises(
+        SecretStoreError, match="wrong passphrase, or the secret store was tampered"
+    ):
         SecretStore.open(path, PASS)
 
 

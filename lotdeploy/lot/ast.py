@@ -62,7 +62,8 @@ class Setting:
     column: int = field(default=0, compare=False)
 
     def __repr__(self) -> str:
-        shown = SENSITIVE if self.key in SENSITIVE_KEYS and isinstance(self.value, Str) else self.value
+        sensitive = self.key in SENSITIVE_KEYS and isinstance(self.value, Str)
+        shown = SENSITIVE if sensitive else self.value
         return f"Setting({self.key}={shown!r})"
 
 

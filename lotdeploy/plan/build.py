@@ -57,14 +57,15 @@ def _display(key: str, value: Any) -> str | None:
 
 
 def _attrs(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[Attr, ...]:
+    empty: dict[str, Any] = {}
+    old_values, new_values = before or empty, after or empty
     attrs = []
     for key, label in SHOWN:
-        old = before.get(key) if before else None
-        new = after.get(key) if after else None
-        attr = Attr(label, _display(key, new), _display(key, old))
+        old, new = old_values.get(key), new_values.get(key)
         if before is not None and after is not None and old != new and key == "password_version":
-            attr = Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE)
-        attrs.append(attr)
+            attrs.append(Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE))
+        else:
+            attrs.append(Attr(label, _display(key, new), _display(key, old)))
     return tuple(attrs)
 
 
@@ -91,18 +92,33 @@ def route_changes(
             after, before = want.get(name), have.get(name)
             if before is None and after is not None:
                 changes.append(
-                    Change("create", "route", name, node_name, region, _reason(after), _attrs(None, after))
+                    Change(
+                        "create",
+                        "route",
+                        name,
+                        node_name,
+                        region,
+                        _reason(after),
+                        _attrs(None, after),
+                    )
                 )
             elif after is None and before is not None:
-                reason = "node removed from the site" if node_name not in desired else "peer removed"
+                reason = (
+                    "node removed from the site" if node_name not in desired else "peer removed"
+                )
                 changes.append(
                     Change("delete", "route", name, node_name, region, reason, _attrs(before, None))
                 )
-            elif after is not None and before is not None:
-                if any(before.get(k) != after.get(k) for k, _ in SHOWN):
-                    attrs = tuple(a for a in _attrs(before, after) if a.changed or "rotated" in (a.after or ""))
-                    changes.append(Change("update", "route", name, node_name, region, "", attrs))
+            elif after is not None and before is not None and _differs(before, after):
+                attrs = tuple(
+                    a for a in _attrs(before, after) if a.changed or "rotated" in (a.after or "")
+                )
+                changes.append(Change("update", "route", name, node_name, region, "", attrs))
     return changes
+
+
+def _differs(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    return any(before.get(key) != after.get(key) for key, _ in SHOWN)
 
 
 def _reason(settings: dict[str, Any]) -> str:

@@ -9,15 +9,17 @@ plan renderer groups them site → region → node and closes with a summary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Action = Literal["create", "update", "delete", "replace"]
 MARKERS: dict[str, str] = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
 
 
-@dataclass(frozen=True)
-class Attr:
-    """One attribute of a resource. Sensitive values are never held here, only "(sensitive)"."""
+class Attr(NamedTuple):
+    """One attribute of a resource. Sensitive values are never held here, only "(sensitive)".
+
+    A NamedTuple, not a dataclass: a 200-node plan holds ~280,000 of them.
+    """
 
     name: str
     after: str | None

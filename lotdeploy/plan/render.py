@@ -67,7 +67,9 @@ def format_text(plan: Plan, colour: bool = False) -> str:
     if plan.warnings:
         out.append("")
         for warning in plan.warnings:
-            out.append(("Warning: " if not colour else click.style("Warning: ", fg="yellow")) + warning)
+            out.append(
+                ("Warning: " if not colour else click.style("Warning: ", fg="yellow")) + warning
+            )
     out.append("")
     out.append(summary_line(plan))
     return "\n".join(out) + "\n"
@@ -105,8 +107,10 @@ def to_json(plan: Plan) -> str:
                 "reason": c.reason,
                 "attributes": {a.name: {"before": a.before, "after": a.after} for a in c.attrs},
             }
-            for c in [*(c for c in plan.changes if c.node is None),
-                      *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key)]
+            for c in [
+                *(c for c in plan.changes if c.node is None),
+                *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key),
+            ]
         ],
         "warnings": plan.warnings,
         "summary": plan.summary(),

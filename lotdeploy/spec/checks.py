@@ -13,6 +13,7 @@ from lotdeploy.model import DEFAULT_PORT, DEFAULT_REGION, DEFAULT_TLS_PORT, Site
 from lotdeploy.spec.schema import SiteSpec, lot_safe
 from lotdeploy.spec.yamlsource import Located
 
+
 def _raw_setting(data: dict[str, Any], node: dict[str, Any], key: str) -> Any:
     regions = data.get("regions") if isinstance(data.get("regions"), dict) else {}
     region = regions.get(node.get("region") or DEFAULT_REGION) if regions else None

@@ -145,7 +145,9 @@ class BrokerSettings(_Strict):
     cert_file: LotSafe | None = Field(None, description="certificate file name; default server.crt")
     key_file: LotSafe | None = Field(None, description="key file name; default server.key")
     ca_file: LotSafe | None = Field(None, description="CA bundle file name; default ca.crt")
-    release_dir: str | None = Field(None, description="lotdeploy release dir; default /opt/lotdeploy")
+    release_dir: str | None = Field(
+        None, description="lotdeploy release dir; default /opt/lotdeploy"
+    )
     reload_command: str | None = Field(
         None,
         description="shell command run on the node to pick up new TLS files; "
@@ -215,11 +217,11 @@ class SiteSpec(_Strict):
     client_id_format: ClientIdFormat = Field(
         "{node}-to-{peer}", description="CLIENT_ID; placeholders {node} {peer} {site} {region}"
     )
-    defaults: Settings = Field(default_factory=Settings)
+    defaults: Settings = Field(default_factory=lambda: Settings())
     regions: dict[Name, Settings] = Field(default_factory=dict)
     nodes: list[NodeSpec] = Field(min_length=1)
     links: list[LinkOverride] = Field(default_factory=list)
-    pki: PkiSettings = Field(default_factory=PkiSettings)
+    pki: PkiSettings = Field(default_factory=lambda: PkiSettings())
 
 
 def json_schema() -> dict[str, object]:

@@ -97,10 +97,14 @@ def _convert(node: yaml.Node, path: Path_, located: Located, depth: int) -> Any:
             if key == "<<":
                 line, col = _pos(key_node)
                 located.diagnostics.append(
-                    Diagnostic(located.filename, line, col, "YAML merge keys (<<) are not supported")
+                    Diagnostic(
+                        located.filename, line, col, "YAML merge keys (<<) are not supported"
+                    )
                 )
                 continue
-            hashable_key = key if isinstance(key, str | int | float | bool) or key is None else str(key)
+            hashable_key = (
+                key if isinstance(key, str | int | float | bool) or key is None else str(key)
+            )
             child = (*path, str(hashable_key))
             if hashable_key in result:
                 line, col = _pos(key_node)
@@ -119,7 +123,8 @@ def _convert(node: yaml.Node, path: Path_, located: Located, depth: int) -> Any:
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
-            _convert(item, (*path, index), located, depth + 1) for index, item in enumerate(node.value)
+            _convert(item, (*path, index), located, depth + 1)
+            for index, item in enumerate(node.value)
         ]
     return _scalar(node, located, path)
 
