@@ -1,0 +1,201 @@
+"""`lotdeploy lab ...` commands: thin click wrappers over lotdeploy.lab.control."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from lotdeploy.errors import LabError
+from lotdeploy.lab import control, labstate, netns
+
+DIR_HELP = "the lab directory (default ./lab); several labs can coexist in different dirs"
+
+
+def _dir_option(fn: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--dir",
+        "lab_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("lab"),
+        show_default=True,
+        help=DIR_HELP,
+    )(fn)
+
+
+def _fail(exc: LabError | OSError) -> click.ClickException:
+    """A clean one-line error (exit 1), never a traceback, for what a user can cause."""
+    if isinstance(exc, OSError):
+        return click.ClickException(f"{exc.filename or 'lab'}: {exc.strerror or exc}")
+    return click.ClickException(str(exc))
+
+
+@click.command("up")
+@click.option("--nodes", type=int, default=None, help="N nodes node1..nodeN in one region")
+@click.option("--regions", default=None, help="nodes per region, e.g. eu:2,us:2 -> eu1 eu2 us1 us2")
+@_dir_option
+@click.option(
+    "--delay",
+    "delays",
+    multiple=True,
+    metavar="REGION=MS",
+    help="ingress latency into a region from other regions (repeatable)",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "root", "user"]),
+    default="auto",
+    show_default=True,
+    help="root: namespaces; user: loopback + proxy (no root)",
+)
+@click.option(
+    "--pool",
+    default=netns.DEFAULT_POOL,
+    show_default=True,
+    help="root mode: address pool to take the lab's /24 from",
+)
+def up(
+    nodes: int | None,
+    regions: str | None,
+    lab_dir: Path,
+    delays: tuple[str, ...],
+    mode: str,
+    pool: str,
+) -> None:
+    """Create a lab cluster and write DIR/site.yaml for plan / apply / verify.
+
+    Each node gets its own address, sshd (key-only, strict host keys) and lab broker.
+    Idempotent: re-running on a lab of the same shape changes nothing.
+
+    Example: lotdeploy lab up --regions eu:2,us:1 --delay us=80
+    """
+    try:
+        shape = labstate.parse_shape(nodes, regions)
+        control.up(
+            lab_dir,
+            shape,
+            labstate.parse_delays(delays),
+            mode=None if mode == "auto" else mode,
+            pool=pool,
+            echo=click.echo,
+        )
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+
+
+@click.command("down")
+@_dir_option
+def down(lab_dir: Path) -> None:
+    """Remove everything the lab made: processes, namespaces, links, rules, files.
+
+    Works after a crashed or half-finished `up` too.
+
+    Example: lotdeploy lab down --dir ./lab
+    """
+    try:
+        control.down(lab_dir, echo=click.echo)
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+
+
+@click.command("status")
+@_dir_option
+def status(lab_dir: Path) -> None:
+    """One line per node: node, address, region, sshd, broker, delay, cut.
+
+    Example: lotdeploy lab status
+    """
+    try:
+        rows = control.status_rows(lab_dir)
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+    cols = ["node", "address", "region", "sshd", "broker", "delay", "cut"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for row in rows:
+        click.echo("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
+
+
+@click.command("delay")
+@click.argument("target", metavar="NODE|REGION")
+@click.argument("ms", metavar="MS")
+@_dir_option
+def delay(target: str, ms: str, lab_dir: Path) -> None:
+    """Delay traffic into a node (from everywhere) or a region (from other regions) by MS.
+
+    0 removes the delay. The delay is one way (ingress): a region pair with 40 ms each has
+    an 80 ms round trip.
+
+    Example: lotdeploy lab delay us 80
+    """
+    try:
+        names = control.set_delay(lab_dir, target, labstate.parse_ms(ms))
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"delay {ms} ms into {', '.join(names)}")
+
+
+@click.command("cut")
+@click.argument("node")
+@_dir_option
+def cut(node: str, lab_dir: Path) -> None:
+    """Cut a node off: every connection to or from it fails at once (until `heal`).
+
+    Example: lotdeploy lab cut eu2
+    """
+    try:
+        control.set_cut(lab_dir, node, True)
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"{node} cut off")
+
+
+@click.command("heal")
+@click.argument("node")
+@_dir_option
+def heal(node: str, lab_dir: Path) -> None:
+    """Undo `cut` and every partition involving NODE.
+
+    Example: lotdeploy lab heal eu2
+    """
+    try:
+        control.set_cut(lab_dir, node, False)
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"{node} healed")
+
+
+@click.command("partition")
+@click.argument("a")
+@click.argument("b")
+@_dir_option
+def partition(a: str, b: str, lab_dir: Path) -> None:
+    """Cut only the links between nodes A and B (both keep every other link).
+
+    Example: lotdeploy lab partition eu1 us1   (undo: lotdeploy lab heal eu1)
+    """
+    try:
+        control.partition(lab_dir, a, b)
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"{a} and {b} partitioned")
+
+
+@click.command("ssh", context_settings={"ignore_unknown_options": True})
+@_dir_option
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(lab_dir: Path, node: str, command: tuple[str, ...]) -> None:
+    """Open a shell on NODE, or run CMD there, with the lab key and strict host key checks.
+
+    Example: lotdeploy lab ssh eu1 hostname -I
+    """
+    try:
+        argv = control.ssh_argv(lab_dir, node, list(command))
+    except (LabError, OSError) as exc:
+        raise _fail(exc) from None
+    os.execv(argv[0], argv)
+
+
+COMMANDS = (up, down, status, delay, cut, heal, partition, ssh)

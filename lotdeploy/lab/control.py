@@ -1,0 +1,665 @@
+"""What each lab command does, as plain functions (the click layer, tests and the benchmark call
+these). Root mode: namespaces + bridge + iptables (see netns.py). User mode: 127.0.1.X loopback
+addresses and one TCP proxy (see proxy.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lotdeploy.errors import LabError
+from lotdeploy.fsutil import atomic_write
+from lotdeploy.lab import hosts, labstate, netns
+from lotdeploy.lab.hosts import Layout
+from lotdeploy.lab.labstate import LabState, Node
+from lotdeploy.lab.proxy import BACKEND_OFFSET
+from lotdeploy.lab.run import require_tools, run, try_run, which
+from lotdeploy.lab.sitefile import write_site
+
+Echo = Callable[[str], None]
+
+ROOT_TOOLS = {
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "ssh": "openssh-client",
+    "mount": "mount",
+}
+USER_TOOLS = {"sshd": "openssh-server", "ssh-keygen": "openssh-client", "ssh": "openssh-client"}
+USER_PORTS = {"ssh": 2222, "admin": 11883, "tls": 18883}
+MOUNTPOINT_REGISTRY = Path("/run/lotdeploy-lab/created-mountpoints")
+LAB_FILES = ("site.yaml", "known_hosts", "keys", "secrets", "nodes", ".lab")
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+def detect_mode(requested: str | None = None) -> str:
+    """root when we are root on Linux; user otherwise (or when asked for)."""
+    if requested in ("root", "user"):
+        if requested == "root" and os.geteuid() != 0:
+            raise LabError("root mode needs root (run as root, or use --mode user)")
+        return requested
+    return "root" if sys.platform.startswith("linux") and os.geteuid() == 0 else "user"
+
+
+# -- up ---------------------------------------------------------------------------------------
+
+
+def up(
+    lab_dir: Path,
+    shape: list[tuple[str, str]],
+    delays: dict[str, int] | None = None,
+    *,
+    mode: str | None = None,
+    pool: str = netns.DEFAULT_POOL,
+    parallel: bool = True,
+    echo: Echo = _quiet,
+) -> LabState:
+    """Create (or confirm) the lab in `lab_dir`; write DIR/site.yaml. Idempotent."""
+    mode = detect_mode(mode)
+    require_tools(ROOT_TOOLS if mode == "root" else USER_TOOLS)
+    lab_dir = lab_dir.resolve()
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    layout = Layout(lab_dir)
+    with labstate.locked(lab_dir):
+        existing = labstate.load(lab_dir)
+        if existing is not None:
+            if existing.shape() != shape or existing.mode != mode:
+                have = ", ".join(f"{n}({r})" for n, r in existing.shape())
+                raise LabError(
+                    f"a {existing.mode}-mode lab with nodes {have} already exists in {lab_dir}; "
+                    f"remove it first with `lotdeploy lab down --dir {lab_dir}`"
+                )
+            if existing.complete and not problems(existing):
+                echo(f"lab in {lab_dir} is already up ({mode} mode, {len(shape)} nodes)")
+                if delays:
+                    apply_delays(lab_dir, existing, delays)
+                write_site(layout, existing)
+                return existing
+            echo("lab is incomplete (crashed or stopped); rebuilding it")
+            _teardown(lab_dir, existing, echo=_quiet, keep_files=True)
+        echo(
+            f"lab mode: {mode}"
+            + (
+                " (network namespaces)"
+                if mode == "root"
+                else " (no root: loopback addresses, TCP proxy for faults)"
+            )
+        )
+        state = _plan(lab_dir, shape, mode, pool)
+        labstate.save(lab_dir, state)  # before creating anything: `down` must find it all
+        try:
+            _prepare_files(layout, state)
+            if mode == "root":
+                _up_root(layout, state, parallel)
+            else:
+                _up_user(layout, state, parallel)
+        except (LabError, OSError) as exc:
+            _teardown(lab_dir, state, echo=_quiet, keep_files=True)  # logs stay in DIR/nodes
+            cause = exc if isinstance(exc, LabError) else f"{exc.filename}: {exc.strerror}"
+            raise LabError(f"{cause} (lab up undone; logs in {lab_dir / 'nodes'})") from None
+        state.complete = True
+        labstate.save(lab_dir, state)
+        if delays:
+            apply_delays(lab_dir, state, delays)
+        write_site(layout, state)
+        if not hosts.broker_available():
+            echo("note: the lab broker (lotdeploy.lab.broker) is missing; nodes run sshd only")
+        echo(f"lab up: {len(state.nodes)} nodes; site spec in {layout.site}")
+        return state
+
+
+def _plan(lab_dir: Path, shape: list[tuple[str, str]], mode: str, pool: str) -> LabState:
+    lab_id = labstate.lab_id_for(lab_dir)
+    if mode == "root":
+        subnet = netns.pick_subnet(pool, netns.used_networks())
+        nodes = []
+        for i, (name, region) in enumerate(shape, start=1):
+            ns, veth = netns.names_for(lab_id, i, name)
+            nodes.append(
+                Node(
+                    name=name,
+                    region=region,
+                    address=netns.node_address(subnet, i),
+                    ns=ns,
+                    veth=veth,
+                )
+            )
+        bridge = f"{netns.link_prefix(lab_id)}br"
+        return LabState(
+            lab_id=lab_id,
+            mode=mode,
+            nodes=nodes,
+            subnet=str(subnet),
+            bridge=bridge,
+            bridge_address=str(subnet.network_address + 1),
+            user="root",
+            host_rules=netns.host_rules(lab_id, bridge),
+        )
+    user = pwd.getpwuid(os.getuid()).pw_name
+    addresses = _free_loopback_block(len(shape))
+    nodes = [
+        Node(
+            name=name,
+            region=region,
+            address=addr,
+            ssh_port=USER_PORTS["ssh"],
+            admin_port=USER_PORTS["admin"],
+            tls_port=USER_PORTS["tls"],
+        )
+        for (name, region), addr in zip(shape, addresses, strict=True)
+    ]
+    return LabState(lab_id=lab_id, mode=mode, nodes=nodes, user=user)
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_loopback_block(count: int) -> list[str]:
+    """127.0.K.11.. where every node port (front and backend) is free; K from 1 upwards."""
+    ports = [p for p in USER_PORTS.values()] + [p + BACKEND_OFFSET for p in USER_PORTS.values()]
+    for octet in range(1, 64):
+        addresses = [f"127.0.{octet}.{11 + i}" for i in range(count)]
+        if all(_bindable(a, p) for a in addresses for p in ports):
+            return addresses
+    raise LabError("no free block of loopback addresses with free lab ports (127.0.1-63.X)")
+
+
+def _prepare_files(layout: Layout, state: LabState) -> None:
+    """Keys, password, per-node directories, host keys, known_hosts and sshd configs."""
+    pub = hosts.ensure_key(layout.client_key, f"lotdeploy-lab-{state.lab_id}")
+    atomic_write(layout.root / "keys" / "authorized_keys", pub + "\n")
+    hosts.ensure_admin_password(layout)
+    host_keys: dict[str, str] = {}
+    for node in state.nodes:
+        for sub in ("tls", "release", "run", "broker"):
+            layout.node_sub(node.name, sub).mkdir(parents=True, exist_ok=True)
+        host_keys[node.name] = hosts.ensure_key(
+            layout.node_sub(node.name, "ssh_host_ed25519_key"), f"lab-{node.name}", node.name
+        )
+        listen = node.ssh_port if state.mode == "root" else node.ssh_port + BACKEND_OFFSET
+        atomic_write(
+            layout.node_sub(node.name, "sshd_config"),
+            hosts.sshd_config(layout, state, node, listen),
+        )
+    hosts.write_known_hosts(layout, state, host_keys)
+
+
+def _ensure_mountpoints(targets: list[str]) -> None:
+    """The node paths must exist on the host as (empty) mount points, and sshd needs its
+    privilege separation directory; remember what we made so the last `down` removes it."""
+    made: list[str] = []
+    for target in targets:
+        path = Path(target)
+        missing = []
+        while not path.exists():
+            missing.append(path)
+            path = path.parent
+        for p in reversed(missing):
+            p.mkdir()
+            made.append(str(p))
+    if made:
+        MOUNTPOINT_REGISTRY.parent.mkdir(parents=True, exist_ok=True)
+        with open(MOUNTPOINT_REGISTRY, "a") as fh:
+            fh.write("".join(f"{p}\n" for p in made))
+
+
+def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
+    lock = threading.Lock()
+    _ensure_mountpoints([*hosts.NODE_MOUNTS.values(), "/run/sshd"])
+    netns.create_bridge(state)
+    broker = hosts.broker_available()
+
+    def start(node: Node) -> None:
+        netns.create_node(state, node)
+        binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
+        log = layout.node_sub(node.name, "sshd.log")
+        sshd = [hosts.SSHD, "-D", "-e", "-f", str(layout.node_sub(node.name, "sshd_config"))]
+        pids = {
+            f"sshd:{node.name}": hosts.spawn(hosts.in_node(node.ns, binds, sshd), log, state.lab_id)
+        }
+        if broker:
+            argv = hosts.broker_argv(layout, node, "0.0.0.0", 1883, 8883, hosts.NODE_TLS_DIR)
+            pids[f"broker:{node.name}"] = hosts.spawn(
+                hosts.in_node(node.ns, binds, argv),
+                layout.node_sub(node.name, "broker.log"),
+                state.lab_id,
+                cwd=layout.node_sub(node.name, "broker"),
+            )
+        with lock:
+            for role, pid in pids.items():
+                hosts.remember(state, role, pid)
+            labstate.save(layout.root, state)
+        if broker:
+            atomic_write(
+                layout.node_sub(node.name, "run") / "broker.pid", f"{pids[f'broker:{node.name}']}\n"
+            )
+        hosts.wait_port(
+            node.address,
+            node.ssh_port,
+            node=node.name,
+            what="sshd",
+            pid_check=(state, f"sshd:{node.name}"),
+            log=log,
+        )
+        if broker:
+            hosts.wait_port(
+                node.address,
+                1883,
+                node=node.name,
+                what="lab broker",
+                timeout=20,
+                pid_check=(state, f"broker:{node.name}"),
+                log=layout.node_sub(node.name, "broker.log"),
+            )
+
+    _for_each(state.nodes, start, parallel)
+
+
+def _up_user(layout: Layout, state: LabState, parallel: bool) -> None:
+    if os.geteuid() == 0:  # sshd started as root insists on its privilege separation dir
+        _ensure_mountpoints(["/run/sshd"])
+    lock = threading.Lock()
+    broker = hosts.broker_available()
+
+    def start(node: Node) -> None:
+        log = layout.node_sub(node.name, "sshd.log")
+        sshd = [hosts.SSHD, "-D", "-e", "-f", str(layout.node_sub(node.name, "sshd_config"))]
+        pids = {f"sshd:{node.name}": hosts.spawn(sshd, log, state.lab_id)}
+        if broker:
+            argv = hosts.broker_argv(
+                layout,
+                node,
+                node.address,
+                node.admin_port + BACKEND_OFFSET,
+                node.tls_port + BACKEND_OFFSET,
+                str(layout.node_sub(node.name, "tls")),
+            )
+            pids[f"broker:{node.name}"] = hosts.spawn(
+                argv,
+                layout.node_sub(node.name, "broker.log"),
+                state.lab_id,
+                cwd=layout.node_sub(node.name, "broker"),
+            )
+        with lock:
+            for role, pid in pids.items():
+                hosts.remember(state, role, pid)
+            labstate.save(layout.root, state)
+        if broker:
+            atomic_write(
+                layout.node_sub(node.name, "run") / "broker.pid", f"{pids[f'broker:{node.name}']}\n"
+            )
+        hosts.wait_port(
+            node.address,
+            node.ssh_port + BACKEND_OFFSET,
+            node=node.name,
+            what="sshd",
+            pid_check=(state, f"sshd:{node.name}"),
+            log=log,
+        )
+        if broker:
+            hosts.wait_port(
+                node.address,
+                node.admin_port + BACKEND_OFFSET,
+                node=node.name,
+                what="lab broker",
+                timeout=20,
+                pid_check=(state, f"broker:{node.name}"),
+                log=layout.node_sub(node.name, "broker.log"),
+            )
+
+    _for_each(state.nodes, start, parallel)
+    log = layout.root / ".lab" / "proxy.log"
+    pid = hosts.spawn(
+        [sys.executable, "-m", "lotdeploy.lab.proxy", "--lab", str(layout.root)], log, state.lab_id
+    )
+    hosts.remember(state, "proxy", pid)
+    labstate.save(layout.root, state)
+    first = state.nodes[0]
+    hosts.wait_port(
+        first.address,
+        first.ssh_port,
+        node=first.name,
+        what="lab proxy",
+        pid_check=(state, "proxy"),
+        log=log,
+    )
+
+
+def _for_each(nodes: list[Node], fn: Callable[[Node], None], parallel: bool) -> None:
+    """Run fn per node, in parallel threads or one by one; the first error wins."""
+    if not parallel:
+        for node in nodes:
+            fn(node)
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+        for future in [pool.submit(fn, node) for node in nodes]:
+            future.result()
+
+
+def problems(state: LabState) -> list[str]:
+    """What is wrong with a lab that should be running (empty: healthy)."""
+    found: list[str] = []
+    for node in state.nodes:
+        if not hosts.alive(state, f"sshd:{node.name}"):
+            found.append(f"{node.name}: sshd not running")
+        if f"broker:{node.name}" in state.pids and not hosts.alive(state, f"broker:{node.name}"):
+            found.append(f"{node.name}: broker not running")
+        if state.mode == "root" and node.ns not in netns.existing_namespaces(state.lab_id):
+            found.append(f"{node.name}: namespace {node.ns} missing")
+    if state.mode == "user" and not hosts.alive(state, "proxy"):
+        found.append("proxy not running")
+    return found
+
+
+# -- down -------------------------------------------------------------------------------------
+
+
+def down(lab_dir: Path, echo: Echo = _quiet) -> list[str]:
+    """Remove everything the lab made, from its state and by its naming (after a crash too)."""
+    lab_dir = lab_dir.resolve()
+    state = labstate.load(lab_dir) if lab_dir.exists() else None
+    if state is not None and state.mode == "root" and os.geteuid() != 0:
+        raise LabError(f"the lab in {lab_dir} was made as root; run `lab down` as root")
+    if not lab_dir.exists():
+        removed = _teardown(lab_dir, None, echo=echo, keep_files=True)
+    else:
+        with labstate.locked(lab_dir):
+            removed = _teardown(lab_dir, state, echo=echo, keep_files=False)
+    echo("lab down: " + ("; ".join(removed) if removed else "nothing to remove"))
+    return removed
+
+
+def _teardown(lab_dir: Path, state: LabState | None, *, echo: Echo, keep_files: bool) -> list[str]:
+    removed: list[str] = []
+    lab_id = state.lab_id if state else labstate.lab_id_for(lab_dir)
+    pids = set(hosts.lab_processes(lab_dir))
+    if state is not None:
+        pids.update(hosts.recorded_pids(state))
+    is_root = os.geteuid() == 0
+    namespaces = netns.existing_namespaces(lab_id) if is_root else []
+    for ns in namespaces:
+        pids.update(netns.namespace_pids(ns))
+    if pids:
+        hosts.stop_pids(sorted(pids))
+        removed.append(f"{len(pids)} processes")
+    if is_root:
+        for ns in namespaces:
+            netns.delete_namespace(ns)
+        if namespaces:
+            removed.append(f"{len(namespaces)} namespaces")
+        links = netns.existing_links(lab_id)
+        for link in links:
+            netns.delete_link(link)
+        if links:
+            removed.append(f"{len(links)} links")
+        netns.delete_host_rules(lab_id)
+        _remove_mountpoints()
+    if not keep_files and lab_dir.exists():
+        for name in LAB_FILES:
+            path = lab_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        with contextlib.suppress(OSError):
+            lab_dir.rmdir()  # only if nothing else is in it
+        removed.append(f"files in {lab_dir}")
+    elif state is not None:
+        state.pids.clear()
+        labstate.save(lab_dir, state)
+    return removed
+
+
+def _remove_mountpoints() -> None:
+    """Remove the empty node mount points the labs created, once no lab namespace is left."""
+    if not MOUNTPOINT_REGISTRY.exists() or netns.any_lab_namespaces():
+        return
+    for line in reversed(MOUNTPOINT_REGISTRY.read_text().splitlines()):
+        with contextlib.suppress(OSError):
+            Path(line).rmdir()
+    MOUNTPOINT_REGISTRY.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        MOUNTPOINT_REGISTRY.parent.rmdir()
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def _changed(lab_dir: Path, state: LabState) -> None:
+    labstate.save(lab_dir, state)
+    if state.mode == "user":
+        pid = state.pids.get("proxy")
+        if not pid or not hosts.alive(state, "proxy"):
+            raise LabError("the lab proxy is not running; run `lotdeploy lab up` again")
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(0.1)  # let the proxy take the new state before we report success
+
+
+def apply_delays(lab_dir: Path, state: LabState, delays: dict[str, int]) -> None:
+    for target, ms in delays.items():
+        nodes, is_region = state.targets(target)
+        for node in nodes:
+            node.delay_ms = ms
+            node.delay_scope = "region" if is_region else "all"
+            if state.mode == "root":
+                _root_delay(lab_dir, state, node)
+    _changed(lab_dir, state)
+
+
+def set_delay(lab_dir: Path, target: str, ms: int) -> list[str]:
+    with labstate.locked(lab_dir):
+        state = labstate.require(lab_dir)
+        apply_delays(lab_dir, state, {target: ms})
+        return [n.name for n in state.targets(target)[0]]
+
+
+_netem: bool | None = None
+
+
+def netem_available(node: Node) -> bool:
+    """Does this kernel have the netem qdisc? Tried once on the node's own loopback."""
+    global _netem
+    if _netem is None:
+        nsx = ["ip", "netns", "exec", node.ns, "tc"]
+        _netem = try_run([*nsx, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+        if _netem:
+            try_run([*nsx, "qdisc", "del", "dev", "lo", "root"])
+    return _netem
+
+
+def _root_delay(lab_dir: Path, state: LabState, node: Node) -> None:
+    """netem on the host side of the veth (= node ingress) where it exists and the delay is for
+    all traffic; otherwise NFQUEUE + the userspace delayer inside the node."""
+    role = f"delayer:{node.name}"
+    if state.pids.get(role):
+        hosts.stop_pids(hosts.recorded_pids(_only(state, role)))
+        hosts.forget(state, role)
+    try_run(["tc", "qdisc", "del", "dev", node.veth, "root"], node=node.name)
+    netns.set_delay_rules(state, Node(**{**node.__dict__, "delay_ms": 0}))
+    if node.delay_ms <= 0:
+        return
+    if node.delay_scope == "all" and which("tc") and netem_available(node):
+        run(
+            [
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                node.veth,
+                "root",
+                "netem",
+                "delay",
+                f"{node.delay_ms}ms",
+                "limit",
+                "100000",
+            ],
+            node=node.name,
+        )
+        return
+    try:
+        import fnfqueue  # noqa: F401
+    except ImportError:
+        raise LabError(
+            "latency without netem needs the Python package fnfqueue (pip install fnfqueue==1.1.2)"
+        ) from None
+    log = Layout(lab_dir).node_sub(node.name, "delayer.log")
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        node.ns,
+        sys.executable,
+        "-m",
+        "lotdeploy.lab.delayer",
+        "--delay",
+        str(node.delay_ms),
+        "--lab",
+        str(lab_dir.resolve()) + "/",
+    ]
+    hosts.remember(state, role, hosts.spawn(argv, log, state.lab_id))
+    _wait_queue_bound(node)
+    netns.set_delay_rules(state, node)
+
+
+def _only(state: LabState, role: str) -> LabState:
+    keep = {k: v for k, v in state.pids.items() if k in (role, f"{role}@start")}
+    return LabState(lab_id=state.lab_id, mode=state.mode, nodes=[], pids=keep)
+
+
+def _wait_queue_bound(node: Node, timeout: float = 10.0) -> None:
+    """Bounded wait until the delayer listens on queue 0, so the delay holds when we return."""
+    deadline = time.monotonic() + timeout
+    cmd = ["ip", "netns", "exec", node.ns, "cat", "/proc/net/netfilter/nfnetlink_queue"]
+    while time.monotonic() < deadline:
+        out = run(cmd, node=node.name, check=False).stdout
+        if any(line.split()[:1] == ["0"] for line in out.splitlines()):
+            return
+        time.sleep(0.1)
+    raise LabError(f"node {node.name}: the delayer did not start (see its delayer.log)")
+
+
+def set_cut(lab_dir: Path, name: str, cut: bool) -> None:
+    with labstate.locked(lab_dir):
+        state = labstate.require(lab_dir)
+        node = state.node(name)
+        node.cut = cut
+        if not cut:
+            state.partitions = [p for p in state.partitions if name not in p]
+        if state.mode == "root":
+            netns.set_cut(node, cut)
+            if not cut:
+                for other in state.nodes:
+                    netns.set_partitions(state, other)
+        _changed(lab_dir, state)
+
+
+def partition(lab_dir: Path, a: str, b: str) -> None:
+    with labstate.locked(lab_dir):
+        state = labstate.require(lab_dir)
+        if a == b:
+            raise LabError("partition needs two different nodes")
+        state.node(a), state.node(b)
+        if sorted([a, b]) not in [sorted(p) for p in state.partitions]:
+            state.partitions.append(sorted([a, b]))
+        if state.mode == "root":
+            netns.set_partitions(state, state.node(a))
+            netns.set_partitions(state, state.node(b))
+        _changed(lab_dir, state)
+
+
+# -- status / ssh -----------------------------------------------------------------------------
+
+
+def status_rows(lab_dir: Path) -> list[dict[str, str]]:
+    state = labstate.require(lab_dir)
+    rows = []
+    for node in state.nodes:
+        broker = (
+            "-"
+            if f"broker:{node.name}" not in state.pids
+            else ("up" if hosts.alive(state, f"broker:{node.name}") else "down")
+        )
+        parts = [p for p in state.partitions if node.name in p]
+        cut = (
+            "cut"
+            if node.cut
+            else (
+                "from " + ",".join(p[0] if p[1] == node.name else p[1] for p in parts)
+                if parts
+                else "no"
+            )
+        )
+        delay = (
+            f"{node.delay_ms}ms" + (" (other regions)" if node.delay_scope == "region" else "")
+            if node.delay_ms
+            else "0"
+        )
+        rows.append(
+            {
+                "node": node.name,
+                "address": node.address,
+                "region": node.region,
+                "sshd": "up" if hosts.alive(state, f"sshd:{node.name}") else "down",
+                "broker": broker,
+                "delay": delay,
+                "cut": cut,
+            }
+        )
+    return rows
+
+
+def ssh_argv(lab_dir: Path, name: str, command: list[str]) -> list[str]:
+    """The ssh command line for a node: the lab key, strict host key checking, no user config."""
+    lab_dir = lab_dir.resolve()
+    state = labstate.require(lab_dir)
+    node = state.node(name)
+    layout = Layout(lab_dir)
+    ssh = which("ssh")
+    if ssh is None:
+        raise LabError("ssh is not installed (Debian package openssh-client)")
+    return [
+        ssh,
+        "-F",
+        "/dev/null",
+        "-i",
+        str(layout.client_key),
+        "-p",
+        str(node.ssh_port),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={layout.known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "LogLevel=ERROR",
+        f"{state.user}@{node.address}",
+        *command,
+    ]

@@ -1,0 +1,176 @@
+"""What a lab is made of, kept in DIR/.lab/state.json so every later command (and `down` after
+a crash) knows exactly what to touch. Written before anything is created, updated as it is."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lotdeploy.errors import LabError
+from lotdeploy.fsutil import atomic_write
+
+REGION_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+MAX_NODES = 60
+STATE_VERSION = 1
+
+
+@dataclass
+class Node:
+    """One lab node; `ns`/`veth` only in root mode, ports only in user mode."""
+
+    name: str
+    region: str
+    address: str
+    ns: str = ""
+    veth: str = ""
+    ssh_port: int = 22
+    admin_port: int = 1883
+    tls_port: int = 8883
+    delay_ms: int = 0
+    delay_scope: str = "all"  # "all": every packet in; "region": only from other regions
+    cut: bool = False
+
+
+@dataclass
+class LabState:
+    """The whole lab: mode, naming prefix, network, nodes, partitions, started processes."""
+
+    lab_id: str
+    mode: str  # "root" or "user"
+    nodes: list[Node]
+    subnet: str = ""
+    bridge: str = ""
+    bridge_address: str = ""
+    user: str = "root"
+    partitions: list[list[str]] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid, e.g. "sshd:eu1"
+    host_rules: list[list[str]] = field(default_factory=list)
+    created_dirs: list[str] = field(default_factory=list)
+    complete: bool = False
+    version: int = STATE_VERSION
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise LabError(f"no node {name!r} in this lab (nodes: {known})")
+
+    def targets(self, name: str) -> tuple[list[Node], bool]:
+        """NODE or REGION -> (nodes, is_region)."""
+        in_region = [n for n in self.nodes if n.region == name]
+        if any(n.name == name for n in self.nodes):
+            return [self.node(name)], False
+        if in_region:
+            return in_region, True
+        names = ", ".join([n.name for n in self.nodes] + sorted(self.regions()))
+        raise LabError(f"{name!r} is neither a node nor a region of this lab (known: {names})")
+
+    def regions(self) -> set[str]:
+        return {n.region for n in self.nodes}
+
+    def shape(self) -> list[tuple[str, str]]:
+        return [(n.name, n.region) for n in self.nodes]
+
+
+def lab_id_for(directory: Path) -> str:
+    """A short id from the lab directory's absolute path: names of namespaces and links."""
+    return hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:6]
+
+
+def parse_shape(nodes: int | None, regions: str | None) -> list[tuple[str, str]]:
+    """`--nodes N` -> node1..nodeN in region "lab"; `--regions eu:2,us:1` -> eu1, eu2, us1."""
+    if nodes is not None and regions:
+        raise LabError("give either --nodes or --regions, not both")
+    if regions:
+        shape: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for part in regions.split(","):
+            name, sep, count = part.strip().partition(":")
+            if not REGION_RE.match(name) or not sep or not count.isdigit() or int(count) < 1:
+                raise LabError(
+                    f"bad --regions item {part!r}: expected REGION:COUNT like eu:2 "
+                    "(region: lower-case letter then up to 7 letters/digits)"
+                )
+            if name in seen:
+                raise LabError(f"region {name!r} given twice in --regions")
+            seen.add(name)
+            shape += [(f"{name}{i}", name) for i in range(1, int(count) + 1)]
+    else:
+        count_n = 3 if nodes is None else nodes
+        if count_n < 1:
+            raise LabError("--nodes must be at least 1")
+        shape = [(f"node{i}", "lab") for i in range(1, count_n + 1)]
+    if len(shape) > MAX_NODES:
+        raise LabError(f"a lab has at most {MAX_NODES} nodes (asked for {len(shape)})")
+    return shape
+
+
+def parse_delays(items: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """`--delay eu=40` items -> {"eu": 40}."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, ms = item.partition("=")
+        if not sep or not name or not ms.isdigit():
+            raise LabError(f"bad --delay {item!r}: expected REGION=MS or NODE=MS, e.g. us=80")
+        out[name] = parse_ms(ms)
+    return out
+
+
+def parse_ms(text: str) -> int:
+    if not str(text).isdigit() or int(text) > 10_000:
+        raise LabError(f"bad delay {text!r}: milliseconds from 0 to 10000")
+    return int(text)
+
+
+def state_path(directory: Path) -> Path:
+    return directory / ".lab" / "state.json"
+
+
+def load(directory: Path) -> LabState | None:
+    """The lab's state, None when no lab was ever started here; LabError when unreadable."""
+    path = state_path(directory)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LabError(f"cannot read lab state {path}: {exc}") from None
+    try:
+        nodes = [Node(**n) for n in raw.pop("nodes")]
+        return LabState(nodes=nodes, **raw)
+    except (TypeError, KeyError) as exc:
+        raise LabError(f"lab state {path} is not from this lotdeploy version: {exc}") from None
+
+
+def require(directory: Path) -> LabState:
+    state = load(directory)
+    if state is None:
+        raise LabError(f"no lab in {directory} (start one: `lotdeploy lab up --dir {directory}`)")
+    return state
+
+
+def save(directory: Path, state: LabState) -> None:
+    atomic_write(state_path(directory), json.dumps(asdict(state), indent=2) + "\n", mode=0o600)
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """One lab command at a time per lab directory (an `up` and a `down` must not interleave)."""
+    lock = directory / ".lab" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError(f"another lab command is running on {directory}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
