@@ -1,0 +1,288 @@
+"""The Coreflux command channel of the lab broker (interface.md §2).
+
+A command is a plain-text publish on `$SYS/Coreflux/Command`: `-<verb> <argument>`, with an
+optional trailing `-requestId <id>`. Every command gets exactly one 2.x JSON envelope on
+`$SYS/Coreflux/Command/Output`, echoing the requestId. Nothing a client sends here may crash the
+broker: each verb is validated, and any unexpected failure becomes a `success: false` envelope.
+Command payloads are never logged (they carry passwords); only the verb is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lotdeploy.broker.client import pascal
+from lotdeploy.errors import LotSyntaxError
+from lotdeploy.lab.broker.routes import ROUTE_TEMPLATE, ROUTE_TYPE, RouteRejected, spec_from_route
+from lotdeploy.lot import parse
+from lotdeploy.lot.ast import Route
+from lotdeploy.secret import Secret
+
+if TYPE_CHECKING:
+    from lotdeploy.lab.broker.server import LabNode
+
+log = logging.getLogger(__name__)
+
+#: Commands larger than this are refused (a route is a few hundred bytes).
+MAX_COMMAND_BYTES = 256 * 1024
+_REQUEST_ID = re.compile(r"\s*-requestId\s+(\S{1,128})\s*$")
+_VERB = re.compile(r"-([A-Za-z][A-Za-z0-9]{0,63})(?:\s+|$)")
+_USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str
+    argument: str
+    request_id: str | None
+
+
+def envelope(
+    success: bool,
+    verb: str,
+    request_id: str | None,
+    message: str,
+    data: Any = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A 2.x reply: success, command (PascalCase verb), requestId, message, data, errors."""
+    doc: dict[str, Any] = {
+        "success": success,
+        "command": pascal(verb) if verb else "Unknown",
+        "requestId": request_id,
+        "message": message,
+        "data": data if data is not None else {},
+    }
+    if not success:
+        doc["errors"] = errors or [{"message": message}]
+    return doc
+
+
+def parse_command(payload: bytes) -> Command | dict[str, Any]:
+    """Split a payload into verb, argument and requestId; an error envelope if malformed."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return envelope(
+            False, "", None, f"Command too large ({len(payload)} bytes, limit {MAX_COMMAND_BYTES})"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return envelope(False, "", None, "Command is not valid UTF-8")
+    request_id = None
+    match = _REQUEST_ID.search(text)
+    if match:
+        request_id = match.group(1)
+        text = text[: match.start()]
+    if "\x00" in text:
+        return envelope(False, "", request_id, "Command contains a NUL character")
+    text = text.strip()
+    verb_match = _VERB.match(text)
+    if not verb_match:
+        shown = text.split(None, 1)[0][:40] if text.strip() else "(empty)"
+        return envelope(False, "", request_id, f"Unknown command: {shown}")
+    return Command(verb_match.group(1), text[verb_match.end() :].strip(), request_id)
+
+
+Handler = Callable[["CommandChannel", Command], Awaitable[dict[str, Any]]]
+
+
+class CommandChannel:
+    """Executes commands against a LabNode and builds the reply envelopes."""
+
+    def __init__(self, node: LabNode) -> None:
+        self.node = node
+
+    async def handle(self, payload: bytes, username: str | None, is_admin: bool) -> dict[str, Any]:
+        parsed = parse_command(payload)
+        if isinstance(parsed, dict):
+            return parsed
+        cmd = parsed
+        handler = _VERBS.get(cmd.verb)
+        if handler is None:
+            return envelope(False, cmd.verb, cmd.request_id, f"Unknown command: -{cmd.verb}")
+        if not is_admin:
+            who = f"user '{username}'" if username else "anonymous clients"
+            return envelope(
+                False, cmd.verb, cmd.request_id, f"Permission denied: {who} may not send commands"
+            )
+        log.info("command -%s from %s", cmd.verb, username)
+        try:
+            return await handler(self, cmd)
+        except Exception:  # a bug here must cost one command, never the broker
+            log.exception("command -%s failed unexpectedly", cmd.verb)
+            return envelope(
+                False, cmd.verb, cmd.request_id, f"Internal error while executing -{cmd.verb}"
+            )
+
+    def _fail(
+        self, cmd: Command, message: str, errors: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        return envelope(False, cmd.verb, cmd.request_id, message, errors=errors)
+
+    def _ok(self, cmd: Command, message: str, data: Any = None) -> dict[str, Any]:
+        return envelope(True, cmd.verb, cmd.request_id, message, data)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def add_route(self, cmd: Command) -> dict[str, Any]:
+        if not cmd.argument:
+            return self._fail(cmd, "Missing LOT code after -addRoute")
+        try:
+            routes = parse(cmd.argument, "<command>")
+        except LotSyntaxError as exc:
+            message = f"Parsing error: {exc.message} ({exc.line},{exc.column})"
+            return self._fail(
+                cmd,
+                message,
+                [
+                    {
+                        "message": exc.message,
+                        "line": exc.line,
+                        "column": exc.column,
+                        "type": "ParseError",
+                    }
+                ],
+            )
+        if not routes:
+            return self._fail(cmd, "No route definition found")
+        specs = []
+        for route in routes:
+            try:
+                specs.append(spec_from_route(route))
+            except RouteRejected as exc:
+                return self._fail(
+                    cmd,
+                    exc.message,
+                    [
+                        {
+                            "message": exc.message,
+                            "line": exc.line,
+                            "column": exc.column,
+                            "type": "ValidationError",
+                        }
+                    ],
+                )
+            if route.name in self.node.routes.links:
+                return self._fail(cmd, f"Route '{route.name}' already exists")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            return self._fail(cmd, "The same route name is defined twice")
+        for spec, code in zip(specs, _route_texts(cmd.argument, routes), strict=True):
+            await self.node.add_route(spec, code)
+        if len(names) == 1:
+            return self._ok(cmd, f"Route '{names[0]}' added successfully!", {"name": names[0]})
+        return self._ok(cmd, f"Routes {', '.join(names)} added successfully!", {"names": names})
+
+    async def remove_route(self, cmd: Command) -> dict[str, Any]:
+        name = cmd.argument
+        if not name:
+            return self._fail(cmd, "Missing route name after -removeRoute")
+        if not await self.node.remove_route(name):
+            return self._fail(cmd, f"Route '{name[:64]}' not found")
+        return self._ok(cmd, f"Route '{name}' removed successfully!", {"name": name})
+
+    async def list_routes(self, cmd: Command) -> dict[str, Any]:
+        data = [
+            {
+                "name": link.spec.name,
+                "type": ROUTE_TYPE,
+                "connection": link.connection,
+                "health": link.health,
+            }
+            for link in self.node.routes.links.values()
+        ]
+        return self._ok(cmd, f"{len(data)} route(s)", data)
+
+    async def route_code(self, cmd: Command) -> dict[str, Any]:
+        if cmd.argument.upper() != ROUTE_TYPE:
+            return self._fail(cmd, f"Route type '{cmd.argument[:64]}' not found")
+        return self._ok(cmd, ROUTE_TEMPLATE, {"type": ROUTE_TYPE, "code": ROUTE_TEMPLATE})
+
+    async def check_route_connection(self, cmd: Command) -> dict[str, Any]:
+        link = self.node.routes.links.get(cmd.argument)
+        if link is None:
+            return self._fail(cmd, f"Route '{cmd.argument[:64]}' not found")
+        return self._ok(cmd, f"Route '{link.spec.name}' is {link.connection}", link.status())
+
+    # -- users and secrets ----------------------------------------------------------------
+
+    def _user_and_password(self, cmd: Command) -> tuple[str, Secret] | dict[str, Any]:
+        parts = cmd.argument.split()
+        if len(parts) != 2:
+            return self._fail(cmd, f"Usage: -{cmd.verb} <user> <password>")
+        user, password = parts
+        if not _USER.fullmatch(user):
+            return self._fail(cmd, "Invalid user name")
+        return user, Secret(password)
+
+    async def add_user(self, cmd: Command) -> dict[str, Any]:
+        parsed = self._user_and_password(cmd)
+        if isinstance(parsed, dict):
+            return parsed
+        user, password = parsed
+        if user == self.node.config.admin_user or user in self.node.state.users:
+            return self._fail(cmd, f"User '{user}' already exists")
+        await self.node.set_user(user, password)
+        return self._ok(cmd, f"User '{user}' added successfully!", {"user": user})
+
+    async def remove_user(self, cmd: Command) -> dict[str, Any]:
+        user = cmd.argument
+        if user == self.node.config.admin_user:
+            return self._fail(cmd, "Permission denied: the admin user cannot be removed")
+        if user not in self.node.state.users:
+            return self._fail(cmd, f"User '{user[:64]}' not found")
+        await self.node.delete_user(user)
+        return self._ok(cmd, f"User '{user}' removed successfully!", {"user": user})
+
+    async def change_user_password(self, cmd: Command) -> dict[str, Any]:
+        parsed = self._user_and_password(cmd)
+        if isinstance(parsed, dict):
+            return parsed
+        user, password = parsed
+        if user == self.node.config.admin_user:
+            return self._fail(
+                cmd, "Permission denied: the admin password comes from --admin-password-file"
+            )
+        if user not in self.node.state.users:
+            return self._fail(cmd, f"User '{user}' not found")
+        await self.node.set_user(user, password)
+        return self._ok(cmd, f"Password of user '{user}' changed successfully!", {"user": user})
+
+    async def set_secret(self, cmd: Command) -> dict[str, Any]:
+        name, sep, value = cmd.argument.partition("=")
+        name = name.strip()
+        if not sep or not _SECRET_NAME.fullmatch(name) or not value:
+            return self._fail(cmd, "Usage: -setSecret NAME=value")
+        await self.node.set_secret(name, Secret(value))
+        return self._ok(cmd, f"Secret '{name}' set successfully!", {"name": name})
+
+    async def list_secrets(self, cmd: Command) -> dict[str, Any]:
+        names = sorted(self.node.state.secrets)
+        return self._ok(cmd, f"{len(names)} secret(s)", names)
+
+
+def _route_texts(text: str, routes: tuple[Route, ...]) -> list[str]:
+    """Each route's own lines of the command, as the broker republishes and stores them."""
+    lines = text.splitlines()
+    starts = [r.line - 1 for r in routes] + [len(lines)]
+    return ["\n".join(lines[a:b]).strip("\n") + "\n" for a, b in itertools.pairwise(starts)]
+
+
+_VERBS: dict[str, Handler] = {
+    "addRoute": CommandChannel.add_route,
+    "removeRoute": CommandChannel.remove_route,
+    "listRoutes": CommandChannel.list_routes,
+    "routeCode": CommandChannel.route_code,
+    "checkRouteConnection": CommandChannel.check_route_connection,
+    "addUser": CommandChannel.add_user,
+    "removeUser": CommandChannel.remove_user,
+    "changeUserPassword": CommandChannel.change_user_password,
+    "setSecret": CommandChannel.set_secret,
+    "listSecrets": CommandChannel.list_secrets,
+}

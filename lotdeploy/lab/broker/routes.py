@@ -1,0 +1,444 @@
+"""MQTT_CLUSTER routes of the lab broker: validation and the outbound peer links.
+
+A route is one *outbound* link: this node connects to BROKER_ADDRESS:BROKER_PORT as a client
+and pushes every message its ordinary local clients publish. The peer recognises the link as
+cluster traffic by the CONNECT will topic `$SYS/Coreflux/Cluster/Link` (atomic with the
+connection, MQTT 3.1.1 has no user properties) and delivers those messages locally without
+forwarding them again: one hop, so a full mesh delivers each message once to every node.
+
+While the peer is unreachable, messages wait in a bounded queue (oldest dropped first when
+full); when sending, anything older than MESSAGE_VALIDITY_SEC is dropped, the rest goes out
+in order. QoS 1/2 messages are pipelined (a window of unacknowledged publishes); those not
+acknowledged when a connection drops are sent again after reconnecting (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lotdeploy.broker.client import Message, MqttConnection, MqttError
+from lotdeploy.lot.ast import Bool, EnvRef, Int, Route, SecretRef, Str, Value
+from lotdeploy.secret import Secret
+
+log = logging.getLogger(__name__)
+
+ROUTE_TYPE = "MQTT_CLUSTER"
+CLUSTER_LINK_TOPIC = "$SYS/Coreflux/Cluster/Link"
+REQUIRED_KEYS = ("BROKER_ADDRESS", "BROKER_PORT", "CLIENT_ID")
+OPTIONAL_KEYS = ("USERNAME", "PASSWORD", "MESSAGE_VALIDITY_SEC", "USE_TLS")
+ALLOWED_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
+DEFAULT_VALIDITY_SEC = 30
+SEND_WINDOW = 256
+CONNECT_TIMEOUT = 5.0
+
+#: What `-routeCode MQTT_CLUSTER` answers: the keys this lab broker accepts, as a template.
+ROUTE_TEMPLATE = r"""DEFINE ROUTE #name,string,Route name,^[A-Za-z]\w*$,# WITH TYPE MQTT_CLUSTER
+    ADD CLUSTER_CONFIG
+        WITH BROKER_ADDRESS "#address,string,Peer broker host or IP,,#"
+        WITH BROKER_PORT '#port,int,Peer MQTT port,^[0-9]{1,5}$,#'
+        WITH CLIENT_ID "#clientId,string,Unique client id of this link,,#"
+        WITH USERNAME "#username,string,Cluster user on the peer,,#"
+        WITH PASSWORD "#password,password,Cluster user's password,,#"
+        WITH MESSAGE_VALIDITY_SEC '#validity,int,Seconds a queued message stays valid,^[0-9]+$,#'
+        WITH USE_TLS #tls,bool,Connect over TLS,^(true|false)$,#
+    ADD METADATA
+        WITH DESCRIPTION "Template only: never deploy this block"
+"""
+
+
+class RouteRejected(Exception):
+    """The route parsed but this broker refuses it; line/column point at the culprit."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        self.column = column
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A validated MQTT_CLUSTER route. `password` is a Secret or the name of a -setSecret."""
+
+    name: str
+    address: str
+    port: int
+    client_id: str
+    username: str | None
+    password: Secret | SecretRef | None
+    validity_sec: int
+    use_tls: bool
+
+
+def _int(value: Value, key: str, lo: int, hi: int) -> int:
+    if isinstance(value, Int):
+        number = value.value
+    elif isinstance(value, Str) and value.value.isdigit():
+        number = int(value.value)
+    else:
+        raise ValueError(f"{key} must be an integer")
+    if not lo <= number <= hi:
+        raise ValueError(f"{key} must be between {lo} and {hi}")
+    return number
+
+
+def _str(value: Value, key: str) -> str:
+    if not isinstance(value, Str):
+        raise ValueError(f"{key} must be a double-quoted string")
+    if not value.value:
+        raise ValueError(f"{key} must not be empty")
+    return value.value
+
+
+def _bool(value: Value, key: str) -> bool:
+    if isinstance(value, Bool):
+        return value.value
+    if isinstance(value, Str) and value.value.lower() in ("true", "false"):
+        return value.value.lower() == "true"
+    raise ValueError(f"{key} must be true or false")
+
+
+def spec_from_route(route: Route) -> ClusterSpec:
+    """Validate a parsed route against what the lab broker supports; RouteRejected if not."""
+    if route.type != ROUTE_TYPE:
+        raise RouteRejected(
+            f"Route type '{route.type}' is not supported by the lab broker (only {ROUTE_TYPE})",
+            route.line,
+            route.column,
+        )
+    configs = [b for b in route.blocks if b.kind == "CLUSTER_CONFIG"]
+    for block in route.blocks:
+        if block.kind != "CLUSTER_CONFIG":
+            raise RouteRejected(
+                f"Unknown block ADD {block.kind} in route '{route.name}'", block.line, block.column
+            )
+    if len(configs) != 1:
+        raise RouteRejected(
+            f"Route '{route.name}' needs exactly one ADD CLUSTER_CONFIG block",
+            route.line,
+            route.column,
+        )
+    block = configs[0]
+    values: dict[str, Value] = {}
+    for setting in block.settings:
+        if setting.key not in ALLOWED_KEYS:
+            raise RouteRejected(
+                f"Unknown CLUSTER_CONFIG key '{setting.key}'", setting.line, setting.column
+            )
+        if setting.key in values:
+            raise RouteRejected(
+                f"Duplicate CLUSTER_CONFIG key '{setting.key}'", setting.line, setting.column
+            )
+        if isinstance(setting.value, EnvRef):
+            raise RouteRejected(
+                f"GET ENV is not supported by the lab broker ({setting.key})",
+                setting.line,
+                setting.column,
+            )
+        if isinstance(setting.value, SecretRef) and setting.key != "PASSWORD":
+            raise RouteRejected(
+                f"GET SECRET is only supported for PASSWORD, not {setting.key}",
+                setting.line,
+                setting.column,
+            )
+        values[setting.key] = setting.value
+    for key in REQUIRED_KEYS:
+        if key not in values:
+            raise RouteRejected(
+                f"Missing required CLUSTER_CONFIG key '{key}'", block.line, block.column
+            )
+    position = {s.key: (s.line, s.column) for s in block.settings}
+    try:
+        password = values.get("PASSWORD")
+        return ClusterSpec(
+            name=route.name,
+            address=_str(values["BROKER_ADDRESS"], "BROKER_ADDRESS"),
+            port=_int(values["BROKER_PORT"], "BROKER_PORT", 1, 65535),
+            client_id=_str(values["CLIENT_ID"], "CLIENT_ID"),
+            username=_str(values["USERNAME"], "USERNAME") if "USERNAME" in values else None,
+            password=(
+                password
+                if isinstance(password, SecretRef)
+                else Secret(_str(password, "PASSWORD"))
+                if password is not None
+                else None
+            ),
+            validity_sec=(
+                _int(values["MESSAGE_VALIDITY_SEC"], "MESSAGE_VALIDITY_SEC", 0, 86_400 * 7)
+                if "MESSAGE_VALIDITY_SEC" in values
+                else DEFAULT_VALIDITY_SEC
+            ),
+            use_tls=_bool(values["USE_TLS"], "USE_TLS") if "USE_TLS" in values else False,
+        )
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0]
+        line, column = position.get(key, (block.line, block.column))
+        raise RouteRejected(str(exc), line, column) from None
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+@dataclass
+class _Queued:
+    at: float  # time.monotonic() when this broker received the message
+    msg: Message
+
+
+class ClusterLink:
+    """One route's outbound connection: queue, sender, reconnection with bounded backoff."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        *,
+        node_name: str,
+        tls_context: Callable[[], ssl.SSLContext],
+        resolve_secret: Callable[[str], Secret | None],
+        on_change: Callable[[ClusterLink], None],
+        backoff_max: float = 5.0,
+        queue_max: int = 10_000,
+        queue_max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.spec = spec
+        self.node_name = node_name
+        self._tls_context = tls_context
+        self._resolve_secret = resolve_secret
+        self._on_change = on_change
+        self._backoff_max = backoff_max
+        self._queue: deque[_Queued] = deque()
+        self._queue_bytes = 0
+        self._queue_max = queue_max
+        self._queue_max_bytes = queue_max_bytes
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: MqttConnection | None = None
+        self.connection = "Disconnected"
+        self.created = time.time()
+        self.connected_since: float | None = None
+        self.last_activity: float | None = None
+        self.last_error: str | None = None
+        self.errors_total = 0
+        self.errors_consecutive = 0
+        self.sent_ok = 0
+        self.failed = 0  # expired or dropped on overflow
+        self.expired = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"cluster-link-{self.spec.name}")
+
+    async def stop(self) -> None:
+        """Stop the link (bounded): cancel the loop, close the connection, drop the queue."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5.0)
+        if self._conn is not None:
+            await self._conn.close()
+        self._queue.clear()
+        self._queue_bytes = 0
+        self._set_state("Disconnected")
+
+    def enqueue(self, msg: Message) -> None:
+        """Queue a locally published message for the peer (never blocks)."""
+        if self.spec.validity_sec == 0 and self.connection != "Connected":
+            self.failed += 1  # validity 0: only what can be sent right now is valid
+            return
+        size = len(msg.payload) + len(msg.topic)
+        while self._queue and (
+            len(self._queue) >= self._queue_max or self._queue_bytes + size > self._queue_max_bytes
+        ):
+            dropped = self._queue.popleft()
+            self._queue_bytes -= len(dropped.msg.payload) + len(dropped.msg.topic)
+            self.failed += 1
+        self._queue.append(_Queued(time.monotonic(), msg))
+        self._queue_bytes += size
+        self._wake.set()
+
+    @property
+    def health(self) -> str:
+        if self.connection == "Connected":
+            return "Green" if self.errors_consecutive == 0 else "Yellow"
+        if self.errors_consecutive >= 3 or self.connection == "Disconnected":
+            return "Red"
+        return "Yellow"
+
+    def status(self) -> dict[str, Any]:
+        """The `$SYS/Coreflux/Routes/<Name>/status` document (vendor fields plus queue size)."""
+        now = time.time()
+        minutes = max((now - self.created) / 60.0, 1 / 60)
+        return {
+            "name": self.spec.name,
+            "type": ROUTE_TYPE,
+            "connection": self.connection,
+            "health": self.health,
+            "errors": {
+                "total": self.errors_total,
+                "consecutive": self.errors_consecutive,
+                "rate": round(self.errors_total / minutes, 3),
+            },
+            "messages": {
+                "total": self.sent_ok + self.failed,
+                "succeeded": self.sent_ok,
+                "failed": self.failed,
+            },
+            "queued": len(self._queue),
+            "expired": self.expired,
+            "lastActivity": _iso(self.last_activity),
+            "lastError": self.last_error,
+            "uptime": round(now - self.connected_since, 3) if self.connected_since else 0,
+            "connectedSince": _iso(self.connected_since),
+            "timestamp": _iso(now),
+        }
+
+    def _set_state(self, state: str) -> None:
+        if state != self.connection:
+            self.connection = state
+            self._on_change(self)
+
+    def _error(self, reason: str) -> None:
+        self.errors_total += 1
+        self.errors_consecutive += 1
+        self.last_error = reason
+        log.info("route %s: %s", self.spec.name, reason)
+        self._on_change(self)
+
+    def _password(self) -> Secret | None:
+        pw = self.spec.password
+        if isinstance(pw, SecretRef):
+            value = self._resolve_secret(pw.name)
+            if value is None:
+                raise MqttError(f"secret '{pw.name}' is not set on this broker")
+            return value
+        return pw
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            self._set_state("Connecting" if attempt == 0 and self.sent_ok == 0 else "Reconnecting")
+            try:
+                conn = MqttConnection(
+                    self.spec.address,
+                    self.spec.port,
+                    client_id=self.spec.client_id,
+                    username=self.spec.username,
+                    password=self._password(),
+                    tls=self._tls_context() if self.spec.use_tls else None,
+                    keepalive=10,
+                    will=Message(
+                        CLUSTER_LINK_TOPIC,
+                        json.dumps({"node": self.node_name, "route": self.spec.name}).encode(),
+                    ),
+                    connect_timeout=CONNECT_TIMEOUT,
+                )
+                self._conn = conn
+                await conn.connect()
+            except (MqttError, ssl.SSLError, OSError) as exc:
+                attempt += 1
+                self._error(str(exc))
+                delay = min(self._backoff_max, 0.1 * 2 ** min(attempt, 10))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+            attempt = 0
+            self.errors_consecutive = 0
+            self.connected_since = time.time()
+            self._set_state("Connected")
+            try:
+                await self._pump(conn)
+            except MqttError as exc:
+                self._error(str(exc))
+            finally:
+                self.connected_since = None
+                await conn.close()
+            self._set_state("Reconnecting")
+            await asyncio.sleep(0.1)
+
+    async def _pump(self, conn: MqttConnection) -> None:
+        """Send queued messages in order with a window of unacknowledged QoS 1/2 publishes."""
+        inflight: deque[tuple[_Queued, asyncio.Future[Any]]] = deque()
+        try:
+            while not conn.closed.is_set():
+                now = time.monotonic()
+                sent_any = False
+                while self._queue and len(inflight) < SEND_WINDOW:
+                    item = self._queue.popleft()
+                    self._queue_bytes -= len(item.msg.payload) + len(item.msg.topic)
+                    if self.spec.validity_sec and now - item.at > self.spec.validity_sec:
+                        self.expired += 1
+                        self.failed += 1
+                        continue
+                    fut = conn.publish_nowait(item.msg)
+                    sent_any = True
+                    if fut is None:
+                        self.sent_ok += 1
+                    else:
+                        inflight.append((item, fut))
+                if sent_any:
+                    self.last_activity = time.time()
+                    await conn.drain(10.0)
+                while inflight and inflight[0][1].done():
+                    _, fut = inflight.popleft()
+                    fut.result()  # raises MqttError if the connection was lost
+                    self.sent_ok += 1
+                if self._queue and len(inflight) < SEND_WINDOW:
+                    continue
+                self._wake.clear()
+                waiters: list[asyncio.Future[Any]] = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(conn.closed.wait()),
+                ]
+                if inflight:
+                    waiters.append(inflight[0][1])
+                await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters[:2]:
+                    waiter.cancel()
+            raise MqttError(conn.close_reason or "connection closed")
+        finally:
+            # whatever the peer did not acknowledge goes back to the front, in order
+            for item, fut in reversed(inflight):
+                if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                    self._queue.appendleft(item)
+                    self._queue_bytes += len(item.msg.payload) + len(item.msg.topic)
+                else:
+                    self.sent_ok += 1
+
+
+class RouteManager:
+    """The broker's routes: add/remove links, fan out local messages to every link."""
+
+    def __init__(self, make_link: Callable[[ClusterSpec], ClusterLink]) -> None:
+        self._make_link = make_link
+        self.links: dict[str, ClusterLink] = {}
+
+    def add(self, spec: ClusterSpec) -> ClusterLink:
+        link = self._make_link(spec)
+        self.links[spec.name] = link
+        link.start()
+        return link
+
+    async def remove(self, name: str) -> bool:
+        link = self.links.pop(name, None)
+        if link is None:
+            return False
+        await link.stop()
+        return True
+
+    def forward(self, msg: Message) -> None:
+        for link in self.links.values():
+            link.enqueue(msg)
+
+    async def stop_all(self) -> None:
+        for name in list(self.links):
+            await self.remove(name)

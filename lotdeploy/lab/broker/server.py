@@ -1,0 +1,422 @@
+"""The lab broker: amqtt 0.12.1 plus the Coreflux command channel and MQTT_CLUSTER routes.
+
+`LabBroker` subclasses amqtt's Broker and overrides four private methods. They are private
+API, which is why lotdeploy pins `amqtt==0.12.1` and tests each behaviour end to end:
+
+* `_handle_message_delivery`: amqtt ends a client's message loop after it publishes to any
+  `$` topic. We take `$SYS/Coreflux/Command` publishes here (command channel), swallow other
+  `$` publishes (keeping the client connected), and hand every ordinary publish from a local,
+  non-cluster client to the route links after the normal delivery.
+* `_authenticate`: users come from the command line (admin) and `-addUser`; no plugin config.
+* `_initialize_client_session`: bounded in time, so a socket that never sends CONNECT is shed.
+* `stream_connected`: bounds the size of every packet a client may send and guarantees the
+  socket is closed whatever the client sent.
+
+`LabNode` owns the rest: state, routes, the TLS listener (reloadable with SIGHUP), status
+publishing, and start/stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import ssl
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
+from amqtt.broker import Broker, Server
+from amqtt.contexts import BrokerConfig, ListenerConfig
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+
+from lotdeploy.broker.client import COMMAND_TOPIC, OUTPUT_TOPIC, ROUTES_TOPIC, Message
+from lotdeploy.errors import LabError, LotSyntaxError
+from lotdeploy.lab.broker.channel import CommandChannel
+from lotdeploy.lab.broker.routes import (
+    CLUSTER_LINK_TOPIC,
+    ClusterLink,
+    ClusterSpec,
+    RouteManager,
+    RouteRejected,
+    spec_from_route,
+)
+from lotdeploy.lab.broker.state import BrokerState, StateStore, hash_password, verify_password
+from lotdeploy.lot import parse
+from lotdeploy.secret import Secret
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+TLS_LISTENER = "tls"
+CLUSTER_MARK = "_lotdeploy_cluster_link"
+
+
+@dataclass
+class LabConfig:
+    """Everything `lotdeploy lab broker` is told on its command line."""
+
+    bind: str
+    port: int = 1883
+    tls_port: int | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    admin_user: str = "root"
+    admin_password: Secret = field(default_factory=lambda: Secret("coreflux"))
+    state_dir: Path | None = None
+    node_name: str | None = None
+    allow_anonymous: bool = False
+    status_interval: float = 5.0
+    max_packet_bytes: int = 1024 * 1024
+    link_backoff_max: float = 5.0
+    link_queue_max: int = 10_000
+
+    @property
+    def name(self) -> str:
+        return self.node_name or f"{self.bind}:{self.port}"
+
+
+class PacketTooLarge(Exception):
+    """A client announced a packet larger than --max-packet-bytes: drop the connection."""
+
+
+class BoundedReader(StreamReaderAdapter):
+    """amqtt reads a packet body with one read(n) per field: refuse any n above the limit."""
+
+    def __init__(self, reader: asyncio.StreamReader, limit: int) -> None:
+        super().__init__(reader)
+        self._limit = limit
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._limit:
+            raise PacketTooLarge(f"read of {n} bytes refused (limit {self._limit})")
+        return await super().read(n)
+
+
+class LabBroker(Broker):
+    """amqtt Broker with the Coreflux command channel and cluster forwarding hooked in."""
+
+    def __init__(self, config: BrokerConfig, node: LabNode) -> None:
+        super().__init__(config)
+        self.node = node
+
+    async def _authenticate(self, session: Session, _: ListenerConfig) -> bool:
+        ok = self.node.authenticate(session.username, session.password)
+        if ok and session.will_flag and session.will_topic == CLUSTER_LINK_TOPIC:
+            # A cluster link: its messages are delivered here, never forwarded again.
+            setattr(session, CLUSTER_MARK, True)
+            session.will_flag = False
+        return ok
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        return await asyncio.wait_for(
+            super()._initialize_client_session(reader, writer, remote_address, remote_port),
+            CONNECT_TIMEOUT,
+        )
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        try:
+            await self._client_connected(
+                listener_name,
+                BoundedReader(reader, self.node.config.max_packet_bytes),
+                StreamWriterAdapter(writer),
+            )
+        except Exception as exc:  # whatever a client sent, only its own connection ends
+            log.info("connection from %s dropped: %s", _peer(writer), type(exc).__name__)
+            log.debug("connection failure details", exc_info=True)
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _handle_message_delivery(
+        self,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        wait_deliver: asyncio.Future[Any],
+    ) -> bool:
+        app_message = wait_deliver.result()
+        topic = app_message.topic if app_message is not None else None
+        if topic and topic.startswith("$"):
+            if topic == COMMAND_TOPIC:
+                await self.node.on_command(client_session, bytes(app_message.data or b""))
+            return True  # swallow: amqtt 0.12.1 would end this client's loop otherwise
+        keep_going = await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        if (
+            keep_going
+            and topic
+            and "#" not in topic
+            and "+" not in topic
+            and not getattr(client_session, CLUSTER_MARK, False)
+        ):
+            packet = app_message.publish_packet
+            retain = bool(packet and packet.retain_flag)
+            self.node.routes.forward(
+                Message(topic, bytes(app_message.data or b""), app_message.qos or 0, retain)
+            )
+        return keep_going
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    info = writer.get_extra_info("peername")
+    return f"{info[0]}:{info[1]}" if info else "?"
+
+
+class LabNode:
+    """One running lab broker: amqtt, command channel, routes, state, TLS listener."""
+
+    def __init__(self, config: LabConfig) -> None:
+        self.config = config
+        self.store = StateStore(config.state_dir)
+        self.state = BrokerState()
+        self.routes = RouteManager(self._make_link)
+        self.channel = CommandChannel(self)
+        self.broker: LabBroker | None = None
+        self.port: int | None = None
+        self.tls_port: int | None = config.tls_port
+        self._tls_server: asyncio.AbstractServer | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            self.state = self.store.load()
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cannot read state from {cfg.state_dir}: {exc}") from None
+        broker_config = BrokerConfig(
+            listeners={
+                "default": ListenerConfig(bind=f"{_host(cfg.bind)}:{cfg.port}", max_connections=0)
+            },
+            plugins={},
+        )
+        broker_config.listeners[TLS_LISTENER] = ListenerConfig(bind=None)
+        self.broker = LabBroker(broker_config, self)
+        amqtt_log = logging.getLogger("amqtt.broker")
+        level = amqtt_log.level
+        amqtt_log.setLevel(logging.CRITICAL)  # it logs a traceback for a busy port; we explain
+        try:
+            await self.broker.start()
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            reason = getattr(cause, "strerror", None) or str(cause)
+            raise LabError(f"cannot start the broker on {cfg.bind}:{cfg.port}: {reason}") from None
+        finally:
+            amqtt_log.setLevel(level)
+        instance = self.broker._servers["default"].instance
+        sockets = getattr(instance, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else cfg.port
+        if cfg.node_name is None:
+            cfg.node_name = f"{cfg.bind}:{self.port}"
+        if cfg.tls_port is not None:
+            await self.reload_tls(initial=True)
+        for name, code in list(self.state.routes.items()):
+            await self._restore_route(name, code)
+        self._status_task = asyncio.create_task(self._status_loop())
+
+    async def _restore_route(self, name: str, code: str) -> None:
+        try:
+            routes = parse(code, f"state:{name}")
+            spec = spec_from_route(routes[0])
+        except (LotSyntaxError, RouteRejected, IndexError) as exc:
+            log.error("route %s from the state file is unusable and was skipped: %s", name, exc)
+            return
+        self.routes.add(spec)
+        await self._publish_code(name, code)
+
+    async def stop(self) -> None:
+        """Stop cleanly: links first (no new traffic), then listeners and sessions."""
+        self._stopping = True
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._status_task
+        await self.routes.stop_all()
+        if self._tls_server is not None:
+            self._tls_server.close()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.broker.shutdown(), 10.0)
+
+    # -- TLS ------------------------------------------------------------------------------
+
+    def server_tls_context(self) -> ssl.SSLContext | None:
+        """A fresh server context from --cert/--key, or None while the files do not exist."""
+        cfg = self.config
+        if not (cfg.cert and cfg.key and cfg.cert.exists() and cfg.key.exists()):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cfg.cert, cfg.key)
+        return ctx
+
+    def client_tls_context(self) -> ssl.SSLContext:
+        """For links with USE_TLS: verify the peer against --ca, else the system store."""
+        ca = self.config.ca
+        if ca is not None and ca.exists():
+            return ssl.create_default_context(cafile=str(ca))
+        return ssl.create_default_context()
+
+    async def reload_tls(self, initial: bool = False) -> None:
+        """(Re)open the TLS listener with the current files; old connections keep theirs."""
+        if self.broker is None or self.tls_port is None:
+            return
+        try:
+            ctx = self.server_tls_context()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS files unusable, listener unchanged: %s", exc)
+            return
+        if ctx is None:
+            log.warning("TLS files missing: TLS listener waits for them and SIGHUP")
+            return
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
+        try:
+            server = await asyncio.start_server(
+                partial(self.broker.stream_connected, listener_name=TLS_LISTENER),
+                self.config.bind.strip("[]"),
+                self.tls_port,
+                ssl=ctx,
+                reuse_address=True,
+                ssl_handshake_timeout=CONNECT_TIMEOUT,
+            )
+        except OSError as exc:
+            if initial:
+                raise LabError(
+                    f"cannot listen on {self.config.bind}:{self.tls_port}: {exc.strerror}"
+                ) from None
+            log.error("TLS listener could not be reopened: %s", exc.strerror)
+            return
+        self._tls_server = server
+        self.tls_port = server.sockets[0].getsockname()[1]
+        self.broker._servers[TLS_LISTENER] = Server(TLS_LISTENER, server)
+        log.info(
+            "TLS listener on %s:%s (%s)",
+            self.config.bind,
+            self.tls_port,
+            "started" if initial else "reloaded",
+        )
+
+    # -- users, secrets, auth -------------------------------------------------------------
+
+    def authenticate(self, username: str | None, password: str | None) -> bool:
+        if username is None:
+            return self.config.allow_anonymous
+        if username == self.config.admin_user:
+            return hmac.compare_digest(
+                (password or "").encode(), self.config.admin_password.reveal().encode()
+            )
+        stored = self.state.users.get(username)
+        return stored is not None and verify_password(password or "", stored)
+
+    def is_admin(self, session: Session) -> bool:
+        return session.username is not None and session.username == self.config.admin_user
+
+    async def set_user(self, user: str, password: Secret) -> None:
+        self.state.users[user] = hash_password(password)
+        self._save()
+
+    async def delete_user(self, user: str) -> None:
+        self.state.users.pop(user, None)
+        self._save()
+
+    async def set_secret(self, name: str, value: Secret) -> None:
+        self.state.secrets[name] = value
+        self._save()
+
+    def _save(self) -> None:
+        try:
+            self.store.save(self.state)
+        except OSError as exc:
+            log.error("cannot write the state file: %s", exc)
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def _make_link(self, spec: ClusterSpec) -> ClusterLink:
+        return ClusterLink(
+            spec,
+            node_name=self.config.name,
+            tls_context=self.client_tls_context,
+            resolve_secret=self.state.secrets.get,
+            on_change=self._status_changed,
+            backoff_max=self.config.link_backoff_max,
+            queue_max=self.config.link_queue_max,
+        )
+
+    async def add_route(self, spec: ClusterSpec, code: str) -> None:
+        self.routes.add(spec)
+        self.state.routes[spec.name] = code
+        self._save()
+        await self._publish_code(spec.name, code)
+        self._status_changed(self.routes.links[spec.name])
+
+    async def remove_route(self, name: str) -> bool:
+        if not await self.routes.remove(name):
+            return False
+        self.state.routes.pop(name, None)
+        self._save()
+        if self.broker is not None:
+            await self.broker.retain_message(None, f"{ROUTES_TOPIC}/{name}", b"")
+        return True
+
+    async def _publish_code(self, name: str, code: str) -> None:
+        if self.broker is None:
+            return
+        topic, data = f"{ROUTES_TOPIC}/{name}", code.encode()
+        await self.broker.retain_message(None, topic, data, 1)
+        await self.broker.internal_message_broadcast(topic, data)
+
+    def _status_changed(self, link: ClusterLink) -> None:
+        """Coalesce changes: publish each changed route's status once per loop iteration."""
+        self._dirty.add(link.spec.name)
+        if not self._flush_scheduled and not self._stopping:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(self._flush_status())
+            )
+
+    async def _flush_status(self) -> None:
+        self._flush_scheduled = False
+        names, self._dirty = self._dirty, set()
+        for name in names:
+            await self._publish_status(name)
+
+    async def _publish_status(self, name: str) -> None:
+        link = self.routes.links.get(name)
+        if link is None or self.broker is None or self._stopping:
+            return
+        await self.broker.internal_message_broadcast(
+            f"{ROUTES_TOPIC}/{name}/status", json.dumps(link.status()).encode()
+        )
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_interval)
+            for name in list(self.routes.links):
+                with contextlib.suppress(Exception):
+                    await self._publish_status(name)
+
+    # -- the command channel --------------------------------------------------------------
+
+    async def on_command(self, session: Session, payload: bytes) -> None:
+        reply = await self.channel.handle(payload, session.username, self.is_admin(session))
+        if self.broker is not None:
+            await self.broker.internal_message_broadcast(OUTPUT_TOPIC, json.dumps(reply).encode())
+
+
+def _host(bind: str) -> str:
+    return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
