@@ -215,18 +215,24 @@ def test_no_secret_reaches_any_output(tmp_path: Path) -> None:
     site = _copy_example(tmp_path, "geo.yaml")
     out = tmp_path / "out"
     outputs: list[str] = []
-    for args in (
-        ("validate", site),
-        ("render", site, "--out", out),
-        ("plan", site),
-        ("plan", site, "--json"),
-        ("graph", site),
-        ("lint", *sorted(out.glob("*/routes.lot"))),
-        ("render", site, "--out", out),
-        ("render", site, "--out", out, "--workspace", tmp_path / "bad"),
-    ):
-        result = run_cli(*args, env=ENV)
+    (tmp_path / "not-a-dir").write_text("a file where a workspace should be")
+    wrong = {"LOTDEPLOY_PASSPHRASE": "a wrong passphrase"}
+    runs: list[tuple[tuple[str | Path, ...], dict[str, str]]] = [
+        (("validate", site), ENV),
+        (("render", site, "--out", out), ENV),
+        (("plan", site), ENV),
+        (("plan", site, "--json"), ENV),
+        (("graph", site), ENV),
+        (("certs", "list", site), ENV),
+        (("certs", "list", site, "--json"), ENV),
+        (("render", site, "--out", out), ENV),
+        (("render", site, "--out", tmp_path / "out2", "--workspace", tmp_path / "not-a-dir"), ENV),
+        (("render", site, "--out", tmp_path / "out3"), wrong),
+    ]
+    for args, env in runs:
+        result = run_cli(*args, env=env)
         outputs += [result.stdout, result.stderr]
+    outputs.append(run_cli("lint", *sorted(out.glob("*/routes.lot"))).stdout)
     from lotdeploy.secret import Secret
     from lotdeploy.workspace import SecretStore
 
