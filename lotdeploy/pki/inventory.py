@@ -1,0 +1,151 @@
+"""What the workspace holds: public certificates on disk, private keys in the secret store.
+
+Layout under `workspace.pki_dir`:
+    ca/ca-<id>.crt      every CA this site has had (<id> = serial in hex)
+    nodes/<node>.crt    the current certificate of each node
+    index.json          {"active_ca": "<id>"}: the CA that issues when no rotation runs
+Secret store names: `ca-key-<id>`, `node-key-<node>`. Nothing here needs the passphrase.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from lotdeploy.errors import PkiError, WorkspaceError
+from lotdeploy.fsutil import atomic_write
+from lotdeploy.pki.ca import ca_id
+from lotdeploy.pki.rotation import Rotation, RotationState
+from lotdeploy.workspace import Workspace
+
+
+def ca_key_name(ident: str) -> str:
+    return f"ca-key-{ident}"
+
+
+def node_key_name(node: str) -> str:
+    return f"node-key-{node}"
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise WorkspaceError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Read and write the public PKI files of one workspace."""
+
+    workspace: Workspace
+
+    @property
+    def root(self) -> Path:
+        return self.workspace.pki_dir
+
+    def ca_path(self, ident: str) -> Path:
+        return self.root / "ca" / f"ca-{ident}.crt"
+
+    def node_cert_path(self, node: str) -> Path:
+        return self.root / "nodes" / f"{node}.crt"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.json"
+
+    def active_ca_id(self) -> str | None:
+        raw = _read(self.index_path)
+        if raw is None:
+            return None
+        try:
+            ident = json.loads(raw)["active_ca"]
+            if not isinstance(ident, str) or not ident.isalnum():
+                raise ValueError
+            return ident
+        except (ValueError, KeyError, TypeError):
+            raise PkiError(
+                f"{self.index_path}: damaged; restore the workspace from a backup "
+                "(nothing was changed)"
+            ) from None
+
+    def set_active_ca(self, ident: str) -> None:
+        self._write(self.index_path, json.dumps({"active_ca": ident}, indent=2) + "\n")
+
+    def load_ca(self, ident: str) -> x509.Certificate:
+        path = self.ca_path(ident)
+        raw = _read(path)
+        if raw is None:
+            raise PkiError(f"{path}: CA certificate missing; restore the workspace from a backup")
+        try:
+            cert = x509.load_pem_x509_certificate(raw)
+        except ValueError:
+            raise PkiError(
+                f"{path}: not a valid certificate; restore the workspace from a backup"
+            ) from None
+        if ca_id(cert) != ident:
+            raise PkiError(f"{path}: holds another CA's certificate; restore it from a backup")
+        return cert
+
+    def load_node_cert(self, node: str) -> x509.Certificate | None:
+        """The node's certificate; None when missing or unreadable as a certificate
+        (it is public and reissued, so a damaged one is simply replaced)."""
+        raw = _read(self.node_cert_path(node))
+        if raw is None:
+            return None
+        try:
+            return x509.load_pem_x509_certificate(raw)
+        except ValueError:
+            return None
+
+    def write_ca(self, cert: x509.Certificate) -> None:
+        self._write(self.ca_path(ca_id(cert)), cert_pem(cert))
+
+    def write_node_cert(self, node: str, cert: x509.Certificate) -> None:
+        self._write(self.node_cert_path(node), cert_pem(cert))
+
+    def _write(self, path: Path, data: bytes | str) -> None:
+        self.workspace.ensure()
+        try:
+            atomic_write(path, data, mode=0o644)
+        except OSError as exc:
+            raise WorkspaceError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class CaView:
+    """Which CAs matter now: who issues node certificates, whom nodes trust."""
+
+    active: str | None  # the CA of the last finished rotation (or the first CA)
+    rotation: Rotation | None
+
+    @property
+    def issuing(self) -> str | None:
+        """Phase 1 still issues under the old CA; phases 2 and 3 under the new one."""
+        if self.rotation is None:
+            return self.active
+        return self.rotation.old if self.rotation.phase == 1 else self.rotation.new
+
+    @property
+    def trusted(self) -> list[str]:
+        """Phases 1-2 trust old+new, phase 3 drops the old one."""
+        if self.rotation is None:
+            return [self.active] if self.active else []
+        if self.rotation.phase == 3:
+            return [self.rotation.new]
+        return [self.rotation.old, self.rotation.new]
+
+
+def ca_view(workspace: Workspace) -> CaView:
+    inventory = Inventory(workspace)
+    return CaView(inventory.active_ca_id(), RotationState.load(workspace).active.get("ca"))
