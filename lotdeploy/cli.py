@@ -220,16 +220,12 @@ def graph(site: Path, fmt: str) -> None:
 
 
 def _register_subcommands() -> None:
-    """Command groups that live beside their layer (lab, PKI)."""
+    """Command groups that live beside their layer (lab, PKI); imported here, once."""
     from lotdeploy.lab.cli import lab
+    from lotdeploy.pki.commands import certs, creds
 
-    cli.add_command(lab)
-    try:
-        from lotdeploy.pki.commands import certs, creds
-    except ImportError:  # pragma: no cover - during development only
-        return
-    cli.add_command(certs)
-    cli.add_command(creds)
+    for group in (lab, certs, creds):
+        cli.add_command(group)
 
 
 def main(argv: list[str] | None = None) -> None:

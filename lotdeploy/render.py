@@ -40,8 +40,9 @@ def node_bundles(site: Site, workspace: Workspace) -> dict[str, BundleFiles]:
     """Compile every node's files in memory (nothing written yet)."""
     store = workspace.secrets()
     password = cluster_password(workspace, store)
+    version = CredentialState.load(workspace).active_version
     bundles: dict[str, BundleFiles] = {}
-    for artifact in compile_site(site, password):
+    for artifact in compile_site(site, password, version):
         bundles[artifact.node] = {ROUTE_FILE: (Secret(artifact.text), 0o600)}
     tls_nodes = [node for node in site.nodes if node.tls]
     if tls_nodes:

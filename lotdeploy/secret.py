@@ -16,6 +16,9 @@ import weakref
 from typing import Any
 
 SENSITIVE = "(sensitive)"
+#: Shorter values would scrub innocent words from text; every secret lotdeploy generates is
+#: longer, and new passphrases must be at least this long.
+MIN_SCRUB_LENGTH = 8
 
 _known: weakref.WeakSet[Secret] = weakref.WeakSet()
 
@@ -31,7 +34,7 @@ class Secret:
         if not isinstance(value, str):
             raise TypeError("Secret wraps a str")
         self.__value = value
-        if len(value) >= 4:  # shorter values would scrub innocent text
+        if len(value) >= MIN_SCRUB_LENGTH:
             _known.add(self)
 
     def reveal(self) -> str:

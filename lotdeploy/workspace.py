@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from lotdeploy.errors import SecretStoreError, WorkspaceError
 from lotdeploy.fsutil import atomic_write
-from lotdeploy.secret import Secret
+from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
 
 PASSPHRASE_ENV = "LOTDEPLOY_PASSPHRASE"
 STORE_FORMAT = "lotdeploy-secret-store"

@@ -21,8 +21,10 @@ class NodeArtifact:
     routes: tuple[Route, ...]
 
 
-def compile_node(site: Site, node: Node, password: Secret) -> NodeArtifact:
-    settings = node_route_settings(site, node)
+def compile_node(
+    site: Site, node: Node, password: Secret, credential_version: int = 1
+) -> NodeArtifact:
+    settings = node_route_settings(site, node, credential_version)
     intended = tuple(route_tree(s, password) for s in settings)
     context = {
         "site": {"name": site.name},
@@ -45,8 +47,8 @@ def compile_node(site: Site, node: Node, password: Secret) -> NodeArtifact:
     return NodeArtifact(node.name, text, intended)
 
 
-def compile_site(site: Site, password: Secret) -> list[NodeArtifact]:
-    return [compile_node(site, node, password) for node in site.nodes]
+def compile_site(site: Site, password: Secret, credential_version: int = 1) -> list[NodeArtifact]:
+    return [compile_node(site, node, password, credential_version) for node in site.nodes]
 
 
 def _first_difference(intended: tuple[Route, ...], parsed: tuple[Route, ...]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lotdeploy.credentials import username_for_version
 from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str
 from lotdeploy.model import Link, Node, Site
 from lotdeploy.secret import Secret
@@ -12,11 +13,12 @@ ROUTE_TYPE = "MQTT_CLUSTER"
 ROUTE_FILE = "routes.lot"
 
 
-def route_settings(link: Link, peer: Node) -> dict[str, Any]:
+def route_settings(link: Link, peer: Node, credential_version: int = 1) -> dict[str, Any]:
     """The route's attributes, password excluded; used by the plan, the template and the AST.
 
     The peer decides port, TLS and username: the route must match what the *target*
-    broker listens on and accepts.
+    broker listens on and accepts. A credential rotation moves routes to a new user
+    (`cluster_v2`), so the username depends on the active credential version.
     """
     return {
         "name": link.route_name,
@@ -26,7 +28,7 @@ def route_settings(link: Link, peer: Node) -> dict[str, Any]:
         "broker_address": peer.address,
         "broker_port": peer.port,
         "client_id": link.client_id,
-        "username": peer.username,
+        "username": username_for_version(peer.username, credential_version),
         "message_validity_sec": link.message_validity_sec,
         "use_tls": peer.tls,
     }
@@ -46,10 +48,18 @@ def route_tree(settings: dict[str, Any], password: Secret) -> Route:
     return Route(settings["name"], ROUTE_TYPE, (Block("CLUSTER_CONFIG", None, tuple(entries)),))
 
 
-def node_route_settings(site: Site, node: Node) -> list[dict[str, Any]]:
-    peers = {peer.name: peer for peer in site.nodes}
-    return [route_settings(link, peers[link.target]) for link in site.links_from(node.name)]
+def node_route_settings(
+    site: Site, node: Node, credential_version: int = 1
+) -> list[dict[str, Any]]:
+    return [
+        route_settings(link, site.node(link.target), credential_version)
+        for link in site.links_from(node.name)
+    ]
 
 
-def intended_routes(site: Site, node: Node, password: Secret) -> tuple[Route, ...]:
-    return tuple(route_tree(s, password) for s in node_route_settings(site, node))
+def intended_routes(
+    site: Site, node: Node, password: Secret, credential_version: int = 1
+) -> tuple[Route, ...]:
+    return tuple(
+        route_tree(s, password) for s in node_route_settings(site, node, credential_version)
+    )

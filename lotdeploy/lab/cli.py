@@ -16,19 +16,11 @@ def lab() -> None:
 
 
 def _register() -> None:
-    try:
-        from lotdeploy.lab.broker.command import broker
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        lab.add_command(broker)
-    try:
-        from lotdeploy.lab.commands import cut, delay, down, heal, partition, ssh, status, up
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        for command in (up, down, status, delay, cut, heal, partition, ssh):
-            lab.add_command(command)
+    from lotdeploy.lab.broker.command import broker
+    from lotdeploy.lab.commands import cut, delay, down, heal, partition, ssh, status, up
+
+    for command in (up, down, status, delay, cut, heal, partition, ssh, broker):
+        lab.add_command(command)
 
 
 _register()

@@ -73,7 +73,7 @@ def desired_routes(site: Site, password_version: int) -> dict[str, dict[str, dic
     desired: dict[str, dict[str, dict[str, Any]]] = {}
     for node in site.nodes:
         routes = {}
-        for settings in node_route_settings(site, node):
+        for settings in node_route_settings(site, node, password_version):
             routes[settings["name"]] = {**settings, "password_version": password_version}
         desired[node.name] = routes
     return desired

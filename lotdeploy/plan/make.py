@@ -8,6 +8,7 @@ from lotdeploy.credentials import CredentialState
 from lotdeploy.model import Site
 from lotdeploy.plan.build import Plan, build_plan
 from lotdeploy.plan.changes import Attr, Change
+from lotdeploy.pki.plan import pki_changes
 from lotdeploy.plan.state import KnownState
 from lotdeploy.secret import SENSITIVE
 from lotdeploy.workspace import Workspace
@@ -29,13 +30,7 @@ def make_plan(site: Site, workspace: Workspace, now: datetime | None = None) -> 
                 attrs=(Attr("value", SENSITIVE),),
             )
         )
-    if any(node.tls for node in site.nodes):
-        try:
-            from lotdeploy.pki.plan import pki_changes
-        except ImportError:  # pragma: no cover - during development only
-            pass
-        else:
-            pki, pki_warnings = pki_changes(site, workspace, now)
-            extra.extend(pki)
-            warnings.extend(pki_warnings)
+    pki, pki_warnings = pki_changes(site, workspace, now)
+    extra.extend(pki)
+    warnings.extend(pki_warnings)
     return build_plan(site, known, credentials.active_version, extra, warnings)

@@ -168,7 +168,17 @@ def broker(
     link_queue_max: int,
     log_level: str,
 ) -> None:
-    """Run one Coreflux-compatible lab broker in the foreground."""
+    """Run one Coreflux-compatible lab broker in the foreground.
+
+    SIGTERM stops it cleanly; SIGHUP reloads the TLS files (and opens the TLS listener once
+    they exist). What it emulates, and every choice made where the vendor's behaviour is
+    unknown: docs/lab-broker.md.
+
+    \b
+    Example:
+      lotdeploy lab broker --bind 127.0.0.5 --tls-port 8883 --cert server.crt \\
+          --key server.key --ca ca.crt --admin-password-file admin.pw --state-dir state/
+    """
     _setup_logging(log_level)
     if tls_port is not None and not (cert and key):
         raise click.UsageError("--tls-port needs --cert and --key")
