@@ -76,6 +76,10 @@ class SecretStore:
                 raise SecretStoreError(
                     f"{path}: no secret store yet (run `lotdeploy render` first)"
                 )
+            if len(passphrase.reveal()) < MIN_SCRUB_LENGTH:
+                raise SecretStoreError(
+                    f"a new workspace passphrase needs at least {MIN_SCRUB_LENGTH} characters"
+                )
             return cls(path, passphrase, {}, os.urandom(16))
         try:
             raw = path.read_bytes()

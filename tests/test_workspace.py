@@ -83,3 +83,9 @@ def test_workspace_dir_is_private(tmp_path: Path, passphrase: str) -> None:
     store.get_or_create("x", lambda: Secret("generated-value"))
     assert stat.S_IMODE(workspace.root.stat().st_mode) == 0o700
     assert Workspace.for_site(site).secrets().get("x") == Secret("generated-value")
+
+
+def test_new_store_refuses_a_short_passphrase(tmp_path: Path) -> None:
+    with pytest.raises(SecretStoreError, match="at least 8 characters"):
+        SecretStore.open(tmp_path / "secrets.enc", Secret("short"))
+    assert not (tmp_path / "secrets.enc").exists()
