@@ -100,7 +100,7 @@ def pki_changes(site: Site, workspace: Workspace, now: datetime) -> tuple[list[C
                         Change(
                             "update",
                             "ca",
-                            "CA bundle",
+                            node.broker.ca_file,
                             node=node.name,
                             region=node.region,
                             reason=f"{label}: {bundle_step}",
@@ -124,7 +124,7 @@ def pki_changes(site: Site, workspace: Workspace, now: datetime) -> tuple[list[C
             Change(
                 "create" if report.status == "missing" else "replace",
                 "certificate",
-                "node certificate",
+                node.broker.cert_file,
                 node=node.name,
                 region=node.region,
                 reason=report.reason,

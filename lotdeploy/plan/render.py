@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from lotdeploy.plan.build import Plan
-from lotdeploy.plan.changes import Change
+from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.secret import dumps
 
 PLAN_JSON_FORMAT = 1
@@ -33,6 +33,12 @@ def _route_line(change: Change) -> str:
     )
 
 
+def _attr_text(attr: Attr) -> str:
+    if attr.before is not None and attr.before != attr.after:
+        return f"{attr.name} {attr.before} -> {attr.after}"
+    return f"{attr.name} {attr.after}"
+
+
 def _line(change: Change, colour: bool) -> str:
     marker = change.marker
     if colour:
@@ -40,7 +46,7 @@ def _line(change: Change, colour: bool) -> str:
     if change.kind == "route":
         detail = _route_line(change)
     else:
-        shown = "  ".join(f"{a.name} {a.after}" for a in change.attrs if a.after is not None)
+        shown = "  ".join(_attr_text(a) for a in change.attrs if a.after is not None)
         detail = "  ".join(p for p in (shown, f"({change.reason})" if change.reason else "") if p)
     return f"{marker} {change.kind} {change.name}  {detail}".rstrip()
 
