@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from lotdeploy.credentials import CredentialState
 from lotdeploy.model import Site
+from lotdeploy.pki.plan import pki_changes
 from lotdeploy.plan.build import Plan, build_plan
 from lotdeploy.plan.changes import Attr, Change
-from lotdeploy.pki.plan import pki_changes
 from lotdeploy.plan.state import KnownState
 from lotdeploy.secret import SENSITIVE
 from lotdeploy.workspace import Workspace
