@@ -9,6 +9,7 @@ import click
 
 from lotdeploy.errors import LabError
 from lotdeploy.lab import control, labstate, netns
+from lotdeploy.term import print_table
 
 DIR_HELP = "the lab directory (default ./lab); several labs can coexist in different dirs"
 
@@ -111,10 +112,7 @@ def status(lab_dir: Path) -> None:
     except (LabError, OSError) as exc:
         raise _fail(exc) from None
     cols = ["node", "address", "region", "sshd", "broker", "delay", "cut"]
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
-    for row in rows:
-        click.echo("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
+    print_table([c.upper() for c in cols], [[row[c] for c in cols] for row in rows])
 
 
 @click.command("delay")

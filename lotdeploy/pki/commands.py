@@ -20,6 +20,7 @@ from lotdeploy.pki.rotation import LABELS, Rotation, load_rotation
 from lotdeploy.pki.status import CertReport
 from lotdeploy.secret import dumps
 from lotdeploy.spec import load_site
+from lotdeploy.term import print_table
 from lotdeploy.workspace import Workspace
 
 EXIT_NEEDS_ACTION = 2
@@ -145,24 +146,20 @@ def certs_list(ctx: click.Context, site: str, workspace_dir: str | None, as_json
 
 def _print_table(reports: list[CertReport]) -> None:
     header = ("NAME", "ROLE", "STATUS", "DAYS", "NOT AFTER", "SERIAL", "SUBJECT", "SANS")
-    rows = [header]
-    for r in reports:
-        rows.append(
-            (
-                r.name,
-                r.role,
-                r.status,
-                "" if r.days_left is None else str(r.days_left),
-                f"{r.not_after:%Y-%m-%d}" if r.not_after else "",
-                r.serial[:16],
-                r.subject,
-                ",".join(r.sans),
-            )
+    rows = [
+        (
+            r.name,
+            r.role,
+            r.status,
+            "" if r.days_left is None else str(r.days_left),
+            f"{r.not_after:%Y-%m-%d}" if r.not_after else "",
+            r.serial[:16],
+            r.subject,
+            ",".join(r.sans),
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
+        for r in reports
+    ]
+    print_table(header, rows)
 
 
 @certs.command("rotate")

@@ -1,0 +1,52 @@
+"""Terminal output shared by every command: tables.
+
+On a terminal, tables are drawn by rich with status words coloured; piped or in CI they are
+plain aligned columns (stable, grep- and awk-friendly). Nothing here ever sees a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+
+STATUS_STYLES = {
+    "ok": "green",
+    "up": "green",
+    "no": "green",
+    "renew soon": "yellow",
+    "missing": "yellow",
+    "expired": "red",
+    "down": "red",
+    "cut": "red",
+    "SAN mismatch": "red",
+    "wrong CA": "red",
+}
+
+
+def interactive() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if interactive():
+        _rich_table(header, rows)
+        return
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(str(c), style=STATUS_STYLES.get(str(c), "")) for c in row))
+    Console().print(table)
