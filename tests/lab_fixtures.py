@@ -3,12 +3,14 @@ proves `lab down` removed everything (namespaces, links, rules, mounts, processe
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import site
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +63,55 @@ def connect_times(ns: str | None, host: str, port: int, count: int = 5) -> list[
     return result
 
 
+_USER_PYTHONPATH: dict[str, str] = {}
+
+
+def user_pythonpath(user: str, python: str) -> str:
+    """A PYTHONPATH from which `user` can import lotdeploy and its dependencies.
+
+    The checkout and its .venv may sit where an unprivileged user cannot read (under /root,
+    say); then both are copied, once per run, into a world-readable temporary directory.
+    """
+    if user in _USER_PYTHONPATH:
+        return _USER_PYTHONPATH[user]
+    direct = os.pathsep.join([str(PROJECT), *site.getsitepackages()])
+    probe = [
+        "runuser",
+        "-u",
+        user,
+        "--",
+        "env",
+        f"PYTHONPATH={direct}",
+        python,
+        "-c",
+        "import lotdeploy.lab.commands, amqtt, yaml",
+    ]
+    if subprocess.run(probe, capture_output=True, timeout=60, check=False).returncode == 0:
+        _USER_PYTHONPATH[user] = direct
+        return direct
+    copy = Path(tempfile.mkdtemp(prefix="lotdeploy-usertest-"))
+    atexit.register(shutil.rmtree, copy, True)
+    shutil.copytree(
+        PROJECT / "lotdeploy",
+        copy / "src" / "lotdeploy",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for index, packages in enumerate(site.getsitepackages()):
+        shutil.copytree(
+            packages,
+            copy / f"site{index}",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "lotdeploy*"),
+        )
+    subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True, timeout=120)
+    paths = [
+        str(copy / "src"),
+        *(str(copy / f"site{i}") for i in range(len(site.getsitepackages()))),
+    ]
+    _USER_PYTHONPATH[user] = os.pathsep.join(paths)
+    return _USER_PYTHONPATH[user]
+
+
 def lab_cli(
     lab_dir: Path,
     *args: str,
@@ -73,7 +124,8 @@ def lab_cli(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), *site.getsitepackages()])
     if user:
-        argv = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={env['PYTHONPATH']}", *argv]
+        pythonpath = user_pythonpath(user, python or sys.executable)
+        argv = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={pythonpath}", *argv]
     return subprocess.run(
         argv,
         capture_output=True,
