@@ -54,6 +54,13 @@ class EnvRef:
 Value = Str | Int | Bool | SecretRef | EnvRef
 
 
+def string_value(text: str) -> Value:
+    """A double-quoted value: "true"/"false" are the quoted spelling of a Bool."""
+    if text == "true" or text == "false":
+        return Bool(text == "true", quoted=True)
+    return Str(text)
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str

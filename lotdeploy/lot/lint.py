@@ -1,0 +1,256 @@
+"""Check LOT files before they reach a broker: syntax, then MQTT_CLUSTER semantics.
+
+`lint_text` is a pure function of the text (the CLI, the compiler's self-check and the tests
+share it); `lint_file` only adds reading. Errors are what a broker would reject or what would
+break a route or the command line it travels in; warnings are what is legal but doubtful
+(undocumented keys, unusual layout).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lotdeploy.errors import Diagnostic, LotSyntaxError
+from lotdeploy.lot.ast import Block, Bool, EnvRef, Int, Route, SecretRef, Setting, Str
+from lotdeploy.lot.parser import parse
+
+__all__ = ["lint_file", "lint_text", "unsafe_string_reason"]
+
+ROUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+REQUIRED_KEYS = ("BROKER_ADDRESS", "BROKER_PORT", "CLIENT_ID")
+#: Keys the vendor documents for CLUSTER_CONFIG (USE_TLS appears in its examples).
+DOCUMENTED_KEYS = frozenset(
+    {*REQUIRED_KEYS, "USERNAME", "PASSWORD", "MESSAGE_VALIDITY_SEC", "USE_TLS"}
+)
+#: Documented only for MQTT_BRIDGE; whether CLUSTER_CONFIG accepts them is unknown.
+BRIDGE_ONLY_KEYS = frozenset(
+    {
+        "SERVER_CA_CERT_PATH",
+        "CLIENT_CERT_PATH",
+        "CLIENT_CERT_PASS",
+        "ALLOW_UNTRUSTED_CERTS",
+        "RECONNECTION_RETRIES",
+    }
+)
+_INT_KEYS = ("BROKER_PORT", "MESSAGE_VALIDITY_SEC", "RECONNECTION_RETRIES")
+_BOOL_KEYS = ("USE_TLS", "ALLOW_UNTRUSTED_CERTS")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PLACEHOLDER = re.compile(r"<[^<>]*>|#[^#]*,[^#]*#")
+
+
+def unsafe_string_reason(text: str) -> str | None:
+    """Why `text` must not be sent as a LOT string value, or None if it is safe.
+
+    interface.md section 1: no escape is known, and the route text travels in a command line,
+    so quotes, comment markers, control characters and a leading dash are refused.
+    """
+    if '"' in text:
+        return "contains a double quote (LOT has no escape for it)"
+    if "'" in text:
+        return "contains a single quote"
+    if "//" in text:
+        return "contains // (a comment marker)"
+    control = _CONTROL.search(text)
+    if control:
+        return f"contains control character {control.group()!r}"
+    if text.startswith("-"):
+        return "starts with - (would read as a command option)"
+    return None
+
+
+def lint_file(path: Path) -> list[Diagnostic]:
+    """Read `path` (UTF-8) and lint it; an unreadable file is one error at 1:1."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [
+            Diagnostic(str(path), 1, 1, f"not valid UTF-8 (byte offset {exc.start}: {exc.reason})")
+        ]
+    except OSError as exc:
+        return [Diagnostic(str(path), 1, 1, f"cannot read file: {exc.strerror or exc}")]
+    return lint_text(text, str(path))
+
+
+def lint_text(text: str, filename: str = "<string>") -> list[Diagnostic]:
+    """All diagnostics for one file's text, sorted by position; [] means clean."""
+    try:
+        routes = parse(text, filename)
+    except LotSyntaxError as exc:
+        return [Diagnostic(filename, exc.line, exc.column, exc.message)]
+    found: list[Diagnostic] = []
+    _check_layout(text, filename, found)
+    first_seen: dict[str, Route] = {}
+    for route in routes:
+        if route.name in first_seen:
+            found.append(
+                _at(
+                    filename,
+                    route,
+                    f"duplicate route name {route.name}"
+                    f" (first defined at line {first_seen[route.name].line})",
+                )
+            )
+        else:
+            first_seen[route.name] = route
+        _check_route(route, filename, found)
+    return sorted(found)
+
+
+def _at(
+    filename: str, node: Route | Block | Setting, message: str, severity: str = "error"
+) -> Diagnostic:
+    """A diagnostic at a node's position (1:1 for nodes built by hand, which have none)."""
+    return Diagnostic(filename, node.line or 1, node.column or 1, message, severity)
+
+
+def _check_layout(text: str, filename: str, found: list[Diagnostic]) -> None:
+    """The vendor's layout is 4 spaces per level: other widths parse, but are flagged."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if indent % 4 and body.strip() and not body.startswith("//"):
+            found.append(
+                Diagnostic(
+                    filename, lineno, indent + 1, "indent with 4 spaces per level", "warning"
+                )
+            )
+
+
+def _check_route(route: Route, filename: str, found: list[Diagnostic]) -> None:
+    """Name rule and per-block checks for every route; CLUSTER_CONFIG rules for MQTT_CLUSTER."""
+    if not ROUTE_NAME.fullmatch(route.name):
+        found.append(
+            _at(
+                filename,
+                route,
+                f"route name {route.name!r} must match ^[A-Za-z][A-Za-z0-9_]{{0,63}}$"
+                " (it becomes an MQTT topic level)",
+            )
+        )
+    for block in _walk(route.blocks):
+        _check_block(block, filename, found)
+    if route.type != "MQTT_CLUSTER":
+        return
+    configs = [block for block in route.blocks if block.kind == "CLUSTER_CONFIG"]
+    if not configs:
+        found.append(
+            _at(filename, route, f"MQTT_CLUSTER route {route.name} has no ADD CLUSTER_CONFIG")
+        )
+        return
+    for extra in configs[1:]:
+        found.append(_at(filename, extra, f"second CLUSTER_CONFIG in route {route.name}"))
+    _check_cluster_config(configs[0], filename, found)
+
+
+def _walk(blocks: tuple[Block, ...]) -> list[Block]:
+    """Every block, nested ones included, without recursion (nesting depth is unbounded)."""
+    out: list[Block] = []
+    stack = list(reversed(blocks))
+    while stack:
+        block = stack.pop()
+        out.append(block)
+        stack.extend(reversed(block.children))
+    return out
+
+
+def _check_block(block: Block, filename: str, found: list[Diagnostic]) -> None:
+    """Checks for any block: duplicate keys, unsafe strings, template leftovers."""
+    if block.kind == "METADATA":
+        found.append(
+            _at(
+                filename,
+                block,
+                "ADD METADATA is template-only (-routeCode) and must never be deployed",
+            )
+        )
+    seen: set[str] = set()
+    for setting in block.settings:
+        if setting.key in seen:
+            found.append(_at(filename, setting, f"duplicate key {setting.key} in {block.kind}"))
+        seen.add(setting.key)
+        value = setting.value
+        text = value.value if isinstance(value, Str) else None
+        if isinstance(value, SecretRef | EnvRef):
+            text = value.name
+            if not value.name:
+                found.append(_at(filename, setting, f"{setting.key}: empty name after GET"))
+        if text is None:
+            continue
+        reason = unsafe_string_reason(text)
+        if reason:
+            found.append(_at(filename, setting, f"value of {setting.key} {reason}"))
+        elif _PLACEHOLDER.fullmatch(text):
+            found.append(
+                _at(filename, setting, f"value of {setting.key} looks like a template placeholder")
+            )
+
+
+def _check_cluster_config(block: Block, filename: str, found: list[Diagnostic]) -> None:
+    """MQTT_CLUSTER's CLUSTER_CONFIG: required keys, value types and ranges, known keys."""
+    for key in REQUIRED_KEYS:
+        if block.get(key) is None:
+            found.append(_at(filename, block, f"CLUSTER_CONFIG is missing required key {key}"))
+    for setting in block.settings:
+        key, value = setting.key, setting.value
+        if key in BRIDGE_ONLY_KEYS:
+            found.append(
+                _at(
+                    filename,
+                    setting,
+                    f"{key} is documented for MQTT_BRIDGE, not for"
+                    " CLUSTER_CONFIG (check -routeCode MQTT_CLUSTER)",
+                    "warning",
+                )
+            )
+        elif key not in DOCUMENTED_KEYS:
+            found.append(
+                _at(filename, setting, f"{key} is not a documented CLUSTER_CONFIG key", "warning")
+            )
+        if isinstance(value, SecretRef):
+            found.append(
+                _at(
+                    filename,
+                    setting,
+                    f"GET SECRET for {key} is documented for MQTT_BRIDGE only;"
+                    " unverified for CLUSTER_CONFIG",
+                    "warning",
+                )
+            )
+        if key in _INT_KEYS:
+            _check_int(setting, filename, found)
+        elif key in _BOOL_KEYS and not isinstance(value, Bool | EnvRef):
+            found.append(_at(filename, setting, f"{key} should be true or false"))
+        elif key in ("BROKER_ADDRESS", "CLIENT_ID", "USERNAME") and not isinstance(
+            value, Str | EnvRef
+        ):
+            found.append(_at(filename, setting, f'{key} should be a "string"'))
+        elif key in ("BROKER_ADDRESS", "CLIENT_ID") and isinstance(value, Str) and not value.value:
+            found.append(_at(filename, setting, f"{key} is empty"))
+
+
+def _check_int(setting: Setting, filename: str, found: list[Diagnostic]) -> None:
+    """Integer keys: an Int (env/secret references cannot be checked), in range, quoted."""
+    key, value = setting.key, setting.value
+    if isinstance(value, EnvRef | SecretRef):
+        return
+    if not isinstance(value, Int):
+        found.append(_at(filename, setting, f"{key} must be an integer, written '{_example(key)}'"))
+        return
+    if key == "BROKER_PORT" and not 1 <= value.value <= 65535:
+        found.append(_at(filename, setting, f"BROKER_PORT {value.value} is not a port (1..65535)"))
+    elif key != "BROKER_PORT" and value.value < 0:
+        found.append(_at(filename, setting, f"{key} must not be negative"))
+    if not value.quoted:
+        found.append(
+            _at(
+                filename,
+                setting,
+                f"the vendor writes {key} single-quoted: '{value.value}'",
+                "warning",
+            )
+        )
+
+
+def _example(key: str) -> str:
+    return "1883" if key == "BROKER_PORT" else "30"
