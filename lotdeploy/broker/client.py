@@ -2,11 +2,15 @@
 
 Two layers live here:
 
-* `MqttConnection`: a deliberately small MQTT 3.1.1 client on asyncio streams. We own it
-  instead of wrapping a library because every wait must be bounded, TLS must come from a
-  caller-supplied `ssl.SSLContext`, a password must never reach a log line or a repr, and the
-  lab broker's cluster links need pipelined QoS 1/2 publishing with explicit control over
-  reconnection (no hidden background reconnect loop). It speaks exactly the packets we use.
+* `MqttConnection`: a thin adapter over [aiomqtt](https://pypi.org/project/aiomqtt/) (asyncio
+  on top of paho-mqtt 2.x, which speaks the protocol). It keeps what our callers rely on and
+  the library leaves to them: every wait bounded (also by the connection's end, which aiomqtt
+  does not watch for pending acknowledgements), TLS from a caller-supplied `ssl.SSLContext`,
+  a password only ever handed to the library (never in a log line, repr or exception),
+  CONNACK refusals and TLS failures turned into clear causes, a `closed` event, incoming
+  messages delivered in order as they arrive (a callback or a bounded queue), and a will
+  message (how the lab broker's cluster links identify themselves). It never reconnects by
+  itself: callers own the retry policy.
 * `BrokerClient`: the Coreflux command channel on top (interface.md §2/§3): publish a command
   to `$SYS/Coreflux/Command`, match the reply on `$SYS/Coreflux/Command/Output` by requestId
   (or, for 1.x brokers that do not echo ids, take the first reply after the publish), and parse
@@ -20,12 +24,16 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import ssl
-import struct
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 
 from lotdeploy.errors import BrokerError
 from lotdeploy.lot import strip_comments
@@ -37,23 +45,22 @@ COMMAND_TOPIC = "$SYS/Coreflux/Command"
 OUTPUT_TOPIC = "$SYS/Coreflux/Command/Output"
 ROUTES_TOPIC = "$SYS/Coreflux/Routes"
 
-#: Largest packet we accept from a broker; anything larger is a protocol violation for us.
-MAX_INCOMING_PACKET = 16 * 1024 * 1024
-
 # ---------------------------------------------------------------------------------------------
-# Minimal MQTT 3.1.1
+# One MQTT 3.1.1 connection (aiomqtt)
 # ---------------------------------------------------------------------------------------------
 
-CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
-
-CONNACK_REASONS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized",
+#: paho-mqtt 2.x reports an MQTT 3.1.1 CONNACK return code as an MQTT 5 reason code; this maps
+#: it back to the 3.1.1 code and says what to check.
+_CONNACK: dict[int, tuple[int, str]] = {
+    132: (1, "unacceptable protocol version (the broker does not speak MQTT 3.1.1)"),
+    133: (2, "client identifier rejected"),
+    136: (3, "server unavailable"),
+    134: (4, "bad user name or password"),
+    135: (5, "not authorized"),
 }
+_CONNACK_BY_CODE = {code: text for code, text in _CONNACK.values()}
+#: What completes a publish, by QoS (paho calls QoS 0 published once written).
+_ACK = ("write", "PUBACK", "PUBCOMP")
 
 
 class MqttError(Exception):
@@ -61,11 +68,12 @@ class MqttError(Exception):
 
 
 class ConnectRefused(MqttError):
-    """The broker answered CONNACK with a non-zero return code."""
+    """The broker answered CONNACK with a non-zero return code (`code`: MQTT 3.1.1's)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, where: str = "") -> None:
         self.code = code
-        super().__init__(f"connection refused: {CONNACK_REASONS.get(code, f'code {code}')}")
+        reason = _CONNACK_BY_CODE.get(code, f"code {code}")
+        super().__init__(f"connection refused{f' by {where}' if where else ''}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -78,44 +86,81 @@ class Message:
     retain: bool = False
 
 
-def _encode_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_T = TypeVar("_T")
 
 
-def _str(s: str | bytes) -> bytes:
-    raw = s.encode() if isinstance(s, str) else s
-    if len(raw) > 0xFFFF:
-        raise MqttError("string field longer than 65535 bytes")
-    return struct.pack("!H", len(raw)) + raw
+class _VerifyAs:
+    """A caller's SSLContext that verifies (and sends SNI for) `name` instead of the dialled host.
+
+    paho uses the address it dials as the TLS server name; this is the only way to connect to an
+    address while checking the certificate for another name. Everything else is the caller's.
+    """
+
+    def __init__(self, context: ssl.SSLContext, name: str) -> None:
+        self._context = context
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._context, attr)
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["server_hostname"] = self._name
+        return self._context.wrap_socket(sock, *args, **kwargs)
 
 
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _encode_length(len(body)) + body
+def _code(rc: ReasonCode | int | None) -> int:
+    return int(rc.value) if isinstance(rc, ReasonCode) else int(rc or 0)
 
 
-def encode_publish(msg: Message, packet_id: int | None, dup: bool = False) -> bytes:
-    """PUBLISH packet bytes; `packet_id` is required for QoS 1 and 2."""
-    first = (PUBLISH << 4) | (0x08 if dup else 0) | (msg.qos << 1) | (1 if msg.retain else 0)
-    body = _str(msg.topic)
-    if msg.qos:
-        assert packet_id is not None
-        body += struct.pack("!H", packet_id)
-    return _packet(first, body + msg.payload)
+def _lost_reason(cause: BaseException | None) -> str:
+    """Why aiomqtt saw the connection end (`cause`: what it chained to its MqttError)."""
+    if cause is None:
+        return "disconnected"
+    if isinstance(cause, OSError):
+        return f"closed by peer ({cause.strerror or type(cause).__name__})"
+    rc = getattr(cause, "rc", None)
+    if isinstance(rc, ReasonCode | int) and _code(rc) == 141:  # paho: MQTT_ERR_KEEPALIVE
+        return "keepalive timeout (no PINGRESP)"
+    if isinstance(rc, ReasonCode | int) and _code(rc) == 128:  # paho: MQTT_ERR_CONN_LOST
+        return "closed by peer"
+    return f"lost ({cause})"
 
 
-TMsg = TypeVar("TMsg")
+def _inbox(deliver: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming-message queue class, made to hand each message to `deliver` at once.
+
+    aiomqtt puts every received message in a queue of this class (its `queue_type` option) from
+    paho's read callback. Delivering there, instead of from a task draining a queue, keeps
+    arrival order with no extra hop: a reply that arrived before a call returned is already in
+    the caller's hands when it does.
+    """
+
+    class Inbox(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            deliver(item)
+
+    return Inbox
+
+
+def _hang_up(client: aiomqtt.Client) -> None:
+    """Drop a connection aiomqtt left half-open (no CONNACK in time, or connect cancelled).
+
+    aiomqtt has no public call for this; `_client` is the paho-mqtt Client it wraps, whose
+    `disconnect()` queues DISCONNECT and closes the socket once it is written. aiomqtt's
+    disconnect callback is detached first: its state no longer matters, and at loop shutdown
+    it would trip over its own cancelled CONNACK future.
+    """
+    with contextlib.suppress(Exception):
+        client._client.on_disconnect = None
+        client._client.disconnect()
 
 
 class MqttConnection:
-    """One MQTT 3.1.1 client connection. Not reconnecting: callers own the retry policy.
+    """One MQTT 3.1.1 client connection (clean session). Not reconnecting: callers own retries.
 
-    Incoming application messages go to `on_message` (called in the reader task, must not
-    block) or, if none is given, to the bounded `messages` queue. Every wait has a timeout.
+    Incoming application messages go to `on_message` (called in the event loop as they arrive,
+    must not block) or, if none is given, to the bounded `messages` queue. Every wait has a
+    timeout and ends early with MqttError when the connection is lost.
     """
 
     def __init__(
@@ -132,7 +177,7 @@ class MqttConnection:
         will: Message | None = None,
         connect_timeout: float = 10.0,
         on_message: Callable[[Message], None] | None = None,
-        on_close: Callable[[], None] | None = None,
+        max_inflight: int = 20,
     ) -> None:
         self.host = host
         self.port = port
@@ -145,17 +190,11 @@ class MqttConnection:
         self._will = will
         self._connect_timeout = connect_timeout
         self._on_message = on_message
-        self._on_close = on_close
+        self._max_inflight = max_inflight
         self.messages: asyncio.Queue[Message] = asyncio.Queue(maxsize=10_000)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._next_id = 0
-        self._acks: dict[int, asyncio.Future[Any]] = {}
-        self._qos2_phase: dict[int, int] = {}
-        self._incoming_qos2: set[int] = set()
-        self._connack: asyncio.Future[int] | None = None
-        self._pong = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
         self.closed = asyncio.Event()
         self.close_reason = ""
 
@@ -163,284 +202,192 @@ class MqttConnection:
         return f"MqttConnection({self.host}:{self.port}, client_id={self.client_id!r})"
 
     @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
     def connected(self) -> bool:
-        return self._writer is not None and not self.closed.is_set()
+        return self._client is not None and not self.closed.is_set()
 
     async def connect(self) -> None:
-        """Open the socket (TLS if configured), send CONNECT, wait for CONNACK (bounded)."""
+        """Connect (TLS if configured) and wait for CONNACK, all within connect_timeout."""
+        tls: Any = self._tls
+        if tls is not None and self._server_hostname and self._server_hostname != self.host:
+            tls = _VerifyAs(tls, self._server_hostname)
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            username=self._username,
+            password=self._password.reveal() if self._password is not None else None,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,  # the lab and the command channel never resume sessions
+            keepalive=self._keepalive,
+            timeout=self._connect_timeout,
+            will=(
+                aiomqtt.Will(will.topic, will.payload, will.qos, will.retain)
+                if (will := self._will) is not None
+                else None
+            ),
+            tls_context=cast(ssl.SSLContext | None, tls),
+            queue_type=_inbox(self._deliver),
+            max_inflight_messages=self._max_inflight,
+            # small request/answer packets: without this, Nagle and delayed ACKs cost ~40 ms each
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        # aiomqtt warns about "pending calls" above 10; a window of publishes is normal here
+        client.pending_calls_threshold = max(100, 2 * self._max_inflight)
+        # paho bounds the TCP connect and the TLS handshake by its own timeout (default 5 s);
+        # aiomqtt does not expose it, the paho Client it wraps does.
+        client._client.connect_timeout = self._connect_timeout
+        entering = asyncio.ensure_future(client.__aenter__())
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    self.host,
-                    self.port,
-                    ssl=self._tls,
-                    server_hostname=(self._server_hostname or self.host) if self._tls else None,
-                    limit=2**16,
-                ),
-                self._connect_timeout,
-            )
-        except ssl.SSLCertVerificationError as exc:
-            raise MqttError(
-                f"TLS handshake with {self.host}:{self.port} failed: certificate verify failed "
-                f"({exc.verify_message})"
-            ) from None
-        except ssl.SSLError as exc:
-            raise MqttError(
-                f"TLS handshake with {self.host}:{self.port} failed: {exc.reason or exc}"
-            ) from None
-        except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise MqttError(f"cannot connect to {self.host}:{self.port}: {reason}") from None
-        loop = asyncio.get_running_loop()
-        self._connack = loop.create_future()
-        self._tasks.append(asyncio.create_task(self._read_loop()))
-        try:
-            self._write(self._connect_packet())
-            code = await asyncio.wait_for(asyncio.shield(self._connack), self._connect_timeout)
-        except TimeoutError:
-            await self.close()
-            raise MqttError(
-                f"no CONNACK from {self.host}:{self.port} within {self._connect_timeout}s"
-            ) from None
-        except MqttError:
-            await self.close()
+            await asyncio.shield(entering)
+        except asyncio.CancelledError:
+            # paho connects in a worker thread that cannot be interrupted: drop what it opens
+            entering.add_done_callback(lambda _: _hang_up(client))
             raise
-        if code != 0:
-            await self.close()
-            raise ConnectRefused(code)
-        if self._keepalive:
-            self._tasks.append(asyncio.create_task(self._ping_loop()))
+        except Exception as exc:
+            error = self._connect_error(exc)
+            if not isinstance(error, ConnectRefused):
+                _hang_up(client)  # e.g. no CONNACK in time: the socket is still open
+            raise error from None
+        self._client = client
+        self._lost = asyncio.get_running_loop().create_future()
+        self._watcher = asyncio.create_task(self._watch(client), name=f"mqtt-{self.where}")
 
-    def _connect_packet(self) -> bytes:
-        flags = 0x02  # clean session: the lab and the command channel never resume sessions
-        payload = _str(self.client_id)
-        if self._will is not None:
-            flags |= 0x04 | (self._will.qos << 3) | (0x20 if self._will.retain else 0)
-            payload += _str(self._will.topic) + _str(self._will.payload)
-        if self._username is not None:
-            flags |= 0x80
-            payload += _str(self._username)
-            if self._password is not None:
-                flags |= 0x40
-                payload += _str(self._password.reveal())
-        header = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", self._keepalive)
-        return _packet(CONNECT << 4, header + payload)
-
-    def _write(self, data: bytes) -> None:
-        if self._writer is None or self.closed.is_set():
-            raise MqttError(f"connection to {self.host}:{self.port} is closed")
-        self._writer.write(data)
-
-    async def _drain(self, timeout: float) -> None:
-        if self._writer is None:
-            raise MqttError("not connected")
-        try:
-            await asyncio.wait_for(self._writer.drain(), timeout)
-        except (OSError, TimeoutError) as exc:
-            self._fail(f"write failed: {type(exc).__name__}")
-            raise MqttError(f"write to {self.host}:{self.port} failed") from None
-
-    def _packet_id(self) -> int:
-        for _ in range(0xFFFF):
-            self._next_id = self._next_id % 0xFFFF + 1
-            if self._next_id not in self._acks:
-                return self._next_id
-        raise MqttError("no free packet identifier")
-
-    def publish_nowait(self, msg: Message) -> asyncio.Future[Any] | None:
-        """Queue a PUBLISH on the socket; returns the acknowledgement future for QoS 1/2."""
-        if msg.qos == 0:
-            self._write(encode_publish(msg, None))
-            return None
-        pid = self._packet_id()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._acks[pid] = fut
-        self._qos2_phase.pop(pid, None)
-        self._write(encode_publish(msg, pid))
-        return fut
-
-    async def publish(self, msg: Message, timeout: float = 10.0) -> None:
-        """Publish and wait (bounded) until the broker acknowledged it (QoS 1/2)."""
-        fut = self.publish_nowait(msg)
-        await self._drain(timeout)
-        if fut is not None:
-            await self._wait_ack(fut, timeout, "PUBACK")
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        await self._drain(timeout)
-
-    async def _wait_ack(self, fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise MqttError(f"no {what} from {self.host}:{self.port} within {timeout}s") from None
-
-    async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
-        """SUBSCRIBE and wait for SUBACK; returns the granted QoS (0x80 = refused) per topic."""
-        pid = self._packet_id()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._acks[pid] = fut
-        body = struct.pack("!H", pid) + b"".join(_str(t) + bytes([q]) for t, q in topics)
-        self._write(_packet((SUBSCRIBE << 4) | 0x02, body))
-        await self._drain(timeout)
-        codes: list[int] = await self._wait_ack(fut, timeout, "SUBACK")
-        return codes
-
-    async def unsubscribe(self, topics: list[str], timeout: float = 10.0) -> None:
-        pid = self._packet_id()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._acks[pid] = fut
-        body = struct.pack("!H", pid) + b"".join(_str(t) for t in topics)
-        self._write(_packet((UNSUBSCRIBE << 4) | 0x02, body))
-        await self._drain(timeout)
-        await self._wait_ack(fut, timeout, "UNSUBACK")
-
-    async def close(self, timeout: float = 2.0) -> None:
-        """Send DISCONNECT if still connected, close the socket, stop the tasks (bounded)."""
-        if self._writer is not None and not self.closed.is_set():
-            with contextlib.suppress(Exception):
-                self._writer.write(bytes([DISCONNECT << 4, 0]))
-                await asyncio.wait_for(self._writer.drain(), timeout)
-        self._fail("closed by client")
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                asyncio.gather(
-                    *(t for t in self._tasks if t is not current), return_exceptions=True
-                ),
-                timeout,
+    def _connect_error(self, exc: BaseException) -> MqttError:
+        if isinstance(exc, MqttConnectError):
+            value = _code(exc.rc)
+            code = _CONNACK.get(value, (value, ""))[0]
+            return ConnectRefused(code, self.where)
+        # aiomqtt re-raises socket errors as MqttError(str(exc)) `from None`: the original is
+        # still the exception's context.
+        cause = exc.__cause__ or exc.__context__ or exc
+        if isinstance(exc, aiomqtt.MqttError) and str(exc) == "Operation timed out":
+            return MqttError(f"no CONNACK from {self.where} within {self._connect_timeout:g}s")
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return MqttError(
+                f"TLS handshake with {self.where} failed: certificate verify failed "
+                f"({cause.verify_message})"
             )
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer.wait_closed(), timeout)
+        if isinstance(cause, ssl.SSLError):
+            return MqttError(f"TLS handshake with {self.where} failed: {cause.reason or cause}")
+        if isinstance(cause, TimeoutError):
+            return MqttError(f"cannot connect to {self.where}: timed out")
+        if isinstance(cause, OSError):
+            return MqttError(f"cannot connect to {self.where}: {cause.strerror or cause}")
+        return MqttError(f"cannot connect to {self.where}: {type(exc).__name__}: {exc}")
+
+    def _deliver(self, item: aiomqtt.Message) -> None:
+        payload = item.payload if isinstance(item.payload, bytes) else bytes(item.payload or b"")
+        msg = Message(item.topic.value, payload, item.qos, bool(item.retain))
+        if self._on_message is not None:
+            try:
+                self._on_message(msg)
+            except Exception:  # a consumer's bug must not tear the connection down
+                log.exception("message handler failed on %s", self.where)
+        elif self.messages.full():
+            log.warning("dropping a message from %s: receive queue full", self.where)
+        else:
+            self.messages.put_nowait(msg)
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Notice the end of the connection: aiomqtt ends message iteration when it drops."""
+        try:
+            async for _ in client.messages:  # never yields: the Inbox hands messages over
+                pass
+        except aiomqtt.MqttError as exc:
+            self._fail(_lost_reason(exc.__cause__))
 
     def _fail(self, reason: str) -> None:
-        """Mark closed once: fail every pending acknowledgement, close the transport."""
+        """Mark closed once and wake every waiter."""
         if self.closed.is_set():
             return
         self.close_reason = reason
         self.closed.set()
-        err = MqttError(f"connection to {self.host}:{self.port} lost: {reason}")
-        for fut in self._acks.values():
-            if not fut.done():
-                fut.set_exception(err)
-                fut.exception()  # mark retrieved: callers may have given up on it already
-        self._acks.clear()
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(err)
-            self._connack.exception()
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-        if self._on_close is not None:
-            with contextlib.suppress(Exception):
-                self._on_close()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
 
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
-        reader = self._reader
+    def _live(self) -> aiomqtt.Client:
+        if self._client is None or self.closed.is_set():
+            reason = f": {self.close_reason}" if self.close_reason else ""
+            raise MqttError(f"connection to {self.where} is closed{reason}")
+        return self._client
+
+    def _op_error(self, exc: Exception, what: str, timeout: float) -> MqttError:
+        if str(exc) == "Operation timed out":  # aiomqtt's own bound on the acknowledgement
+            return MqttError(f"no {what} from {self.where} within {timeout:g}s")
+        return MqttError(f"{what} on {self.where} failed: {exc}")
+
+    async def _bounded(self, call: Awaitable[_T], timeout: float, what: str) -> _T:
+        """Await one call within `timeout`, failing at once if the connection drops.
+
+        aiomqtt bounds an acknowledgement only by its timeout; a lost connection would
+        otherwise keep the caller waiting for all of it.
+        """
+        op = asyncio.ensure_future(call)
+        assert self._lost is not None
         try:
-            while True:
-                first = await reader.readexactly(1)
-                length, shift = 0, 0
-                for _ in range(4):
-                    byte = (await reader.readexactly(1))[0]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
-                else:
-                    raise MqttError("malformed remaining length")
-                if length > MAX_INCOMING_PACKET:
-                    raise MqttError(f"packet of {length} bytes exceeds the client limit")
-                body = await reader.readexactly(length) if length else b""
-                self._dispatch(first[0], body)
+            done, _ = await asyncio.wait(
+                (op, self._lost), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:
+            op.cancel()
             raise
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            self._fail("closed by peer")
-        except MqttError as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # a peer speaking garbage must not escape as a traceback
-            self._fail(f"protocol error ({type(exc).__name__})")
+        if op in done:
+            try:
+                return op.result()
+            except (aiomqtt.MqttError, ValueError) as exc:
+                raise self._op_error(exc, what, timeout) from None
+        op.cancel()
+        if self.closed.is_set():
+            raise MqttError(f"connection to {self.where} lost: {self.close_reason}")
+        raise MqttError(f"no {what} from {self.where} within {timeout:g}s")
 
-    def _dispatch(self, first: int, body: bytes) -> None:
-        kind = first >> 4
-        if kind == CONNACK:
-            if len(body) != 2:
-                raise MqttError("malformed CONNACK")
-            if self._connack is not None and not self._connack.done():
-                self._connack.set_result(body[1])
-        elif kind == PUBLISH:
-            self._on_publish(first, body)
-        elif kind in (PUBACK, PUBCOMP, UNSUBACK):
-            self._resolve(struct.unpack("!H", body[:2])[0], None)
-        elif kind == PUBREC:
-            pid = struct.unpack("!H", body[:2])[0]
-            self._write(_packet((PUBREL << 4) | 0x02, body[:2]))
-            self._qos2_phase[pid] = PUBREC
-        elif kind == PUBREL:
-            pid = struct.unpack("!H", body[:2])[0]
-            self._incoming_qos2.discard(pid)
-            self._write(_packet(PUBCOMP << 4, body[:2]))
-        elif kind == SUBACK:
-            self._resolve(struct.unpack("!H", body[:2])[0], list(body[2:]))
-        elif kind == PINGRESP:
-            self._pong.set()
-        else:
-            raise MqttError(f"unexpected packet type {kind}")
+    async def publish(self, msg: Message, timeout: float = 10.0) -> None:
+        """Publish; for QoS 1/2 wait (bounded) until the broker acknowledged it.
 
-    def _resolve(self, pid: int, value: Any) -> None:
-        fut = self._acks.pop(pid, None)
-        self._qos2_phase.pop(pid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(value)
+        Fails at once if the connection drops meanwhile. Publishes are written in the order the
+        calls start, also when many run concurrently as tasks (tasks start in creation order,
+        and each hands its message to paho before it first yields).
+        """
+        await self._bounded(self.send(msg, timeout), timeout, _ACK[msg.qos])
 
-    def _on_publish(self, first: int, body: bytes) -> None:
-        qos = (first >> 1) & 0x03
-        if qos == 3:
-            raise MqttError("PUBLISH with QoS 3")
-        (tlen,) = struct.unpack("!H", body[:2])
-        topic = body[2 : 2 + tlen].decode("utf-8", errors="replace")
-        pos = 2 + tlen
-        pid = None
-        if qos:
-            (pid,) = struct.unpack("!H", body[pos : pos + 2])
-            pos += 2
-        msg = Message(topic, bytes(body[pos:]), qos, bool(first & 0x01))
-        duplicate = False
-        if qos == 1:
-            self._write(_packet(PUBACK << 4, struct.pack("!H", pid)))
-        elif qos == 2:
-            assert pid is not None
-            duplicate = pid in self._incoming_qos2
-            self._incoming_qos2.add(pid)
-            self._write(_packet(PUBREC << 4, struct.pack("!H", pid)))
-        if duplicate:
-            return
-        if self._on_message is not None:
-            self._on_message(msg)
-        elif self.messages.full():
-            log.warning("dropping a message from %s:%s: receive queue full", self.host, self.port)
-        else:
-            self.messages.put_nowait(msg)
+    async def send(self, msg: Message, timeout: float = 10.0) -> None:
+        """`publish` without watching for the connection's end, one task cheaper per message.
 
-    async def _ping_loop(self) -> None:
-        interval = max(1.0, self._keepalive / 2)
+        For a sender that pipelines many publishes and watches `closed` itself (then cancels
+        what is still pending): on a lost connection this waits until `timeout`.
+        """
+        client = self._live()
         try:
-            while not self.closed.is_set():
-                await asyncio.sleep(interval)
-                self._pong.clear()
-                self._write(bytes([PINGREQ << 4, 0]))
-                try:
-                    await asyncio.wait_for(self._pong.wait(), self._keepalive)
-                except TimeoutError:
-                    self._fail("keepalive timeout")
-        except MqttError:
-            pass
+            await client.publish(msg.topic, msg.payload, msg.qos, msg.retain, timeout=timeout)
+        except (aiomqtt.MqttError, ValueError) as exc:
+            raise self._op_error(exc, _ACK[msg.qos], timeout) from None
+
+    async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> list[int]:
+        """SUBSCRIBE and wait for SUBACK; returns the granted QoS (0x80 = refused) per topic."""
+        client = self._live()
+        codes = await self._bounded(client.subscribe(topics, timeout=timeout), timeout, "SUBACK")
+        return [_code(code) for code in codes]
+
+    async def unsubscribe(self, topics: list[str], timeout: float = 10.0) -> None:
+        client = self._live()
+        await self._bounded(client.unsubscribe(topics, timeout=timeout), timeout, "UNSUBACK")
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Send DISCONNECT if still connected and stop (bounded). Safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.__aexit__(None, None, None), timeout)
+            _hang_up(client)  # no-op after a clean DISCONNECT; closes the socket otherwise
+        self._fail("closed by client")
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._watcher, timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,7 +502,6 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-_T = TypeVar("_T")
 RequestIds = bool | Literal["auto"]
 
 

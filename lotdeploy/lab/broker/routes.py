@@ -8,8 +8,11 @@ forwarding them again: one hop, so a full mesh delivers each message once to eve
 
 While the peer is unreachable, messages wait in a bounded queue (oldest dropped first when
 full); when sending, anything older than MESSAGE_VALIDITY_SEC is dropped, the rest goes out
-in order. QoS 1/2 messages are pipelined (a window of unacknowledged publishes); those not
-acknowledged when a connection drops are sent again after reconnecting (at least once).
+in order. The link is an aiomqtt client (`MqttConnection`); publishes are pipelined (a window
+of SEND_WINDOW not yet written or acknowledged) and keep their QoS and retain flag. QoS 1/2
+messages not acknowledged when a connection drops, and QoS 0 ones not yet written, are sent
+again after reconnecting (QoS 1/2 at least once). Reconnection is this module's loop, with
+bounded jittered backoff; the client library never reconnects by itself.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ ALLOWED_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
 DEFAULT_VALIDITY_SEC = 30
 SEND_WINDOW = 256
 CONNECT_TIMEOUT = 5.0
+ACK_TIMEOUT = 30.0
 
 #: What `-routeCode MQTT_CLUSTER` answers: the keys this lab broker accepts, as a template.
 ROUTE_TEMPLATE = r"""DEFINE ROUTE #name,string,Route name,^[A-Za-z]\w*$,# WITH TYPE MQTT_CLUSTER
@@ -342,6 +346,7 @@ class ClusterLink:
                         json.dumps({"node": self.node_name, "route": self.spec.name}).encode(),
                     ),
                     connect_timeout=CONNECT_TIMEOUT,
+                    max_inflight=SEND_WINDOW,
                 )
                 self._conn = conn
                 await conn.connect()
@@ -366,8 +371,13 @@ class ClusterLink:
             await asyncio.sleep(0.1)
 
     async def _pump(self, conn: MqttConnection) -> None:
-        """Send queued messages in order with a window of unacknowledged QoS 1/2 publishes."""
-        inflight: deque[tuple[_Queued, asyncio.Future[Any]]] = deque()
+        """Send queued messages in order, with a window of publishes awaiting their ack.
+
+        Each publish is a task; tasks start in creation order and hand their message to the
+        MQTT client before yielding, so messages go out in queue order. QoS 0 publishes count
+        as done once written, QoS 1/2 once acknowledged (PUBACK/PUBCOMP).
+        """
+        inflight: deque[tuple[_Queued, asyncio.Task[None]]] = deque()
         try:
             while not conn.closed.is_set():
                 now = time.monotonic()
@@ -379,18 +389,13 @@ class ClusterLink:
                         self.expired += 1
                         self.failed += 1
                         continue
-                    fut = conn.publish_nowait(item.msg)
+                    inflight.append((item, asyncio.create_task(conn.send(item.msg, ACK_TIMEOUT))))
                     sent_any = True
-                    if fut is None:
-                        self.sent_ok += 1
-                    else:
-                        inflight.append((item, fut))
                 if sent_any:
                     self.last_activity = time.time()
-                    await conn.drain(10.0)
                 while inflight and inflight[0][1].done():
-                    _, fut = inflight.popleft()
-                    fut.result()  # raises MqttError if the connection was lost
+                    _, task = inflight.popleft()
+                    task.result()  # raises MqttError if the connection was lost or no ack came
                     self.sent_ok += 1
                 if self._queue and len(inflight) < SEND_WINDOW:
                     continue
@@ -407,12 +412,13 @@ class ClusterLink:
             raise MqttError(conn.close_reason or "connection closed")
         finally:
             # whatever the peer did not acknowledge goes back to the front, in order
-            for item, fut in reversed(inflight):
-                if not fut.done() or fut.cancelled() or fut.exception() is not None:
+            for item, task in reversed(inflight):
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    self.sent_ok += 1
+                else:
+                    task.cancel()
                     self._queue.appendleft(item)
                     self._queue_bytes += len(item.msg.payload) + len(item.msg.topic)
-                else:
-                    self.sent_ok += 1
 
 
 class RouteManager:
