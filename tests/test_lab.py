@@ -171,21 +171,62 @@ def test_nodes_have_separate_files(lab: tuple[Path, LabState]) -> None:
     assert not Path("/opt/coreflux/tls/probe").exists()
 
 
+ADMIN_PROBE = """
+import sys, time
+import paho.mqtt.client as mqtt
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="labprobe")
+client.username_pw_set("root", open(sys.argv[1]).read().strip())
+client.connect("127.0.0.1", 1883, keepalive=5)
+deadline = time.monotonic() + 5
+while not client.is_connected() and time.monotonic() < deadline:
+    client.loop(timeout=0.1)
+print("connected" if client.is_connected() else "no CONNACK")
+"""
+
+
 @pytest.mark.root
-def test_broker_answers_mqtt_with_admin_password(lab: tuple[Path, LabState]) -> None:
+def test_broker_command_channel_only_on_the_nodes_loopback(lab: tuple[Path, LabState]) -> None:
+    """Admin MQTT works from inside the node (127.0.0.1:1883) and is not offered to peers."""
     lab_dir, state = lab
-    if not hosts.broker_available():
-        pytest.skip("lab broker not available")
-    assert _mqtt_connect(lab_dir, state.node("eu1").address) == 0
+    eu1 = state.node("eu1")
+    probe = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            eu1.ns,
+            sys.executable,
+            "-c",
+            ADMIN_PROBE,
+            str(lab_dir / "secrets" / "admin-password"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert probe.stdout.strip() == "connected", probe.stderr
+    assert _refused_fast(connect_times(_ns(state, "eu2"), eu1.address, 1883, 2))
 
 
-def _mqtt_connect(lab_dir: Path, address: str) -> int | str:
-    """CONNECT as the admin; 0 on success, else the error (bounded: 5 s)."""
+def _enable_tls(lab_dir: Path, node: Node) -> Path:
+    """Self-signed certificate on the node + the site's reload command: TLS on 8883."""
+    spec = yaml.safe_load((lab_dir / "site.yaml").read_text())
+    write_self_signed(lab_dir / "nodes" / node.name / "tls", node.address)
+    result = ssh_node(lab_dir, node.name, spec["defaults"]["broker"]["reload_command"])
+    assert result.returncode == 0, result.stderr
+    hosts.wait_port(node.address, 8883, node=node.name, what="TLS listener", timeout=10)
+    return lab_dir / "nodes" / node.name / "tls" / "ca.crt"
+
+
+def _mqtt_connect(lab_dir: Path, node: Node) -> int | str:
+    """CONNECT as the admin over TLS on 8883; 0 on success, else the error (bounded: 5 s)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="labtest")
     password = (lab_dir / "secrets" / "admin-password").read_text().strip()
     client.username_pw_set("root", password)
+    client.tls_set(ca_certs=str(lab_dir / "nodes" / node.name / "tls" / "ca.crt"))
     try:
-        client.connect(address, 1883, keepalive=5)
+        client.connect(node.address, 8883, keepalive=5)
     except OSError as exc:
         return type(exc).__name__
     try:
@@ -201,14 +242,9 @@ def _mqtt_connect(lab_dir: Path, address: str) -> int | str:
 def test_reload_command_opens_tls_listener(lab: tuple[Path, LabState]) -> None:
     """Certificates put in the node's TLS dir + the site's reload_command -> TLS on 8883."""
     lab_dir, state = lab
-    if not hosts.broker_available():
-        pytest.skip("lab broker not available")
-    spec = yaml.safe_load((lab_dir / "site.yaml").read_text())
     us1 = state.node("us1")
-    write_self_signed(lab_dir / "nodes" / "us1" / "tls", us1.address)
-    result = ssh_node(lab_dir, "us1", spec["defaults"]["broker"]["reload_command"])
-    assert result.returncode == 0, result.stderr
-    hosts.wait_port(us1.address, 8883, node="us1", what="TLS listener", timeout=10)
+    _enable_tls(lab_dir, us1)
+    assert _mqtt_connect(lab_dir, us1) == 0
     assert ssh_node(lab_dir, "eu1", "test ! -e /opt/coreflux/tls/server.crt").returncode == 0
 
 
@@ -243,19 +279,20 @@ def test_region_delay_spares_links_inside_the_region(lab: tuple[Path, LabState])
 def test_cut_fails_fast_and_heal_restores(lab: tuple[Path, LabState]) -> None:
     lab_dir, state = lab
     eu2 = state.node("eu2")
+    _enable_tls(lab_dir, eu2)
+    _enable_tls(lab_dir, state.node("us1"))
     result = lab_cli(lab_dir, "cut", "eu2")
     assert result.returncode == 0, result.stderr
     try:
         start = time.monotonic()
         assert ssh_node(lab_dir, "eu2", "true").returncode != 0
         assert time.monotonic() - start < 3
-        assert _refused_fast(connect_times(_ns(state, "eu1"), eu2.address, 1883, 3))
+        assert _refused_fast(connect_times(_ns(state, "eu1"), eu2.address, 8883, 3))
         assert _refused_fast(connect_times(_ns(state, "eu2"), state.node("us1").address, 22, 3))
-        if hosts.broker_available():
-            start = time.monotonic()
-            assert _mqtt_connect(lab_dir, eu2.address) != 0
-            assert time.monotonic() - start < 2
-            assert _mqtt_connect(lab_dir, state.node("us1").address) == 0
+        start = time.monotonic()
+        assert _mqtt_connect(lab_dir, eu2) != 0
+        assert time.monotonic() - start < 2
+        assert _mqtt_connect(lab_dir, state.node("us1")) == 0
         assert ssh_node(lab_dir, "eu1", "true").returncode == 0
         assert "cut" in lab_cli(lab_dir, "status").stdout
     finally:

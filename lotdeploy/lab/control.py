@@ -116,8 +116,6 @@ def up(
         if delays:
             apply_delays(lab_dir, state, delays)
         write_site(layout, state)
-        if not hosts.broker_available():
-            echo("note: the lab broker (lotdeploy.lab.broker) is missing; nodes run sshd only")
         echo(f"lab up: {len(state.nodes)} nodes; site spec in {layout.site}")
         return state
 
@@ -223,54 +221,64 @@ def _ensure_mountpoints(targets: list[str]) -> None:
             fh.write("".join(f"{p}\n" for p in made))
 
 
+def _start_node_services(
+    layout: Layout,
+    state: LabState,
+    node: Node,
+    lock: threading.Lock,
+    *,
+    wrap: Callable[[list[str]], list[str]],
+    listen: hosts.BrokerListen,
+    sshd_port: int,
+) -> None:
+    """Start a node's sshd and lab broker, record their pids, wait until both serve."""
+    name = node.name
+    sshd_log = layout.node_sub(name, "sshd.log")
+    broker_log = layout.node_sub(name, "broker.log")
+    ready_from = broker_log.stat().st_size if broker_log.exists() else 0
+    sshd = [hosts.SSHD, "-D", "-e", "-f", str(layout.node_sub(name, "sshd_config"))]
+    broker = hosts.broker_argv(layout, node, listen)
+    pids = {
+        f"sshd:{name}": hosts.spawn(wrap(sshd), sshd_log, state.lab_id),
+        f"broker:{name}": hosts.spawn(
+            wrap(broker), broker_log, state.lab_id, cwd=layout.node_sub(name, "broker")
+        ),
+    }
+    with lock:
+        for role, pid in pids.items():
+            hosts.remember(state, role, pid)
+        labstate.save(layout.root, state)
+    atomic_write(layout.node_sub(name, "run") / "broker.pid", f"{pids[f'broker:{name}']}\n")
+    hosts.wait_port(
+        node.address,
+        sshd_port,
+        node=name,
+        what="sshd",
+        pid_check=(state, f"sshd:{name}"),
+        log=sshd_log,
+    )
+    hosts.wait_ready(broker_log, ready_from, node=name, pid_check=(state, f"broker:{name}"))
+
+
 def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
     lock = threading.Lock()
     _ensure_mountpoints([*hosts.NODE_MOUNTS.values(), "/run/sshd"])
     netns.create_bridge(state)
-    broker = hosts.broker_available()
 
     def start(node: Node) -> None:
         netns.create_node(state, node)
         binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
-        log = layout.node_sub(node.name, "sshd.log")
-        sshd = [hosts.SSHD, "-D", "-e", "-f", str(layout.node_sub(node.name, "sshd_config"))]
-        pids = {
-            f"sshd:{node.name}": hosts.spawn(hosts.in_node(node.ns, binds, sshd), log, state.lab_id)
-        }
-        if broker:
-            argv = hosts.broker_argv(layout, node, "0.0.0.0", 1883, 8883, hosts.NODE_TLS_DIR)
-            pids[f"broker:{node.name}"] = hosts.spawn(
-                hosts.in_node(node.ns, binds, argv),
-                layout.node_sub(node.name, "broker.log"),
-                state.lab_id,
-                cwd=layout.node_sub(node.name, "broker"),
-            )
-        with lock:
-            for role, pid in pids.items():
-                hosts.remember(state, role, pid)
-            labstate.save(layout.root, state)
-        if broker:
-            atomic_write(
-                layout.node_sub(node.name, "run") / "broker.pid", f"{pids[f'broker:{node.name}']}\n"
-            )
-        hosts.wait_port(
-            node.address,
-            node.ssh_port,
-            node=node.name,
-            what="sshd",
-            pid_check=(state, f"sshd:{node.name}"),
-            log=log,
+        # plain MQTT (the command channel) only on the node's own loopback; TLS for peers
+        listen = hosts.BrokerListen("127.0.0.1", node.address, 1883, 8883, hosts.NODE_TLS_DIR)
+        _start_node_services(
+            layout,
+            state,
+            node,
+            lock,
+            wrap=lambda argv: hosts.in_node(node.ns, binds, argv),
+            listen=listen,
+            sshd_port=node.ssh_port,
         )
-        if broker:
-            hosts.wait_port(
-                node.address,
-                1883,
-                node=node.name,
-                what="lab broker",
-                timeout=20,
-                pid_check=(state, f"broker:{node.name}"),
-                log=layout.node_sub(node.name, "broker.log"),
-            )
 
     _for_each(state.nodes, start, parallel)
 
@@ -279,53 +287,25 @@ def _up_user(layout: Layout, state: LabState, parallel: bool) -> None:
     if os.geteuid() == 0:  # sshd started as root insists on its privilege separation dir
         _ensure_mountpoints(["/run/sshd"])
     lock = threading.Lock()
-    broker = hosts.broker_available()
 
     def start(node: Node) -> None:
-        log = layout.node_sub(node.name, "sshd.log")
-        sshd = [hosts.SSHD, "-D", "-e", "-f", str(layout.node_sub(node.name, "sshd_config"))]
-        pids = {f"sshd:{node.name}": hosts.spawn(sshd, log, state.lab_id)}
-        if broker:
-            argv = hosts.broker_argv(
-                layout,
-                node,
-                node.address,
-                node.admin_port + BACKEND_OFFSET,
-                node.tls_port + BACKEND_OFFSET,
-                str(layout.node_sub(node.name, "tls")),
-            )
-            pids[f"broker:{node.name}"] = hosts.spawn(
-                argv,
-                layout.node_sub(node.name, "broker.log"),
-                state.lab_id,
-                cwd=layout.node_sub(node.name, "broker"),
-            )
-        with lock:
-            for role, pid in pids.items():
-                hosts.remember(state, role, pid)
-            labstate.save(layout.root, state)
-        if broker:
-            atomic_write(
-                layout.node_sub(node.name, "run") / "broker.pid", f"{pids[f'broker:{node.name}']}\n"
-            )
-        hosts.wait_port(
+        # the real servers sit BACKEND_OFFSET above the ports the proxy offers
+        listen = hosts.BrokerListen(
             node.address,
-            node.ssh_port + BACKEND_OFFSET,
-            node=node.name,
-            what="sshd",
-            pid_check=(state, f"sshd:{node.name}"),
-            log=log,
+            node.address,
+            node.admin_port + BACKEND_OFFSET,
+            node.tls_port + BACKEND_OFFSET,
+            str(layout.node_sub(node.name, "tls")),
         )
-        if broker:
-            hosts.wait_port(
-                node.address,
-                node.admin_port + BACKEND_OFFSET,
-                node=node.name,
-                what="lab broker",
-                timeout=20,
-                pid_check=(state, f"broker:{node.name}"),
-                log=layout.node_sub(node.name, "broker.log"),
-            )
+        _start_node_services(
+            layout,
+            state,
+            node,
+            lock,
+            wrap=lambda argv: argv,
+            listen=listen,
+            sshd_port=node.ssh_port + BACKEND_OFFSET,
+        )
 
     _for_each(state.nodes, start, parallel)
     log = layout.root / ".lab" / "proxy.log"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import lotdeploy
 from lotdeploy.errors import LabError
@@ -203,30 +204,35 @@ def in_node(ns: str, binds: dict[str, Path], argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, "sh", "-c", _MOUNT_SCRIPT, "lab-node", *pairs, "--", *argv]
 
 
-def broker_available() -> bool:
-    """The lab broker is built by another part of lotdeploy; run nodes without it until then."""
-    return (PROJECT_ROOT / "lotdeploy" / "lab" / "broker" / "__main__.py").exists()
+class BrokerListen(NamedTuple):
+    """Where a node's lab broker listens: plain MQTT (the command channel) and TLS."""
+
+    plain_bind: str
+    tls_bind: str
+    port: int
+    tls_port: int
+    tls_dir: str
 
 
-def broker_argv(
-    layout: Layout, node: Node, bind: str, port: int, tls_port: int, tls_dir: str
-) -> list[str]:
+def broker_argv(layout: Layout, node: Node, listen: BrokerListen) -> list[str]:
     return [
         sys.executable,
         "-m",
         BROKER_MODULE,
         "--bind",
-        bind,
+        listen.plain_bind,
         "--port",
-        str(port),
+        str(listen.port),
+        "--tls-bind",
+        listen.tls_bind,
         "--tls-port",
-        str(tls_port),
+        str(listen.tls_port),
         "--cert",
-        f"{tls_dir}/server.crt",
+        f"{listen.tls_dir}/server.crt",
         "--key",
-        f"{tls_dir}/server.key",
+        f"{listen.tls_dir}/server.key",
         "--ca",
-        f"{tls_dir}/ca.crt",
+        f"{listen.tls_dir}/ca.crt",
         "--admin-user",
         "root",
         "--admin-password-file",
@@ -236,6 +242,35 @@ def broker_argv(
         "--node-name",
         node.name,
     ]
+
+
+def wait_ready(
+    log: Path,
+    offset: int,
+    *,
+    node: str,
+    timeout: float = 20.0,
+    pid_check: tuple[LabState, str] | None = None,
+) -> None:
+    """Poll the broker's log (from `offset`) for its `ready` line; bounded in time.
+
+    In root mode its plain listener is on the node's own loopback, out of the host's reach,
+    so the line the broker prints once listening is the readiness signal in both modes.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open(log, "rb") as fh:
+            fh.seek(offset)
+            if b'"event": "ready"' in fh.read():
+                return
+        if pid_check is not None and not alive(*pid_check):
+            break
+        time.sleep(0.05)
+    tail = ""
+    if log.exists():
+        lines = log.read_text(errors="replace").strip().splitlines()
+        tail = f"; last log line: {lines[-1]}" if lines else ""
+    raise LabError(f"node {node}: lab broker did not come up{tail}")
 
 
 def wait_port(

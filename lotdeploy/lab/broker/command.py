@@ -43,6 +43,7 @@ async def serve(config: LabConfig) -> None:
         "event": "ready",
         "node": config.name,
         "bind": config.bind,
+        "tls_bind": config.tls_address,
         "port": node.port,
         "tls_port": node.tls_port if node._tls_server is not None else None,
     }
@@ -95,6 +96,12 @@ def _read_password(path: Path | None) -> Secret:
     type=click.IntRange(0, 65535),
     default=None,
     help="TLS MQTT port (needs --cert and --key; may appear later + SIGHUP).",
+)
+@click.option(
+    "--tls-bind",
+    default=None,
+    help="Address of the TLS listener (default: --bind); e.g. plain on 127.0.0.1 for admin, "
+    "TLS on the node address for peers.",
 )
 @click.option("--cert", type=click.Path(path_type=Path), help="Server certificate (PEM).")
 @click.option("--key", type=click.Path(path_type=Path), help="Server private key (PEM).")
@@ -154,6 +161,7 @@ def broker(
     bind: str,
     port: int,
     tls_port: int | None,
+    tls_bind: str | None,
     cert: Path | None,
     key: Path | None,
     ca: Path | None,
@@ -186,6 +194,7 @@ def broker(
         bind=bind,
         port=port,
         tls_port=tls_port,
+        tls_bind=tls_bind,
         cert=cert,
         key=key,
         ca=ca,

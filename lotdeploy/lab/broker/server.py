@@ -64,6 +64,9 @@ class LabConfig:
     bind: str
     port: int = 1883
     tls_port: int | None = None
+    #: Where the TLS listener binds; default: `bind`. A lab node keeps plain MQTT (admin) on
+    #: its own loopback and offers TLS on its address, like a production broker would.
+    tls_bind: str | None = None
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
@@ -80,6 +83,10 @@ class LabConfig:
     @property
     def name(self) -> str:
         return self.node_name or f"{self.bind}:{self.port}"
+
+    @property
+    def tls_address(self) -> str:
+        return self.tls_bind or self.bind
 
 
 class PacketTooLarge(Exception):
@@ -288,7 +295,7 @@ class LabNode:
         try:
             server = await asyncio.start_server(
                 partial(self.broker.stream_connected, listener_name=TLS_LISTENER),
-                self.config.bind.strip("[]"),
+                self.config.tls_address.strip("[]"),
                 self.tls_port,
                 ssl=ctx,
                 reuse_address=True,
@@ -297,7 +304,7 @@ class LabNode:
         except OSError as exc:
             if initial:
                 raise LabError(
-                    f"cannot listen on {self.config.bind}:{self.tls_port}: {exc.strerror}"
+                    f"cannot listen on {self.config.tls_address}:{self.tls_port}: {exc.strerror}"
                 ) from None
             log.error("TLS listener could not be reopened: %s", exc.strerror)
             return
@@ -306,7 +313,7 @@ class LabNode:
         self.broker._servers[TLS_LISTENER] = Server(TLS_LISTENER, server)
         log.info(
             "TLS listener on %s:%s (%s)",
-            self.config.bind,
+            self.config.tls_address,
             self.tls_port,
             "started" if initial else "reloaded",
         )
