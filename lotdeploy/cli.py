@@ -1,7 +1,8 @@
 """The `lotdeploy` command line. Thin: parse options, call the pipeline, print, exit.
 
-Exit status: 0 success, 1 any error (one line per problem, never a traceback for anything
-a user can cause), 2 "changes present" / "action needed" where a command documents it.
+Exit status: 0 success, 1 any error, usage errors included (one line per problem, never a
+traceback for anything a user can cause), 2 "changes present" / "action needed" where a
+command documents it.
 """
 
 from __future__ import annotations
@@ -245,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("lotdeploy: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        # Usage errors exit 1, not click's 2: `plan --detailed-exitcode` and `certs list`
+        # use 2 to mean "changes / action needed", which a typo must never fake.
         exc.show()
-        sys.exit(exc.exit_code)
+        sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

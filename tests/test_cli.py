@@ -275,3 +275,10 @@ def test_no_secret_reaches_any_output(tmp_path: Path) -> None:
                     assert line not in text
     # and the routes do carry the password (so the grep above was meaningful)
     assert any(v in (out / "eu1" / "routes.lot").read_text() for v in values)
+
+
+def test_usage_errors_exit_1_so_they_never_look_like_changes(tmp_path: Path) -> None:
+    site = _copy_example(tmp_path)
+    result = run_cli("plan", site, "--detailed-exitcode", "--no-such-flag")
+    assert result.returncode == 1 and "No such option" in result.stderr
+    assert run_cli("plan", tmp_path).returncode == 1
