@@ -8,6 +8,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -207,6 +208,42 @@ def test_broker_command_channel_only_on_the_nodes_loopback(lab: tuple[Path, LabS
     )
     assert probe.stdout.strip() == "connected", probe.stderr
     assert _refused_fast(connect_times(_ns(state, "eu2"), eu1.address, 1883, 2))
+
+
+@pytest.mark.root
+def test_command_channel_through_an_ssh_tunnel(lab: tuple[Path, LabState]) -> None:
+    """How apply will reach a broker: ssh -L to the node's own 127.0.0.1:1883, strict host
+    keys, then the broker client over the tunnel."""
+    from lotdeploy.broker import SyncBrokerClient
+    from lotdeploy.secret import Secret
+
+    lab_dir, _state = lab
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    argv = control.ssh_argv(lab_dir, "eu2", [])
+    user_at_host = argv[-1]
+    tunnel = subprocess.Popen(
+        [
+            *argv[:-1],
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{local_port}:127.0.0.1:1883",
+            user_at_host,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        hosts.wait_port("127.0.0.1", local_port, node="eu2", what="ssh tunnel", timeout=10)
+        password = Secret((lab_dir / "secrets" / "admin-password").read_text().strip())
+        with SyncBrokerClient("eu2", "127.0.0.1", local_port, "root", password) as client:
+            assert client.list_routes() == []
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
 
 
 def _enable_tls(lab_dir: Path, node: Node) -> Path:
