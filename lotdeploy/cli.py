@@ -124,7 +124,9 @@ def render(site: Path, out: Path, workspace: Path | None) -> None:
     from lotdeploy.workspace import Workspace
 
     loaded = _load(site)
-    result = write_bundles(loaded.site, Workspace.for_site(site, workspace), out)
+    the_workspace = Workspace.for_site(site, workspace)
+    with the_workspace.lock("render"):
+        result = write_bundles(loaded.site, the_workspace, out)
     removed = f", removed {len(result.removed)} stale node dir(s)" if result.removed else ""
     click.echo(
         f"rendered {result.routes} routes for {result.nodes} nodes into {out} "

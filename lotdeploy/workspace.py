@@ -10,11 +10,14 @@ says what to do, and nothing is ever overwritten after a failed open.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,9 @@ STORE_VERSION = 1
 SCRYPT_N = 2**15
 SCRYPT_R = 8
 SCRYPT_P = 1
+
+#: How long a second writing run waits for the workspace before giving up.
+LOCK_TIMEOUT = 10.0
 
 PassphraseProvider = Callable[[bool], Secret]
 
@@ -216,6 +222,40 @@ class Workspace:
                 os.chmod(self.root, 0o700)
         except OSError as exc:
             raise WorkspaceError(f"{self.root}: cannot use the workspace: {exc.strerror}") from None
+
+    @contextmanager
+    def lock(self, purpose: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold the workspace for one writing command (render, certs, creds, later apply).
+
+        An advisory `flock` on `.lotdeploy/lock`: the kernel drops it when the process ends,
+        so a crashed run never leaves a stale lock. A second run waits up to `timeout`
+        seconds, then says who holds it.
+        """
+        self.ensure()
+        path = self.root / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise WorkspaceError(f"{path}: cannot open the lock: {exc.strerror}") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                        raise WorkspaceError(
+                            f"{self.root} is in use by another lotdeploy run "
+                            f"({holder or 'unknown'}); try again when it has finished"
+                        ) from None
+                    time.sleep(0.1)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def has_secret_store(self) -> bool:
         return self.secrets_path.exists()

@@ -89,3 +89,43 @@ def test_new_store_refuses_a_short_passphrase(tmp_path: Path) -> None:
     with pytest.raises(SecretStoreError, match="at least 8 characters"):
         SecretStore.open(tmp_path / "secrets.enc", Secret("short"))
     assert not (tmp_path / "secrets.enc").exists()
+
+
+def test_workspace_lock_excludes_a_second_writer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from lotdeploy.errors import WorkspaceError
+
+    workspace = Workspace(tmp_path / "ws")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom lotdeploy.workspace import Workspace\n"
+            "with Workspace(Path(sys.argv[1])).lock('render'):\n"
+            "    print('locked', flush=True)\n    time.sleep(30)\n",
+            str(tmp_path / "ws"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        with (
+            pytest.raises(
+                WorkspaceError,
+                match=rf"in use by another lotdeploy run \(pid {holder.pid}: render\)",
+            ),
+            workspace.lock("certs rotate", timeout=0.5),
+        ):
+            pass
+        assert time.monotonic() - start < 5
+    finally:
+        holder.kill()
+        holder.wait(10)
+    # the kernel released the dead holder's lock: no stale lock
+    with workspace.lock("render", timeout=2):
+        pass

@@ -76,7 +76,8 @@ def certs_init(site: str, workspace_dir: str | None) -> None:
       LOTDEPLOY_PASSPHRASE=... lotdeploy certs init site.yaml
     """
     the_site, workspace = _open(site, workspace_dir)
-    cert, created = ensure_ca(the_site, workspace, utcnow())
+    with workspace.lock("certs init"):
+        cert, created = ensure_ca(the_site, workspace, utcnow())
     verb = "created" if created else "already exists:"
     click.echo(
         f"site CA {verb} {cert.subject.rfc4514_string()} serial {ca_id(cert)}, "
@@ -176,7 +177,9 @@ def certs_rotate(site: str, workspace_dir: str | None, nodes: tuple[str, ...]) -
       lotdeploy certs rotate site.yaml --node eu1
     """
     the_site, workspace = _open(site, workspace_dir)
-    for issued in rotate_certs(the_site, workspace, utcnow(), nodes):
+    with workspace.lock("certs rotate"):
+        issued_now = rotate_certs(the_site, workspace, utcnow(), nodes)
+    for issued in issued_now:
         click.echo(
             f"node {issued.node}: new certificate serial {issued.serial}, "
             f"not after {issued.not_after:%Y-%m-%d}"
@@ -239,7 +242,8 @@ def certs_rotate_ca(site: str, workspace_dir: str | None, show_status: bool) -> 
     if show_status:
         _status("ca", load_rotation(workspace, "ca"), [n.name for n in the_site.tls_nodes])
         return
-    rotation = advance_ca_rotation(the_site, workspace, utcnow())
+    with workspace.lock("certs rotate-ca"):
+        rotation = advance_ca_rotation(the_site, workspace, utcnow())
     _report_rotation("ca", rotation, site, "lotdeploy certs rotate-ca")
 
 
@@ -272,7 +276,8 @@ def creds_rotate(site: str, workspace_dir: str | None, show_status: bool) -> Non
     if show_status:
         _status("creds", load_rotation(workspace, "creds"), [n.name for n in the_site.nodes])
         return
-    rotation = advance_creds_rotation(the_site, workspace, utcnow())
+    with workspace.lock("creds rotate"):
+        rotation = advance_creds_rotation(the_site, workspace, utcnow())
     _report_rotation("creds", rotation, site, "lotdeploy creds rotate")
     if rotation is not None and rotation.phase == 2:
         version = CredentialState.load(workspace).active_version
