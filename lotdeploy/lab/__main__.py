@@ -1,8 +1,10 @@
-"""`python -m lotdeploy.lab ...`: the `lotdeploy lab` group without the top-level CLI."""
+"""`python -m lotdeploy.lab ...` is `lotdeploy lab ...` (same error handling, same exit codes)."""
 
 from __future__ import annotations
 
-from lotdeploy.lab.cli import lab
+import sys
+
+from lotdeploy.cli import main
 
 if __name__ == "__main__":
-    lab(prog_name="lotdeploy lab")
+    main(["lab", *sys.argv[1:]])
