@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -530,3 +531,35 @@ def test_port_in_use_is_a_clean_error(lab: LabFactory) -> None:
         with pytest.raises(AssertionError, match="did not report"):
             node.start(port)
         assert "Traceback" not in node.log_text()
+
+
+def test_cluster_links_leave_from_the_nodes_own_address(lab: LabFactory) -> None:
+    """So a peer, or the lab's proxy applying partitions by source address, knows the caller."""
+    import socket
+    import threading
+
+    a = lab("127.0.0.30")
+    seen: list[str] = []
+    with socket.socket() as peer:
+        peer.bind(("127.0.0.31", 0))
+        peer.listen(1)
+        peer.settimeout(10)
+
+        def accept_one() -> None:
+            with contextlib.suppress(OSError):
+                conn, address = peer.accept()
+                seen.append(address[0])
+                conn.close()
+
+        thread = threading.Thread(target=accept_one)
+        thread.start()
+
+        async def add() -> None:
+            async with a.client() as c:
+                await c.add_route(
+                    cluster_route("ToPeer", "127.0.0.31", peer.getsockname()[1], "a-to-p")
+                )
+
+        run(add())
+        thread.join(15)
+    assert seen == ["127.0.0.30"]

@@ -178,6 +178,7 @@ class MqttConnection:
         connect_timeout: float = 10.0,
         on_message: Callable[[Message], None] | None = None,
         max_inflight: int = 20,
+        source_address: str = "",
     ) -> None:
         self.host = host
         self.port = port
@@ -191,6 +192,7 @@ class MqttConnection:
         self._connect_timeout = connect_timeout
         self._on_message = on_message
         self._max_inflight = max_inflight
+        self._source_address = source_address
         self.messages: asyncio.Queue[Message] = asyncio.Queue(maxsize=10_000)
         self._client: aiomqtt.Client | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -232,6 +234,7 @@ class MqttConnection:
             tls_context=cast(ssl.SSLContext | None, tls),
             queue_type=_inbox(self._deliver),
             max_inflight_messages=self._max_inflight,
+            bind_address=self._source_address,
             # small request/answer packets: without this, Nagle and delayed ACKs cost ~40 ms each
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import random
@@ -215,8 +216,12 @@ class ClusterLink:
         backoff_max: float = 5.0,
         queue_max: int = 10_000,
         queue_max_bytes: int = 64 * 1024 * 1024,
+        source_address: str = "",
     ) -> None:
         self.spec = spec
+        # Links leave from the node's own address, so a peer (or the lab's proxy, which
+        # applies partitions and region delays by source address) knows who is calling.
+        self._source_address = source_address
         self.node_name = node_name
         self._tls_context = tls_context
         self._resolve_secret = resolve_secret
@@ -328,6 +333,17 @@ class ClusterLink:
             return value
         return pw
 
+    def _source_for_peer(self) -> str:
+        """Our address as the link's source, unless that cannot reach the peer (a loopback
+        source towards a non-loopback or named peer): then the kernel chooses."""
+        source = self._source_address
+        try:
+            if not source or not ipaddress.ip_address(source).is_loopback:
+                return source
+            return source if ipaddress.ip_address(self.spec.address).is_loopback else ""
+        except ValueError:
+            return ""
+
     async def _run(self) -> None:
         attempt = 0
         while True:
@@ -347,6 +363,7 @@ class ClusterLink:
                     ),
                     connect_timeout=CONNECT_TIMEOUT,
                     max_inflight=SEND_WINDOW,
+                    source_address=self._source_for_peer(),
                 )
                 self._conn = conn
                 await conn.connect()

@@ -88,6 +88,12 @@ class LabConfig:
     def tls_address(self) -> str:
         return self.tls_bind or self.bind
 
+    @property
+    def source_address(self) -> str:
+        """The node's own address for outbound links ("" = let the kernel choose)."""
+        address = self.tls_address.strip("[]")
+        return "" if address in ("", "0.0.0.0", "::") else address
+
 
 class PacketTooLarge(Exception):
     """A client announced a packet larger than --max-packet-bytes: drop the connection."""
@@ -362,6 +368,7 @@ class LabNode:
             on_change=self._status_changed,
             backoff_max=self.config.link_backoff_max,
             queue_max=self.config.link_queue_max,
+            source_address=self.config.source_address,
         )
 
     async def add_route(self, spec: ClusterSpec, code: str) -> None:
