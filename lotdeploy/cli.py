@@ -18,33 +18,13 @@ from typing import Any
 import click
 
 from lotdeploy import __version__
-from lotdeploy.errors import Diagnostic, LotdeployError, SpecError
+from lotdeploy.cliutil import load, site_argument, workspace_option
+from lotdeploy.errors import LotdeployError, SpecError
 from lotdeploy.secret import scrub
-
-SITE = click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
-WORKSPACE = click.option(
-    "--workspace",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Workspace directory (default: .lotdeploy/ beside the site file).",
-)
 
 
 def _colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
-
-
-def _warn(diagnostics: list[Diagnostic]) -> None:
-    for diagnostic in diagnostics:
-        click.echo(str(diagnostic), err=True)
-
-
-def _load(site: Path) -> Any:
-    from lotdeploy.spec import load_site
-
-    loaded = load_site(site)
-    _warn(loaded.warnings)
-    return loaded
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,7 +63,7 @@ def init(directory: Path, force: bool) -> None:
 
 
 @cli.command()
-@SITE
+@site_argument
 def validate(site: Path) -> None:
     """Check a site spec; print a one-line summary or every error (file:line:col).
 
@@ -91,7 +71,7 @@ def validate(site: Path) -> None:
     Example:
       lotdeploy validate site.yaml
     """
-    loaded = _load(site)
+    loaded = load(site)
     s = loaded.site
     tls = sum(1 for n in s.nodes if n.tls)
     click.echo(
@@ -101,7 +81,7 @@ def validate(site: Path) -> None:
 
 
 @cli.command()
-@SITE
+@site_argument
 @click.option(
     "--out",
     "out",
@@ -109,8 +89,8 @@ def validate(site: Path) -> None:
     required=True,
     help="Output directory; one subdirectory per node.",
 )
-@WORKSPACE
-def render(site: Path, out: Path, workspace: Path | None) -> None:
+@workspace_option
+def render(site: Path, out: Path, workspace_dir: Path | None) -> None:
     """Write each node's bundle to OUT/<node>/: routes.lot, TLS files, manifest.json.
 
     Needs the workspace passphrase (LOTDEPLOY_PASSPHRASE or a prompt): the cluster password
@@ -123,8 +103,8 @@ def render(site: Path, out: Path, workspace: Path | None) -> None:
     from lotdeploy.render import write_bundles
     from lotdeploy.workspace import Workspace
 
-    loaded = _load(site)
-    the_workspace = Workspace.for_site(site, workspace)
+    loaded = load(site)
+    the_workspace = Workspace.for_site(site, workspace_dir)
     with the_workspace.lock("render"):
         result = write_bundles(loaded.site, the_workspace, out)
     removed = f", removed {len(result.removed)} stale node dir(s)" if result.removed else ""
@@ -135,15 +115,15 @@ def render(site: Path, out: Path, workspace: Path | None) -> None:
 
 
 @cli.command()
-@SITE
-@WORKSPACE
+@site_argument
+@workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable plan on stdout.")
 @click.option(
     "--detailed-exitcode",
     is_flag=True,
     help="Exit 0 when there are no changes, 2 when there are, 1 on error.",
 )
-def plan(site: Path, workspace: Path | None, as_json: bool, detailed_exitcode: bool) -> None:
+def plan(site: Path, workspace_dir: Path | None, as_json: bool, detailed_exitcode: bool) -> None:
     """Show what apply would change: grouped site → region → node, + ~ - markers.
 
     Never needs the passphrase; secret values show as (sensitive).
@@ -157,8 +137,8 @@ def plan(site: Path, workspace: Path | None, as_json: bool, detailed_exitcode: b
     from lotdeploy.plan.render import format_text, to_json
     from lotdeploy.workspace import Workspace
 
-    loaded = _load(site)
-    the_plan = make_plan(loaded.site, Workspace.for_site(site, workspace))
+    loaded = load(site)
+    the_plan = make_plan(loaded.site, Workspace.for_site(site, workspace_dir))
     if as_json:
         click.echo(to_json(the_plan), nl=False)
     else:
@@ -202,7 +182,7 @@ def schema() -> None:
 
 
 @cli.command()
-@SITE
+@site_argument
 @click.option(
     "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
 )
@@ -216,7 +196,7 @@ def graph(site: Path, fmt: str) -> None:
     """
     from lotdeploy import graph as graphs
 
-    loaded = _load(site)
+    loaded = load(site)
     click.echo(
         graphs.mermaid(loaded.site) if fmt == "mermaid" else graphs.dot(loaded.site), nl=False
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from lotdeploy.cliutil import open_site, site_argument, workspace_option
 from lotdeploy.credentials import CredentialState, advance_creds_rotation, username_for_version
 from lotdeploy.model import Site
 from lotdeploy.pki.ca import ca_id
@@ -19,7 +20,6 @@ from lotdeploy.pki.plan import pki_reports, report_warning
 from lotdeploy.pki.rotation import LABELS, Rotation, load_rotation
 from lotdeploy.pki.status import CertReport
 from lotdeploy.secret import dumps
-from lotdeploy.spec import load_site
 from lotdeploy.term import print_table
 from lotdeploy.workspace import Workspace
 
@@ -31,24 +31,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _open(site_file: str, workspace_dir: str | None) -> tuple[Site, Workspace]:
-    loaded = load_site(Path(site_file))
-    for warning in loaded.warnings:
-        click.echo(str(warning), err=True)
-    workspace = Workspace.for_site(
-        Path(site_file), Path(workspace_dir) if workspace_dir is not None else None
-    )
+def _open(site: Path, workspace_dir: Path | None) -> tuple[Site, Workspace]:
+    loaded, workspace = open_site(site, workspace_dir)
     return loaded.site, workspace
-
-
-site_argument = click.argument("site", type=click.Path(dir_okay=False))
-workspace_option = click.option(
-    "--workspace",
-    "workspace_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Workspace directory (default: .lotdeploy/ beside the site file).",
-)
 
 
 @click.group()
@@ -65,7 +50,7 @@ def certs() -> None:
 @certs.command("init")
 @site_argument
 @workspace_option
-def certs_init(site: str, workspace_dir: str | None) -> None:
+def certs_init(site: Path, workspace_dir: Path | None) -> None:
     """Create the site CA now (otherwise the first render does).
 
     The CA key goes into the encrypted secret store (passphrase from LOTDEPLOY_PASSPHRASE or a
@@ -100,7 +85,7 @@ def _rotation_json(rotation: Rotation | None) -> dict[str, object] | None:
 @workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def certs_list(ctx: click.Context, site: str, workspace_dir: str | None, as_json: bool) -> None:
+def certs_list(ctx: click.Context, site: Path, workspace_dir: Path | None, as_json: bool) -> None:
     """Show the CA and every node certificate with expiry and status.
 
     Status is one of: ok, renew soon, expired, SAN mismatch, wrong CA, key type changed,
@@ -167,7 +152,7 @@ def _print_table(reports: list[CertReport]) -> None:
 @site_argument
 @workspace_option
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
-def certs_rotate(site: str, workspace_dir: str | None, nodes: tuple[str, ...]) -> None:
+def certs_rotate(site: Path, workspace_dir: Path | None, nodes: tuple[str, ...]) -> None:
     """Reissue node certificates now (new keys), whatever their expiry.
 
     Then `lotdeploy plan` / `apply` pushes them. The CA does not change.
@@ -227,7 +212,7 @@ def _status(kind: str, rotation: Rotation | None, nodes: list[str]) -> None:
 @site_argument
 @workspace_option
 @click.option("--status", "show_status", is_flag=True, help="Show the phase; change nothing.")
-def certs_rotate_ca(site: str, workspace_dir: str | None, show_status: bool) -> None:
+def certs_rotate_ca(site: Path, workspace_dir: Path | None, show_status: bool) -> None:
     """Replace the site CA in three phases, without a moment where links are refused.
 
     Run it once per phase; between runs, `lotdeploy apply` must carry the phase to every node
@@ -244,7 +229,7 @@ def certs_rotate_ca(site: str, workspace_dir: str | None, show_status: bool) -> 
         return
     with workspace.lock("certs rotate-ca"):
         rotation = advance_ca_rotation(the_site, workspace, utcnow())
-    _report_rotation("ca", rotation, site, "lotdeploy certs rotate-ca")
+    _report_rotation("ca", rotation, str(site), "lotdeploy certs rotate-ca")
 
 
 @click.group()
@@ -261,7 +246,7 @@ def creds() -> None:
 @site_argument
 @workspace_option
 @click.option("--status", "show_status", is_flag=True, help="Show the phase; change nothing.")
-def creds_rotate(site: str, workspace_dir: str | None, show_status: bool) -> None:
+def creds_rotate(site: Path, workspace_dir: Path | None, show_status: bool) -> None:
     """Roll out a new cluster user and password in three phases; links are never refused.
 
     Phase 1: every broker accepts the new user. Phase 2: routes switch to it. Phase 3: the
@@ -278,7 +263,7 @@ def creds_rotate(site: str, workspace_dir: str | None, show_status: bool) -> Non
         return
     with workspace.lock("creds rotate"):
         rotation = advance_creds_rotation(the_site, workspace, utcnow())
-    _report_rotation("creds", rotation, site, "lotdeploy creds rotate")
+    _report_rotation("creds", rotation, str(site), "lotdeploy creds rotate")
     if rotation is not None and rotation.phase == 2:
         version = CredentialState.load(workspace).active_version
         users = sorted({username_for_version(n.username, version) for n in the_site.nodes})
