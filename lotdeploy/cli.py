@@ -21,10 +21,7 @@ from lotdeploy import __version__
 from lotdeploy.cliutil import load, site_argument, workspace_option
 from lotdeploy.errors import LotdeployError, SpecError
 from lotdeploy.secret import scrub
-
-
-def _colour() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+from lotdeploy.term import interactive
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -142,7 +139,7 @@ def plan(site: Path, workspace_dir: Path | None, as_json: bool, detailed_exitcod
     if as_json:
         click.echo(to_json(the_plan), nl=False)
     else:
-        click.echo(scrub(format_text(the_plan, colour=_colour())), nl=False)
+        click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(2)
 

@@ -100,9 +100,6 @@ class Site:
     templates_dir: Path | None = None
     base_dir: Path = Path(".")  # where relative paths in the spec start; not part of digest
 
-    def resolve_path(self, path: Path) -> Path:
-        return path if path.is_absolute() else self.base_dir / path
-
     def node(self, name: str) -> Node:
         return self._nodes_by_name[name]
 

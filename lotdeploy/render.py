@@ -36,21 +36,21 @@ class RenderResult:
     removed: list[str]
 
 
-def node_bundles(site: Site, workspace: Workspace) -> dict[str, BundleFiles]:
+def node_bundles(
+    site: Site, workspace: Workspace, credential_version: int
+) -> dict[str, BundleFiles]:
     """Compile every node's files in memory (nothing written yet)."""
     store = workspace.secrets()
     password = cluster_password(workspace, store)
-    version = CredentialState.load(workspace).active_version
     bundles: dict[str, BundleFiles] = {}
-    for artifact in compile_site(site, password, version):
+    for artifact in compile_site(site, password, credential_version):
         bundles[artifact.node] = {ROUTE_FILE: (Secret(artifact.text), 0o600)}
-    tls_nodes = [node for node in site.nodes if node.tls]
-    if tls_nodes:
+    if site.tls_nodes:
         from lotdeploy.pki.bundle import ensure_pki, node_tls_files
 
         now = datetime.now(UTC)
         ensure_pki(site, workspace, now)
-        for node in tls_nodes:
+        for node in site.tls_nodes:
             bundles[node.name].update(node_tls_files(site, workspace, node, now))
     return bundles
 
@@ -78,8 +78,8 @@ def manifest(site: Site, node_name: str, files: BundleFiles, credential_version:
 
 
 def write_bundles(site: Site, workspace: Workspace, out: Path) -> RenderResult:
-    bundles = node_bundles(site, workspace)
     version = CredentialState.load(workspace).active_version
+    bundles = node_bundles(site, workspace, version)
     try:
         out.mkdir(parents=True, exist_ok=True)
         files = 0

@@ -257,9 +257,6 @@ class Workspace:
         finally:
             os.close(fd)  # releases the lock
 
-    def has_secret_store(self) -> bool:
-        return self.secrets_path.exists()
-
     def secrets(self) -> SecretStore:
         """Open (or create) the secret store, asking for the passphrase once per run."""
         if self._store is None:

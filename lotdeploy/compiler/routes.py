@@ -55,11 +55,3 @@ def node_route_settings(
         route_settings(link, site.node(link.target), credential_version)
         for link in site.links_from(node.name)
     ]
-
-
-def intended_routes(
-    site: Site, node: Node, password: Secret, credential_version: int = 1
-) -> tuple[Route, ...]:
-    return tuple(
-        route_tree(s, password) for s in node_route_settings(site, node, credential_version)
-    )
