@@ -10,14 +10,12 @@ says what to do, and nothing is ever overwritten after a failed open.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from lotdeploy.errors import SecretStoreError, WorkspaceError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock
 from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
 
 PASSPHRASE_ENV = "LOTDEPLOY_PASSPHRASE"
@@ -233,29 +231,17 @@ class Workspace:
         """
         self.ensure()
         path = self.root / "lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise WorkspaceError(f"{path}: cannot open the lock: {exc.strerror}") from None
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                        raise WorkspaceError(
-                            f"{self.root} is in use by another lotdeploy run "
-                            f"({holder or 'unknown'}); try again when it has finished"
-                        ) from None
-                    time.sleep(0.1)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        with ExitStack() as held:
+            try:  # only taking the lock is translated; errors of the command pass through
+                held.enter_context(exclusive_lock(path, purpose, timeout))
+            except LockBusy as busy:
+                raise WorkspaceError(
+                    f"{self.root} is in use by another lotdeploy run "
+                    f"({busy.holder or 'unknown'}); try again when it has finished"
+                ) from None
+            except OSError as exc:
+                raise WorkspaceError(f"{path}: cannot use the lock: {exc.strerror}") from None
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def secrets(self) -> SecretStore:
         """Open (or create) the secret store, asking for the passphrase once per run."""

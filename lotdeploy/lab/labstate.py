@@ -4,7 +4,6 @@ a crash) knows exactly what to touch. Written before anything is created, update
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import re
@@ -13,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lotdeploy.errors import LabError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock
 
 REGION_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAX_NODES = 60
@@ -163,14 +162,9 @@ def save(directory: Path, state: LabState) -> None:
 @contextlib.contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """One lab command at a time per lab directory (an `up` and a `down` must not interleave)."""
-    lock = directory / ".lab" / "lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            held.enter_context(exclusive_lock(directory / ".lab" / "lock", "lab command"))
+        except LockBusy:
             raise LabError(f"another lab command is running on {directory}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
