@@ -11,9 +11,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -211,9 +209,9 @@ def _register_subcommands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns every user-caused error into one clean line and exit 1."""
     _register_subcommands()
-    run: Callable[..., Any] = cli.main
     try:
-        run(args=argv, prog_name="lotdeploy", standalone_mode=False)
+        # Without standalone mode, click *returns* a command's ctx.exit(code) (certs list: 2).
+        code = cli.main(args=argv, prog_name="lotdeploy", standalone_mode=False)
     except SpecError as exc:
         for diagnostic in exc.diagnostics:
             click.echo(scrub(str(diagnostic)), err=True)
@@ -243,3 +241,5 @@ def main(argv: list[str] | None = None) -> None:
         else:
             click.echo("(set LOTDEPLOY_DEBUG=1 for a traceback; please report it)", err=True)
         sys.exit(70)
+    if isinstance(code, int) and code:
+        sys.exit(code)
