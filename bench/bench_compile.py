@@ -39,7 +39,7 @@ def write_site(directory: Path, nodes: int, tls: bool = False) -> Path:
 
 def _plan(site_path: Path) -> None:
     from lotdeploy.plan.make import make_plan
-    from lotdeploy.plan.render import format_text
+    from lotdeploy.plan.text import format_text
     from lotdeploy.spec import load_site
     from lotdeploy.workspace import Workspace
 

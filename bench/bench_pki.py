@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lotdeploy.model import Site
 from lotdeploy.pki.operations import PkiSession, ensure_pki
-from lotdeploy.pki.plan import pki_changes
+from lotdeploy.plan.pki import pki_changes
 from lotdeploy.secret import Secret
 from lotdeploy.spec import load_site
 from lotdeploy.workspace import Workspace

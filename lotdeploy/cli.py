@@ -128,8 +128,9 @@ def plan(site: Path, workspace_dir: Path | None, as_json: bool, detailed_exitcod
       lotdeploy plan site.yaml
       lotdeploy plan site.yaml --json --detailed-exitcode > plan.json
     """
+    from lotdeploy.plan.document import to_json
     from lotdeploy.plan.make import make_plan
-    from lotdeploy.plan.render import format_text, to_json
+    from lotdeploy.plan.text import format_text
     from lotdeploy.workspace import Workspace
 
     loaded = load(site)

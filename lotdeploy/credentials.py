@@ -1,30 +1,44 @@
 """The shared cluster credential: generated on first use, versioned, kept in the secret store.
 
-Non-secret metadata (which version the routes use) lives in `credentials.json` in the
-workspace, so `plan` can tell what will change without the passphrase; the password itself
-lives only in the encrypted secret store under `cluster-password-v<N>`.
+Non-secret metadata (which version the routes use) lives in the state document
+(lotdeploy.state), so `plan` can tell what will change without the passphrase; the password
+itself lives only in the encrypted secret store under `cluster-password-v<N>`.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import string
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from lotdeploy.errors import SecretStoreError, WorkspaceError
-from lotdeploy.fsutil import atomic_write
-from lotdeploy.model import Site
-from lotdeploy.plan.changes import Attr, Change
-from lotdeploy.secret import SENSITIVE, Secret
+from lotdeploy.errors import SecretStoreError
+from lotdeploy.model import Site, username_for_version
+from lotdeploy.rotation import (
+    LAST_PHASE,
+    Rotation,
+    advance_rotation,
+    load_rotation,
+    require_phase_complete,
+    start_rotation,
+)
+from lotdeploy.secret import Secret
+from lotdeploy.state import StateStore
 from lotdeploy.workspace import SecretStore, Workspace
 
-if TYPE_CHECKING:
-    from lotdeploy.pki.rotation import Rotation
+__all__ = [
+    "CredentialState",
+    "advance_creds_rotation",
+    "broker_users",
+    "cluster_password",
+    "cluster_username",
+    "generate_password",
+    "password_secret_name",
+    "retired_users",
+    "username_for_version",
+]
 
 # Letters and digits only: safe inside a LOT string and on a broker command line
 # (`-addUser <user> <password>`); 32 of them carry ~190 bits.
@@ -50,26 +64,18 @@ class CredentialState:
 
     @classmethod
     def path(cls, workspace: Workspace) -> Path:
-        return workspace.root / "credentials.json"
+        """The file that records it: the workspace's state document."""
+        return StateStore(workspace).path
 
     @classmethod
     def load(cls, workspace: Workspace) -> CredentialState:
-        path = cls.path(workspace)
-        if not path.exists():
-            return cls()
-        try:
-            doc = json.loads(path.read_text())
-            return cls(active_version=int(doc["active_version"]), generated=bool(doc["generated"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            raise WorkspaceError(
-                f"{path}: unreadable credential state; restore it from backup"
-            ) from None
+        state = StateStore(workspace).read()
+        return cls(active_version=state.credential_version, generated=state.credential_generated)
 
     def save(self, workspace: Workspace) -> None:
-        workspace.ensure()
-        atomic_write(
-            self.path(workspace), json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-        )
+        with StateStore(workspace).transaction() as state:
+            state.credential_version = self.active_version
+            state.credential_generated = self.generated
 
 
 def cluster_password(workspace: Workspace, store: SecretStore | None = None) -> Secret:
@@ -91,12 +97,7 @@ def cluster_password(workspace: Workspace, store: SecretStore | None = None) -> 
 #   phase 1  every broker accepts the new user (old one still there)
 #   phase 2  routes switch to the new user + password (the compiler reads `active_version`)
 #   phase 3  the old user is removed from every broker
-# Each phase must be applied on every node before the next starts (lotdeploy.pki.rotation).
-
-
-def username_for_version(base: str, version: int) -> str:
-    """`cluster` for version 1, `cluster_v2`, `cluster_v3`... after rotations."""
-    return base if version <= 1 else f"{base}_v{version}"
+# Each phase must be applied on every node before the next starts (lotdeploy.rotation).
 
 
 def cluster_username(workspace: Workspace, base: str) -> str:
@@ -112,8 +113,6 @@ def broker_users(
     Apply ensures these exist on each target broker (`-addUser`); in phase 1 that adds the
     new user beside the old one.
     """
-    from lotdeploy.pki.rotation import load_rotation
-
     state = CredentialState.load(workspace)
     rotation = load_rotation(workspace, "creds")
     store = store or workspace.secrets()
@@ -139,8 +138,6 @@ def broker_users(
 
 def retired_users(workspace: Workspace, bases: Iterable[str]) -> list[str]:
     """Users apply removes from every broker now (phase 3 of a rotation), else none."""
-    from lotdeploy.pki.rotation import load_rotation
-
     rotation = load_rotation(workspace, "creds")
     if rotation is None or rotation.phase != 3:
         return []
@@ -153,101 +150,27 @@ def advance_creds_rotation(site: Site, workspace: Workspace, now: datetime) -> R
     Refused while the current phase is not applied on every node. Returns None once the
     rotation has finished (old password dropped from the store).
     """
-    from lotdeploy.pki.rotation import (
-        LAST_PHASE,
-        advance_rotation,
-        load_rotation,
-        require_phase_complete,
-        start_rotation,
-    )
-
     nodes = [n.name for n in site.nodes]
     command = f"lotdeploy creds rotate {site.source}"
-    rotation = load_rotation(workspace, "creds")
-    state = CredentialState.load(workspace)
-    if rotation is None:
-        store = workspace.secrets()
-        cluster_password(workspace, store)  # version in use exists before it is replaced
-        new_version = state.active_version + 1
-        store.set(password_secret_name(new_version), generate_password())
-        store.save()
-        return start_rotation(workspace, "creds", str(state.active_version), str(new_version), now)
-    require_phase_complete(rotation, nodes, command)
-    if rotation.phase == 1:
-        # Phase 2 begins: routes now carry the new version (every broker accepts it).
-        state.active_version = int(rotation.new)
-        state.generated = True
-        state.save(workspace)
-    elif rotation.phase == LAST_PHASE:
-        store = workspace.secrets()
-        store.delete(password_secret_name(int(rotation.old)))
-        store.save()
-    return advance_rotation(workspace, "creds", nodes, now, command)
-
-
-def credential_changes(site: Site, workspace: Workspace) -> tuple[list[Change], list[str]]:
-    """Plan entries for the cluster credential (no passphrase needed)."""
-    from lotdeploy.pki.rotation import load_rotation
-
-    rotation = load_rotation(workspace, "creds")
-    changes: list[Change] = []
-    warnings: list[str] = []
-    # The first password ("missing") is planned by plan.make itself; only rotations here.
-    if rotation is None:
-        return changes, warnings
-    old, new = int(rotation.old), int(rotation.new)
-    bases = sorted({n.username for n in site.nodes})
-    done = rotation.applied_nodes()
-    label = f"credential rotation phase {rotation.phase}"
-    for node in site.nodes:
-        if node.name in done:
-            continue
-        if rotation.phase == 1:
-            for base in bases:
-                changes.append(
-                    Change(
-                        "create",
-                        "credential",
-                        f"user {username_for_version(base, new)}",
-                        node=node.name,
-                        region=node.region,
-                        reason=f"{label}: accept the new password beside the old one",
-                        attrs=(Attr("password", SENSITIVE),),
-                    )
-                )
-        elif rotation.phase == 2:
-            changes.append(
-                Change(
-                    "update",
-                    "credential",
-                    "route credentials",
-                    node=node.name,
-                    region=node.region,
-                    reason=f"{label}: routes switch to the new password",
-                    attrs=(
-                        Attr(
-                            "USERNAME",
-                            username_for_version(node.username, new),
-                            username_for_version(node.username, old),
-                        ),
-                    ),
-                )
+    with StateStore(workspace).transaction() as state:
+        rotation = state.rotation("creds")
+        if rotation is None:
+            store = workspace.secrets()
+            cluster_password(workspace, store)  # version in use exists before it is replaced
+            state.credential_generated = True
+            new_version = state.credential_version + 1
+            store.set(password_secret_name(new_version), generate_password())
+            store.save()
+            return start_rotation(
+                state, "creds", str(state.credential_version), str(new_version), now
             )
-        else:
-            for base in bases:
-                changes.append(
-                    Change(
-                        "delete",
-                        "credential",
-                        f"user {username_for_version(base, old)}",
-                        node=node.name,
-                        region=node.region,
-                        reason=f"{label}: remove the old password",
-                    )
-                )
-    if not rotation.pending(n.name for n in site.nodes):
-        warnings.append(
-            f"{label} is applied on every node: run `lotdeploy creds rotate {site.source}` "
-            "to continue"
-        )
-    return changes, warnings
+        require_phase_complete(rotation, nodes, command)
+        if rotation.phase == 1:
+            # Phase 2 begins: routes now carry the new version (every broker accepts it).
+            state.credential_version = int(rotation.new)
+            state.credential_generated = True
+        elif rotation.phase == LAST_PHASE:
+            store = workspace.secrets()
+            store.delete(password_secret_name(int(rotation.old)))
+            store.save()
+        return advance_rotation(state, "creds", nodes, now, command)

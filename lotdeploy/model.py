@@ -158,3 +158,8 @@ def canonical_json(obj: Any) -> str:
 def route_name_for(peer: str) -> str:
     """`lotdeploy_<peer>`, a bare LOT identifier (interface.md §1)."""
     return ROUTE_PREFIX + peer.replace("-", "_")
+
+
+def username_for_version(base: str, version: int) -> str:
+    """`cluster` for version 1, `cluster_v2`, `cluster_v3`... after credential rotations."""
+    return base if version <= 1 else f"{base}_v{version}"

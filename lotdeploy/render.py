@@ -1,8 +1,11 @@
-"""Write every node's bundle: route file, TLS files, and a manifest that lists them.
+"""Render: make every node's bundle (route file, TLS files, manifest) and write it.
 
-Each file is written atomically; secret-bearing files are mode 0600. A node directory left
-over from a node that is no longer in the site is removed, but only if lotdeploy made it
-(it holds our manifest): nothing else in the output directory is touched.
+Two explicit steps. `prepare_workspace` performs what the plan reports as workspace steps:
+generate the first cluster password, create the site CA, issue the certificates that are
+due. `node_bundles` then only reads what exists and builds typed bundles in memory; it
+creates nothing. `write_bundles` writes them, each file atomically, secret-bearing files
+0600. A node directory left over from a node that is no longer in the site is removed, but
+only if lotdeploy made it (it holds our manifest): nothing else in the output is touched.
 """
 
 from __future__ import annotations
@@ -10,22 +13,54 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lotdeploy.compiler import ROUTE_FILE, compile_site
-from lotdeploy.credentials import CredentialState, cluster_password
-from lotdeploy.errors import LotdeployError
+from lotdeploy.compiler import ROUTE_FILE, compile_node
+from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
+from lotdeploy.errors import LotdeployError, SecretStoreError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.model import Site
-from lotdeploy.secret import Secret
+from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.workspace import Workspace
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "lotdeploy-bundle/1"
 
-BundleFiles = dict[str, tuple[bytes | Secret, int]]
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of a node's bundle; secret content stays a Secret until it is written."""
+
+    name: str
+    content: bytes | Secret = field(repr=False)
+    mode: int
+
+    def data(self) -> bytes:
+        if isinstance(self.content, Secret):
+            return self.content.reveal().encode()
+        return self.content
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data()).hexdigest()
+
+    def __repr__(self) -> str:
+        shown = SENSITIVE if isinstance(self.content, Secret) else f"{len(self.content)} bytes"
+        return f"BundleFile({self.name!r}, {shown}, mode={self.mode:04o})"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything one node gets: its files and the manifest that lists them."""
+
+    node: str
+    files: tuple[BundleFile, ...]
+    manifest: str
+
+    def all_files(self) -> tuple[BundleFile, ...]:
+        return (*self.files, BundleFile(MANIFEST, self.manifest.encode(), 0o644))
 
 
 @dataclass(frozen=True)
@@ -36,30 +71,48 @@ class RenderResult:
     removed: list[str]
 
 
-def node_bundles(
-    site: Site, workspace: Workspace, credential_version: int
-) -> dict[str, BundleFiles]:
-    """Compile every node's files in memory (nothing written yet)."""
-    store = workspace.secrets()
-    password = cluster_password(workspace, store)
-    bundles: dict[str, BundleFiles] = {}
-    for artifact in compile_site(site, password, credential_version):
-        bundles[artifact.node] = {ROUTE_FILE: (Secret(artifact.text), 0o600)}
+def prepare_workspace(site: Site, workspace: Workspace, now: datetime) -> None:
+    """The workspace steps a plan reports: first password, site CA, due certificates."""
+    if site.links:
+        cluster_password(workspace)
     if site.tls_nodes:
-        from lotdeploy.pki.bundle import ensure_pki, node_tls_files
+        from lotdeploy.pki.bundle import ensure_pki
 
-        now = datetime.now(UTC)
         ensure_pki(site, workspace, now)
-        for node in site.tls_nodes:
-            bundles[node.name].update(node_tls_files(site, workspace, node, now))
+
+
+def node_bundles(site: Site, workspace: Workspace, now: datetime) -> dict[str, Bundle]:
+    """Every node's bundle, in memory, from what the workspace holds (creates nothing)."""
+    version = CredentialState.load(workspace).active_version
+    password = Secret("")
+    if site.links:
+        stored = workspace.secrets().get(password_secret_name(version))
+        if stored is None:
+            raise SecretStoreError(
+                f"the secret store has no cluster password v{version}: run `lotdeploy render` "
+                "to generate it, or restore the secret store of this workspace"
+            )
+        password = stored
+    tls = {}
+    if site.tls_nodes:
+        from lotdeploy.pki.bundle import node_tls_files
+
+        tls = {node.name: node_tls_files(site, workspace, node, now) for node in site.tls_nodes}
+    bundles: dict[str, Bundle] = {}
+    for node in site.nodes:
+        artifact = compile_node(site, node, password, version)
+        files = [BundleFile(ROUTE_FILE, Secret(artifact.text), 0o600)]
+        files += [
+            BundleFile(name, data, mode) for name, (data, mode) in tls.get(node.name, {}).items()
+        ]
+        files.sort(key=lambda f: f.name)
+        bundles[node.name] = Bundle(
+            node.name, tuple(files), manifest(site, node.name, files, version)
+        )
     return bundles
 
 
-def _bytes(content: bytes | Secret) -> bytes:
-    return content.reveal().encode() if isinstance(content, Secret) else content
-
-
-def manifest(site: Site, node_name: str, files: BundleFiles, credential_version: int) -> str:
+def manifest(site: Site, node_name: str, files: list[BundleFile], credential_version: int) -> str:
     node = site.node(node_name)
     doc = {
         "format": MANIFEST_FORMAT,
@@ -70,26 +123,27 @@ def manifest(site: Site, node_name: str, files: BundleFiles, credential_version:
         "credential_version": credential_version,
         "routes": [link.route_name for link in site.links_from(node.name)],
         "files": {
-            name: {"sha256": hashlib.sha256(_bytes(content)).hexdigest(), "mode": f"{mode:04o}"}
-            for name, (content, mode) in sorted(files.items())
+            f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"}
+            for f in sorted(files, key=lambda f: f.name)
         },
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def write_bundles(site: Site, workspace: Workspace, out: Path) -> RenderResult:
-    version = CredentialState.load(workspace).active_version
-    bundles = node_bundles(site, workspace, version)
+def write_bundles(
+    site: Site, workspace: Workspace, out: Path, now: datetime | None = None
+) -> RenderResult:
+    now = now or datetime.now(UTC)
+    prepare_workspace(site, workspace, now)
+    bundles = node_bundles(site, workspace, now)
     try:
         out.mkdir(parents=True, exist_ok=True)
         files = 0
-        for node_name, node_files in sorted(bundles.items()):
+        for node_name, bundle in sorted(bundles.items()):
             directory = out / node_name
-            for name, (content, mode) in sorted(node_files.items()):
-                atomic_write(directory / name, _bytes(content), mode=mode)
+            for file in bundle.all_files():
+                atomic_write(directory / file.name, file.data(), mode=file.mode)
                 files += 1
-            atomic_write(directory / MANIFEST, manifest(site, node_name, node_files, version))
-            files += 1
         removed = _remove_stale(out, set(bundles))
     except OSError as exc:
         raise LotdeployError(

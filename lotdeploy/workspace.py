@@ -191,6 +191,9 @@ class Workspace:
     root: Path
     passphrase_provider: PassphraseProvider = passphrase_from_environment
     _store: SecretStore | None = None
+    _lock_depth: int = 0
+    #: The state document of the transaction this run has open (lotdeploy.state), if any.
+    open_state: Any = None
 
     @classmethod
     def for_site(cls, site_file: Path, override: Path | None = None) -> Workspace:
@@ -227,8 +230,16 @@ class Workspace:
 
         An advisory `flock` on `.lotdeploy/lock`: the kernel drops it when the process ends,
         so a crashed run never leaves a stale lock. A second run waits up to `timeout`
-        seconds, then says who holds it.
+        seconds, then says who holds it. Re-entrant within one run: a command that holds
+        the workspace may call code that takes it again (a state transaction).
         """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         self.ensure()
         path = self.root / "lock"
         with ExitStack() as held:
@@ -241,7 +252,11 @@ class Workspace:
                 ) from None
             except OSError as exc:
                 raise WorkspaceError(f"{path}: cannot use the lock: {exc.strerror}") from None
-            yield
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
 
     def secrets(self) -> SecretStore:
         """Open (or create) the secret store, asking for the passphrase once per run."""

@@ -204,8 +204,8 @@ def test_plan_json(tmp_path: Path) -> None:
 def test_plan_shows_updates_and_deletes_against_known_state(tmp_path: Path) -> None:
     from lotdeploy.credentials import CredentialState
     from lotdeploy.model import Site
-    from lotdeploy.plan.build import desired_routes
-    from lotdeploy.plan.state import KnownState
+    from lotdeploy.plan.desired import desired_routes
+    from lotdeploy.plan.observed import Observed
     from lotdeploy.spec import load_site
     from lotdeploy.workspace import Workspace
 
@@ -214,7 +214,7 @@ def test_plan_shows_updates_and_deletes_against_known_state(tmp_path: Path) -> N
     workspace = Workspace.for_site(site_path)
     CredentialState(active_version=1, generated=True).save(workspace)
     desired = desired_routes(site, 1)
-    KnownState(routes=desired).save(workspace)
+    Observed(routes=desired).save(workspace)
     unchanged = run_cli("plan", site_path, "--detailed-exitcode")
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
     assert unchanged.stdout.splitlines()[-1] == "No changes. The site matches the known state."
@@ -224,7 +224,7 @@ def test_plan_shows_updates_and_deletes_against_known_state(tmp_path: Path) -> N
         desired["Node1"]["lotdeploy_Node2"], name="lotdeploy_Node9"
     )
     desired["Node2"]["lotdeploy_Node1"]["password_version"] = 0
-    KnownState(routes=desired).save(workspace)
+    Observed(routes=desired).save(workspace)
     changed = run_cli("plan", site_path, "--detailed-exitcode")
     assert changed.returncode == 2
     out = changed.stdout

@@ -18,7 +18,6 @@ from lotdeploy.credentials import (
     broker_users,
     cluster_password,
     cluster_username,
-    credential_changes,
     generate_password,
     password_secret_name,
     retired_users,
@@ -27,8 +26,9 @@ from lotdeploy.errors import LotdeployError, PkiError
 from lotdeploy.model import Site
 from lotdeploy.pki.bundle import ensure_pki, node_tls_files
 from lotdeploy.pki.commands import certs, creds
-from lotdeploy.pki.plan import pki_changes
-from lotdeploy.pki.rotation import current_phase, load_rotation, mark_phase_applied
+from lotdeploy.plan.credentials import credential_changes
+from lotdeploy.plan.pki import pki_changes
+from lotdeploy.rotation import current_phase, load_rotation, mark_phase_applied
 from lotdeploy.secret import SENSITIVE, Secret, dumps
 from lotdeploy.workspace import Workspace
 from tests.pki_helpers import (
@@ -154,7 +154,7 @@ def test_damaged_credential_state(site_file: Path) -> None:
     ws = workspace_for(site_file)
     ws.ensure()
     CredentialState.path(ws).write_text("[]")
-    with pytest.raises(LotdeployError, match="unreadable credential state"):
+    with pytest.raises(LotdeployError, match="state is damaged"):
         cluster_username(ws, "cluster")
 
 

@@ -20,14 +20,15 @@ from lotdeploy.pki.inventory import Inventory, ca_key_name, ca_view, node_key_na
 from lotdeploy.pki.issue import cert_sans, expected_sans
 from lotdeploy.pki.keys import key_to_secret
 from lotdeploy.pki.operations import advance_ca_rotation, ensure_ca, rotate_certs
-from lotdeploy.pki.plan import pki_changes, pki_reports
-from lotdeploy.pki.rotation import (
+from lotdeploy.pki.reports import pki_reports
+from lotdeploy.pki.status import days_left, renew_threshold_days
+from lotdeploy.plan.pki import pki_changes
+from lotdeploy.rotation import (
     current_phase,
     load_rotation,
     mark_phase_applied,
     phase_complete,
 )
-from lotdeploy.pki.status import days_left, renew_threshold_days
 from lotdeploy.secret import Secret
 from lotdeploy.workspace import SecretStore
 from tests.pki_helpers import (
@@ -416,18 +417,18 @@ def test_unreadable_workspace_files(site_file: Path) -> None:
     site = load(site_file)
     ensure_pki(site, workspace_for(site_file), NOW)
     ws = no_passphrase_workspace(site_file)
-    (ws.root / "rotation.json").write_text("{not json")
-    with pytest.raises(WorkspaceError, match="rotation state is damaged"):
+    state = ws.root / "state.json"
+    good = state.read_text()
+    state.write_text("{not json")
+    with pytest.raises(WorkspaceError, match="state is damaged"):
         pki_changes(site, ws, NOW)
-    (ws.root / "rotation.json").unlink()
-    index = ws.pki_dir / "index.json"
-    index.unlink()
-    index.mkdir()
+    state.unlink()
+    state.mkdir()
     with pytest.raises(WorkspaceError, match="cannot read"):
         pki_changes(site, ws, NOW)
-    index.rmdir()
-    index.write_text('{"active_ca": "../../etc"}')
-    with pytest.raises(PkiError, match="damaged"):
+    state.rmdir()
+    state.write_text(good.replace('"active_ca": "', '"active_ca": "../../etc'))
+    with pytest.raises(WorkspaceError, match="damaged"):
         pki_changes(site, ws, NOW)
 
 

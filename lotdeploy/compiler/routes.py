@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lotdeploy.credentials import username_for_version
 from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str
-from lotdeploy.model import Link, Node, Site
+from lotdeploy.model import Link, Node, Site, username_for_version
 from lotdeploy.secret import Secret
 
 ROUTE_TYPE = "MQTT_CLUSTER"

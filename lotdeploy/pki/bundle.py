@@ -1,4 +1,8 @@
-"""Each node's TLS files for render: trusted CA bundle, certificate, private key (0600)."""
+"""Each node's TLS files for a bundle: trusted CA bundle, certificate, private key (0600).
+
+Reads only: issuing is the explicit step `ensure_pki` (render and apply run it first, plan
+reports it), so building a bundle never creates or changes anything.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ from datetime import datetime
 
 from lotdeploy.errors import PkiError
 from lotdeploy.model import Node, Site
-from lotdeploy.pki.inventory import cert_pem, node_key_name
-from lotdeploy.pki.operations import PkiSession, ensure_pki
+from lotdeploy.pki.inventory import Inventory, ca_view, cert_pem, node_key_name
+from lotdeploy.pki.operations import ensure_pki
 from lotdeploy.secret import Secret
 from lotdeploy.workspace import Workspace
 
@@ -19,19 +23,20 @@ TlsFiles = dict[str, tuple[bytes | Secret, int]]
 def node_tls_files(site: Site, workspace: Workspace, node: Node, now: datetime) -> TlsFiles:
     """File name → (content, mode) for `node`; {} when the node does not use TLS.
 
-    Issues the node's certificate first if it is due (normally `ensure_pki` already did).
     The CA bundle holds the CAs trusted in the current rotation phase; the CA key never
-    appears here.
+    appears here. A certificate that is missing or due is an error naming the step to run.
     """
     if not node.tls:
         return {}
-    session = PkiSession(site, workspace, now)
-    session.issue([node])
-    cert = session.inventory.load_node_cert(node.name)
-    key = session.store.get(node_key_name(node.name))
-    if cert is None or key is None:  # pragma: no cover - issue() just wrote both
-        raise PkiError(f"node {node.name}: certificate or key missing after issuing")
-    bundle = b"".join(cert_pem(session.ca(ident)) for ident in session.view.trusted)
+    inventory = Inventory(workspace)
+    cert = inventory.load_node_cert(node.name)
+    key = workspace.secrets().get(node_key_name(node.name))
+    if cert is None or key is None:
+        raise PkiError(
+            f"node {node.name}: no certificate or key in the workspace yet: "
+            "run `lotdeploy render` (it issues what is due)"
+        )
+    bundle = b"".join(cert_pem(inventory.load_ca(ident)) for ident in ca_view(workspace).trusted)
     return {
         node.broker.ca_file: (bundle, 0o644),
         node.broker.cert_file: (cert_pem(cert), 0o644),

@@ -16,9 +16,9 @@ from lotdeploy.credentials import CredentialState, advance_creds_rotation, usern
 from lotdeploy.model import Site
 from lotdeploy.pki.ca import ca_id
 from lotdeploy.pki.operations import advance_ca_rotation, ensure_ca, rotate_certs
-from lotdeploy.pki.plan import pki_reports, report_warning
-from lotdeploy.pki.rotation import LABELS, Rotation, load_rotation
+from lotdeploy.pki.reports import pki_reports, report_warning
 from lotdeploy.pki.status import CertReport
+from lotdeploy.rotation import LABELS, Rotation, load_rotation
 from lotdeploy.secret import dumps
 from lotdeploy.term import print_table
 from lotdeploy.workspace import Workspace

@@ -3,13 +3,13 @@
 Layout under `workspace.pki_dir`:
     ca/ca-<id>.crt      every CA this site has had (<id> = serial in hex)
     nodes/<node>.crt    the current certificate of each node
-    index.json          {"active_ca": "<id>"}: the CA that issues when no rotation runs
-Secret store names: `ca-key-<id>`, `node-key-<node>`. Nothing here needs the passphrase.
+Which CA is active (issues when no rotation runs) is recorded in the state document
+(lotdeploy.state), with the rotations. Secret store names: `ca-key-<id>`,
+`node-key-<node>`. Nothing here needs the passphrase.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from lotdeploy.errors import PkiError, WorkspaceError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.pki.ca import ca_id
-from lotdeploy.pki.rotation import Rotation, RotationState
+from lotdeploy.state import Rotation, StateStore
 from lotdeploy.workspace import Workspace
 
 
@@ -60,27 +60,12 @@ class Inventory:
     def node_cert_path(self, node: str) -> Path:
         return self.root / "nodes" / f"{node}.crt"
 
-    @property
-    def index_path(self) -> Path:
-        return self.root / "index.json"
-
     def active_ca_id(self) -> str | None:
-        raw = _read(self.index_path)
-        if raw is None:
-            return None
-        try:
-            ident = json.loads(raw)["active_ca"]
-            if not isinstance(ident, str) or not ident.isalnum():
-                raise ValueError
-            return ident
-        except (ValueError, KeyError, TypeError):
-            raise PkiError(
-                f"{self.index_path}: damaged; restore the workspace from a backup "
-                "(nothing was changed)"
-            ) from None
+        return StateStore(self.workspace).read().active_ca
 
     def set_active_ca(self, ident: str) -> None:
-        self._write(self.index_path, json.dumps({"active_ca": ident}, indent=2) + "\n")
+        with StateStore(self.workspace).transaction() as state:
+            state.active_ca = ident
 
     def load_ca(self, ident: str) -> x509.Certificate:
         path = self.ca_path(ident)
@@ -147,5 +132,5 @@ class CaView:
 
 
 def ca_view(workspace: Workspace) -> CaView:
-    inventory = Inventory(workspace)
-    return CaView(inventory.active_ca_id(), RotationState.load(workspace).active.get("ca"))
+    state = StateStore(workspace).read()
+    return CaView(state.active_ca, state.rotation("ca"))

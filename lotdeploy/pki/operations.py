@@ -21,15 +21,15 @@ from lotdeploy.pki.ca import ca_id, create_ca
 from lotdeploy.pki.inventory import CaView, Inventory, ca_key_name, ca_view, node_key_name
 from lotdeploy.pki.issue import expected_sans, issue_node_cert
 from lotdeploy.pki.keys import PrivateKey, generate_key, key_from_secret, key_matches, key_to_secret
-from lotdeploy.pki.rotation import (
+from lotdeploy.pki.status import node_report
+from lotdeploy.rotation import (
     LAST_PHASE,
     Rotation,
     advance_rotation,
-    load_rotation,
     require_phase_complete,
     start_rotation,
 )
-from lotdeploy.pki.status import node_report
+from lotdeploy.state import StateStore
 from lotdeploy.workspace import SecretStore, Workspace
 
 log = logging.getLogger("lotdeploy.pki")
@@ -187,21 +187,22 @@ class PkiSession:
         """
         nodes = [n.name for n in self.site.tls_nodes]
         command = f"lotdeploy certs rotate-ca {self.site.source}"
-        rotation = load_rotation(self.workspace, "ca")
-        if rotation is None:
-            if self.view.active is None:
-                raise PkiError("there is no CA to rotate yet: run `lotdeploy certs init` first")
-            self.ensure_ca()  # proves the old CA key is intact before anything changes
-            new = self._new_ca()
-            rotation = start_rotation(self.workspace, "ca", self.view.active, ca_id(new), self.now)
-        else:
-            require_phase_complete(rotation, nodes, command)
-            if rotation.phase == LAST_PHASE:
-                # Finish: the new CA becomes the active one, the old key leaves the store.
-                self.inventory.set_active_ca(rotation.new)
-                self.store.delete(ca_key_name(rotation.old))
-                self.store.save()
-            rotation = advance_rotation(self.workspace, "ca", nodes, self.now, command)
+        with StateStore(self.workspace).transaction() as state:
+            rotation = state.rotation("ca")
+            if rotation is None:
+                if self.view.active is None:
+                    raise PkiError("there is no CA to rotate yet: run `lotdeploy certs init` first")
+                self.ensure_ca()  # proves the old CA key is intact before anything changes
+                new = self._new_ca()
+                rotation = start_rotation(state, "ca", self.view.active, ca_id(new), self.now)
+            else:
+                require_phase_complete(rotation, nodes, command)
+                if rotation.phase == LAST_PHASE:
+                    # Finish: the new CA becomes the active one, the old key leaves the store.
+                    state.active_ca = rotation.new
+                    self.store.delete(ca_key_name(rotation.old))
+                    self.store.save()
+                rotation = advance_rotation(state, "ca", nodes, self.now, command)
         self.view = ca_view(self.workspace)
         return rotation
 

@@ -1,36 +1,63 @@
-"""Assemble a plan from every layer: credentials, PKI, routes (against known state)."""
+"""Make a plan: read the workspace's facts, then desired -> diff against observed (pure).
+
+This is the only module of the plan package that reads anything (the state document and
+the public PKI files, never the passphrase); everything after it is pure.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from lotdeploy.credentials import CredentialState
 from lotdeploy.model import Site
-from lotdeploy.pki.plan import pki_changes
-from lotdeploy.plan.build import Plan, build_plan
 from lotdeploy.plan.changes import Attr, Change
-from lotdeploy.plan.state import KnownState
+from lotdeploy.plan.desired import CredentialFacts, desired_state
+from lotdeploy.plan.diff import Plan, build_plan
+from lotdeploy.plan.observed import Observed
+from lotdeploy.plan.pki import pki_changes
 from lotdeploy.secret import SENSITIVE
+from lotdeploy.state import State, StateStore
 from lotdeploy.workspace import Workspace
+
+
+def credential_facts(state: State) -> CredentialFacts:
+    """Which credential versions the brokers must accept now, from the rotation phase."""
+    rotation = state.rotation("creds")
+    accepted: tuple[int, ...] = (state.credential_version,)
+    retired = None
+    if rotation is not None:
+        old, new = int(rotation.old), int(rotation.new)
+        accepted = (old, new) if rotation.phase < 3 else (new,)
+        retired = old if rotation.phase == 3 else None
+    return CredentialFacts(state.credential_version, state.credential_generated, accepted, retired)
+
+
+def first_password_change(site: Site, credentials: CredentialFacts) -> list[Change]:
+    """The explicit step render/apply perform before any route can be written."""
+    if credentials.generated or not site.links:
+        return []
+    return [
+        Change(
+            "create",
+            "credential",
+            "cluster-password",
+            reason="generated on first render, kept encrypted in the workspace",
+            attrs=(Attr("value", SENSITIVE),),
+        )
+    ]
 
 
 def make_plan(site: Site, workspace: Workspace, now: datetime | None = None) -> Plan:
     now = now or datetime.now(UTC)
-    credentials = CredentialState.load(workspace)
-    known = KnownState.load(workspace)
-    extra: list[Change] = []
-    warnings: list[str] = []
-    if not credentials.generated and site.links:
-        extra.append(
-            Change(
-                "create",
-                "credential",
-                "cluster-password",
-                reason="generated on first render, kept encrypted in the workspace",
-                attrs=(Attr("value", SENSITIVE),),
-            )
-        )
-    pki, pki_warnings = pki_changes(site, workspace, now)
+    state = StateStore(workspace).read()
+    credentials = credential_facts(state)
+    extra = first_password_change(site, credentials)
+    pki, warnings = pki_changes(site, workspace, now)
     extra.extend(pki)
-    warnings.extend(pki_warnings)
-    return build_plan(site, known, credentials.active_version, extra, warnings)
+    return build_plan(
+        site.name,
+        site.digest(),
+        desired_state(site, credentials),
+        Observed.from_state(state),
+        extra,
+        warnings,
+    )

@@ -1,22 +1,25 @@
-"""Show a plan: one change per line, grouped site → region → node, closing summary.
+"""Show a plan to people: one change per line, grouped site → region → node, closing summary.
 
 Sensitive values never reach here (Attr only ever holds "(sensitive)"); as a second line
-of defence every output passes through `scrub`.
+of defence the CLI passes every output through `scrub`. Colour is plain ANSI (SGR) codes,
+so this layer needs no terminal library.
 """
 
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Any
 
-import click
-
-from lotdeploy.plan.build import Plan
 from lotdeploy.plan.changes import Attr, Change
-from lotdeploy.secret import dumps
+from lotdeploy.plan.diff import Plan
 
-PLAN_JSON_FORMAT = 1
+_SGR = {"green": 32, "yellow": 33, "red": 31, "magenta": 35}
 _COLOURS = {"create": "green", "update": "yellow", "delete": "red", "replace": "magenta"}
+
+
+def style(text: str, fg: str | None = None, bold: bool = False) -> str:
+    """`text` in ANSI colour (the same escapes click.style writes)."""
+    codes = (f"\x1b[{_SGR[fg]}m" if fg else "") + ("\x1b[1m" if bold else "")
+    return f"{codes}{text}\x1b[0m" if codes else text
 
 
 def _route_line(change: Change) -> str:
@@ -42,7 +45,7 @@ def _attr_text(attr: Attr) -> str:
 def _line(change: Change, colour: bool) -> str:
     marker = change.marker
     if colour:
-        marker = click.style(marker, fg=_COLOURS[change.action], bold=True)
+        marker = style(marker, fg=_COLOURS[change.action], bold=True)
     if change.kind == "route":
         detail = _route_line(change)
     else:
@@ -57,7 +60,7 @@ def format_text(plan: Plan, colour: bool = False) -> str:
         f"lotdeploy plan: site {plan.site} ({plan.node_count} nodes, "
         f"{plan.region_count} region{'s' if plan.region_count != 1 else ''})"
     )
-    out.append(click.style(head, bold=True) if colour else head)
+    out.append(style(head, bold=True) if colour else head)
     site_level = [c for c in plan.changes if c.node is None]
     node_level = sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key)
     if site_level:
@@ -73,9 +76,7 @@ def format_text(plan: Plan, colour: bool = False) -> str:
     if plan.warnings:
         out.append("")
         for warning in plan.warnings:
-            out.append(
-                ("Warning: " if not colour else click.style("Warning: ", fg="yellow")) + warning
-            )
+            out.append(("Warning: " if not colour else style("Warning: ", fg="yellow")) + warning)
     out.append("")
     out.append(summary_line(plan))
     return "\n".join(out) + "\n"
@@ -94,31 +95,3 @@ def summary_line(plan: Plan) -> str:
         f"Plan: {counts['create']} to add, {counts['update']} to change, "
         f"{counts['delete']} to destroy{replace} ({detail})."
     )
-
-
-def to_json(plan: Plan) -> str:
-    doc: dict[str, Any] = {
-        "format_version": PLAN_JSON_FORMAT,
-        "site": plan.site,
-        "site_digest": plan.site_digest,
-        "nodes": plan.node_count,
-        "regions": plan.region_count,
-        "changes": [
-            {
-                "action": c.action,
-                "kind": c.kind,
-                "name": c.name,
-                "node": c.node,
-                "region": c.region,
-                "reason": c.reason,
-                "attributes": {a.name: {"before": a.before, "after": a.after} for a in c.attrs},
-            }
-            for c in [
-                *(c for c in plan.changes if c.node is None),
-                *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key),
-            ]
-        ],
-        "warnings": plan.warnings,
-        "summary": plan.summary(),
-    }
-    return dumps(doc, indent=2) + "\n"

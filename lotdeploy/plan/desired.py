@@ -1,0 +1,199 @@
+"""Desired state: what every node should have, built by pure functions from the site.
+
+Per node: its routes (the attributes, the password only as a reference to the workspace's
+secret store), the files of its bundle (name, mode, what they hold, whether the broker
+reads them), and the broker users it must accept. Nothing here reads a file, a clock or a
+secret value: `workspace facts` (credential version, rotation phases) are passed in, so
+the same inputs always give the same desired state and tests need no workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lotdeploy.compiler import ROUTE_FILE
+from lotdeploy.credentials import password_secret_name
+from lotdeploy.model import Node, Site, username_for_version
+
+FileRole = Literal["routes", "ca-bundle", "certificate", "private-key"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Names a secret in the workspace's store; a plan carries these, never the value."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRoute:
+    """One MQTT_CLUSTER route a node should run (the target decides port, TLS, user)."""
+
+    name: str
+    peer: str
+    peer_region: str
+    link_class: str
+    broker_address: str
+    broker_port: int
+    client_id: str
+    username: str
+    message_validity_sec: int
+    use_tls: bool
+    password_version: int
+
+    @property
+    def password(self) -> SecretRef:
+        return SecretRef(password_secret_name(self.password_version))
+
+    def attrs(self) -> dict[str, Any]:
+        """The attributes recorded in state and compared by the plan (no secret value)."""
+        return {
+            "name": self.name,
+            "peer": self.peer,
+            "peer_region": self.peer_region,
+            "link_class": self.link_class,
+            "broker_address": self.broker_address,
+            "broker_port": self.broker_port,
+            "client_id": self.client_id,
+            "username": self.username,
+            "message_validity_sec": self.message_validity_sec,
+            "use_tls": self.use_tls,
+            "password_version": self.password_version,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> DesiredRoute:
+        return cls(**{key: attrs[key] for key in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredFile:
+    """One file of a node's bundle. Its bytes are made at render/apply time, not here."""
+
+    name: str
+    mode: int
+    role: FileRole
+    #: the content carries a secret (the route file's password, the private key)
+    secret: bool
+    #: the broker reads it at start: a change needs the node's reload command
+    broker_reads: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredUser:
+    """A broker user every target broker must accept (the cluster credential)."""
+
+    username: str
+    password: SecretRef
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDesired:
+    name: str
+    region: str
+    routes: tuple[DesiredRoute, ...]
+    files: tuple[DesiredFile, ...]
+    users: tuple[DesiredUser, ...]
+    #: users to remove from this broker (the last phase of a credential rotation)
+    retired_users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialFacts:
+    """What the workspace records about the cluster credential (no secret value)."""
+
+    active_version: int = 1
+    generated: bool = False
+    #: versions every broker must accept now (old and new during a rotation's phases 1-2)
+    accepted_versions: tuple[int, ...] = (1,)
+    #: version whose users leave the brokers now (phase 3 of a rotation)
+    retired_version: int | None = None
+
+
+def _route(
+    name: str, client_id: str, link_class: str, validity: int, peer: Node, version: int
+) -> DesiredRoute:
+    return DesiredRoute(
+        name,
+        peer.name,
+        peer.region,
+        link_class,
+        peer.address,
+        peer.port,
+        client_id,
+        username_for_version(peer.username, version),
+        validity,
+        peer.tls,
+        version,
+    )
+
+
+def node_routes(site: Site, node: Node, version: int) -> tuple[DesiredRoute, ...]:
+    """The node's routes, one per peer, in the site's link order."""
+    return tuple(
+        _route(
+            link.route_name,
+            link.client_id,
+            link.link_class,
+            link.message_validity_sec,
+            site.node(link.target),
+            version,
+        )
+        for link in site.links_from(node.name)
+    )
+
+
+def node_files(node: Node) -> tuple[DesiredFile, ...]:
+    """The bundle's files: the route file, and for TLS nodes the CA bundle, cert and key."""
+    files = [DesiredFile(ROUTE_FILE, 0o600, "routes", secret=True, broker_reads=False)]
+    if node.tls:
+        files += [
+            DesiredFile(node.broker.ca_file, 0o644, "ca-bundle", secret=False, broker_reads=True),
+            DesiredFile(
+                node.broker.cert_file, 0o644, "certificate", secret=False, broker_reads=True
+            ),
+            DesiredFile(node.broker.key_file, 0o600, "private-key", secret=True, broker_reads=True),
+        ]
+    return tuple(files)
+
+
+def node_users(site: Site, credentials: CredentialFacts) -> tuple[DesiredUser, ...]:
+    """Users a broker must accept: every base username the site's nodes log in with, for
+    every credential version accepted now."""
+    bases = sorted({n.username for n in site.nodes})
+    return tuple(
+        DesiredUser(username_for_version(base, version), SecretRef(password_secret_name(version)))
+        for version in credentials.accepted_versions
+        for base in bases
+    )
+
+
+def desired_state(site: Site, credentials: CredentialFacts) -> dict[str, NodeDesired]:
+    """Every node's desired state (pure)."""
+    users = node_users(site, credentials) if site.links else ()
+    retired: tuple[str, ...] = ()
+    if credentials.retired_version is not None:
+        retired = tuple(
+            username_for_version(base, credentials.retired_version)
+            for base in sorted({n.username for n in site.nodes})
+        )
+    return {
+        node.name: NodeDesired(
+            node.name,
+            node.region,
+            node_routes(site, node, credentials.active_version),
+            node_files(node),
+            users,
+            retired,
+        )
+        for node in site.nodes
+    }
+
+
+def desired_routes(site: Site, password_version: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """node -> route name -> recorded attributes: the shape state keeps after an apply."""
+    return {
+        node.name: {r.name: r.attrs() for r in node_routes(site, node, password_version)}
+        for node in site.nodes
+    }

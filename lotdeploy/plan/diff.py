@@ -1,0 +1,231 @@
+"""The diff: desired state against observed state gives a Plan (pure, no I/O).
+
+Route changes come from comparing each node's desired routes with the recorded ones;
+workspace steps (the first password, the CA, certificates, rotation phases) come in as
+changes already made by their layers. From all of them, each node's `NodeSteps` say what
+apply will do there: which files to write, which routes to remove and add, which broker
+users to create or remove, and whether the node's reload command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lotdeploy.plan.changes import Attr, Change
+from lotdeploy.plan.desired import DesiredRoute, NodeDesired
+from lotdeploy.plan.observed import Observed
+from lotdeploy.secret import SENSITIVE
+
+#: route attribute -> LOT key, in the order the plan shows them
+SHOWN = (
+    ("broker_address", "BROKER_ADDRESS"),
+    ("broker_port", "BROKER_PORT"),
+    ("client_id", "CLIENT_ID"),
+    ("username", "USERNAME"),
+    ("password_version", "PASSWORD"),
+    ("message_validity_sec", "MESSAGE_VALIDITY_SEC"),
+    ("use_tls", "USE_TLS"),
+)
+#: changes of these kinds touch a node's TLS files
+TLS_KINDS = frozenset({"certificate", "ca"})
+
+
+@dataclass
+class NodeSteps:
+    """What apply does on one node to carry out the plan."""
+
+    node: str
+    files: list[str] = field(default_factory=list)
+    routes_remove: list[str] = field(default_factory=list)
+    routes_add: list[str] = field(default_factory=list)
+    users_create: list[str] = field(default_factory=list)
+    users_remove: list[str] = field(default_factory=list)
+    reload: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.files
+            or self.routes_remove
+            or self.routes_add
+            or self.users_create
+            or self.users_remove
+            or self.reload
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "routes_remove": self.routes_remove,
+            "routes_add": self.routes_add,
+            "users_create": self.users_create,
+            "users_remove": self.users_remove,
+            "reload": self.reload,
+        }
+
+
+@dataclass
+class Plan:
+    site: str
+    site_digest: str
+    node_count: int
+    region_count: int
+    changes: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: node -> region, for grouping site → region → node
+    regions: dict[str, str] = field(default_factory=dict)
+    #: the state serial the plan was made against (a saved plan refuses a moved state)
+    state_serial: int = 0
+    #: node -> what apply does there (only nodes with something to do)
+    steps: dict[str, NodeSteps] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        counts = {"create": 0, "update": 0, "delete": 0, "replace": 0}
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+
+def _display(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if key == "password_version":
+        return SENSITIVE
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _attrs(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> tuple[Attr, ...]:
+    empty: dict[str, Any] = {}
+    old_values, new_values = before or empty, after or empty
+    attrs = []
+    for key, label in SHOWN:
+        old, new = old_values.get(key), new_values.get(key)
+        if before is not None and after is not None and old != new and key == "password_version":
+            attrs.append(Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE))
+        else:
+            attrs.append(Attr(label, _display(key, new), _display(key, old)))
+    return tuple(attrs)
+
+
+def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
+    """Create, update and delete per route, nodes and routes in name order."""
+    changes: list[Change] = []
+    for node_name in sorted(set(desired) | set(observed.routes)):
+        node = desired.get(node_name)
+        want: dict[str, DesiredRoute] = {r.name: r for r in node.routes} if node else {}
+        have = observed.routes.get(node_name, {})
+        region = node.region if node else "(removed)"
+        for name in sorted(set(want) | set(have)):
+            route, before = want.get(name), have.get(name)
+            after = route.attrs() if route is not None else None
+            if before is None and after is not None:
+                reason = f"{after['link_class']} link to {after['peer']}"
+                changes.append(
+                    Change(
+                        "create",
+                        "route",
+                        name,
+                        node_name,
+                        region,
+                        reason,
+                        _attrs(None, after),
+                        route,
+                    )
+                )
+            elif after is None and before is not None:
+                reason = "node removed from the site" if node is None else "peer removed"
+                changes.append(
+                    Change("delete", "route", name, node_name, region, reason, _attrs(before, None))
+                )
+            elif after is not None and before is not None and _differs(before, after):
+                attrs = tuple(
+                    a for a in _attrs(before, after) if a.changed or "rotated" in (a.after or "")
+                )
+                changes.append(Change("update", "route", name, node_name, region, "", attrs, route))
+    return changes
+
+
+def _differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    return any(before.get(key) != after.get(key) for key, _ in SHOWN)
+
+
+def node_steps(
+    desired: Mapping[str, NodeDesired], observed: Observed, changes: Iterable[Change]
+) -> dict[str, NodeSteps]:
+    """Each node's apply steps, from the changes that concern it.
+
+    A node with no record at all gets everything. Otherwise the route file is rewritten when
+    a route changes, the TLS files when its certificate or CA bundle changes (a new site CA
+    changes every TLS node's bundle), and the reload runs when the broker reads a file that
+    changes. Users: those recorded on the node are not created again; nodes recorded before
+    users were recorded are taken to have them.
+    """
+    by_node: dict[str, list[Change]] = {}
+    site_tls = False
+    for change in changes:
+        if change.node is None:
+            site_tls = site_tls or change.kind == "ca"
+        else:
+            by_node.setdefault(change.node, []).append(change)
+    steps: dict[str, NodeSteps] = {}
+    for name in sorted(set(desired) | set(observed.routes)):
+        node = desired.get(name)
+        step = NodeSteps(name)
+        mine = by_node.get(name, [])
+        for change in mine:
+            if change.kind != "route":
+                continue
+            if change.action in ("delete", "update", "replace"):
+                step.routes_remove.append(change.name)
+            if change.action != "delete":
+                step.routes_add.append(change.name)
+        if node is not None:
+            known = name in observed.routes or name in observed.files
+            tls_changed = site_tls or any(c.kind in TLS_KINDS for c in mine)
+            for file in node.files:
+                if not known or (
+                    (file.role == "routes" and (step.routes_add or step.routes_remove))
+                    or (file.role != "routes" and tls_changed)
+                ):
+                    step.files.append(file.name)
+            step.reload = any(f.broker_reads and f.name in step.files for f in node.files)
+            recorded = observed.users.get(name)
+            if not known:
+                step.users_create = [u.username for u in node.users]
+            elif recorded is not None:
+                step.users_create = [u.username for u in node.users if u.username not in recorded]
+            step.users_remove = [u for u in node.retired_users if recorded is None or u in recorded]
+        if step:
+            steps[name] = step
+    return steps
+
+
+def build_plan(
+    site_name: str,
+    site_digest: str,
+    desired: Mapping[str, NodeDesired],
+    observed: Observed,
+    extra_changes: Iterable[Change] = (),
+    warnings: Iterable[str] = (),
+) -> Plan:
+    """diff(desired, observed) plus the workspace's own steps -> Plan (pure)."""
+    plan = Plan(
+        site=site_name,
+        site_digest=site_digest,
+        node_count=len(desired),
+        region_count=len({node.region for node in desired.values()}),
+        regions={name: node.region for name, node in desired.items()},
+        state_serial=observed.serial,
+    )
+    plan.changes.extend(extra_changes)
+    plan.changes.extend(route_changes(desired, observed))
+    plan.warnings.extend(warnings)
+    plan.steps = node_steps(desired, observed, plan.changes)
+    return plan

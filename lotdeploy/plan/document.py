@@ -1,0 +1,151 @@
+"""A plan as a document: what `plan --json` prints and `plan --out FILE` saves, read back.
+
+One versioned format for both. It holds no secret value: route passwords appear as the
+name of the workspace secret they come from, displayed attributes as "(sensitive)". A plan
+records the site digest and the state serial it was made against, so a saved plan can be
+refused when either moved since.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lotdeploy.errors import WorkspaceError
+from lotdeploy.fsutil import atomic_write
+from lotdeploy.plan.changes import MARKERS, Attr, Change
+from lotdeploy.plan.desired import DesiredRoute
+from lotdeploy.plan.diff import NodeSteps, Plan
+from lotdeploy.secret import dumps
+
+PLAN_FORMAT = "lotdeploy-plan"
+PLAN_JSON_FORMAT = 1
+
+
+def _payload(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, DesiredRoute):
+        return {"type": "route", **value.attrs(), "password": {"secret": value.password.name}}
+    return None
+
+
+def _ordered(plan: Plan) -> list[Change]:
+    return [
+        *(c for c in plan.changes if c.node is None),
+        *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key),
+    ]
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    return {
+        "format": PLAN_FORMAT,
+        "format_version": PLAN_JSON_FORMAT,
+        "site": plan.site,
+        "site_digest": plan.site_digest,
+        "state_serial": plan.state_serial,
+        "nodes": plan.node_count,
+        "regions": plan.region_count,
+        "node_regions": plan.regions,
+        "changes": [
+            {
+                "key": c.key,
+                "action": c.action,
+                "kind": c.kind,
+                "name": c.name,
+                "node": c.node,
+                "region": c.region,
+                "reason": c.reason,
+                "attributes": {a.name: {"before": a.before, "after": a.after} for a in c.attrs},
+                "payload": _payload(c.payload),
+            }
+            for c in _ordered(plan)
+        ],
+        "steps": {name: steps.to_json() for name, steps in sorted(plan.steps.items())},
+        "warnings": plan.warnings,
+        "summary": plan.summary(),
+    }
+
+
+def to_json(plan: Plan) -> str:
+    return dumps(plan_document(plan), indent=2) + "\n"
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    try:
+        atomic_write(path, to_json(plan), mode=0o600)
+    except OSError as exc:
+        raise WorkspaceError(f"{path}: cannot write the plan: {exc.strerror}") from None
+
+
+def read_plan(path: Path) -> Plan:
+    """A saved plan, validated; a file that is not one is a clear error."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkspaceError(
+            f"{path}: cannot read the plan: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    try:
+        return plan_from_document(json.loads(text))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise WorkspaceError(f"{path}: not a lotdeploy plan ({exc})") from None
+
+
+def plan_from_document(doc: Any) -> Plan:
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+        raise ValueError("no lotdeploy plan format marker")
+    if doc.get("format_version") != PLAN_JSON_FORMAT:
+        raise ValueError(f"unknown plan format version {doc.get('format_version')!r}")
+    changes = [_change(c) for c in doc["changes"]]
+    steps = {
+        str(name): NodeSteps(
+            str(name),
+            files=[str(f) for f in s["files"]],
+            routes_remove=[str(r) for r in s["routes_remove"]],
+            routes_add=[str(r) for r in s["routes_add"]],
+            users_create=[str(u) for u in s["users_create"]],
+            users_remove=[str(u) for u in s["users_remove"]],
+            reload=bool(s["reload"]),
+        )
+        for name, s in dict(doc["steps"]).items()
+    }
+    return Plan(
+        site=str(doc["site"]),
+        site_digest=str(doc["site_digest"]),
+        node_count=int(doc["nodes"]),
+        region_count=int(doc["regions"]),
+        changes=changes,
+        warnings=[str(w) for w in doc["warnings"]],
+        regions={str(k): str(v) for k, v in dict(doc["node_regions"]).items()},
+        state_serial=int(doc["state_serial"]),
+        steps=steps,
+    )
+
+
+def _change(doc: dict[str, Any]) -> Change:
+    action = doc["action"]
+    if action not in MARKERS:
+        raise ValueError(f"unknown action {action!r}")
+    payload = doc.get("payload")
+    route = None
+    if payload is not None:
+        if payload.get("type") != "route":
+            raise ValueError("unknown payload type")
+        route = DesiredRoute.from_attrs(payload)
+        if payload["password"] != {"secret": route.password.name}:
+            raise ValueError("route password reference does not match its version")
+    change = Change(
+        action=action,
+        kind=str(doc["kind"]),
+        name=str(doc["name"]),
+        node=None if doc["node"] is None else str(doc["node"]),
+        region=None if doc["region"] is None else str(doc["region"]),
+        reason=str(doc["reason"]),
+        attrs=tuple(
+            Attr(str(name), v["after"], v["before"]) for name, v in dict(doc["attributes"]).items()
+        ),
+        payload=route,
+    )
+    if change.key != doc["key"]:
+        raise ValueError(f"change key {doc['key']!r} does not match the change")
+    return change

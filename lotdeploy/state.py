@@ -1,0 +1,472 @@
+"""The workspace's state: one versioned document, `.lotdeploy/state.json`.
+
+Everything lotdeploy records between runs that is not a secret lives here: which credential
+version the routes use, which CA is active, the phased rotations, and what each node was
+last given (its routes, and once apply records them, its files, users and release). The
+secret values stay in the encrypted store (`secrets.enc`), because `plan` must read this
+document without a passphrase; public certificate files stay under `pki/`.
+
+Every write goes through `StateStore.transaction()`: under the workspace lock, the document
+is read and validated, changed in memory, given the next `serial`, and written atomically.
+Readers never see a torn document, and a saved plan can tell whether state moved since it
+was made (the serial). Every record is validated on read: a damaged or hand-edited document
+is one clear error naming the file, never a crash and never silently used.
+
+Workspaces made before this document existed kept the same facts in four files
+(`state/state.json`, `credentials.json`, `rotation.json`, `pki/index.json`); they are read
+once, and the first write replaces them with this document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lotdeploy.errors import WorkspaceError
+from lotdeploy.fsutil import atomic_write
+from lotdeploy.workspace import Workspace
+
+STATE_FORMAT = "lotdeploy-state"
+STATE_VERSION = 1
+STATE_FILE = "state.json"
+ROTATION_KINDS = ("ca", "creds")
+LAST_PHASE = 3
+#: How many finished rotations the document keeps.
+HISTORY_LIMIT = 20
+
+#: Route attributes recorded per route: what the plan compares (the password never; only
+#: the credential version it came from, so plan needs no passphrase).
+ROUTE_ATTRS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "peer": str,
+    "peer_region": str,
+    "link_class": str,
+    "broker_address": str,
+    "broker_port": int,
+    "client_id": str,
+    "username": str,
+    "message_validity_sec": int,
+    "use_tls": bool,
+    "password_version": int,
+}
+
+
+class StateError(WorkspaceError):
+    """The state document (or an old-format file it migrates from) is damaged."""
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rotation:
+    """One phased rotation in progress: from `old` to `new` (CA ids or credential versions)."""
+
+    kind: str
+    phase: int
+    old: str
+    new: str
+    started_at: str
+    applied: dict[str, list[str]] = field(default_factory=dict)  # phase -> node names
+
+    def applied_nodes(self, phase: int | None = None) -> set[str]:
+        return set(self.applied.get(str(phase or self.phase), []))
+
+    def pending(self, nodes: Iterable[str]) -> list[str]:
+        """Nodes of the site on which the current phase is not applied yet."""
+        done = self.applied_nodes()
+        return sorted(n for n in nodes if n not in done)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "phase": self.phase,
+            "old": self.old,
+            "new": self.new,
+            "started_at": self.started_at,
+            "applied": {k: sorted(v) for k, v in sorted(self.applied.items())},
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Rotation:
+        doc = _mapping(doc, "rotation")
+        kind = _str(doc.get("kind"), "rotation kind")
+        if kind not in ROTATION_KINDS:
+            raise ValueError(f"unknown rotation kind {kind!r}")
+        phase = _int(doc.get("phase"), "rotation phase", 1, LAST_PHASE)
+        applied: dict[str, list[str]] = {}
+        for key, nodes in _mapping(doc.get("applied", {}), "applied").items():
+            _int(int(key) if str(key).isdigit() else None, "applied phase", 1, LAST_PHASE)
+            applied[str(key)] = [_str(n, "node name") for n in _list(nodes, "applied nodes")]
+        return cls(
+            kind=kind,
+            phase=phase,
+            old=_str(doc.get("old"), "rotation old"),
+            new=_str(doc.get("new"), "rotation new"),
+            started_at=_str(doc.get("started_at"), "started_at"),
+            applied=applied,
+        )
+
+
+@dataclass
+class NodeRecord:
+    """What a node was last given. Apply fills `files`, `users` and `release`."""
+
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {sha256, mode}
+    users: list[str] = field(default_factory=list)
+    release: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"routes": self.routes}
+        if self.files:
+            doc["files"] = self.files
+        if self.users:
+            doc["users"] = sorted(self.users)
+        if self.release is not None:
+            doc["release"] = self.release
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any, node: str) -> NodeRecord:
+        doc = _mapping(doc, f"node {node}")
+        routes = {
+            _str(name, "route name"): _route(attrs, f"node {node} route {name}")
+            for name, attrs in _mapping(doc.get("routes", {}), f"node {node} routes").items()
+        }
+        files: dict[str, dict[str, str]] = {}
+        for name, entry in _mapping(doc.get("files", {}), f"node {node} files").items():
+            entry = _mapping(entry, f"node {node} file {name}")
+            files[_str(name, "file name")] = {
+                "sha256": _str(entry.get("sha256"), "sha256"),
+                "mode": _str(entry.get("mode"), "mode"),
+            }
+        users = [_str(u, "user") for u in _list(doc.get("users", []), f"node {node} users")]
+        release = doc.get("release")
+        return cls(routes, files, users, None if release is None else _str(release, "release"))
+
+
+@dataclass
+class State:
+    """The whole document, as plain records. Change it only inside a transaction."""
+
+    serial: int = 0
+    lineage: str = ""
+    site_digest: str | None = None
+    credential_version: int = 1
+    credential_generated: bool = False
+    active_ca: str | None = None
+    rotations: dict[str, Rotation] = field(default_factory=dict)
+    rotation_history: list[dict[str, Any]] = field(default_factory=list)
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+
+    def rotation(self, kind: str) -> Rotation | None:
+        return self.rotations.get(kind)
+
+    def node_routes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {name: record.routes for name, record in self.nodes.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "serial": self.serial,
+            "lineage": self.lineage,
+            "site_digest": self.site_digest,
+            "credentials": {
+                "active_version": self.credential_version,
+                "generated": self.credential_generated,
+            },
+            "pki": {"active_ca": self.active_ca},
+            "rotations": {
+                "active": {k: r.to_json() for k, r in sorted(self.rotations.items())},
+                "history": self.rotation_history[-HISTORY_LIMIT:],
+            },
+            "nodes": {name: rec.to_json() for name, rec in sorted(self.nodes.items())},
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> State:
+        doc = _mapping(doc, "document")
+        if doc.get("format") != STATE_FORMAT:
+            raise ValueError("not a lotdeploy state document")
+        if doc.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown state version {doc.get('version')!r}")
+        credentials = _mapping(doc.get("credentials", {}), "credentials")
+        pki = _mapping(doc.get("pki", {}), "pki")
+        rotations = _mapping(doc.get("rotations", {}), "rotations")
+        state = cls(
+            serial=_int(doc.get("serial"), "serial", 0),
+            lineage=_str(doc.get("lineage", ""), "lineage"),
+            site_digest=_optional_str(doc.get("site_digest"), "site_digest"),
+            credential_version=_int(credentials.get("active_version", 1), "credential version", 1),
+            credential_generated=_bool(credentials.get("generated", False), "generated"),
+            active_ca=_ca_id(pki.get("active_ca")),
+            rotations=_rotations(rotations.get("active", {})),
+            rotation_history=[
+                _mapping(h, "history entry") for h in _list(rotations.get("history", []), "history")
+            ],
+            nodes={
+                _str(name, "node name"): NodeRecord.from_json(rec, str(name))
+                for name, rec in _mapping(doc.get("nodes", {}), "nodes").items()
+            },
+        )
+        state.check()
+        return state
+
+    def check(self) -> None:
+        """Cross-record consistency: what no single field's type can say."""
+        creds = self.rotations.get("creds")
+        if creds is not None:
+            old, new = _version(creds.old), _version(creds.new)
+            if new != old + 1:
+                raise ValueError("credential rotation must go from version N to N+1")
+            expected = old if creds.phase == 1 else new
+            if self.credential_version != expected:
+                raise ValueError(
+                    f"credential version {self.credential_version} does not match the "
+                    f"credential rotation in phase {creds.phase} ({creds.old} -> {creds.new})"
+                )
+        ca = self.rotations.get("ca")
+        if ca is not None:
+            _ca_id(ca.old)
+            _ca_id(ca.new)
+            if self.active_ca not in (None, ca.old):
+                raise ValueError("the active CA is not the one the CA rotation started from")
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+class StateStore:
+    """Read the state document; change it only through `transaction()`."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+
+    @property
+    def path(self) -> Path:
+        return self.workspace.root / STATE_FILE
+
+    def read(self) -> State:
+        """The current state (migrated in memory from old files if need be); never writes.
+
+        Inside a transaction of this run, that transaction's state as changed so far.
+        """
+        open_state = self.workspace.open_state
+        if isinstance(open_state, State):
+            return copy.deepcopy(open_state)
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return migrate_legacy(self.workspace)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(
+                f"{self.path}: cannot read the state: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        try:
+            return State.from_json(json.loads(text))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StateError(
+                f"{self.path}: the state is damaged ({exc}); restore it from a backup "
+                "(nothing was changed)"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[State]:
+        """Change the state: read under the workspace lock, write once when the block ends.
+
+        Nothing is written when the block raises or changes nothing. A write gets the next
+        serial and, after a migration, removes the old-format files it replaced.
+        """
+        open_state = self.workspace.open_state
+        if isinstance(open_state, State):  # nested: one document, written by the outer block
+            yield open_state
+            return
+        with self.workspace.lock("state"):
+            before = self.read()
+            state = copy.deepcopy(before)
+            self.workspace.open_state = state
+            try:
+                yield state
+            finally:
+                self.workspace.open_state = None
+            migrating = not self.path.exists()
+            if state.to_json() == before.to_json() and not migrating:
+                return
+            try:
+                state.check()
+            except ValueError as exc:  # a bug, never a user's doing: refuse to record it
+                raise StateError(
+                    f"{self.path}: refusing to record inconsistent state: {exc}"
+                ) from None
+            state.serial = before.serial + 1
+            state.lineage = state.lineage or uuid.uuid4().hex
+            self._write(state)
+            if migrating:
+                remove_legacy(self.workspace)
+
+    def _write(self, state: State) -> None:
+        text = json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n"
+        try:
+            atomic_write(self.path, text, mode=0o600)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot write the state: {exc.strerror}") from None
+
+
+# -- the old files ---------------------------------------------------------------------------
+
+
+def legacy_paths(workspace: Workspace) -> dict[str, Path]:
+    root = workspace.root
+    return {
+        "routes": root / "state" / "state.json",
+        "credentials": root / "credentials.json",
+        "rotations": root / "rotation.json",
+        "pki": root / "pki" / "index.json",
+    }
+
+
+def migrate_legacy(workspace: Workspace) -> State:
+    """State from the files of workspaces made before the one document (empty if none)."""
+    state = State()
+    for what, path in legacy_paths(workspace).items():
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"{path}: cannot read the old-format {what} state ({exc}); restore it from a "
+                "backup (nothing was changed)"
+            ) from None
+        try:
+            _apply_legacy(state, what, doc)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StateError(
+                f"{path}: the old-format {what} state is damaged ({exc}); restore it from a "
+                "backup (nothing was changed)"
+            ) from None
+    try:
+        state.check()
+    except ValueError as exc:
+        raise StateError(
+            f"{workspace.root}: the old-format state files disagree ({exc}); restore them "
+            "from a backup (nothing was changed)"
+        ) from None
+    return state
+
+
+def _apply_legacy(state: State, what: str, doc: Any) -> None:
+    doc = _mapping(doc, what)
+    if what == "routes":
+        if doc.get("format") != 1:
+            raise ValueError("unknown format")
+        state.site_digest = _optional_str(doc.get("site_digest"), "site_digest")
+        for node, routes in _mapping(doc.get("routes", {}), "routes").items():
+            state.nodes[_str(node, "node")] = NodeRecord.from_json({"routes": routes}, str(node))
+    elif what == "credentials":
+        state.credential_version = _int(doc.get("active_version"), "active_version", 1)
+        state.credential_generated = _bool(doc.get("generated"), "generated")
+    elif what == "rotations":
+        if doc.get("version") != 1:
+            raise ValueError("unknown version")
+        state.rotations = _rotations(doc.get("active", {}))
+        state.rotation_history = [
+            _mapping(h, "history") for h in _list(doc.get("history", []), "history")
+        ]
+    elif what == "pki":
+        state.active_ca = _ca_id(doc.get("active_ca"))
+
+
+def remove_legacy(workspace: Workspace) -> None:
+    for path in legacy_paths(workspace).values():
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateError(f"{path}: cannot remove the migrated file: {exc.strerror}") from None
+    with contextlib.suppress(OSError):  # not there, or holds something that is not ours
+        (workspace.root / "state").rmdir()
+
+
+# -- validation helpers ----------------------------------------------------------------------
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    return value
+
+
+def _optional_str(value: Any, what: str) -> str | None:
+    return None if value is None else _str(value, what)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false")
+    return value
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = 2**31) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be a whole number from {low} to {high}")
+    return value
+
+
+def _version(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError("credential versions must be whole numbers")
+    return int(text)
+
+
+def _ca_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isalnum() or not value.isascii() or len(value) > 64:
+        raise ValueError("a CA id must be a short hex string")
+    return value
+
+
+def _route(attrs: Any, what: str) -> dict[str, Any]:
+    attrs = _mapping(attrs, what)
+    for key, value in attrs.items():
+        expected = ROUTE_ATTRS.get(key)
+        if expected is None:
+            raise ValueError(f"{what}: unknown attribute {key!r}")
+        if isinstance(value, bool) and expected is int:
+            raise ValueError(f"{what}: {key} must be a number")
+        if not isinstance(value, expected):
+            raise ValueError(f"{what}: {key} has the wrong type")
+    return attrs
+
+
+def _rotations(value: Any) -> dict[str, Rotation]:
+    active = {}
+    for kind, doc in _mapping(value, "active rotations").items():
+        rotation = Rotation.from_json(doc)
+        if rotation.kind != kind:
+            raise ValueError("rotation kind mismatch")
+        active[kind] = rotation
+    return active
