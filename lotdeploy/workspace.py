@@ -69,9 +69,13 @@ class SecretStore:
     """Named secrets of one site. Values are Secrets in memory; `save()` re-encrypts."""
 
     path: Path
-    _passphrase: Secret
-    _values: dict[str, str] = field(default_factory=dict)
-    _salt: bytes = b""
+    _passphrase: Secret = field(repr=False)
+    #: plain values, so never shown: the store's repr lists only how many it holds
+    _values: dict[str, str] = field(default_factory=dict, repr=False)
+    _salt: bytes = field(default=b"", repr=False)
+
+    def __repr__(self) -> str:
+        return f"SecretStore({str(self.path)!r}, {len(self._values)} secrets (sensitive))"
 
     @classmethod
     def open(cls, path: Path, passphrase: Secret, create: bool = True) -> SecretStore:

@@ -3,7 +3,7 @@ and must equal the intended routes, or nothing is written (a template bug never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lotdeploy.compiler.routes import node_route_settings, route_tree
 from lotdeploy.compiler.templates import render_template
@@ -17,8 +17,9 @@ from lotdeploy.secret import Secret, scrub
 @dataclass(frozen=True)
 class NodeArtifact:
     node: str
-    text: str  # holds the cluster password: write it 0600, never print it
-    routes: tuple[Route, ...]
+    #: holds the cluster password: write it 0600, never print it (hidden from repr)
+    text: str = field(repr=False)
+    routes: tuple[Route, ...] = field(repr=False)
 
 
 def compile_node(
