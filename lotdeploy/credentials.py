@@ -79,13 +79,30 @@ class CredentialState:
 
 
 def cluster_password(workspace: Workspace, store: SecretStore | None = None) -> Secret:
-    """The password routes carry now, generated (and recorded) on first use."""
+    """The password routes carry now, generated (and recorded) on first use.
+
+    Generating is the explicit first-render step the plan reports. Once the state says the
+    password exists, a store without it is an error, never a reason to mint a new one (an
+    edited state or a store from another workspace would otherwise change every route).
+    """
     state = CredentialState.load(workspace)
     store = store or workspace.secrets()
-    password = store.get_or_create(password_secret_name(state.active_version), generate_password)
-    if not state.generated:
-        state.generated = True
-        state.save(workspace)
+    name = password_secret_name(state.active_version)
+    existing = store.get(name)
+    if existing is not None:
+        if not state.generated:
+            state.generated = True
+            state.save(workspace)
+        return existing
+    if state.generated or state.active_version != 1:
+        raise SecretStoreError(
+            f"the state says cluster password v{state.active_version} exists, but the secret "
+            f"store has none: restore the secret store and {CredentialState.path(workspace).name} "
+            "of this workspace from the same backup (nothing was changed)"
+        )
+    password = store.get_or_create(name, generate_password)
+    state.generated = True
+    state.save(workspace)
     return password
 
 

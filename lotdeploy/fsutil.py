@@ -1,20 +1,70 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a torn one."""
+"""Files lotdeploy owns: atomic writes, directories with exact modes, one lock primitive.
+
+A reader sees the old file or the new one, never a torn one. Directories lotdeploy creates
+get exactly the mode asked for, whatever the umask; directories it did not create are never
+changed. Temporary files that a killed run left behind are removed by the next write into
+the same directory (one of them may hold a private key).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: `.<name>.<random>.tmp`, what tempfile.mkstemp makes for atomic_write below.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+_swept: set[Path] = set()
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, rename."""
+
+def make_dirs(directory: Path, mode: int = 0o755) -> None:
+    """Create `directory` and missing parents with exactly `mode` (the umask cannot widen
+    it); existing directories are left as they are."""
+    directory = Path(directory)
+    missing = []
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)
+    if not directory.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(directory))
+
+
+def sweep_temporaries(directory: Path) -> None:
+    """Remove atomic_write's temporaries left in `directory` by a killed run (once a run)."""
+    directory = Path(directory)
+    if directory in _swept:
+        return
+    _swept.add(directory)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, dir_mode: int = 0o755) -> None:
+    """Write `data` to `path` via a temp file in the same directory, fsync, rename.
+
+    The temporary file is private (0600) until it holds the data and gets `mode`; a
+    symlink at `path` is replaced, never followed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, dir_mode)
+    sweep_temporaries(path.parent)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -40,6 +90,24 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _open_lock_file(path: Path) -> int:
+    """Open (or create) a lock file without following a symlink; refuse anything but a
+    regular file of ours, so a lock never truncates or writes through to another file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the lock path is a symlink
+            raise OSError(
+                exc.errno, "is a symbolic link; refusing to follow it", str(path)
+            ) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise OSError(1, "not a regular file owned by this user; refusing to use it", str(path))
+    return fd
+
+
 class LockBusy(Exception):
     """Another process holds the lock; `holder` is what it wrote into the lock file."""
 
@@ -56,8 +124,8 @@ def exclusive_lock(path: Path, purpose: str, timeout: float = 0.0) -> Iterator[N
     Waits up to `timeout` seconds, then raises LockBusy naming the holder (pid and purpose,
     which each holder writes into the file). Callers turn LockBusy into their layer's error.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    make_dirs(path.parent, 0o700)
+    fd = _open_lock_file(path)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -20,7 +20,7 @@ from pathlib import Path
 from lotdeploy.compiler import ROUTE_FILE, compile_node
 from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import atomic_write, make_dirs
 from lotdeploy.model import Site
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.workspace import Workspace
@@ -137,30 +137,59 @@ def write_bundles(
     prepare_workspace(site, workspace, now)
     bundles = node_bundles(site, workspace, now)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out, 0o755)
+        for node_name in sorted(bundles):
+            _check_node_dir(out / node_name, site.name)
         files = 0
         for node_name, bundle in sorted(bundles.items()):
             directory = out / node_name
             for file in bundle.all_files():
                 atomic_write(directory / file.name, file.data(), mode=file.mode)
                 files += 1
-        removed = _remove_stale(out, set(bundles))
+        removed = _remove_stale(out, set(bundles), site.name)
     except OSError as exc:
         raise LotdeployError(
-            f"{exc.filename or out}: cannot write bundle: {exc.strerror}"
+            f"{exc.filename or out}: cannot write bundle: {exc.strerror or exc}"
         ) from None
     return RenderResult(len(bundles), len(site.links), files, removed)
 
 
-def _remove_stale(out: Path, keep: set[str]) -> list[str]:
+def _owner(directory: Path) -> str | None:
+    """The site whose bundle `directory` holds (from its manifest), or None if not ours."""
+    try:
+        doc = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        return None
+    site = doc.get("site")
+    return site if isinstance(site, str) else None
+
+
+def _check_node_dir(directory: Path, site: str) -> None:
+    """Write only into a plain directory that is new, or holds this site's bundle."""
+    if directory.is_symlink():
+        raise LotdeployError(f"{directory}: is a symbolic link; refusing to write a bundle there")
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise LotdeployError(f"{directory}: exists and is not a directory")
+    owner = _owner(directory)
+    if owner is not None and owner != site:
+        raise LotdeployError(
+            f"{directory}: holds the bundle of site {owner}, not {site}: "
+            "render each site into its own --out"
+        )
+
+
+def _remove_stale(out: Path, keep: set[str], site: str) -> list[str]:
+    """Remove bundles of nodes this site no longer has: only directories (not symlinks)
+    whose manifest says they are this site's."""
     removed = []
     for child in sorted(out.iterdir()):
-        if child.is_dir() and child.name not in keep and (child / MANIFEST).is_file():
-            try:
-                owned = json.loads((child / MANIFEST).read_text()).get("format") == MANIFEST_FORMAT
-            except (OSError, ValueError, AttributeError):
-                owned = False
-            if owned:
-                shutil.rmtree(child)
-                removed.append(child.name)
+        if child.name in keep or child.is_symlink() or not child.is_dir():
+            continue
+        if _owner(child) == site:
+            shutil.rmtree(child)
+            removed.append(child.name)
     return removed

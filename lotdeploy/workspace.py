@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from lotdeploy.errors import SecretStoreError, WorkspaceError
-from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock
+from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock, make_dirs
 from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
 
 PASSPHRASE_ENV = "LOTDEPLOY_PASSPHRASE"
@@ -35,6 +35,12 @@ STORE_VERSION = 1
 SCRYPT_N = 2**15
 SCRYPT_R = 8
 SCRYPT_P = 1
+#: What a store's header may ask for, checked before any work: at most 2**17 * 8 * 128 B =
+#: 128 MiB and about a second. A header outside this (edited, or from a hostile backup)
+#: would otherwise cost minutes and gigabytes, or crash the KDF.
+SCRYPT_N_RANGE = (2**14, 2**17)
+SCRYPT_R_RANGE = (1, 8)
+SCRYPT_P_RANGE = (1, 4)
 
 #: How long a second writing run waits for the workspace before giving up.
 LOCK_TIMEOUT = 10.0
@@ -105,7 +111,7 @@ class SecretStore:
             nonce = base64.b64decode(doc["nonce"], validate=True)
             ciphertext = base64.b64decode(doc["ciphertext"], validate=True)
             n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-            if not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16):
+            if not _kdf_parameters_safe(kdf, n, r, p):
                 raise ValueError("KDF parameters out of range")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise SecretStoreError(
@@ -184,6 +190,18 @@ class SecretStore:
             ) from None
 
 
+def _kdf_parameters_safe(kdf: dict[str, Any], n: int, r: int, p: int) -> bool:
+    if kdf.get("name") != "scrypt" or any(type(kdf.get(k)) is not int for k in "nrp"):
+        return False
+    low, high = SCRYPT_N_RANGE
+    return (
+        low <= n <= high
+        and n & (n - 1) == 0
+        and SCRYPT_R_RANGE[0] <= r <= SCRYPT_R_RANGE[1]
+        and SCRYPT_P_RANGE[0] <= p <= SCRYPT_P_RANGE[1]
+    )
+
+
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -217,16 +235,31 @@ class Workspace:
         return self.root / "state"
 
     def ensure(self) -> None:
-        """Create the workspace directory (0700); refuse one we cannot use."""
+        """Create the workspace directory (0700), or check the one that is there.
+
+        An existing directory is never changed: one that other users can enter, or that
+        belongs to someone else, is refused (it would hold this site's secrets).
+        """
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not os.access(self.root, os.W_OK | os.X_OK):
-                raise WorkspaceError(f"{self.root}: workspace is not writable")
-            mode = stat.S_IMODE(self.root.stat().st_mode)
-            if mode & 0o077:
-                os.chmod(self.root, 0o700)
+            if not self.root.exists():
+                make_dirs(self.root, 0o700)
+            info = self.root.stat()
         except OSError as exc:
             raise WorkspaceError(f"{self.root}: cannot use the workspace: {exc.strerror}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise WorkspaceError(f"{self.root}: the workspace is not a directory")
+        if info.st_uid != os.geteuid():
+            raise WorkspaceError(
+                f"{self.root}: the workspace belongs to another user; use your own --workspace"
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            raise WorkspaceError(
+                f"{self.root}: the workspace is open to other users "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}) and would hold this site's secrets: "
+                "`chmod 700` it, or choose a new directory with --workspace"
+            )
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise WorkspaceError(f"{self.root}: workspace is not writable")
 
     @contextmanager
     def lock(self, purpose: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:

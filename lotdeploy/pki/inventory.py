@@ -102,7 +102,7 @@ class Inventory:
     def _write(self, path: Path, data: bytes | str) -> None:
         self.workspace.ensure()
         try:
-            atomic_write(path, data, mode=0o644)
+            atomic_write(path, data, mode=0o644, dir_mode=0o700)
         except OSError as exc:
             raise WorkspaceError(f"{path}: cannot write: {exc.strerror}") from None
 
