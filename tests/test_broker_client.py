@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lotdeploy.broker import BrokerClient, CommandFailed, SyncBrokerClient, parse_reply
+from lotdeploy.broker.protocol import parse_reply
+from lotdeploy.broker.session import BrokerClient, CommandFailed
+from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
 from lotdeploy.secret import Secret
 from tests.broker_fixtures import ADMIN_PASSWORD, LabFactory, lab_factory, run

@@ -18,15 +18,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from lotdeploy.broker import (
-    COMMAND_TOPIC,
-    OUTPUT_TOPIC,
-    BrokerClient,
-    CommandFailed,
-    Message,
-    MqttConnection,
-    parse_reply,
-)
+from lotdeploy.broker.mqtt import Message, MqttConnection
+from lotdeploy.broker.protocol import COMMAND_TOPIC, OUTPUT_TOPIC, parse_reply
+from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.errors import BrokerError
 from lotdeploy.secret import Secret
 from tests.broker_fixtures import (
