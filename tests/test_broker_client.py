@@ -76,6 +76,13 @@ def test_password_never_in_repr_or_errors() -> None:
         BrokerClient("n1", "127.0.0.40", 1, "root", "plain")  # type: ignore[arg-type]
 
 
+def test_remove_all_routes_is_never_sent() -> None:
+    """It would wipe routes lotdeploy does not own: refused before anything is published."""
+    client = BrokerClient("n1", "127.0.0.40", 1, "root", Secret("pw-pw-pw"))
+    with pytest.raises(BrokerError, match="never sent"):
+        asyncio.run(client.command("-removeAllRoutes"))
+
+
 def test_unreachable_broker_is_a_broker_error_naming_the_node() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.41", 0))

@@ -557,3 +557,21 @@ def test_cluster_links_leave_from_the_nodes_own_address(lab: LabFactory) -> None
         run(add())
         thread.join(15)
     assert seen == ["127.0.0.30"]
+
+
+def test_only_the_server_imports_the_channel() -> None:
+    """No import cycle: the channel, routes and state modules never import the server."""
+    import ast
+
+    import lotdeploy.lab.broker as package
+
+    root = Path(package.__file__).parent
+    for name in ("channel.py", "routes.py", "state.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        assert "lotdeploy.lab.broker.server" not in imported, name
