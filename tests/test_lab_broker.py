@@ -575,3 +575,15 @@ def test_only_the_server_imports_the_channel() -> None:
             for alias in node.names
         }
         assert "lotdeploy.lab.broker.server" not in imported, name
+
+
+def test_route_template_offers_exactly_the_accepted_keys() -> None:
+    """-routeCode answers the keys the lab broker accepts: the protocol's documented keys."""
+    import re
+
+    from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
+    from lotdeploy.lab.broker.routes import ALLOWED_KEYS, ROUTE_TEMPLATE
+
+    offered = tuple(re.findall(r"^\s+WITH (\w+) ", ROUTE_TEMPLATE, re.MULTILINE))
+    assert offered[:-1] == CLUSTER_KEY_ORDER and offered[-1] == "DESCRIPTION"
+    assert frozenset(CLUSTER_KEY_ORDER) == ALLOWED_KEYS
