@@ -103,7 +103,7 @@ Handler = Callable[["CommandChannel", Command], Awaitable[dict[str, Any]]]
 
 
 class CommandChannel:
-    """Executes commands against a LabNode and builds the reply envelopes."""
+    """Executes commands against a ChannelNode (server.LabNode) and builds the reply envelopes."""
 
     def __init__(self, node: ChannelNode) -> None:
         self.node = node
