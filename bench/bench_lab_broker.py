@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lotdeploy.broker import BrokerClient, Message, MqttConnection  # noqa: E402
+from lotdeploy.broker.mqtt import Message, MqttConnection  # noqa: E402
+from lotdeploy.broker.session import BrokerClient  # noqa: E402
 from lotdeploy.secret import Secret  # noqa: E402
 
 PASSWORD = "bench-admin-password"

@@ -14,10 +14,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-# Built-in defaults, the bottom of the precedence chain.
+from lotdeploy.broker import protocol
+from lotdeploy.broker.protocol import DEFAULT_PORT as DEFAULT_PORT
+from lotdeploy.broker.protocol import DEFAULT_TLS_PORT as DEFAULT_TLS_PORT
+
+# Built-in defaults, the bottom of the precedence chain (the broker's own: broker.protocol).
 DEFAULT_REGION = "default"
-DEFAULT_PORT = 1883
-DEFAULT_TLS_PORT = 8883
 DEFAULT_VALIDITY_IN_REGION = 30  # vendor: 30-60 s for standard operational data
 DEFAULT_VALIDITY_CROSS_REGION = 120  # vendor: 60-300 s for long or unreliable links
 DEFAULT_USERNAME = "cluster"
@@ -39,17 +41,19 @@ class SshTarget:
 
 @dataclass(frozen=True)
 class BrokerAccess:
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 1883
-    admin_user: str = "root"
+    """How lotdeploy reaches a node's broker and where its files live; defaults: the vendor's."""
+
+    admin_host: str = protocol.DEFAULT_ADMIN_HOST
+    admin_port: int = protocol.DEFAULT_ADMIN_PORT
+    admin_user: str = protocol.DEFAULT_ADMIN_USER
     admin_password_file: Path | None = None
     admin_password_env: str | None = None
-    tls_dir: str = "/opt/coreflux/tls"
-    cert_file: str = "server.crt"
-    key_file: str = "server.key"
-    ca_file: str = "ca.crt"
-    release_dir: str = "/opt/lotdeploy"
-    reload_command: str = "systemctl restart coreflux-broker"
+    tls_dir: str = protocol.DEFAULT_TLS_DIR
+    cert_file: str = protocol.DEFAULT_CERT_FILE
+    key_file: str = protocol.DEFAULT_KEY_FILE
+    ca_file: str = protocol.DEFAULT_CA_FILE
+    release_dir: str = protocol.DEFAULT_RELEASE_DIR
+    reload_command: str = protocol.DEFAULT_RELOAD_COMMAND
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def canonical_json(obj: Any) -> str:
 
 
 def route_name_for(peer: str) -> str:
-    """`lotdeploy_<peer>`, a bare LOT identifier (interface.md §1)."""
+    """`lotdeploy_<peer>`, a bare LOT identifier (docs/coreflux-interface.md §1)."""
     return ROUTE_PREFIX + peer.replace("-", "_")
 
 

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lotdeploy.broker import BrokerClient, Message, MqttConnection
+from lotdeploy.broker.mqtt import Message, MqttConnection
+from lotdeploy.broker.session import BrokerClient
 from lotdeploy.secret import Secret
 
 ADMIN_PASSWORD = "admin-pass-for-tests"

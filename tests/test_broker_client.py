@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lotdeploy.broker import BrokerClient, CommandFailed, SyncBrokerClient, parse_reply
+from lotdeploy.broker.protocol import parse_reply
+from lotdeploy.broker.session import BrokerClient, CommandFailed
+from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
 from lotdeploy.secret import Secret
 from tests.broker_fixtures import ADMIN_PASSWORD, LabFactory, lab_factory, run
@@ -72,6 +74,13 @@ def test_password_never_in_repr_or_errors() -> None:
     assert "hunter2" not in repr(client) and "hunter2" not in repr(client.__dict__)
     with pytest.raises(TypeError):
         BrokerClient("n1", "127.0.0.40", 1, "root", "plain")  # type: ignore[arg-type]
+
+
+def test_remove_all_routes_is_never_sent() -> None:
+    """It would wipe routes lotdeploy does not own: refused before anything is published."""
+    client = BrokerClient("n1", "127.0.0.40", 1, "root", Secret("pw-pw-pw"))
+    with pytest.raises(BrokerError, match="never sent"):
+        asyncio.run(client.command("-removeAllRoutes"))
 
 
 def test_unreachable_broker_is_a_broker_error_naming_the_node() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lotdeploy.broker import Message
+from lotdeploy.broker.mqtt import Message
 from lotdeploy.lot import format_route, parse_file
 from lotdeploy.render import write_bundles
 from lotdeploy.secret import Secret

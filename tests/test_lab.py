@@ -214,7 +214,7 @@ def test_broker_command_channel_only_on_the_nodes_loopback(lab: tuple[Path, LabS
 def test_command_channel_through_an_ssh_tunnel(lab: tuple[Path, LabState]) -> None:
     """How apply will reach a broker: ssh -L to the node's own 127.0.0.1:1883, strict host
     keys, then the broker client over the tunnel."""
-    from lotdeploy.broker import SyncBrokerClient
+    from lotdeploy.broker.sync import SyncBrokerClient
     from lotdeploy.secret import Secret
 
     lab_dir, _state = lab

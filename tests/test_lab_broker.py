@@ -18,15 +18,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from lotdeploy.broker import (
-    COMMAND_TOPIC,
-    OUTPUT_TOPIC,
-    BrokerClient,
-    CommandFailed,
-    Message,
-    MqttConnection,
-    parse_reply,
-)
+from lotdeploy.broker.mqtt import Message, MqttConnection
+from lotdeploy.broker.protocol import COMMAND_TOPIC, OUTPUT_TOPIC, parse_reply
+from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.errors import BrokerError
 from lotdeploy.secret import Secret
 from tests.broker_fixtures import (
@@ -563,3 +557,33 @@ def test_cluster_links_leave_from_the_nodes_own_address(lab: LabFactory) -> None
         run(add())
         thread.join(15)
     assert seen == ["127.0.0.30"]
+
+
+def test_only_the_server_imports_the_channel() -> None:
+    """No import cycle: the channel, routes and state modules never import the server."""
+    import ast
+
+    import lotdeploy.lab.broker as package
+
+    root = Path(package.__file__).parent
+    for name in ("channel.py", "routes.py", "state.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        assert "lotdeploy.lab.broker.server" not in imported, name
+
+
+def test_route_template_offers_exactly_the_accepted_keys() -> None:
+    """-routeCode answers the keys the lab broker accepts: the protocol's documented keys."""
+    import re
+
+    from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
+    from lotdeploy.lab.broker.routes import ALLOWED_KEYS, ROUTE_TEMPLATE
+
+    offered = tuple(re.findall(r"^\s+WITH (\w+) ", ROUTE_TEMPLATE, re.MULTILINE))
+    assert offered[:-1] == CLUSTER_KEY_ORDER and offered[-1] == "DESCRIPTION"
+    assert frozenset(CLUSTER_KEY_ORDER) == ALLOWED_KEYS

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str
+from lotdeploy.broker.protocol import CLUSTER_CONFIG_BLOCK, CLUSTER_KEY_ORDER, ROUTE_TYPE
+from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str, Value
 from lotdeploy.model import Link, Node, Site, username_for_version
 from lotdeploy.secret import Secret
 
-ROUTE_TYPE = "MQTT_CLUSTER"
+__all__ = ["ROUTE_FILE", "ROUTE_TYPE", "node_route_settings", "route_settings", "route_tree"]
+
 ROUTE_FILE = "routes.lot"
 
 
@@ -34,17 +36,23 @@ def route_settings(link: Link, peer: Node, credential_version: int = 1) -> dict[
 
 
 def route_tree(settings: dict[str, Any], password: Secret) -> Route:
-    entries = [
-        Setting("BROKER_ADDRESS", Str(settings["broker_address"])),
-        Setting("BROKER_PORT", Int(settings["broker_port"], quoted=True)),
-        Setting("CLIENT_ID", Str(settings["client_id"])),
-        Setting("USERNAME", Str(settings["username"])),
-        Setting("PASSWORD", Str(password.reveal())),
-        Setting("MESSAGE_VALIDITY_SEC", Int(settings["message_validity_sec"], quoted=True)),
-    ]
-    if settings["use_tls"]:
-        entries.append(Setting("USE_TLS", Bool(True)))
-    return Route(settings["name"], ROUTE_TYPE, (Block("CLUSTER_CONFIG", None, tuple(entries)),))
+    """The route as a LOT tree: the documented keys, in the protocol's emit order.
+
+    Integers in the vendor's single-quoted form; USE_TLS only when true (its absence is off).
+    """
+    values: dict[str, Value | None] = {
+        "BROKER_ADDRESS": Str(settings["broker_address"]),
+        "BROKER_PORT": Int(settings["broker_port"], quoted=True),
+        "CLIENT_ID": Str(settings["client_id"]),
+        "USERNAME": Str(settings["username"]),
+        "PASSWORD": Str(password.reveal()),
+        "MESSAGE_VALIDITY_SEC": Int(settings["message_validity_sec"], quoted=True),
+        "USE_TLS": Bool(True) if settings["use_tls"] else None,
+    }
+    entries = tuple(
+        Setting(key, value) for key in CLUSTER_KEY_ORDER if (value := values.get(key)) is not None
+    )
+    return Route(settings["name"], ROUTE_TYPE, (Block(CLUSTER_CONFIG_BLOCK, None, entries),))
 
 
 def node_route_settings(

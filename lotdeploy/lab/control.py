@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lotdeploy.broker import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab import hosts, labstate, netns
@@ -269,7 +270,13 @@ def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
         netns.create_node(state, node)
         binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
         # plain MQTT (the command channel) only on the node's own loopback; TLS for peers
-        listen = hosts.BrokerListen("127.0.0.1", node.address, 1883, 8883, hosts.NODE_TLS_DIR)
+        listen = hosts.BrokerListen(
+            protocol.DEFAULT_ADMIN_HOST,
+            node.address,
+            protocol.DEFAULT_ADMIN_PORT,
+            protocol.DEFAULT_TLS_PORT,
+            hosts.NODE_TLS_DIR,
+        )
         _start_node_services(
             layout,
             state,

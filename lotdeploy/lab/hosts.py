@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import lotdeploy
+from lotdeploy.broker import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab.labstate import LabState, Node
@@ -25,8 +26,9 @@ from lotdeploy.lab.run import run
 from lotdeploy.secret import Secret
 
 SSHD = "/usr/sbin/sshd"
-NODE_TLS_DIR = "/opt/coreflux/tls"
-NODE_RELEASE_DIR = "/opt/lotdeploy"
+# A lab node looks like a vendor install: the broker's default paths.
+NODE_TLS_DIR = protocol.DEFAULT_TLS_DIR
+NODE_RELEASE_DIR = protocol.DEFAULT_RELEASE_DIR
 NODE_RUN_DIR = "/run/coreflux"
 BROKER_MODULE = "lotdeploy.lab.broker"
 PROJECT_ROOT = Path(lotdeploy.__file__).resolve().parent.parent
@@ -228,13 +230,13 @@ def broker_argv(layout: Layout, node: Node, listen: BrokerListen) -> list[str]:
         "--tls-port",
         str(listen.tls_port),
         "--cert",
-        f"{listen.tls_dir}/server.crt",
+        f"{listen.tls_dir}/{protocol.DEFAULT_CERT_FILE}",
         "--key",
-        f"{listen.tls_dir}/server.key",
+        f"{listen.tls_dir}/{protocol.DEFAULT_KEY_FILE}",
         "--ca",
-        f"{listen.tls_dir}/ca.crt",
+        f"{listen.tls_dir}/{protocol.DEFAULT_CA_FILE}",
         "--admin-user",
-        "root",
+        protocol.DEFAULT_ADMIN_USER,
         "--admin-password-file",
         str(layout.password_file.resolve()),
         "--state-dir",

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lotdeploy.broker import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock
 
@@ -29,8 +30,8 @@ class Node:
     ns: str = ""
     veth: str = ""
     ssh_port: int = 22
-    admin_port: int = 1883
-    tls_port: int = 8883
+    admin_port: int = protocol.DEFAULT_ADMIN_PORT
+    tls_port: int = protocol.DEFAULT_TLS_PORT
     delay_ms: int = 0
     delay_scope: str = "all"  # "all": every packet in; "region": only from other regions
     cut: bool = False

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from lotdeploy.broker import protocol
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_RUN_DIR, NODE_TLS_DIR, Layout
 from lotdeploy.lab.labstate import LabState
@@ -22,14 +23,14 @@ def reload_command(pid_file: str) -> str:
 def site_spec(layout: Layout, state: LabState) -> dict[str, Any]:
     user_mode = state.mode == "user"
     broker: dict[str, Any] = {
-        "admin_host": "127.0.0.1",
-        "admin_port": 1883,
-        "admin_user": "root",
+        "admin_host": protocol.DEFAULT_ADMIN_HOST,
+        "admin_port": protocol.DEFAULT_ADMIN_PORT,
+        "admin_user": protocol.DEFAULT_ADMIN_USER,
         "admin_password_file": "secrets/admin-password",
         "tls_dir": NODE_TLS_DIR,
-        "cert_file": "server.crt",
-        "key_file": "server.key",
-        "ca_file": "ca.crt",
+        "cert_file": protocol.DEFAULT_CERT_FILE,
+        "key_file": protocol.DEFAULT_KEY_FILE,
+        "ca_file": protocol.DEFAULT_CA_FILE,
         "release_dir": NODE_RELEASE_DIR,
         "reload_command": ROOT_RELOAD,
     }

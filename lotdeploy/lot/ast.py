@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lotdeploy.broker.protocol import SENSITIVE_CLUSTER_KEYS
 from lotdeploy.secret import SENSITIVE
 
 #: Keys whose values are secrets: shown as "(sensitive)" in every repr and plan.
-SENSITIVE_KEYS = frozenset({"PASSWORD", "CLIENT_CERT_PASS"})
+SENSITIVE_KEYS = SENSITIVE_CLUSTER_KEYS
 
 
 @dataclass(frozen=True)

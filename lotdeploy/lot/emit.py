@@ -1,6 +1,6 @@
 """Render the AST in the vendor's canonical layout, and clean text for sending/comparing.
 
-Canonical form (interface.md section 1): DEFINE at column 0, 4 spaces per level, strings
+Canonical form (docs/coreflux-interface.md §1): DEFINE at column 0, 4 spaces per level, strings
 double-quoted, ints single-quoted ('1883') when the AST says so, bare `true`, routes separated
 by one blank line, a final newline. `parse(format_routes(rs)) == rs` for every AST whose
 strings are representable: a string that cannot be written (a double quote or line break,
@@ -104,7 +104,7 @@ def strip_comments(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """Text for comparing LOT code (interface.md section 3: normalised text, not bytes).
+    """Text for comparing LOT code (docs/coreflux-interface.md §3: normalised text, not bytes).
 
     Comments stripped, each line trimmed, blank lines dropped, lines joined by "\\n" with no
     final newline.

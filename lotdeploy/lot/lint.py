@@ -11,30 +11,34 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from lotdeploy.broker.protocol import (
+    BRIDGE_ONLY_CLUSTER_KEYS,
+    CLUSTER_CONFIG_BLOCK,
+    CLUSTER_CONFIG_KEYS,
+    CLUSTER_KEY_ORDER,
+    DEFAULT_PORT,
+    REQUIRED_CLUSTER_KEYS,
+    ROUTE_NAME_PATTERN,
+    ROUTE_TYPE,
+    cluster_keys_of_kind,
+)
 from lotdeploy.errors import Diagnostic, LotSyntaxError
 from lotdeploy.lot.ast import Block, Bool, EnvRef, Int, Route, SecretRef, Setting, Str
 from lotdeploy.lot.parser import parse
 
 __all__ = ["lint_file", "lint_text", "unsafe_string_reason"]
 
-ROUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-REQUIRED_KEYS = ("BROKER_ADDRESS", "BROKER_PORT", "CLIENT_ID")
+ROUTE_NAME = re.compile(ROUTE_NAME_PATTERN)
 #: Keys the vendor documents for CLUSTER_CONFIG (USE_TLS appears in its examples).
-DOCUMENTED_KEYS = frozenset(
-    {*REQUIRED_KEYS, "USERNAME", "PASSWORD", "MESSAGE_VALIDITY_SEC", "USE_TLS"}
+DOCUMENTED_KEYS = frozenset(CLUSTER_KEY_ORDER)
+_INT_KEYS = cluster_keys_of_kind("int")
+_BOOL_KEYS = cluster_keys_of_kind("bool")
+#: Documented string keys that must be a literal "string" (PASSWORD may be GET SECRET).
+_STRING_KEYS = frozenset(
+    k.name for k in CLUSTER_CONFIG_KEYS if k.kind == "str" and k.documented and not k.secret_ref
 )
-#: Documented only for MQTT_BRIDGE; whether CLUSTER_CONFIG accepts them is unknown.
-BRIDGE_ONLY_KEYS = frozenset(
-    {
-        "SERVER_CA_CERT_PATH",
-        "CLIENT_CERT_PATH",
-        "CLIENT_CERT_PASS",
-        "ALLOW_UNTRUSTED_CERTS",
-        "RECONNECTION_RETRIES",
-    }
-)
-_INT_KEYS = ("BROKER_PORT", "MESSAGE_VALIDITY_SEC", "RECONNECTION_RETRIES")
-_BOOL_KEYS = ("USE_TLS", "ALLOW_UNTRUSTED_CERTS")
+#: Required string keys: an empty value is an error.
+_NON_EMPTY_KEYS = frozenset(k.name for k in CLUSTER_CONFIG_KEYS if k.kind == "str" and k.required)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PLACEHOLDER = re.compile(r"<[^<>]*>|#[^#]*,[^#]*#")
 
@@ -42,7 +46,7 @@ _PLACEHOLDER = re.compile(r"<[^<>]*>|#[^#]*,[^#]*#")
 def unsafe_string_reason(text: str) -> str | None:
     """Why `text` must not be sent as a LOT string value, or None if it is safe.
 
-    interface.md section 1: no escape is known, and the route text travels in a command line,
+    docs/coreflux-interface.md §1: no escape is known, and the route text travels in a command line,
     so quotes, comment markers, control characters and a leading dash are refused.
     """
     if '"' in text:
@@ -130,9 +134,9 @@ def _check_route(route: Route, filename: str, found: list[Diagnostic]) -> None:
         )
     for block in _walk(route.blocks):
         _check_block(block, filename, found)
-    if route.type != "MQTT_CLUSTER":
+    if route.type != ROUTE_TYPE:
         return
-    configs = [block for block in route.blocks if block.kind == "CLUSTER_CONFIG"]
+    configs = [block for block in route.blocks if block.kind == CLUSTER_CONFIG_BLOCK]
     if not configs:
         found.append(
             _at(filename, route, f"MQTT_CLUSTER route {route.name} has no ADD CLUSTER_CONFIG")
@@ -188,12 +192,12 @@ def _check_block(block: Block, filename: str, found: list[Diagnostic]) -> None:
 
 def _check_cluster_config(block: Block, filename: str, found: list[Diagnostic]) -> None:
     """MQTT_CLUSTER's CLUSTER_CONFIG: required keys, value types and ranges, known keys."""
-    for key in REQUIRED_KEYS:
+    for key in REQUIRED_CLUSTER_KEYS:
         if block.get(key) is None:
             found.append(_at(filename, block, f"CLUSTER_CONFIG is missing required key {key}"))
     for setting in block.settings:
         key, value = setting.key, setting.value
-        if key in BRIDGE_ONLY_KEYS:
+        if key in BRIDGE_ONLY_CLUSTER_KEYS:
             found.append(
                 _at(
                     filename,
@@ -221,11 +225,9 @@ def _check_cluster_config(block: Block, filename: str, found: list[Diagnostic]) 
             _check_int(setting, filename, found)
         elif key in _BOOL_KEYS and not isinstance(value, Bool | EnvRef):
             found.append(_at(filename, setting, f"{key} should be true or false"))
-        elif key in ("BROKER_ADDRESS", "CLIENT_ID", "USERNAME") and not isinstance(
-            value, Str | EnvRef
-        ):
+        elif key in _STRING_KEYS and not isinstance(value, Str | EnvRef):
             found.append(_at(filename, setting, f'{key} should be a "string"'))
-        elif key in ("BROKER_ADDRESS", "CLIENT_ID") and isinstance(value, Str) and not value.value:
+        elif key in _NON_EMPTY_KEYS and isinstance(value, Str) and not value.value:
             found.append(_at(filename, setting, f"{key} is empty"))
 
 
@@ -253,4 +255,4 @@ def _check_int(setting: Setting, filename: str, found: list[Diagnostic]) -> None
 
 
 def _example(key: str) -> str:
-    return "1883" if key == "BROKER_PORT" else "30"
+    return str(DEFAULT_PORT) if key == "BROKER_PORT" else "30"

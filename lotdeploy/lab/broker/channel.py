@@ -1,10 +1,13 @@
-"""The Coreflux command channel of the lab broker (interface.md §2).
+"""The Coreflux command channel of the lab broker (docs/coreflux-interface.md §2).
 
 A command is a plain-text publish on `$SYS/Coreflux/Command`: `-<verb> <argument>`, with an
 optional trailing `-requestId <id>`. Every command gets exactly one 2.x JSON envelope on
 `$SYS/Coreflux/Command/Output`, echoing the requestId. Nothing a client sends here may crash the
 broker: each verb is validated, and any unexpected failure becomes a `success: false` envelope.
 Command payloads are never logged (they carry passwords); only the verb is.
+
+The channel knows the node only through `ChannelNode` (what it reads and changes), so it does
+not depend on the server module that owns the node.
 """
 
 from __future__ import annotations
@@ -14,26 +17,58 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from lotdeploy.broker.client import pascal
+from lotdeploy.broker.protocol import (
+    ROUTE_TYPE,
+    ReplyError,
+    Verb,
+    build_reply,
+    split_request_id,
+)
 from lotdeploy.errors import LotSyntaxError
-from lotdeploy.lab.broker.routes import ROUTE_TEMPLATE, ROUTE_TYPE, RouteRejected, spec_from_route
+from lotdeploy.lab.broker.routes import (
+    ROUTE_TEMPLATE,
+    ClusterSpec,
+    RouteManager,
+    RouteRejected,
+    spec_from_route,
+)
+from lotdeploy.lab.broker.state import BrokerState
 from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.secret import Secret
-
-if TYPE_CHECKING:
-    from lotdeploy.lab.broker.server import LabNode
 
 log = logging.getLogger(__name__)
 
 #: Commands larger than this are refused (a route is a few hundred bytes).
 MAX_COMMAND_BYTES = 256 * 1024
-_REQUEST_ID = re.compile(r"\s*-requestId\s+(\S{1,128})\s*$")
 _VERB = re.compile(r"-([A-Za-z][A-Za-z0-9]{0,63})(?:\s+|$)")
 _USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class ChannelNode(Protocol):
+    """What the command channel needs from the broker node it commands."""
+
+    @property
+    def admin_user(self) -> str: ...
+
+    @property
+    def routes(self) -> RouteManager: ...
+
+    @property
+    def state(self) -> BrokerState: ...
+
+    async def add_route(self, spec: ClusterSpec, code: str) -> None: ...
+
+    async def remove_route(self, name: str) -> bool: ...
+
+    async def set_user(self, user: str, password: Secret) -> None: ...
+
+    async def delete_user(self, user: str) -> None: ...
+
+    async def set_secret(self, name: str, value: Secret) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -43,49 +78,24 @@ class Command:
     request_id: str | None
 
 
-def envelope(
-    success: bool,
-    verb: str,
-    request_id: str | None,
-    message: str,
-    data: Any = None,
-    errors: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A 2.x reply: success, command (PascalCase verb), requestId, message, data, errors."""
-    doc: dict[str, Any] = {
-        "success": success,
-        "command": pascal(verb) if verb else "Unknown",
-        "requestId": request_id,
-        "message": message,
-        "data": data if data is not None else {},
-    }
-    if not success:
-        doc["errors"] = errors or [{"message": message}]
-    return doc
-
-
 def parse_command(payload: bytes) -> Command | dict[str, Any]:
     """Split a payload into verb, argument and requestId; an error envelope if malformed."""
     if len(payload) > MAX_COMMAND_BYTES:
-        return envelope(
+        return build_reply(
             False, "", None, f"Command too large ({len(payload)} bytes, limit {MAX_COMMAND_BYTES})"
         )
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
-        return envelope(False, "", None, "Command is not valid UTF-8")
-    request_id = None
-    match = _REQUEST_ID.search(text)
-    if match:
-        request_id = match.group(1)
-        text = text[: match.start()]
+        return build_reply(False, "", None, "Command is not valid UTF-8")
+    text, request_id = split_request_id(text)
     if "\x00" in text:
-        return envelope(False, "", request_id, "Command contains a NUL character")
+        return build_reply(False, "", request_id, "Command contains a NUL character")
     text = text.strip()
     verb_match = _VERB.match(text)
     if not verb_match:
         shown = text.split(None, 1)[0][:40] if text.strip() else "(empty)"
-        return envelope(False, "", request_id, f"Unknown command: {shown}")
+        return build_reply(False, "", request_id, f"Unknown command: {shown}")
     return Command(verb_match.group(1), text[verb_match.end() :].strip(), request_id)
 
 
@@ -93,9 +103,9 @@ Handler = Callable[["CommandChannel", Command], Awaitable[dict[str, Any]]]
 
 
 class CommandChannel:
-    """Executes commands against a LabNode and builds the reply envelopes."""
+    """Executes commands against a ChannelNode (server.LabNode) and builds the reply envelopes."""
 
-    def __init__(self, node: LabNode) -> None:
+    def __init__(self, node: ChannelNode) -> None:
         self.node = node
 
     async def handle(self, payload: bytes, username: str | None, is_admin: bool) -> dict[str, Any]:
@@ -105,10 +115,10 @@ class CommandChannel:
         cmd = parsed
         handler = _VERBS.get(cmd.verb)
         if handler is None:
-            return envelope(False, cmd.verb, cmd.request_id, f"Unknown command: -{cmd.verb}")
+            return build_reply(False, cmd.verb, cmd.request_id, f"Unknown command: -{cmd.verb}")
         if not is_admin:
             who = f"user '{username}'" if username else "anonymous clients"
-            return envelope(
+            return build_reply(
                 False, cmd.verb, cmd.request_id, f"Permission denied: {who} may not send commands"
             )
         log.info("command -%s from %s", cmd.verb, username)
@@ -116,17 +126,17 @@ class CommandChannel:
             return await handler(self, cmd)
         except Exception:  # a bug here must cost one command, never the broker
             log.exception("command -%s failed unexpectedly", cmd.verb)
-            return envelope(
+            return build_reply(
                 False, cmd.verb, cmd.request_id, f"Internal error while executing -{cmd.verb}"
             )
 
     def _fail(
-        self, cmd: Command, message: str, errors: list[dict[str, Any]] | None = None
+        self, cmd: Command, message: str, errors: tuple[ReplyError, ...] = ()
     ) -> dict[str, Any]:
-        return envelope(False, cmd.verb, cmd.request_id, message, errors=errors)
+        return build_reply(False, cmd.verb, cmd.request_id, message, errors=errors)
 
     def _ok(self, cmd: Command, message: str, data: Any = None) -> dict[str, Any]:
-        return envelope(True, cmd.verb, cmd.request_id, message, data)
+        return build_reply(True, cmd.verb, cmd.request_id, message, data)
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -138,16 +148,7 @@ class CommandChannel:
         except LotSyntaxError as exc:
             message = f"Parsing error: {exc.message} ({exc.line},{exc.column})"
             return self._fail(
-                cmd,
-                message,
-                [
-                    {
-                        "message": exc.message,
-                        "line": exc.line,
-                        "column": exc.column,
-                        "type": "ParseError",
-                    }
-                ],
+                cmd, message, (ReplyError(exc.message, exc.line, exc.column, "ParseError"),)
             )
         if not routes:
             return self._fail(cmd, "No route definition found")
@@ -159,14 +160,7 @@ class CommandChannel:
                 return self._fail(
                     cmd,
                     exc.message,
-                    [
-                        {
-                            "message": exc.message,
-                            "line": exc.line,
-                            "column": exc.column,
-                            "type": "ValidationError",
-                        }
-                    ],
+                    (ReplyError(exc.message, exc.line, exc.column, "ValidationError"),),
                 )
             if route.name in self.node.routes.links:
                 return self._fail(cmd, f"Route '{route.name}' already exists")
@@ -226,14 +220,14 @@ class CommandChannel:
         if isinstance(parsed, dict):
             return parsed
         user, password = parsed
-        if user == self.node.config.admin_user or user in self.node.state.users:
+        if user == self.node.admin_user or user in self.node.state.users:
             return self._fail(cmd, f"User '{user}' already exists")
         await self.node.set_user(user, password)
         return self._ok(cmd, f"User '{user}' added successfully!", {"user": user})
 
     async def remove_user(self, cmd: Command) -> dict[str, Any]:
         user = cmd.argument
-        if user == self.node.config.admin_user:
+        if user == self.node.admin_user:
             return self._fail(cmd, "Permission denied: the admin user cannot be removed")
         if user not in self.node.state.users:
             return self._fail(cmd, f"User '{user[:64]}' not found")
@@ -245,7 +239,7 @@ class CommandChannel:
         if isinstance(parsed, dict):
             return parsed
         user, password = parsed
-        if user == self.node.config.admin_user:
+        if user == self.node.admin_user:
             return self._fail(
                 cmd, "Permission denied: the admin password comes from --admin-password-file"
             )
@@ -275,14 +269,14 @@ def _route_texts(text: str, routes: tuple[Route, ...]) -> list[str]:
 
 
 _VERBS: dict[str, Handler] = {
-    "addRoute": CommandChannel.add_route,
-    "removeRoute": CommandChannel.remove_route,
-    "listRoutes": CommandChannel.list_routes,
-    "routeCode": CommandChannel.route_code,
-    "checkRouteConnection": CommandChannel.check_route_connection,
-    "addUser": CommandChannel.add_user,
-    "removeUser": CommandChannel.remove_user,
-    "changeUserPassword": CommandChannel.change_user_password,
-    "setSecret": CommandChannel.set_secret,
-    "listSecrets": CommandChannel.list_secrets,
+    Verb.ADD_ROUTE: CommandChannel.add_route,
+    Verb.REMOVE_ROUTE: CommandChannel.remove_route,
+    Verb.LIST_ROUTES: CommandChannel.list_routes,
+    Verb.ROUTE_CODE: CommandChannel.route_code,
+    Verb.CHECK_ROUTE_CONNECTION: CommandChannel.check_route_connection,
+    Verb.ADD_USER: CommandChannel.add_user,
+    Verb.REMOVE_USER: CommandChannel.remove_user,
+    Verb.CHANGE_USER_PASSWORD: CommandChannel.change_user_password,
+    Verb.SET_SECRET: CommandChannel.set_secret,
+    Verb.LIST_SECRETS: CommandChannel.list_secrets,
 }

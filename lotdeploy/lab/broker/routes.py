@@ -31,17 +31,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lotdeploy.broker.client import Message, MqttConnection, MqttError
+from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
+from lotdeploy.broker.protocol import (
+    CLUSTER_CONFIG_BLOCK,
+    CLUSTER_KEY_ORDER,
+    CLUSTER_KEYS_BY_NAME,
+    REQUIRED_CLUSTER_KEYS,
+    ROUTE_TYPE,
+)
 from lotdeploy.lot.ast import Bool, EnvRef, Int, Route, SecretRef, Str, Value
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)
 
-ROUTE_TYPE = "MQTT_CLUSTER"
 CLUSTER_LINK_TOPIC = "$SYS/Coreflux/Cluster/Link"
-REQUIRED_KEYS = ("BROKER_ADDRESS", "BROKER_PORT", "CLIENT_ID")
-OPTIONAL_KEYS = ("USERNAME", "PASSWORD", "MESSAGE_VALIDITY_SEC", "USE_TLS")
-ALLOWED_KEYS = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
+#: The lab broker accepts the documented keys only; bridge-only ones are refused by name.
+ALLOWED_KEYS = frozenset(CLUSTER_KEY_ORDER)
 DEFAULT_VALIDITY_SEC = 30
 SEND_WINDOW = 256
 CONNECT_TIMEOUT = 5.0
@@ -122,9 +127,9 @@ def spec_from_route(route: Route) -> ClusterSpec:
             route.line,
             route.column,
         )
-    configs = [b for b in route.blocks if b.kind == "CLUSTER_CONFIG"]
+    configs = [b for b in route.blocks if b.kind == CLUSTER_CONFIG_BLOCK]
     for block in route.blocks:
-        if block.kind != "CLUSTER_CONFIG":
+        if block.kind != CLUSTER_CONFIG_BLOCK:
             raise RouteRejected(
                 f"Unknown block ADD {block.kind} in route '{route.name}'", block.line, block.column
             )
@@ -151,14 +156,15 @@ def spec_from_route(route: Route) -> ClusterSpec:
                 setting.line,
                 setting.column,
             )
-        if isinstance(setting.value, SecretRef) and setting.key != "PASSWORD":
+        secret_ok = CLUSTER_KEYS_BY_NAME[setting.key].secret_ref
+        if isinstance(setting.value, SecretRef) and not secret_ok:
             raise RouteRejected(
                 f"GET SECRET is only supported for PASSWORD, not {setting.key}",
                 setting.line,
                 setting.column,
             )
         values[setting.key] = setting.value
-    for key in REQUIRED_KEYS:
+    for key in REQUIRED_CLUSTER_KEYS:
         if key not in values:
             raise RouteRejected(
                 f"Missing required CLUSTER_CONFIG key '{key}'", block.line, block.column

@@ -35,7 +35,16 @@ from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
-from lotdeploy.broker.client import COMMAND_TOPIC, OUTPUT_TOPIC, ROUTES_TOPIC, Message
+from lotdeploy.broker.mqtt import Message
+from lotdeploy.broker.protocol import (
+    COMMAND_TOPIC,
+    DEFAULT_ADMIN_USER,
+    DEFAULT_PORT,
+    OUTPUT_TOPIC,
+    encode_reply,
+    route_code_topic,
+    route_status_topic,
+)
 from lotdeploy.errors import LabError, LotSyntaxError
 from lotdeploy.lab.broker.channel import CommandChannel
 from lotdeploy.lab.broker.routes import (
@@ -62,7 +71,7 @@ class LabConfig:
     """Everything `lotdeploy lab broker` is told on its command line."""
 
     bind: str
-    port: int = 1883
+    port: int = DEFAULT_PORT
     tls_port: int | None = None
     #: Where the TLS listener binds; default: `bind`. A lab node keeps plain MQTT (admin) on
     #: its own loopback and offers TLS on its address, like a production broker would.
@@ -70,7 +79,7 @@ class LabConfig:
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
-    admin_user: str = "root"
+    admin_user: str = DEFAULT_ADMIN_USER
     admin_password: Secret = field(default_factory=lambda: Secret("coreflux"))
     state_dir: Path | None = None
     node_name: str | None = None
@@ -201,6 +210,11 @@ class LabNode:
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._stopping = False
+
+    @property
+    def admin_user(self) -> str:
+        """The one user allowed to send commands (the channel asks the node, not its config)."""
+        return self.config.admin_user
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -384,13 +398,13 @@ class LabNode:
         self.state.routes.pop(name, None)
         self._save()
         if self.broker is not None:
-            await self.broker.retain_message(None, f"{ROUTES_TOPIC}/{name}", b"")
+            await self.broker.retain_message(None, route_code_topic(name), b"")
         return True
 
     async def _publish_code(self, name: str, code: str) -> None:
         if self.broker is None:
             return
-        topic, data = f"{ROUTES_TOPIC}/{name}", code.encode()
+        topic, data = route_code_topic(name), code.encode()
         await self.broker.retain_message(None, topic, data, 1)
         await self.broker.internal_message_broadcast(topic, data)
 
@@ -414,7 +428,7 @@ class LabNode:
         if link is None or self.broker is None or self._stopping:
             return
         await self.broker.internal_message_broadcast(
-            f"{ROUTES_TOPIC}/{name}/status", json.dumps(link.status()).encode()
+            route_status_topic(name), json.dumps(link.status()).encode()
         )
 
     async def _status_loop(self) -> None:
@@ -429,7 +443,7 @@ class LabNode:
     async def on_command(self, session: Session, payload: bytes) -> None:
         reply = await self.channel.handle(payload, session.username, self.is_admin(session))
         if self.broker is not None:
-            await self.broker.internal_message_broadcast(OUTPUT_TOPIC, json.dumps(reply).encode())
+            await self.broker.internal_message_broadcast(OUTPUT_TOPIC, encode_reply(reply))
 
 
 def _host(bind: str) -> str:

@@ -1,0 +1,379 @@
+"""The Coreflux broker protocol in one module: what lotdeploy knows about the broker's interface.
+
+Topics, verbs, the `MQTT_CLUSTER` `CLUSTER_CONFIG` keys, a node's default paths and ports, and
+both halves of the command channel's framing: the command payload and the reply envelope
+(building the 2.x JSON reply, as the lab broker does, and parsing one, as the client does,
+with the 1.x plain-text fallback). The facts and where they come from: docs/coreflux-interface.md.
+
+This is the bottom layer: it imports only the standard library, `lotdeploy.errors` and
+`lotdeploy.secret`, so the compiler, the linter, the plan and the lab broker can all use it
+without pulling in an MQTT library, click, pydantic or cryptography.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Literal
+
+from lotdeploy.secret import scrub
+
+# ---------------------------------------------------------------------------------------------
+# Topics (docs/coreflux-interface.md §2, §3)
+# ---------------------------------------------------------------------------------------------
+
+#: Where an admin client publishes a plain-text command (QoS 1).
+COMMAND_TOPIC = "$SYS/Coreflux/Command"
+#: Where every reply appears; shared by all admin clients, so replies must be matched.
+OUTPUT_TOPIC = "$SYS/Coreflux/Command/Output"
+#: Parent of the per-route topics; `route_code_topic` and `route_status_topic` build them.
+ROUTES_TOPIC = "$SYS/Coreflux/Routes"
+
+
+def route_code_topic(name: str) -> str:
+    """`$SYS/Coreflux/Routes/<Name>`: the route's LOT code, retained."""
+    return f"{ROUTES_TOPIC}/{name}"
+
+
+def route_status_topic(name: str) -> str:
+    """`$SYS/Coreflux/Routes/<Name>/status`: the route's status JSON, not retained."""
+    return f"{route_code_topic(name)}/status"
+
+
+# ---------------------------------------------------------------------------------------------
+# Verbs (§2)
+# ---------------------------------------------------------------------------------------------
+
+
+class Verb(StrEnum):
+    """The command-channel verbs lotdeploy uses, as sent after the dash (`-addRoute ...`)."""
+
+    ADD_ROUTE = "addRoute"
+    REMOVE_ROUTE = "removeRoute"
+    LIST_ROUTES = "listRoutes"
+    ROUTE_CODE = "routeCode"
+    CHECK_ROUTE_CONNECTION = "checkRouteConnection"
+    ADD_USER = "addUser"
+    REMOVE_USER = "removeUser"
+    CHANGE_USER_PASSWORD = "changeUserPassword"
+    SET_SECRET = "setSecret"
+    LIST_SECRETS = "listSecrets"
+
+    @property
+    def reply_name(self) -> str:
+        """How a 2.x broker names this command in its reply's `command` field."""
+        return REPLY_NAMES[self]
+
+
+#: Each verb and its reply name: the verb in PascalCase, without the dash.
+REPLY_NAMES: Mapping[Verb, str] = MappingProxyType(
+    {
+        Verb.ADD_ROUTE: "AddRoute",
+        Verb.REMOVE_ROUTE: "RemoveRoute",
+        Verb.LIST_ROUTES: "ListRoutes",
+        Verb.ROUTE_CODE: "RouteCode",
+        Verb.CHECK_ROUTE_CONNECTION: "CheckRouteConnection",
+        Verb.ADD_USER: "AddUser",
+        Verb.REMOVE_USER: "RemoveUser",
+        Verb.CHANGE_USER_PASSWORD: "ChangeUserPassword",
+        Verb.SET_SECRET: "SetSecret",
+        Verb.LIST_SECRETS: "ListSecrets",
+    }
+)
+
+#: Verbs that exist on the broker but must never be sent: `-removeAllRoutes` wipes every
+#: route, including routes lotdeploy does not own.
+FORBIDDEN_VERBS = frozenset({"removeAllRoutes"})
+
+#: The option a current broker echoes back in its reply (UNKNOWN on 1.x brokers).
+REQUEST_ID_OPTION = "-requestId"
+_TRAILING_REQUEST_ID = re.compile(r"\s*-requestId\s+(\S{1,128})\s*$")
+
+#: How long the vendor's own tooling waits for a reply before calling it lost.
+REPLY_TIMEOUT_SEC = 15.0
+
+
+def pascal(verb: str) -> str:
+    """`addRoute` -> `AddRoute`: the reply name of any verb, also one not in `Verb`."""
+    verb = verb.lstrip("-")
+    return verb[:1].upper() + verb[1:]
+
+
+def command_payload(verb: str, argument: str = "", request_id: str | None = None) -> bytes:
+    """`-<verb> <argument> [-requestId <id>]`: a command as published on COMMAND_TOPIC.
+
+    For routes the LOT text is the argument, raw (newlines allowed, no wrapping quotes).
+    """
+    text = f"-{verb.lstrip('-')}" + (f" {argument}" if argument else "")
+    if request_id:
+        text += f" {REQUEST_ID_OPTION} {request_id}"
+    return text.encode()
+
+
+def split_request_id(text: str) -> tuple[str, str | None]:
+    """A command's text without its trailing `-requestId <id>`, and the id (None if absent)."""
+    match = _TRAILING_REQUEST_ID.search(text)
+    if match is None:
+        return text, None
+    return text[: match.start()], match.group(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes: MQTT_CLUSTER and its CLUSTER_CONFIG keys (§1)
+# ---------------------------------------------------------------------------------------------
+
+#: The route type of a cluster link.
+ROUTE_TYPE = "MQTT_CLUSTER"
+#: Its one settings block: `ADD CLUSTER_CONFIG`.
+CLUSTER_CONFIG_BLOCK = "CLUSTER_CONFIG"
+#: Safe route names: bare identifiers that also work as an MQTT topic level.
+ROUTE_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,63}"
+
+ValueKind = Literal["str", "int", "bool"]
+
+
+@dataclass(frozen=True)
+class ClusterKey:
+    """One `WITH <KEY> <value>` of CLUSTER_CONFIG, as far as the vendor's material tells.
+
+    `documented` is False for keys the vendor documents only for MQTT_BRIDGE: whether
+    CLUSTER_CONFIG accepts them is UNKNOWN (ask the broker: `-routeCode MQTT_CLUSTER`).
+    """
+
+    name: str
+    kind: ValueKind
+    required: bool
+    documented: bool
+    #: The value is a secret: never printed, shown as "(sensitive)".
+    sensitive: bool = False
+    #: `WITH <KEY> GET SECRET "NAME"` is known to work (for bridges) for this key.
+    secret_ref: bool = False
+
+
+#: Every CLUSTER_CONFIG key lotdeploy knows of; documented keys first, in the order
+#: lotdeploy emits them.
+CLUSTER_CONFIG_KEYS: tuple[ClusterKey, ...] = (
+    ClusterKey("BROKER_ADDRESS", "str", required=True, documented=True),
+    ClusterKey("BROKER_PORT", "int", required=True, documented=True),
+    ClusterKey("CLIENT_ID", "str", required=True, documented=True),
+    ClusterKey("USERNAME", "str", required=False, documented=True),
+    ClusterKey("PASSWORD", "str", required=False, documented=True, sensitive=True, secret_ref=True),
+    ClusterKey("MESSAGE_VALIDITY_SEC", "int", required=False, documented=True),
+    # not in the parameter list, but in the vendor's TLS and geo-distribution examples
+    ClusterKey("USE_TLS", "bool", required=False, documented=True),
+    # seen only for MQTT_BRIDGE
+    ClusterKey("SERVER_CA_CERT_PATH", "str", required=False, documented=False),
+    ClusterKey("CLIENT_CERT_PATH", "str", required=False, documented=False),
+    ClusterKey("CLIENT_CERT_PASS", "str", required=False, documented=False, sensitive=True),
+    ClusterKey("ALLOW_UNTRUSTED_CERTS", "bool", required=False, documented=False),
+    ClusterKey("RECONNECTION_RETRIES", "int", required=False, documented=False),
+)
+CLUSTER_KEYS_BY_NAME: Mapping[str, ClusterKey] = MappingProxyType(
+    {key.name: key for key in CLUSTER_CONFIG_KEYS}
+)
+#: The documented keys, in the order lotdeploy emits them in a route.
+CLUSTER_KEY_ORDER: tuple[str, ...] = tuple(k.name for k in CLUSTER_CONFIG_KEYS if k.documented)
+REQUIRED_CLUSTER_KEYS: tuple[str, ...] = tuple(k.name for k in CLUSTER_CONFIG_KEYS if k.required)
+BRIDGE_ONLY_CLUSTER_KEYS = frozenset(k.name for k in CLUSTER_CONFIG_KEYS if not k.documented)
+SENSITIVE_CLUSTER_KEYS = frozenset(k.name for k in CLUSTER_CONFIG_KEYS if k.sensitive)
+
+
+def cluster_keys_of_kind(kind: ValueKind, *, documented_only: bool = False) -> frozenset[str]:
+    """Names of the CLUSTER_CONFIG keys whose value is of `kind`."""
+    return frozenset(
+        k.name
+        for k in CLUSTER_CONFIG_KEYS
+        if k.kind == kind and (k.documented or not documented_only)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker host: default ports and paths (§4); every one is a per-node setting
+# ---------------------------------------------------------------------------------------------
+
+#: Plain MQTT.
+DEFAULT_PORT = 1883
+#: MQTT over TLS, as the vendor's cluster page has it ("typically"; a config default is 1884).
+DEFAULT_TLS_PORT = 8883
+#: The command channel, as seen from the node itself.
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+DEFAULT_ADMIN_PORT = DEFAULT_PORT
+DEFAULT_ADMIN_USER = "root"
+#: Where one vendor image reads its TLS files.
+DEFAULT_TLS_DIR = "/opt/coreflux/tls"
+DEFAULT_CERT_FILE = "server.crt"
+DEFAULT_KEY_FILE = "server.key"
+DEFAULT_CA_FILE = "ca.crt"
+#: Where lotdeploy keeps what it pushed to a node (its own choice, not the vendor's).
+DEFAULT_RELEASE_DIR = "/opt/lotdeploy"
+#: That image's systemd unit must restart to read new TLS files.
+DEFAULT_RELOAD_COMMAND = "systemctl restart coreflux-broker"
+
+
+# ---------------------------------------------------------------------------------------------
+# The reply envelope (§2): built by the lab broker, parsed by the client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplyError:
+    """One entry of a reply's `errors[]` (line/column are set for parse errors).
+
+    `kind` is the entry's `type` (e.g. "ParseError"), when the broker gives one.
+    """
+
+    message: str
+    line: int | None = None
+    column: int | None = None
+    kind: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.line}:{self.column}: " if self.line is not None else ""
+        return f"{where}{self.message}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A broker's answer to one command, from a 2.x JSON envelope or a 1.x text line.
+
+    `raw` is the payload as received; it is neither shown nor compared, since it may carry
+    values the command carried.
+    """
+
+    success: bool
+    command: str
+    request_id: str | None
+    message: str
+    data: Any = None
+    errors: tuple[ReplyError, ...] = ()
+    raw: str = field(default="", repr=False, compare=False)
+
+    def describe(self) -> str:
+        """One line for humans: the message plus every error (scrubbed of known secrets)."""
+        parts = [self.message] + [str(e) for e in self.errors if str(e) != self.message]
+        return scrub("; ".join(p for p in parts if p))
+
+
+#: `command` of a reply to something that was not a command at all.
+UNKNOWN_COMMAND_NAME = "Unknown"
+
+
+def build_reply(
+    success: bool,
+    verb: str,
+    request_id: str | None,
+    message: str,
+    data: Any = None,
+    errors: Iterable[ReplyError] = (),
+) -> dict[str, Any]:
+    """A 2.x reply envelope as a JSON-ready document.
+
+    `{success, command (PascalCase verb), requestId, message, data}`, plus `errors` (a list of
+    `{message, line?, column?, type?}`) on failure; a failure always has at least one error.
+    """
+    doc: dict[str, Any] = {
+        "success": success,
+        "command": pascal(verb) if verb else UNKNOWN_COMMAND_NAME,
+        "requestId": request_id,
+        "message": message,
+        "data": data if data is not None else {},
+    }
+    if not success:
+        doc["errors"] = [_error_document(e) for e in errors] or [{"message": message}]
+    return doc
+
+
+def encode_reply(doc: Mapping[str, Any]) -> bytes:
+    """The payload published on OUTPUT_TOPIC for a `build_reply` document."""
+    return json.dumps(doc).encode()
+
+
+def _error_document(error: ReplyError) -> dict[str, Any]:
+    doc: dict[str, Any] = {"message": error.message}
+    if error.line is not None:
+        doc["line"] = error.line
+    if error.column is not None:
+        doc["column"] = error.column
+    if error.kind is not None:
+        doc["type"] = error.kind
+    return doc
+
+
+_TEXT_POSITION = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+_TEXT_FAILURE = re.compile(
+    r"error|not found|denied|unknown command|failed|already exists|invalid|not allowed|cannot",
+    re.IGNORECASE,
+)
+
+
+def parse_reply(payload: bytes | str, verb: str) -> Reply:
+    """Parse one Output payload: the 2.x JSON envelope first, else a 1.x plain-text line.
+
+    Never raises: anything that is not an envelope is read as text.
+    """
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and "success" in doc:
+        return _parse_envelope(doc, verb, text)
+    return _parse_text(text, verb)
+
+
+def _parse_envelope(doc: dict[str, Any], verb: str, text: str) -> Reply:
+    errors = []
+    items = doc.get("errors") or []
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, dict):
+            kind = item.get("type")
+            errors.append(
+                ReplyError(
+                    str(item.get("message", "")),
+                    _as_int(item.get("line")),
+                    _as_int(item.get("column")),
+                    str(kind) if kind is not None else None,
+                )
+            )
+        else:
+            errors.append(ReplyError(str(item)))
+    rid = doc.get("requestId")
+    return Reply(
+        success=bool(doc.get("success")),
+        command=str(doc.get("command") or pascal(verb)),
+        request_id=str(rid) if rid is not None else None,
+        message=str(doc.get("message") or ""),
+        data=doc.get("data"),
+        errors=tuple(errors),
+        raw=text,
+    )
+
+
+def _parse_text(text: str, verb: str) -> Reply:
+    """A 1.x answer: `... successfully`, `Parsing error: ... (line,col)`, `not found`, ..."""
+    stripped = text.strip()
+    errors = []
+    match = _TEXT_POSITION.search(stripped)
+    if stripped.lower().startswith("parsing error") or match:
+        errors.append(
+            ReplyError(stripped, int(match.group(1)), int(match.group(2)))
+            if match
+            else ReplyError(stripped)
+        )
+    success = not errors and (
+        "successfully" in stripped.lower() or not _TEXT_FAILURE.search(stripped)
+    )
+    if not success and not errors:
+        errors.append(ReplyError(stripped))
+    return Reply(success, pascal(verb), None, stripped, None, tuple(errors), text)
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,336 @@
+"""`BrokerClient`: an admin session on a broker's command channel (apply, verify, tests).
+
+It publishes a command to `$SYS/Coreflux/Command` and matches the reply on
+`$SYS/Coreflux/Command/Output` by requestId (or, for 1.x brokers that do not echo ids, takes the
+first reply after the publish); every wait is bounded. The wire format (topics, verbs, the
+envelope) is `lotdeploy.broker.protocol`; the MQTT connection is `lotdeploy.broker.mqtt`.
+See docs/coreflux-interface.md §2/§3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import ssl
+import uuid
+from dataclasses import replace
+from typing import Any, Literal
+
+from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
+from lotdeploy.broker.protocol import (
+    COMMAND_TOPIC,
+    FORBIDDEN_VERBS,
+    OUTPUT_TOPIC,
+    REPLY_TIMEOUT_SEC,
+    Reply,
+    Verb,
+    command_payload,
+    parse_reply,
+    route_code_topic,
+    route_status_topic,
+)
+from lotdeploy.errors import BrokerError
+from lotdeploy.lot import strip_comments
+from lotdeploy.secret import Secret, scrub
+
+log = logging.getLogger(__name__)
+
+
+class CommandFailed(BrokerError):
+    """The broker answered, and the answer was a failure; `reply` holds the details."""
+
+    def __init__(self, node: str, verb: str, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(node, f"-{verb} failed: {reply.describe() or 'no message'}")
+
+
+RequestIds = bool | Literal["auto"]
+
+
+class BrokerClient:
+    """An admin session on one broker's command channel. Use as an async context manager.
+
+    Commands are sent one at a time per client (a lock), so when a broker does not echo
+    requestIds the first reply after our publish is ours. `request_ids="auto"` probes the
+    broker once with `-listRoutes -requestId <id>` and only sends ids if they come back.
+    """
+
+    def __init__(
+        self,
+        node_name: str,
+        host: str,
+        port: int,
+        username: str,
+        password: Secret,
+        tls: ssl.SSLContext | None = None,
+        reply_timeout: float = REPLY_TIMEOUT_SEC,
+        request_ids: RequestIds = True,
+        *,
+        client_id: str | None = None,
+        connect_timeout: float = 10.0,
+        server_hostname: str | None = None,
+    ) -> None:
+        if not isinstance(password, Secret):
+            raise TypeError("password must be a Secret")
+        self.node_name = node_name
+        self.host = host
+        self.port = port
+        self.username = username
+        self._password = password
+        self._tls = tls
+        self.reply_timeout = reply_timeout
+        self.request_ids: RequestIds = request_ids
+        self._client_id = client_id or f"lotdeploy-{uuid.uuid4().hex[:12]}"
+        self._connect_timeout = connect_timeout
+        self._server_hostname = server_hostname
+        self._conn: MqttConnection | None = None
+        self._lock = asyncio.Lock()
+        self._replies: asyncio.Queue[Message] = asyncio.Queue(maxsize=1000)
+        self._watchers: dict[str, list[asyncio.Queue[Message]]] = {}
+
+    def __repr__(self) -> str:
+        return f"BrokerClient({self.node_name!r}, {self.host}:{self.port}, user={self.username!r})"
+
+    async def __aenter__(self) -> BrokerClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _error(self, cause: str) -> BrokerError:
+        return BrokerError(self.node_name, scrub(cause))
+
+    async def connect(self) -> None:
+        """Connect, authenticate, subscribe to the Output topic (before any publish)."""
+        conn = MqttConnection(
+            self.host,
+            self.port,
+            client_id=self._client_id,
+            username=self.username,
+            password=self._password,
+            tls=self._tls,
+            server_hostname=self._server_hostname,
+            keepalive=30,
+            connect_timeout=self._connect_timeout,
+            on_message=self._on_message,
+        )
+        try:
+            await conn.connect()
+            codes = await conn.subscribe([(OUTPUT_TOPIC, 1)], self._connect_timeout)
+        except MqttError as exc:
+            await conn.close()
+            raise self._error(str(exc)) from None
+        if codes and codes[0] == 0x80:
+            await conn.close()
+            raise self._error(f"subscription to {OUTPUT_TOPIC} refused")
+        self._conn = conn
+        if self.request_ids == "auto":
+            await self._detect_request_ids()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.topic == OUTPUT_TOPIC:
+            if not self._replies.full():
+                self._replies.put_nowait(msg)
+            return
+        for queue in self._watchers.get(msg.topic, []):
+            if not queue.full():
+                queue.put_nowait(msg)
+
+    async def _detect_request_ids(self) -> None:
+        self.request_ids = True
+        reply = await self.command(Verb.LIST_ROUTES)
+        self.request_ids = reply.request_id is not None
+        log.debug("broker %s echoes requestIds: %s", self.node_name, self.request_ids)
+
+    async def command(self, verb: str, argument: str = "") -> Reply:
+        """Send `-<verb> <argument>` and return the matching reply (bounded by reply_timeout).
+
+        Raises BrokerError (naming the node) if not connected, on a lost connection or when no
+        reply arrives in time. A failure *answer* is returned as a Reply with success False.
+        """
+        verb = verb.lstrip("-")
+        if verb in FORBIDDEN_VERBS:
+            raise self._error(f"-{verb} is never sent: it removes routes lotdeploy does not own")
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise self._error(f"not connected (cannot send -{verb})")
+        async with self._lock:
+            while not self._replies.empty():  # stale replies of other admins or timed-out calls
+                self._replies.get_nowait()
+            rid = uuid.uuid4().hex if self.request_ids else None
+            payload = command_payload(verb, argument, rid)
+            try:
+                await conn.publish(Message(COMMAND_TOPIC, payload, 1), self.reply_timeout)
+            except MqttError as exc:
+                raise self._error(f"-{verb}: {exc}") from None
+            return await self._await_reply(conn, verb, rid)
+
+    async def _await_reply(self, conn: MqttConnection, verb: str, rid: str | None) -> Reply:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reply_timeout
+        for _ in range(100_000):  # bounded in count as well as in time
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            get = asyncio.ensure_future(self._replies.get())
+            lost = asyncio.ensure_future(conn.closed.wait())
+            done, _ = await asyncio.wait(
+                {get, lost}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for fut in (get, lost):
+                if fut not in done:
+                    fut.cancel()
+            if get not in done:
+                if lost in done:
+                    raise self._error(f"connection lost while waiting for the reply to -{verb}")
+                break
+            reply = parse_reply(get.result().payload, verb)
+            if rid is None or reply.request_id is None or reply.request_id == rid:
+                return reply
+        raise self._error(f"no reply to -{verb} within {self.reply_timeout:g}s")
+
+    # -- typed helpers -------------------------------------------------------------------
+
+    async def _checked(self, verb: str, argument: str = "") -> Reply:
+        reply = await self.command(verb, argument)
+        if not reply.success:
+            raise CommandFailed(self.node_name, verb, reply)
+        return reply
+
+    async def add_route(self, lot_text: str) -> Reply:
+        """Send LOT text with comments stripped; raises CommandFailed with errors[].
+
+        Leading blank lines (e.g. a stripped comment header) are not sent; error line numbers
+        in the reply are shifted back so they point into `lot_text`.
+        """
+        lines = strip_comments(lot_text).split("\n")
+        offset = 0
+        while offset < len(lines) and not lines[offset].strip():
+            offset += 1
+        text = "\n".join(lines[offset:]).rstrip() + "\n"
+        if not text.strip():
+            raise self._error("-addRoute: empty LOT text")
+        reply = await self.command(Verb.ADD_ROUTE, text)
+        if offset and reply.errors:
+            shifted = tuple(
+                replace(e, line=e.line + offset) if e.line is not None else e for e in reply.errors
+            )
+            reply = replace(reply, errors=shifted)
+        if not reply.success:
+            raise CommandFailed(self.node_name, Verb.ADD_ROUTE, reply)
+        return reply
+
+    async def remove_route(self, name: str) -> Reply:
+        """Remove a route; "not found" counts as done (what the vendor's editor does)."""
+        reply = await self.command(Verb.REMOVE_ROUTE, name)
+        if not reply.success and "not found" not in reply.describe().lower():
+            raise CommandFailed(self.node_name, Verb.REMOVE_ROUTE, reply)
+        return reply
+
+    async def list_routes(self) -> list[dict[str, Any]]:
+        reply = await self._checked(Verb.LIST_ROUTES)
+        data = reply.data
+        if isinstance(data, dict) and isinstance(data.get("routes"), list):
+            data = data["routes"]
+        if not isinstance(data, list):
+            return []
+        return [item for item in data if isinstance(item, dict)]
+
+    async def route_code(self, route_type: str) -> str:
+        """The broker's LOT template for a route type (tells which keys it accepts)."""
+        reply = await self._checked(Verb.ROUTE_CODE, route_type)
+        data = reply.data
+        if isinstance(data, dict) and isinstance(data.get("code"), str):
+            return str(data["code"])
+        if isinstance(data, str):
+            return data
+        return reply.message
+
+    async def check_route_connection(self, name: str) -> dict[str, Any]:
+        reply = await self._checked(Verb.CHECK_ROUTE_CONNECTION, name)
+        if isinstance(reply.data, dict):
+            return reply.data
+        return {"name": name, "message": reply.message}
+
+    async def add_user(self, user: str, password: Secret) -> Reply:
+        return await self._checked(
+            Verb.ADD_USER, f"{self._word(user)} {self._word(password.reveal())}"
+        )
+
+    async def remove_user(self, user: str) -> Reply:
+        return await self._checked(Verb.REMOVE_USER, self._word(user))
+
+    async def change_user_password(self, user: str, password: Secret) -> Reply:
+        return await self._checked(
+            Verb.CHANGE_USER_PASSWORD, f"{self._word(user)} {self._word(password.reveal())}"
+        )
+
+    async def set_secret(self, name: str, value: Secret) -> Reply:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise self._error(f"invalid secret name {name!r}")
+        return await self._checked(Verb.SET_SECRET, f"{name}={self._word(value.reveal())}")
+
+    async def list_secrets(self) -> list[str]:
+        reply = await self._checked(Verb.LIST_SECRETS)
+        data = reply.data
+        if isinstance(data, dict):
+            data = data.get("secrets", list(data))
+        return [str(x) for x in data] if isinstance(data, list) else []
+
+    async def read_route_code(self, name: str, timeout: float = 10.0) -> str | None:
+        """The LOT a broker republishes on `$SYS/Coreflux/Routes/<name>` (None if none in time)."""
+        msg = await self._watch_once(route_code_topic(name), timeout)
+        return msg.payload.decode("utf-8", errors="replace") if msg else None
+
+    async def route_status(self, name: str, timeout: float = 35.0) -> dict[str, Any] | None:
+        """The next `$SYS/Coreflux/Routes/<name>/status` JSON (None if none in time)."""
+        msg = await self._watch_once(route_status_topic(name), timeout)
+        if msg is None:
+            return None
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _word(self, value: str) -> str:
+        """An argument travels as one whitespace-free word; refuse what would break it."""
+        if not value or any(c.isspace() for c in value) or value.startswith("-"):
+            raise self._error(
+                "a user name, password or secret value must be non-empty, contain no "
+                "whitespace and not start with '-'"
+            )
+        return value
+
+    async def _watch_once(self, topic: str, timeout: float) -> Message | None:
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise self._error("not connected")
+        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=100)
+        self._watchers.setdefault(topic, []).append(queue)
+        try:
+            try:
+                await conn.subscribe([(topic, 1)], timeout)
+            except MqttError as exc:
+                raise self._error(str(exc)) from None
+            try:
+                return await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                return None
+            finally:
+                with contextlib.suppress(MqttError):
+                    if conn.connected:
+                        await conn.unsubscribe([topic], timeout)
+        finally:
+            self._watchers[topic].remove(queue)
+            if not self._watchers[topic]:
+                del self._watchers[topic]

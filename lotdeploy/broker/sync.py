@@ -1,0 +1,54 @@
+"""A blocking `BrokerClient` for scripts and tests that have no event loop of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from lotdeploy.broker.session import BrokerClient
+
+_T = TypeVar("_T")
+
+
+class SyncBrokerClient:
+    """Blocking wrapper for scripts and tests: runs a BrokerClient on a private event loop.
+
+    `with SyncBrokerClient(...) as c: c.add_route(text)`; every method mirrors BrokerClient.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._runner = asyncio.Runner()
+        self._client = self._run(self._make(args, kwargs))
+
+    @staticmethod
+    async def _make(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BrokerClient:
+        return BrokerClient(*args, **kwargs)
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return self._runner.run(coro)
+
+    def __enter__(self) -> SyncBrokerClient:
+        self._run(self._client.connect())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._run(self._client.close())
+        finally:
+            self._runner.close()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if isinstance(result, Awaitable):
+                return self._run(_await(result))
+            return result
+
+        return call
+
+
+async def _await(aw: Awaitable[_T]) -> _T:
+    return await aw
