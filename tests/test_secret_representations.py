@@ -57,6 +57,23 @@ def _lab_config(tmp_path: Path) -> object:
     return LabConfig(bind="127.0.0.1", admin_password=Secret(VALUE))
 
 
+def _broker_client(tmp_path: Path) -> object:
+    from lotdeploy.broker.session import BrokerClient
+
+    return BrokerClient("a", "127.0.0.1", 1883, "root", Secret(VALUE))
+
+
+def _reply_error(tmp_path: Path) -> object:
+    from lotdeploy.broker.protocol import parse_reply
+
+    Secret(VALUE)  # known to the process: a broker echoing it back is scrubbed
+    keep = Secret(VALUE)
+    reply = parse_reply(
+        f'{{"success": false, "errors": [{{"message": "bad {VALUE}"}}]}}', "addUser"
+    )
+    return (keep, reply)
+
+
 BUILDERS: dict[str, Callable[[Path], object]] = {
     "Secret": lambda tmp: Secret(VALUE),
     "SecretStore": _store,
@@ -66,6 +83,8 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "BundleFile": lambda tmp: BundleFile("routes.lot", Secret(VALUE), 0o600),
     "Bundle": lambda tmp: Bundle("a", (BundleFile("server.key", Secret(VALUE), 0o600),), "{}"),
     "LabConfig": _lab_config,
+    "BrokerClient": _broker_client,
+    "broker Reply": _reply_error,
 }
 
 

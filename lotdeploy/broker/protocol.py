@@ -231,6 +231,10 @@ class ReplyError:
     column: int | None = None
     kind: str | None = None
 
+    def __post_init__(self) -> None:
+        # Text from outside: a broker may echo a password it was sent; never keep it.
+        object.__setattr__(self, "message", scrub(self.message))
+
     def __str__(self) -> str:
         where = f"{self.line}:{self.column}: " if self.line is not None else ""
         return f"{where}{self.message}"
@@ -251,6 +255,9 @@ class Reply:
     data: Any = None
     errors: tuple[ReplyError, ...] = ()
     raw: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", scrub(self.message))
 
     def describe(self) -> str:
         """One line for humans: the message plus every error (scrubbed of known secrets)."""

@@ -13,20 +13,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.desired import DesiredRoute, NodeDesired
 from lotdeploy.plan.observed import Observed
 from lotdeploy.secret import SENSITIVE
 
-#: route attribute -> LOT key, in the order the plan shows them
-SHOWN = (
-    ("broker_address", "BROKER_ADDRESS"),
-    ("broker_port", "BROKER_PORT"),
-    ("client_id", "CLIENT_ID"),
-    ("username", "USERNAME"),
-    ("password_version", "PASSWORD"),
-    ("message_validity_sec", "MESSAGE_VALIDITY_SEC"),
-    ("use_tls", "USE_TLS"),
+
+def _attribute(key: str) -> str:
+    """The DesiredRoute attribute a CLUSTER_CONFIG key comes from (the password: its version)."""
+    return "password_version" if key == "PASSWORD" else key.lower()
+
+
+#: (route attribute, LOT key) in the order the plan shows them: the protocol's key table
+SHOWN = tuple(
+    (_attribute(key), key) for key in CLUSTER_KEY_ORDER if _attribute(key) in DesiredRoute.__slots__
 )
 #: changes of these kinds touch a node's TLS files
 TLS_KINDS = frozenset({"certificate", "ca"})
