@@ -66,6 +66,8 @@ class Secret:
 
 def scrub(text: str) -> str:
     """Replace every known secret value occurring in `text` with "(sensitive)"."""
+    if not _known:  # plan never opens the store: nothing to look for
+        return text
     for secret in sorted(list(_known), key=lambda s: -len(s.reveal())):
         value = secret.reveal()
         if value and value in text:

@@ -9,8 +9,12 @@ plan and a saved plan can be read back; `attrs` are only what people are shown.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
+
+from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
+from lotdeploy.secret import SENSITIVE
 
 Action = Literal["create", "update", "delete", "replace"]
 MARKERS: dict[str, str] = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
@@ -31,17 +35,83 @@ class Attr(NamedTuple):
         return self.before != self.after
 
 
-@dataclass(frozen=True)
+def _attribute(key: str) -> str:
+    """The route attribute a CLUSTER_CONFIG key comes from (the password: its version)."""
+    return "password_version" if key == "PASSWORD" else key.lower()
+
+
+#: (route attribute, LOT key) in the order the plan shows them: the protocol's key table
+SHOWN: tuple[tuple[str, str], ...] = tuple(
+    (_attribute(key), key)
+    for key in CLUSTER_KEY_ORDER
+    if _attribute(key)
+    in {
+        "broker_address",
+        "broker_port",
+        "client_id",
+        "username",
+        "password_version",
+        "message_validity_sec",
+        "use_tls",
+    }
+)
+
+
+def display(key: str, value: Any) -> str | None:
+    """How a route attribute is shown: never the password (only whether it changes)."""
+    if value is None:
+        return None
+    if key == "password_version":
+        return SENSITIVE
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def route_attrs(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> tuple[Attr, ...]:
+    """The shown attributes of a route change; for an update, only those that change."""
+    empty: dict[str, Any] = {}
+    old_values, new_values = before or empty, after or empty
+    attrs = []
+    for key, label in SHOWN:
+        old, new = old_values.get(key), new_values.get(key)
+        if before is not None and after is not None:
+            if old == new:
+                continue
+            if key == "password_version":
+                attrs.append(Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE))
+                continue
+        attrs.append(Attr(label, display(key, new), display(key, old)))
+    return tuple(attrs)
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
+    """One change to one resource. Identity is (action, kind, name, node, region, reason);
+    what is shown (`attrs`) and carried (`payload`, `before`) does not take part."""
+
     action: Action
     kind: str  # "route", "certificate", "ca", "credential", ...
     name: str
     node: str | None = None  # None: site-level (CA, shared credential)
     region: str | None = None
     reason: str = ""
-    attrs: tuple[Attr, ...] = field(default=())
+    #: shown attributes; empty for route changes, whose attributes are made when shown
+    attrs: tuple[Attr, ...] = field(default=(), compare=False)
     #: the desired value apply needs (e.g. a DesiredRoute); None for deletions and steps
     payload: Any = field(default=None, compare=False)
+    #: the recorded attributes a route update or deletion starts from
+    before: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def shown(self) -> tuple[Attr, ...]:
+        """The attributes people are shown (made on demand: a 200-node plan has 39,800
+        route changes, and most are never shown one by one)."""
+        if self.attrs or self.kind != "route":
+            return self.attrs
+        after = self.payload.attrs() if self.payload is not None else None
+        return route_attrs(self.before, after)
 
     @property
     def marker(self) -> str:

@@ -13,22 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
-from lotdeploy.plan.changes import Attr, Change
+from lotdeploy.plan.changes import SHOWN, Change
 from lotdeploy.plan.desired import DesiredRoute, NodeDesired
 from lotdeploy.plan.observed import Observed
-from lotdeploy.secret import SENSITIVE
 
-
-def _attribute(key: str) -> str:
-    """The DesiredRoute attribute a CLUSTER_CONFIG key comes from (the password: its version)."""
-    return "password_version" if key == "PASSWORD" else key.lower()
-
-
-#: (route attribute, LOT key) in the order the plan shows them: the protocol's key table
-SHOWN = tuple(
-    (_attribute(key), key) for key in CLUSTER_KEY_ORDER if _attribute(key) in DesiredRoute.__slots__
-)
 #: changes of these kinds touch a node's TLS files
 TLS_KINDS = frozenset({"certificate", "ca"})
 
@@ -92,29 +80,6 @@ class Plan:
         return bool(self.changes)
 
 
-def _display(key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if key == "password_version":
-        return SENSITIVE
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _attrs(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> tuple[Attr, ...]:
-    empty: dict[str, Any] = {}
-    old_values, new_values = before or empty, after or empty
-    attrs = []
-    for key, label in SHOWN:
-        old, new = old_values.get(key), new_values.get(key)
-        if before is not None and after is not None and old != new and key == "password_version":
-            attrs.append(Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE))
-        else:
-            attrs.append(Attr(label, _display(key, new), _display(key, old)))
-    return tuple(attrs)
-
-
 def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
     """Create, update and delete per route, nodes and routes in name order."""
     changes: list[Change] = []
@@ -125,31 +90,20 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
         region = node.region if node else "(removed)"
         for name in sorted(set(want) | set(have)):
             route, before = want.get(name), have.get(name)
-            after = route.attrs() if route is not None else None
-            if before is None and after is not None:
-                reason = f"{after['link_class']} link to {after['peer']}"
+            if before is None and route is not None:
+                reason = f"{route.link_class} link to {route.peer}"
                 changes.append(
-                    Change(
-                        "create",
-                        "route",
-                        name,
-                        node_name,
-                        region,
-                        reason,
-                        _attrs(None, after),
-                        route,
-                    )
+                    Change("create", "route", name, node_name, region, reason, (), route)
                 )
-            elif after is None and before is not None:
+            elif route is None and before is not None:
                 reason = "node removed from the site" if node is None else "peer removed"
                 changes.append(
-                    Change("delete", "route", name, node_name, region, reason, _attrs(before, None))
+                    Change("delete", "route", name, node_name, region, reason, (), None, before)
                 )
-            elif after is not None and before is not None and _differs(before, after):
-                attrs = tuple(
-                    a for a in _attrs(before, after) if a.changed or "rotated" in (a.after or "")
+            elif route is not None and before is not None and _differs(before, route.attrs()):
+                changes.append(
+                    Change("update", "route", name, node_name, region, "", (), route, before)
                 )
-                changes.append(Change("update", "route", name, node_name, region, "", attrs, route))
     return changes
 
 

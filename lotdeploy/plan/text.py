@@ -10,7 +10,9 @@ from __future__ import annotations
 from itertools import groupby
 
 from lotdeploy.plan.changes import Attr, Change
+from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.diff import Plan
+from lotdeploy.secret import SENSITIVE
 
 _SGR = {"green": 32, "yellow": 33, "red": 31, "magenta": 35}
 _COLOURS = {"create": "green", "update": "yellow", "delete": "red", "replace": "magenta"}
@@ -24,9 +26,19 @@ def style(text: str, fg: str | None = None, bold: bool = False) -> str:
 
 def _route_line(change: Change) -> str:
     if change.action == "update":
-        parts = [f"{a.name} {a.before} -> {a.after}" for a in change.attrs]
-        return "  ".join(parts)
-    values = {a.name: (a.after if change.action != "delete" else a.before) for a in change.attrs}
+        return "  ".join(f"{a.name} {a.before} -> {a.after}" for a in change.shown())
+    route = change.payload
+    if change.action != "delete" and isinstance(route, DesiredRoute) and not change.attrs:
+        # The common line, straight from the payload (no attribute tuples built).
+        tls = "tls" if route.use_tls else "plain"
+        head = (
+            f"-> {route.broker_address}:{route.broker_port} {tls}  client {route.client_id}  "
+            f"user {route.username}  password {SENSITIVE}  "
+            f"validity {route.message_validity_sec}s"
+        )
+        return head + (f" ({change.reason})" if change.reason else "")
+    shown = change.shown()
+    values = {a.name: (a.after if change.action != "delete" else a.before) for a in shown}
     tls = "tls" if values.get("USE_TLS") == "true" else "plain"
     return (
         f"-> {values.get('BROKER_ADDRESS')}:{values.get('BROKER_PORT')} {tls}  "
