@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from lotdeploy.compiler import ROUTE_FILE, compile_node
 from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
-from lotdeploy.fsutil import atomic_write, make_dirs
+from lotdeploy.fsutil import atomic_write_many, make_dirs
 from lotdeploy.model import Site
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.workspace import Workspace
@@ -69,6 +70,8 @@ class RenderResult:
     routes: int
     files: int
     removed: list[str]
+    #: files actually (re)written; the others already held exactly their content
+    written: int = 0
 
 
 def prepare_workspace(site: Site, workspace: Workspace, now: datetime) -> None:
@@ -81,8 +84,9 @@ def prepare_workspace(site: Site, workspace: Workspace, now: datetime) -> None:
         ensure_pki(site, workspace, now)
 
 
-def node_bundles(site: Site, workspace: Workspace, now: datetime) -> dict[str, Bundle]:
-    """Every node's bundle, in memory, from what the workspace holds (creates nothing)."""
+def iter_bundles(site: Site, workspace: Workspace, now: datetime) -> Iterator[Bundle]:
+    """Every node's bundle in node order, one at a time, from what the workspace holds
+    (creates nothing). Streaming keeps memory to one node's routes, whatever the site."""
     version = CredentialState.load(workspace).active_version
     password = Secret("")
     if site.links:
@@ -93,23 +97,25 @@ def node_bundles(site: Site, workspace: Workspace, now: datetime) -> dict[str, B
                 "to generate it, or restore the secret store of this workspace"
             )
         password = stored
-    tls = {}
+    tls_files = None
     if site.tls_nodes:
         from lotdeploy.pki.bundle import node_tls_files
 
-        tls = {node.name: node_tls_files(site, workspace, node, now) for node in site.tls_nodes}
-    bundles: dict[str, Bundle] = {}
+        tls_files = node_tls_files
     for node in site.nodes:
         artifact = compile_node(site, node, password, version)
         files = [BundleFile(ROUTE_FILE, Secret(artifact.text), 0o600)]
-        files += [
-            BundleFile(name, data, mode) for name, (data, mode) in tls.get(node.name, {}).items()
-        ]
+        del artifact  # only the text is kept: the route trees are one node's peak memory
+        if tls_files is not None and node.tls:
+            tls = tls_files(site, workspace, node, now)
+            files += [BundleFile(name, data, mode) for name, (data, mode) in tls.items()]
         files.sort(key=lambda f: f.name)
-        bundles[node.name] = Bundle(
-            node.name, tuple(files), manifest(site, node.name, files, version)
-        )
-    return bundles
+        yield Bundle(node.name, tuple(files), manifest(site, node.name, files, version))
+
+
+def node_bundles(site: Site, workspace: Workspace, now: datetime) -> dict[str, Bundle]:
+    """Every node's bundle, in memory (for callers that need them all at once)."""
+    return {bundle.node: bundle for bundle in iter_bundles(site, workspace, now)}
 
 
 def manifest(site: Site, node_name: str, files: list[BundleFile], credential_version: int) -> str:
@@ -133,25 +139,29 @@ def manifest(site: Site, node_name: str, files: list[BundleFile], credential_ver
 def write_bundles(
     site: Site, workspace: Workspace, out: Path, now: datetime | None = None
 ) -> RenderResult:
+    """Prepare the workspace, then write each node's bundle as it is made.
+
+    Per node directory the files are written with one directory fsync (the manifest
+    renamed last); a file that already holds exactly its content and mode is left alone,
+    so rendering an unchanged site writes nothing.
+    """
     now = now or datetime.now(UTC)
     prepare_workspace(site, workspace, now)
-    bundles = node_bundles(site, workspace, now)
+    files = written = 0
     try:
         make_dirs(out, 0o755)
-        for node_name in sorted(bundles):
-            _check_node_dir(out / node_name, site.name)
-        files = 0
-        for node_name, bundle in sorted(bundles.items()):
-            directory = out / node_name
-            for file in bundle.all_files():
-                atomic_write(directory / file.name, file.data(), mode=file.mode)
-                files += 1
-        removed = _remove_stale(out, set(bundles), site.name)
+        for node in site.nodes:
+            _check_node_dir(out / node.name, site.name)
+        for bundle in iter_bundles(site, workspace, now):
+            batch = [(f.name, f.data(), f.mode) for f in bundle.all_files()]
+            written += atomic_write_many(out / bundle.node, batch)
+            files += len(batch)
+        removed = _remove_stale(out, {node.name for node in site.nodes}, site.name)
     except OSError as exc:
         raise LotdeployError(
             f"{exc.filename or out}: cannot write bundle: {exc.strerror or exc}"
         ) from None
-    return RenderResult(len(bundles), len(site.links), files, removed)
+    return RenderResult(len(site.nodes), len(site.links), files, removed, written)
 
 
 def _owner(directory: Path) -> str | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from lotdeploy.compiler.routes import node_route_settings, route_tree
 from lotdeploy.compiler.templates import render_template
 from lotdeploy.errors import CompileError, LotSyntaxError
-from lotdeploy.lot import parse
+from lotdeploy.lot import format_routes, parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.model import Node, Site
 from lotdeploy.secret import Secret, scrub
@@ -33,6 +33,8 @@ def compile_node(
         "routes": [{**s, "password": password.reveal()} for s in settings],
     }
     text = render_template(site.templates_dir, context)
+    if matches_canonical(text, intended):
+        return NodeArtifact(node.name, text, intended)
     filename = f"{node.name}/routes.lot"
     try:
         parsed = parse(text, filename)
@@ -46,6 +48,24 @@ def compile_node(
             f"({_first_difference(intended, parsed)}); nothing was written"
         )
     return NodeArtifact(node.name, text, intended)
+
+
+def matches_canonical(text: str, intended: tuple[Route, ...]) -> bool:
+    """The cheap proof: `text`, less blank and whole-line comment lines, is line for line
+    the emitter's canonical text of `intended` (less its blank lines).
+
+    Sound because `parse(format_routes(rs)) == rs` (tests/test_lot.py checks it with
+    hypothesis) and the parser ignores blank and comment-only lines and trailing spaces.
+    Anything else (a site template with another layout, a trailing comment) is not
+    rejected here: it goes through the full parse-back comparison.
+    """
+    canonical = [line for line in format_routes(intended).split("\n") if line]
+    candidate = [
+        line.rstrip(" ")
+        for line in text.split("\n")
+        if line.strip(" ") and not line.lstrip(" ").startswith("//")
+    ]
+    return candidate == canonical
 
 
 def compile_site(site: Site, password: Secret, credential_version: int = 1) -> list[NodeArtifact]:

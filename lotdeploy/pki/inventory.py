@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from lotdeploy.errors import PkiError, WorkspaceError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import atomic_write, atomic_write_many
 from lotdeploy.pki.ca import ca_id
 from lotdeploy.state import Rotation, StateStore
 from lotdeploy.workspace import Workspace
@@ -98,6 +98,21 @@ class Inventory:
 
     def write_node_cert(self, node: str, cert: x509.Certificate) -> None:
         self._write(self.node_cert_path(node), cert_pem(cert))
+
+    def write_node_certs(self, certs: dict[str, x509.Certificate]) -> None:
+        """Many node certificates at once: one directory fsync for the whole batch."""
+        self.workspace.ensure()
+        directory = self.node_cert_path("x").parent
+        try:
+            atomic_write_many(
+                directory,
+                [(f"{node}.crt", cert_pem(cert), 0o644) for node, cert in sorted(certs.items())],
+                dir_mode=0o700,
+            )
+        except OSError as exc:
+            raise WorkspaceError(
+                f"{exc.filename or directory}: cannot write: {exc.strerror}"
+            ) from None
 
     def _write(self, path: Path, data: bytes | str) -> None:
         self.workspace.ensure()

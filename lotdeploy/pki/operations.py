@@ -169,9 +169,9 @@ class PkiSession:
         # Keys first (one encrypted save for the batch), then the public certificates: a crash
         # in between leaves a key/cert mismatch that the next run detects and reissues.
         self.store.save()
+        self.inventory.write_node_certs({node.name: cert for node, cert, _ in new})
         issued = []
         for node, cert, reason in new:
-            self.inventory.write_node_cert(node.name, cert)
             log.info("issued certificate for node %s (%s)", node.name, reason)
             issued.append(
                 Issued(node.name, format(cert.serial_number, "x"), reason, cert.not_valid_after_utc)
