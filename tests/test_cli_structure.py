@@ -121,6 +121,9 @@ def test_usage_errors_use_the_one_error_style() -> None:
     assert result.returncode == ExitStatus.ERROR
     assert result.stderr.splitlines()[-1] == "lotdeploy: error: Missing argument 'SITE'."
     assert result.stderr.startswith("Usage: lotdeploy validate")
+    bare = run_cli()  # a group without a command shows its help, not an error line
+    assert bare.returncode == ExitStatus.ERROR and "Commands:" in bare.stderr
+    assert "lotdeploy: error" not in bare.stderr
 
 
 def _without_lab_extra(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import click
 
 from lotdeploy.cli.app import cli
-from lotdeploy.errors import LotdeployError, SpecError
 from lotdeploy.exitstatus import ExitStatus
 
 __all__ = ["cli", "main"]
@@ -32,6 +31,10 @@ def error_line(message: str) -> str:
 
 
 def _show_usage_error(exc: click.UsageError) -> None:
+    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+    if isinstance(exc, no_args_is_help):  # a bare group: its help, not an error line
+        exc.show()
+        return
     if exc.ctx is not None:
         click.echo(exc.ctx.get_usage(), err=True)
         help_option = exc.ctx.help_option_names[0] if exc.ctx.help_option_names else "--help"
@@ -46,45 +49,51 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = cli.main(
             args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
         )
-    except SpecError as exc:
-        from lotdeploy.secret import scrub
+    except (Exception, KeyboardInterrupt) as exc:  # a command's sys.exit passes through
+        sys.exit(report(exc))
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
+
+def report(exc: BaseException) -> int:
+    """Print what went wrong, in the one style; the exit status it means.
+
+    Called only on failure, so the error types (and their imports) cost a good run nothing.
+    """
+    from lotdeploy.errors import LotdeployError, SpecError
+    from lotdeploy.secret import scrub
+
+    if isinstance(exc, SpecError):
         for diagnostic in exc.diagnostics:
             click.echo(scrub(str(diagnostic)), err=True)
-        sys.exit(ExitStatus.ERROR)
-    except LotdeployError as exc:
+        return ExitStatus.ERROR
+    if isinstance(exc, LotdeployError):
         click.echo(error_line(str(exc)), err=True)
-        sys.exit(ExitStatus.ERROR)
-    except click.exceptions.Abort:
+        return ExitStatus.ERROR
+    if isinstance(exc, click.exceptions.Abort):
         click.echo(f"{PROG}: aborted", err=True)
-        sys.exit(ExitStatus.INTERRUPTED)
-    except click.UsageError as exc:
+        return ExitStatus.INTERRUPTED
+    if isinstance(exc, click.UsageError):
         # Usage errors exit 1, not click's 2: `plan --detailed-exitcode` and `certs list`
         # use 2 to mean "changes / action needed", which a typo must never fake.
         _show_usage_error(exc)
-        sys.exit(ExitStatus.ERROR)
-    except click.ClickException as exc:
+        return ExitStatus.ERROR
+    if isinstance(exc, click.ClickException):
         click.echo(error_line(exc.format_message()), err=True)
-        sys.exit(ExitStatus.ERROR)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        return ExitStatus.ERROR
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
         click.echo(f"{PROG}: interrupted", err=True)
-        sys.exit(ExitStatus.INTERRUPTED)
-    except BrokenPipeError:
-        sys.exit(ExitStatus.ERROR)
-    except Exception as exc:  # a bug: say so plainly, still without secrets
+        return ExitStatus.INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        return ExitStatus.ERROR
+    # Anything else is a bug: say so plainly, still without secrets.
+    click.echo(f"{PROG}: internal error: {type(exc).__name__}: {scrub(str(exc))}", err=True)
+    if os.environ.get("LOTDEPLOY_DEBUG"):
         import traceback
 
-        from lotdeploy.secret import scrub
-
-        click.echo(
-            f"{PROG}: internal error: {type(exc).__name__}: {scrub(str(exc))}", err=True
-        )
-        if os.environ.get("LOTDEPLOY_DEBUG"):
-            click.echo(scrub(traceback.format_exc()), err=True)
-        else:
-            click.echo("(set LOTDEPLOY_DEBUG=1 for a traceback; please report it)", err=True)
-        sys.exit(ExitStatus.INTERNAL)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+        click.echo(scrub("".join(traceback.format_exception(exc))), err=True)
+    else:
+        click.echo("(set LOTDEPLOY_DEBUG=1 for a traceback; please report it)", err=True)
+    return ExitStatus.INTERNAL

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 
-@dataclass(frozen=True)
-class LazyCommand:
-    """Where a command lives (`package.module:attribute`) and the line `--help` shows for it."""
+class LazyCommand(NamedTuple):
+    """Where a command lives (`package.module:attribute`) and the line `--help` shows for it.
+
+    A NamedTuple, not a dataclass: `dataclasses` alone costs start-up time `--help` must not pay.
+    """
 
     import_path: str
     short_help: str
