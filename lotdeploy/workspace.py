@@ -20,10 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from lotdeploy.errors import SecretStoreError, WorkspaceError
 from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock, make_dirs
 from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
@@ -46,18 +42,18 @@ SCRYPT_P_RANGE = (1, 4)
 LOCK_TIMEOUT = 10.0
 
 PassphraseProvider = Callable[[bool], Secret]
+#: Asks the operator: (prompt text, ask twice to confirm) -> what was typed. The CLI has one.
+PassphrasePrompt = Callable[[str, bool], str]
 
 
-def passphrase_from_environment(creating: bool) -> Secret:
-    """LOTDEPLOY_PASSPHRASE, else a prompt on a terminal, else a clear error."""
+def passphrase_from_environment(creating: bool, prompt: PassphrasePrompt | None = None) -> Secret:
+    """LOTDEPLOY_PASSPHRASE, else `prompt` on a terminal, else a clear error."""
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
         return Secret(value)
-    if sys.stdin.isatty():
-        import click
-
-        prompt = "New workspace passphrase" if creating else "Workspace passphrase"
-        entered = click.prompt(prompt, hide_input=True, confirmation_prompt=creating)
+    if prompt is not None and sys.stdin.isatty():
+        text = "New workspace passphrase" if creating else "Workspace passphrase"
+        entered = prompt(text, creating)
         if entered:
             return Secret(entered)
     raise SecretStoreError(
@@ -67,6 +63,8 @@ def passphrase_from_environment(creating: bool) -> Secret:
 
 
 def _derive_key(passphrase: Secret, salt: bytes, n: int, r: int, p: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt  # not needed by `validate`
+
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.reveal().encode())
 
 
@@ -118,6 +116,9 @@ class SecretStore:
                 f"{path}: the secret store is damaged or truncated; restore it from a backup "
                 "(nothing was changed)"
             ) from None
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         aad = _canonical(header)
         key = _derive_key(passphrase, salt, n, r, p)
         try:
@@ -161,6 +162,8 @@ class SecretStore:
         return value
 
     def save(self) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         header = {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,
@@ -218,9 +221,14 @@ class Workspace:
     open_state: Any = None
 
     @classmethod
-    def for_site(cls, site_file: Path, override: Path | None = None) -> Workspace:
+    def for_site(
+        cls,
+        site_file: Path,
+        override: Path | None = None,
+        passphrase_provider: PassphraseProvider = passphrase_from_environment,
+    ) -> Workspace:
         root = override if override is not None else Path(site_file).resolve().parent / ".lotdeploy"
-        return cls(Path(root))
+        return cls(Path(root), passphrase_provider)
 
     @property
     def secrets_path(self) -> Path:

@@ -84,7 +84,7 @@ def user_pythonpath(user: str, python: str) -> str:
         f"PYTHONPATH={direct}",
         python,
         "-c",
-        "import lotdeploy.lab.commands, amqtt, yaml",
+        "import lotdeploy.cli.lab, amqtt, yaml",
     ]
     if subprocess.run(probe, capture_output=True, timeout=60, check=False).returncode == 0:
         _USER_PYTHONPATH[user] = direct

@@ -50,7 +50,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.broker.protocol",
             "lotdeploy.exitstatus",
             "lotdeploy.values",
-            "lotdeploy.term",
+            "lotdeploy.exitstatus",
         ),
     ),
 ]

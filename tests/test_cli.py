@@ -58,15 +58,17 @@ def test_schema_is_a_json_schema_the_examples_satisfy() -> None:
 def _all_commands() -> list[tuple[str, ...]]:
     import click
 
-    from lotdeploy.cli import _register_subcommands, cli
+    from lotdeploy.cli import cli
 
-    _register_subcommands()
     found: list[tuple[str, ...]] = []
+    ctx = click.Context(cli)
 
     def walk(command: click.Command, path: tuple[str, ...]) -> None:
         found.append(path)
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+        if isinstance(command, click.Group):  # lazy groups load a subcommand on get_command
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None, name
                 walk(sub, (*path, name))
 
     walk(cli, ())

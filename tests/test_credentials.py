@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from lotdeploy.cli.pki import certs, creds
 from lotdeploy.credentials import (
     PASSWORD_ALPHABET,
     PASSWORD_LENGTH,
@@ -25,7 +26,6 @@ from lotdeploy.credentials import (
 from lotdeploy.errors import LotdeployError, PkiError
 from lotdeploy.model import Site
 from lotdeploy.pki.bundle import ensure_pki, node_tls_files
-from lotdeploy.pki.commands import certs, creds
 from lotdeploy.plan.credentials import credential_changes
 from lotdeploy.plan.pki import pki_changes
 from lotdeploy.rotation import current_phase, load_rotation, mark_phase_applied
@@ -165,7 +165,7 @@ def test_full_run_never_shows_a_secret(
     every secret value this workspace ever held."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("LOTDEPLOY_PASSPHRASE", PASSPHRASE)
-    monkeypatch.setattr("lotdeploy.pki.commands.utcnow", lambda: NOW)
+    monkeypatch.setattr("lotdeploy.cli.pki.utcnow", lambda: NOW)
     runner = CliRunner()
     outputs: list[str] = []
     secrets: set[str] = {PASSPHRASE}

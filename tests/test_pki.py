@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from lotdeploy.cli.pki import certs
 from lotdeploy.errors import LotdeployError, PkiError, SecretStoreError, WorkspaceError
 from lotdeploy.pki.bundle import ensure_pki, node_tls_files
-from lotdeploy.pki.commands import certs
 from lotdeploy.pki.inventory import Inventory, ca_key_name, ca_view, node_key_name
 from lotdeploy.pki.issue import cert_sans, expected_sans
 from lotdeploy.pki.keys import key_to_secret
@@ -259,7 +259,7 @@ def test_first_plan_lists_ca_and_certs_without_passphrase(site_file: Path) -> No
 
 
 def test_certs_list_json_and_exit_codes(site_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lotdeploy.pki.commands.utcnow", lambda: NOW)
+    monkeypatch.setattr("lotdeploy.cli.pki.utcnow", lambda: NOW)
     runner = CliRunner()
     missing = runner.invoke(certs, ["list", str(site_file)])
     assert missing.exit_code == 2
@@ -271,7 +271,7 @@ def test_certs_list_json_and_exit_codes(site_file: Path, monkeypatch: pytest.Mon
     assert [c["status"] for c in doc["certificates"]] == ["ok"] * 4
     node_a = doc["certificates"][1]
     assert node_a["sans"] == ["dns:a.test", "ip:127.0.0.101"] and node_a["days_left"] == 397
-    monkeypatch.setattr("lotdeploy.pki.commands.utcnow", lambda: NOW + timedelta(days=380))
+    monkeypatch.setattr("lotdeploy.cli.pki.utcnow", lambda: NOW + timedelta(days=380))
     soon = runner.invoke(certs, ["list", str(site_file)])
     assert soon.exit_code == 2
     assert "renew soon" in soon.stdout

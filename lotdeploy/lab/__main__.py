@@ -1,4 +1,7 @@
-"""`python -m lotdeploy.lab ...` is `lotdeploy lab ...` (same error handling, same exit codes)."""
+"""`python -m lotdeploy.lab ...` is `lotdeploy lab ...` (same error handling, same exit codes).
+
+An entry point, so it may import the CLI; no other module of `lotdeploy.lab` does.
+"""
 
 from __future__ import annotations
 

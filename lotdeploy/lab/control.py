@@ -21,6 +21,7 @@ from lotdeploy.broker import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab import hosts, labstate, netns
+from lotdeploy.lab.extras import require_lab_extra
 from lotdeploy.lab.hosts import Layout
 from lotdeploy.lab.labstate import LabState, Node
 from lotdeploy.lab.proxy import BACKEND_OFFSET
@@ -70,6 +71,7 @@ def up(
     echo: Echo = _quiet,
 ) -> LabState:
     """Create (or confirm) the lab in `lab_dir`; write DIR/site.yaml. Idempotent."""
+    require_lab_extra()  # every node runs the lab broker
     mode = detect_mode(mode)
     require_tools(ROOT_TOOLS if mode == "root" else USER_TOOLS)
     lab_dir = lab_dir.resolve()
@@ -504,12 +506,7 @@ def _root_delay(lab_dir: Path, state: LabState, node: Node) -> None:
             node=node.name,
         )
         return
-    try:
-        import fnfqueue  # noqa: F401
-    except ImportError:
-        raise LabError(
-            "latency without netem needs the Python package fnfqueue (pip install fnfqueue==1.1.2)"
-        ) from None
+    require_lab_extra(("fnfqueue",))  # latency without netem: the delayer holds packets
     log = Layout(lab_dir).node_sub(node.name, "delayer.log")
     argv = [
         "ip",

@@ -1,6 +1,11 @@
-"""`python -m lotdeploy.lab.broker ...`: the lab broker without the lotdeploy CLI."""
+"""`python -m lotdeploy.lab.broker ...` is `lotdeploy lab broker ...` (what `lab up` starts).
 
-from lotdeploy.lab.broker.command import broker
+An entry point, so it may import the CLI; no other module of `lotdeploy.lab` does.
+"""
+
+import sys
+
+from lotdeploy.cli import main
 
 if __name__ == "__main__":
-    broker(prog_name="lotdeploy lab broker")
+    main(["lab", "broker", *sys.argv[1:]])

@@ -1,7 +1,8 @@
-"""`lotdeploy lab broker`: run one Coreflux-compatible lab broker in the foreground.
+"""What `lotdeploy lab broker` runs: one Coreflux-compatible lab broker in the foreground.
 
-SIGTERM/SIGINT stop it cleanly; SIGHUP reloads the TLS files (and opens the TLS listener if the
-files appeared since the start). Once listening it prints one JSON line on stdout,
+Plain functions; the click command is `lotdeploy.cli.lab_broker`. SIGTERM/SIGINT stop it
+cleanly; SIGHUP reloads the TLS files (and opens the TLS listener if the files appeared since
+the start). Once listening it prints one JSON line on stdout,
 `{"event": "ready", "port": ..., "tls_port": ...}`, so scripts can use `--port 0`.
 """
 
@@ -13,8 +14,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-
-import click
 
 from lotdeploy.errors import LabError
 from lotdeploy.lab.broker.server import LabConfig, LabNode
@@ -57,7 +56,8 @@ async def serve(config: LabConfig) -> None:
         print(json.dumps({"event": "stopped"}), flush=True)
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
+    """The broker's own log format on stderr, scrubbed; amqtt's chatter kept quiet."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(ScrubFilter())
@@ -69,146 +69,20 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
-def _read_password(path: Path | None) -> Secret:
+def read_admin_password(path: Path | None) -> Secret:
+    """The admin password from its file (never from the command line, where `ps` shows it)."""
     if path is None:
         log.warning("no --admin-password-file: using the vendor default admin password")
         return Secret("coreflux")
     try:
         value = path.read_text().strip("\r\n")
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
+        raise LabError(f"--admin-password-file: cannot read {path}: {exc.strerror}") from None
     if not value:
-        raise click.BadParameter(f"{path} is empty")
+        raise LabError(f"--admin-password-file: {path} is empty")
     return Secret(value)
 
 
-@click.command("broker")
-@click.option("--bind", required=True, help="Address to listen on (e.g. 127.0.0.2).")
-@click.option(
-    "--port",
-    default=1883,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Plain MQTT port (0: pick a free one, reported on stdout).",
-)
-@click.option(
-    "--tls-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="TLS MQTT port (needs --cert and --key; may appear later + SIGHUP).",
-)
-@click.option(
-    "--tls-bind",
-    default=None,
-    help="Address of the TLS listener (default: --bind); e.g. plain on 127.0.0.1 for admin, "
-    "TLS on the node address for peers.",
-)
-@click.option("--cert", type=click.Path(path_type=Path), help="Server certificate (PEM).")
-@click.option("--key", type=click.Path(path_type=Path), help="Server private key (PEM).")
-@click.option(
-    "--ca",
-    type=click.Path(path_type=Path),
-    help="CA bundle used to verify peers of USE_TLS routes (default: system store).",
-)
-@click.option("--admin-user", default="root", show_default=True)
-@click.option(
-    "--admin-password-file",
-    type=click.Path(path_type=Path),
-    help="File holding the admin password (default: the vendor's 'coreflux').",
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Keep routes, users and secrets here across restarts.",
-)
-@click.option("--node-name", default=None, help="Name used in logs and link announcements.")
-@click.option("--allow-anonymous", is_flag=True, help="Accept clients without a user name.")
-@click.option(
-    "--status-interval",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    help="Seconds between route status publications.",
-)
-@click.option(
-    "--max-packet-bytes",
-    default=1024 * 1024,
-    show_default=True,
-    type=click.IntRange(1024),
-    help="Largest MQTT packet a client may send.",
-)
-@click.option(
-    "--link-backoff-max",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    help="Longest wait between link reconnect attempts.",
-)
-@click.option(
-    "--link-queue-max",
-    default=10_000,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Messages queued per unreachable peer before the oldest are dropped.",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-def broker(
-    bind: str,
-    port: int,
-    tls_port: int | None,
-    tls_bind: str | None,
-    cert: Path | None,
-    key: Path | None,
-    ca: Path | None,
-    admin_user: str,
-    admin_password_file: Path | None,
-    state_dir: Path | None,
-    node_name: str | None,
-    allow_anonymous: bool,
-    status_interval: float,
-    max_packet_bytes: int,
-    link_backoff_max: float,
-    link_queue_max: int,
-    log_level: str,
-) -> None:
-    """Run one Coreflux-compatible lab broker in the foreground.
-
-    SIGTERM stops it cleanly; SIGHUP reloads the TLS files (and opens the TLS listener once
-    they exist). What it emulates, and every choice made where the vendor's behaviour is
-    unknown: docs/lab-broker.md.
-
-    \b
-    Example:
-      lotdeploy lab broker --bind 127.0.0.5 --tls-port 8883 --cert server.crt \\
-          --key server.key --ca ca.crt --admin-password-file admin.pw --state-dir state/
-    """
-    _setup_logging(log_level)
-    if tls_port is not None and not (cert and key):
-        raise click.UsageError("--tls-port needs --cert and --key")
-    config = LabConfig(
-        bind=bind,
-        port=port,
-        tls_port=tls_port,
-        tls_bind=tls_bind,
-        cert=cert,
-        key=key,
-        ca=ca,
-        admin_user=admin_user,
-        admin_password=_read_password(admin_password_file),
-        state_dir=state_dir,
-        node_name=node_name,
-        allow_anonymous=allow_anonymous,
-        status_interval=status_interval,
-        max_packet_bytes=max_packet_bytes,
-        link_backoff_max=link_backoff_max,
-        link_queue_max=link_queue_max,
-    )
-    try:
-        asyncio.run(serve(config))
-    except LabError as exc:
-        raise click.ClickException(str(exc)) from None
+def run_broker(config: LabConfig) -> None:
+    """Serve until stopped; a LabError (e.g. address in use) reaches the caller as is."""
+    asyncio.run(serve(config))

@@ -1,7 +1,8 @@
 """`lotdeploy certs ...` and `lotdeploy creds ...`: the operator's PKI and credential commands.
 
-LotdeployErrors propagate to the main CLI, which prints them on one line (exit 1).
-`certs list` exits 2 when anything needs action, for cron and CI.
+Thin wrappers over `lotdeploy.pki.operations` and `lotdeploy.credentials`. LotdeployErrors
+propagate to the entry point, which prints them on one line (ExitStatus.ERROR). `certs list`
+exits ExitStatus.CHANGES when anything needs action, for cron and CI.
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ from pathlib import Path
 
 import click
 
-from lotdeploy.cliutil import open_site, site_argument, workspace_option
-from lotdeploy.credentials import CredentialState, advance_creds_rotation, username_for_version
-from lotdeploy.model import Site
+from lotdeploy.cli.common import open_site, site_argument, workspace_option
+from lotdeploy.cli.term import print_table
+from lotdeploy.credentials import CredentialState, advance_creds_rotation
+from lotdeploy.exitstatus import ExitStatus
+from lotdeploy.model import Site, username_for_version
 from lotdeploy.pki.ca import ca_id
 from lotdeploy.pki.operations import advance_ca_rotation, ensure_ca, rotate_certs
 from lotdeploy.pki.reports import pki_reports, report_warning
 from lotdeploy.pki.status import CertReport
 from lotdeploy.rotation import LABELS, Rotation, load_rotation
 from lotdeploy.secret import dumps
-from lotdeploy.term import print_table
 from lotdeploy.workspace import Workspace
-
-EXIT_NEEDS_ACTION = 2
 
 
 def utcnow() -> datetime:
@@ -127,7 +127,7 @@ def certs_list(ctx: click.Context, site: Path, workspace_dir: Path | None, as_js
             if report.needs_action:
                 click.echo(f"warning: {report_warning(report)}", err=True)
     if needs_action:
-        ctx.exit(EXIT_NEEDS_ACTION)
+        ctx.exit(ExitStatus.CHANGES)
 
 
 def _print_table(reports: list[CertReport]) -> None:
@@ -155,7 +155,8 @@ def _print_table(reports: list[CertReport]) -> None:
 def certs_rotate(site: Path, workspace_dir: Path | None, nodes: tuple[str, ...]) -> None:
     """Reissue node certificates now (new keys), whatever their expiry.
 
-    Then `lotdeploy plan` / `apply` pushes them. The CA does not change.
+    `lotdeploy plan` then shows them; they reach a node when its bundle is deployed there.
+    The CA does not change.
 
     \b
     Example:
@@ -169,7 +170,7 @@ def certs_rotate(site: Path, workspace_dir: Path | None, nodes: tuple[str, ...])
             f"node {issued.node}: new certificate serial {issued.serial}, "
             f"not after {issued.not_after:%Y-%m-%d}"
         )
-    click.echo(f"next: lotdeploy apply {site}")
+    click.echo(f"next: lotdeploy plan {site}, then deploy the new bundles to these nodes")
 
 
 PHASE_TEXT = {
@@ -192,7 +193,8 @@ def _report_rotation(kind: str, rotation: Rotation | None, site: str, command: s
         return
     click.echo(f"{LABELS[kind]} phase {rotation.phase} of 3: {PHASE_TEXT[kind][rotation.phase]}")
     click.echo(
-        f"next: lotdeploy plan {site} && lotdeploy apply {site}, then `{command} {site}` again"
+        f"next: lotdeploy plan {site}, deploy the phase on every node, "
+        f"then `{command} {site}` again"
     )
 
 
@@ -215,13 +217,13 @@ def _status(kind: str, rotation: Rotation | None, nodes: list[str]) -> None:
 def certs_rotate_ca(site: Path, workspace_dir: Path | None, show_status: bool) -> None:
     """Replace the site CA in three phases, without a moment where links are refused.
 
-    Run it once per phase; between runs, `lotdeploy apply` must carry the phase to every node
-    (it refuses to go on before that). Phase 1: trust old+new CA. Phase 2: reissue node
-    certificates under the new CA. Phase 3: drop the old CA. A fourth run finishes.
+    Run it once per phase, after the previous phase is deployed on every node (it refuses to go
+    on before that). Phase 1: trust old+new CA. Phase 2: reissue node certificates under the
+    new CA. Phase 3: drop the old CA. A fourth run finishes.
 
     \b
     Example:
-      lotdeploy certs rotate-ca site.yaml && lotdeploy apply site.yaml
+      lotdeploy certs rotate-ca site.yaml && lotdeploy plan site.yaml
     """
     the_site, workspace = _open(site, workspace_dir)
     if show_status:
@@ -250,12 +252,12 @@ def creds_rotate(site: Path, workspace_dir: Path | None, show_status: bool) -> N
     """Roll out a new cluster user and password in three phases; links are never refused.
 
     Phase 1: every broker accepts the new user. Phase 2: routes switch to it. Phase 3: the
-    old user is removed. Run once per phase, `lotdeploy apply` in between; a fourth run
-    finishes (the old password leaves the secret store).
+    old user is removed. Run once per phase, after the phase is deployed on every node; a
+    fourth run finishes (the old password leaves the secret store).
 
     \b
     Example:
-      lotdeploy creds rotate site.yaml && lotdeploy apply site.yaml
+      lotdeploy creds rotate site.yaml && lotdeploy plan site.yaml
     """
     the_site, workspace = _open(site, workspace_dir)
     if show_status:

@@ -1,7 +1,8 @@
 """Terminal output shared by every command: tables.
 
 On a terminal, tables are drawn by rich with status words coloured; piped or in CI they are
-plain aligned columns (stable, grep- and awk-friendly). Nothing here ever sees a secret.
+plain aligned columns (stable, grep- and awk-friendly). rich is imported only to draw on a
+terminal. Nothing here ever sees a secret.
 """
 
 from __future__ import annotations

@@ -1,15 +1,41 @@
-"""`lotdeploy lab ...` commands: thin click wrappers over lotdeploy.lab.control."""
+"""`lotdeploy lab ...`: thin click wrappers over `lotdeploy.lab.control`, and `lab broker`.
+
+`lab broker` is imported only when it runs (it needs amqtt, from the `lab` extra). Errors are
+LabErrors, printed by the entry point like every other error; an OSError the operator can
+cause (a lab directory we may not write) becomes one too.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from lotdeploy.cli.lazy import LazyCommand, LazyGroup
+from lotdeploy.cli.term import print_table
 from lotdeploy.errors import LabError
 from lotdeploy.lab import control, labstate, netns
-from lotdeploy.term import print_table
+
+LAB_COMMANDS = {
+    "broker": LazyCommand(
+        "lotdeploy.cli.lab_broker:broker",
+        "Run one Coreflux-compatible lab broker in the foreground.",
+    ),
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=LAB_COMMANDS)
+def lab() -> None:
+    """A real multi-region Coreflux-compatible cluster on this machine, to rehearse on.
+
+    \b
+    Example:
+      lotdeploy lab up --regions eu:2,us:1 && lotdeploy plan lab/site.yaml
+    """
+
 
 DIR_HELP = "the lab directory (default ./lab); several labs can coexist in different dirs"
 
@@ -25,14 +51,16 @@ def _dir_option(fn: click.decorators.FC) -> click.decorators.FC:
     )(fn)
 
 
-def _fail(exc: LabError | OSError) -> click.ClickException:
-    """A clean one-line error (exit 1), never a traceback, for what a user can cause."""
-    if isinstance(exc, OSError):
-        return click.ClickException(f"{exc.filename or 'lab'}: {exc.strerror or exc}")
-    return click.ClickException(str(exc))
+@contextmanager
+def _lab_errors() -> Iterator[None]:
+    """An OSError the operator can cause becomes a one-line LabError, never a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise LabError(f"{exc.filename or 'lab'}: {exc.strerror or exc}") from None
 
 
-@click.command("up")
+@lab.command("up")
 @click.option("--nodes", type=int, default=None, help="N nodes node1..nodeN in one region")
 @click.option("--regions", default=None, help="nodes per region, e.g. eu:2,us:2 -> eu1 eu2 us1 us2")
 @_dir_option
@@ -64,14 +92,14 @@ def up(
     mode: str,
     pool: str,
 ) -> None:
-    """Create a lab cluster and write DIR/site.yaml for plan / apply / verify.
+    """Create a lab cluster and write DIR/site.yaml to plan and render for.
 
     Each node gets its own address, sshd (key-only, strict host keys) and lab broker.
     Idempotent: re-running on a lab of the same shape changes nothing.
 
     Example: lotdeploy lab up --regions eu:2,us:1 --delay us=80
     """
-    try:
+    with _lab_errors():
         shape = labstate.parse_shape(nodes, regions)
         control.up(
             lab_dir,
@@ -81,11 +109,9 @@ def up(
             pool=pool,
             echo=click.echo,
         )
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
 
 
-@click.command("down")
+@lab.command("down")
 @_dir_option
 def down(lab_dir: Path) -> None:
     """Remove everything the lab made: processes, namespaces, links, rules, files.
@@ -94,28 +120,24 @@ def down(lab_dir: Path) -> None:
 
     Example: lotdeploy lab down --dir ./lab
     """
-    try:
+    with _lab_errors():
         control.down(lab_dir, echo=click.echo)
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
 
 
-@click.command("status")
+@lab.command("status")
 @_dir_option
 def status(lab_dir: Path) -> None:
     """One line per node: node, address, region, sshd, broker, delay, cut.
 
     Example: lotdeploy lab status
     """
-    try:
+    with _lab_errors():
         rows = control.status_rows(lab_dir)
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
     cols = ["node", "address", "region", "sshd", "broker", "delay", "cut"]
     print_table([c.upper() for c in cols], [[row[c] for c in cols] for row in rows])
 
 
-@click.command("delay")
+@lab.command("delay")
 @click.argument("target", metavar="NODE|REGION")
 @click.argument("ms", metavar="MS")
 @_dir_option
@@ -127,14 +149,12 @@ def delay(target: str, ms: str, lab_dir: Path) -> None:
 
     Example: lotdeploy lab delay us 80
     """
-    try:
+    with _lab_errors():
         names = control.set_delay(lab_dir, target, labstate.parse_ms(ms))
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
     click.echo(f"delay {ms} ms into {', '.join(names)}")
 
 
-@click.command("cut")
+@lab.command("cut")
 @click.argument("node")
 @_dir_option
 def cut(node: str, lab_dir: Path) -> None:
@@ -142,14 +162,12 @@ def cut(node: str, lab_dir: Path) -> None:
 
     Example: lotdeploy lab cut eu2
     """
-    try:
+    with _lab_errors():
         control.set_cut(lab_dir, node, True)
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
     click.echo(f"{node} cut off")
 
 
-@click.command("heal")
+@lab.command("heal")
 @click.argument("node")
 @_dir_option
 def heal(node: str, lab_dir: Path) -> None:
@@ -157,14 +175,12 @@ def heal(node: str, lab_dir: Path) -> None:
 
     Example: lotdeploy lab heal eu2
     """
-    try:
+    with _lab_errors():
         control.set_cut(lab_dir, node, False)
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
     click.echo(f"{node} healed")
 
 
-@click.command("partition")
+@lab.command("partition")
 @click.argument("a")
 @click.argument("b")
 @_dir_option
@@ -173,14 +189,12 @@ def partition(a: str, b: str, lab_dir: Path) -> None:
 
     Example: lotdeploy lab partition eu1 us1   (undo: lotdeploy lab heal eu1)
     """
-    try:
+    with _lab_errors():
         control.partition(lab_dir, a, b)
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
     click.echo(f"{a} and {b} partitioned")
 
 
-@click.command("ssh", context_settings={"ignore_unknown_options": True})
+@lab.command("ssh", context_settings={"ignore_unknown_options": True})
 @_dir_option
 @click.argument("node")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -189,11 +203,6 @@ def ssh(lab_dir: Path, node: str, command: tuple[str, ...]) -> None:
 
     Example: lotdeploy lab ssh eu1 hostname -I
     """
-    try:
+    with _lab_errors():
         argv = control.ssh_argv(lab_dir, node, list(command))
-    except (LabError, OSError) as exc:
-        raise _fail(exc) from None
     os.execv(argv[0], argv)
-
-
-COMMANDS = (up, down, status, delay, cut, heal, partition, ssh)
