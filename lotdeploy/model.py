@@ -14,9 +14,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from lotdeploy.broker import protocol
-from lotdeploy.broker.protocol import DEFAULT_PORT as DEFAULT_PORT
-from lotdeploy.broker.protocol import DEFAULT_TLS_PORT as DEFAULT_TLS_PORT
+from lotdeploy import protocol
+from lotdeploy.protocol import DEFAULT_PORT as DEFAULT_PORT
+from lotdeploy.protocol import DEFAULT_TLS_PORT as DEFAULT_TLS_PORT
 
 # Built-in defaults, the bottom of the precedence chain (the broker's own: broker.protocol).
 DEFAULT_REGION = "default"

@@ -47,7 +47,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.secret",
             "lotdeploy.errors",
             "lotdeploy.fsutil",
-            "lotdeploy.broker.protocol",
+            "lotdeploy.protocol",
             "lotdeploy.exitstatus",
             "lotdeploy.values",
             "lotdeploy.exitstatus",
@@ -156,6 +156,8 @@ def _packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
     out: dict[str, set[str]] = {}
     for module, targets in graph.items():
+        if module.endswith("__main__"):
+            continue  # entry points start the CLI; they are outside the layers
         out.setdefault(top(module), set()).update(top(t) for t in targets if top(t) != top(module))
     return out
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from lotdeploy.broker.protocol import parse_reply
 from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
+from lotdeploy.protocol import parse_reply
 from lotdeploy.secret import Secret
 from tests.broker_fixtures import ADMIN_PASSWORD, LabFactory, lab_factory, run
 

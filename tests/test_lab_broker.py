@@ -19,9 +19,9 @@ import paho.mqtt.client as paho
 import pytest
 
 from lotdeploy.broker.mqtt import Message, MqttConnection
-from lotdeploy.broker.protocol import COMMAND_TOPIC, OUTPUT_TOPIC, parse_reply
 from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.errors import BrokerError
+from lotdeploy.protocol import COMMAND_TOPIC, OUTPUT_TOPIC, parse_reply
 from lotdeploy.secret import Secret
 from tests.broker_fixtures import (
     ADMIN_PASSWORD,
@@ -581,8 +581,8 @@ def test_route_template_offers_exactly_the_accepted_keys() -> None:
     """-routeCode answers the keys the lab broker accepts: the protocol's documented keys."""
     import re
 
-    from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
     from lotdeploy.lab.broker.routes import ALLOWED_KEYS, ROUTE_TEMPLATE
+    from lotdeploy.protocol import CLUSTER_KEY_ORDER
 
     offered = tuple(re.findall(r"^\s+WITH (\w+) ", ROUTE_TEMPLATE, re.MULTILINE))
     assert offered[:-1] == CLUSTER_KEY_ORDER and offered[-1] == "DESCRIPTION"

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from lotdeploy.broker import protocol
-from lotdeploy.broker.protocol import (
+from lotdeploy import protocol
+from lotdeploy.protocol import (
     CLUSTER_CONFIG_KEYS,
     CLUSTER_KEY_ORDER,
     REPLY_NAMES,
@@ -228,7 +228,7 @@ def test_importing_the_protocol_loads_no_heavy_library() -> None:
     heavy = ["aiomqtt", "paho", "amqtt", "click", "cryptography", "pydantic", "lark", "jinja2"]
     code = (
         "import json, sys\n"
-        "import lotdeploy.broker.protocol\n"
+        "import lotdeploy.protocol\n"
         f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
     )
     out = subprocess.run(

@@ -64,7 +64,7 @@ def _broker_client(tmp_path: Path) -> object:
 
 
 def _reply_error(tmp_path: Path) -> object:
-    from lotdeploy.broker.protocol import parse_reply
+    from lotdeploy.protocol import parse_reply
 
     Secret(VALUE)  # known to the process: a broker echoing it back is scrubbed
     keep = Secret(VALUE)

@@ -1,12 +1,14 @@
-"""The Coreflux broker interface: its protocol, and the client for its command channel.
+"""The client for the Coreflux broker's command channel.
 
-* `protocol`: topics, verbs, CLUSTER_CONFIG keys, node defaults, the reply envelope
-  (stdlib only, so the compiler, the linter, the plan and the lab broker can all use it);
+The protocol itself (topics, verbs, CLUSTER_CONFIG keys, node defaults, the reply
+envelope) is `lotdeploy.protocol`, a bottom-layer module with no dependencies, so the
+compiler, the linter, the plan and the lab broker use it without this package.
+
 * `mqtt`: one MQTT 3.1.1 connection (aiomqtt);
 * `session`: `BrokerClient`, the admin session on the command channel;
 * `sync`: `SyncBrokerClient`, the same for code without an event loop.
 
-The names below are re-exported lazily: importing `lotdeploy.broker.protocol` must not load
+The names below are re-exported lazily: importing `lotdeploy.protocol` must not load
 aiomqtt and paho-mqtt.
 """
 
@@ -17,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lotdeploy.broker.mqtt import ConnectRefused, Message, MqttConnection, MqttError
-    from lotdeploy.broker.protocol import (
+    from lotdeploy.broker.session import BrokerClient, CommandFailed
+    from lotdeploy.broker.sync import SyncBrokerClient
+    from lotdeploy.protocol import (
         COMMAND_TOPIC,
         OUTPUT_TOPIC,
         ROUTES_TOPIC,
@@ -25,16 +29,14 @@ if TYPE_CHECKING:
         ReplyError,
         parse_reply,
     )
-    from lotdeploy.broker.session import BrokerClient, CommandFailed
-    from lotdeploy.broker.sync import SyncBrokerClient
 
 _HOMES = {
-    "COMMAND_TOPIC": "protocol",
-    "OUTPUT_TOPIC": "protocol",
-    "ROUTES_TOPIC": "protocol",
-    "Reply": "protocol",
-    "ReplyError": "protocol",
-    "parse_reply": "protocol",
+    "COMMAND_TOPIC": "lotdeploy.protocol",
+    "OUTPUT_TOPIC": "lotdeploy.protocol",
+    "ROUTES_TOPIC": "lotdeploy.protocol",
+    "Reply": "lotdeploy.protocol",
+    "ReplyError": "lotdeploy.protocol",
+    "parse_reply": "lotdeploy.protocol",
     "ConnectRefused": "mqtt",
     "Message": "mqtt",
     "MqttConnection": "mqtt",
@@ -66,6 +68,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    module = home if home.startswith("lotdeploy.") else f"{__name__}.{home}"
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -3,7 +3,7 @@
 It publishes a command to `$SYS/Coreflux/Command` and matches the reply on
 `$SYS/Coreflux/Command/Output` by requestId (or, for 1.x brokers that do not echo ids, takes the
 first reply after the publish); every wait is bounded. The wire format (topics, verbs, the
-envelope) is `lotdeploy.broker.protocol`; the MQTT connection is `lotdeploy.broker.mqtt`.
+envelope) is `lotdeploy.protocol`; the MQTT connection is `lotdeploy.broker.mqtt`.
 See docs/coreflux-interface.md §2/§3.
 """
 
@@ -20,7 +20,9 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
-from lotdeploy.broker.protocol import (
+from lotdeploy.errors import BrokerError
+from lotdeploy.lot import strip_comments
+from lotdeploy.protocol import (
     COMMAND_TOPIC,
     FORBIDDEN_VERBS,
     OUTPUT_TOPIC,
@@ -32,8 +34,6 @@ from lotdeploy.broker.protocol import (
     route_code_topic,
     route_status_topic,
 )
-from lotdeploy.errors import BrokerError
-from lotdeploy.lot import strip_comments
 from lotdeploy.secret import Secret, scrub
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lotdeploy.broker.protocol import CLUSTER_CONFIG_BLOCK, CLUSTER_KEY_ORDER, ROUTE_TYPE
 from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str, Value
 from lotdeploy.model import Link, Node, Site, username_for_version
+from lotdeploy.protocol import CLUSTER_CONFIG_BLOCK, CLUSTER_KEY_ORDER, ROUTE_TYPE
 from lotdeploy.secret import Secret
 
 __all__ = ["ROUTE_FILE", "ROUTE_TYPE", "node_route_settings", "route_settings", "route_tree"]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lotdeploy.broker import protocol
+from lotdeploy import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab import hosts, labstate, netns

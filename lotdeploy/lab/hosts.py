@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import lotdeploy
-from lotdeploy.broker import protocol
+from lotdeploy import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab.labstate import LabState, Node

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lotdeploy.broker import protocol
+from lotdeploy import protocol
 from lotdeploy.errors import LabError
 from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from lotdeploy.broker import protocol
+from lotdeploy import protocol
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_RUN_DIR, NODE_TLS_DIR, Layout
 from lotdeploy.lab.labstate import LabState

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lotdeploy.broker.protocol import SENSITIVE_CLUSTER_KEYS
+from lotdeploy.protocol import SENSITIVE_CLUSTER_KEYS
 from lotdeploy.secret import SENSITIVE
 
 #: Keys whose values are secrets: shown as "(sensitive)" in every repr and plan.

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lotdeploy.broker.protocol import (
+from lotdeploy.errors import Diagnostic, LotSyntaxError
+from lotdeploy.lot.ast import Block, Bool, EnvRef, Int, Route, SecretRef, Setting, Str
+from lotdeploy.lot.parser import parse
+from lotdeploy.protocol import (
     BRIDGE_ONLY_CLUSTER_KEYS,
     CLUSTER_CONFIG_BLOCK,
     CLUSTER_CONFIG_KEYS,
@@ -22,9 +25,6 @@ from lotdeploy.broker.protocol import (
     ROUTE_TYPE,
     cluster_keys_of_kind,
 )
-from lotdeploy.errors import Diagnostic, LotSyntaxError
-from lotdeploy.lot.ast import Block, Bool, EnvRef, Int, Route, SecretRef, Setting, Str
-from lotdeploy.lot.parser import parse
 
 __all__ = ["lint_file", "lint_text", "unsafe_string_reason"]
 

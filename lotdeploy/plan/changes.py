@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from lotdeploy.broker.protocol import CLUSTER_KEY_ORDER
+from lotdeploy.protocol import CLUSTER_KEY_ORDER
 from lotdeploy.secret import SENSITIVE
 
 Action = Literal["create", "update", "delete", "replace"]

@@ -19,13 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lotdeploy.broker.protocol import (
-    ROUTE_TYPE,
-    ReplyError,
-    Verb,
-    build_reply,
-    split_request_id,
-)
 from lotdeploy.errors import LotSyntaxError
 from lotdeploy.lab.broker.routes import (
     ROUTE_TEMPLATE,
@@ -37,6 +30,13 @@ from lotdeploy.lab.broker.routes import (
 from lotdeploy.lab.broker.state import BrokerState
 from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
+from lotdeploy.protocol import (
+    ROUTE_TYPE,
+    ReplyError,
+    Verb,
+    build_reply,
+    split_request_id,
+)
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)

@@ -32,14 +32,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
-from lotdeploy.broker.protocol import (
+from lotdeploy.lot.ast import Bool, EnvRef, Int, Route, SecretRef, Str, Value
+from lotdeploy.protocol import (
     CLUSTER_CONFIG_BLOCK,
     CLUSTER_KEY_ORDER,
     CLUSTER_KEYS_BY_NAME,
     REQUIRED_CLUSTER_KEYS,
     ROUTE_TYPE,
 )
-from lotdeploy.lot.ast import Bool, EnvRef, Int, Route, SecretRef, Str, Value
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)

@@ -36,15 +36,6 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
 from lotdeploy.broker.mqtt import Message
-from lotdeploy.broker.protocol import (
-    COMMAND_TOPIC,
-    DEFAULT_ADMIN_USER,
-    DEFAULT_PORT,
-    OUTPUT_TOPIC,
-    encode_reply,
-    route_code_topic,
-    route_status_topic,
-)
 from lotdeploy.errors import LabError, LotSyntaxError
 from lotdeploy.lab.broker.channel import CommandChannel
 from lotdeploy.lab.broker.routes import (
@@ -57,6 +48,15 @@ from lotdeploy.lab.broker.routes import (
 )
 from lotdeploy.lab.broker.state import BrokerState, StateStore, hash_password, verify_password
 from lotdeploy.lot import parse
+from lotdeploy.protocol import (
+    COMMAND_TOPIC,
+    DEFAULT_ADMIN_USER,
+    DEFAULT_PORT,
+    OUTPUT_TOPIC,
+    encode_reply,
+    route_code_topic,
+    route_status_topic,
+)
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)
