@@ -280,7 +280,9 @@ def test_no_import_cycles() -> None:
 
     def walk(name: str, stack: list[str]) -> None:
         if name in stack:
-            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(name):], name]))
+            raise AssertionError(
+                "import cycle: " + " -> ".join([*stack[stack.index(name) :], name])
+            )
         if name in done:
             return
         for dep in sorted(graph[name]):
@@ -313,3 +315,40 @@ def test_the_cli_passes_a_prompting_passphrase_provider(
     monkeypatch.setenv("LOTDEPLOY_PASSPHRASE", "from the environment")
     assert workspace.passphrase_provider(False) == Secret("from the environment")
     assert len(asked) == 1
+
+
+# -- the fast answers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", [20, 50, 60, 79, 80, 100, 101, 140, 300])
+@pytest.mark.parametrize("option", ["--help", "-h", "--version"])
+def test_fast_help_prints_exactly_what_click_prints(columns: int, option: str) -> None:
+    env = {**os.environ, "COLUMNS": str(columns)}
+    fast = subprocess.run(
+        [sys.executable, "-m", "lotdeploy", option],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    slow = subprocess.run(
+        [sys.executable, "-c", f"from lotdeploy.cli.run import main; main([{option!r}])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert fast.returncode == slow.returncode == 0
+    assert fast.stdout == slow.stdout and fast.stderr == slow.stderr == ""
+
+
+def test_fast_help_does_not_import_click() -> None:
+    probe = (
+        "import sys; from lotdeploy.cli import main; main(['--help']); "
+        "sys.stderr.write(' '.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    loaded = set(result.stderr.split())
+    assert "click" not in loaded and "lotdeploy.cli.app" not in loaded

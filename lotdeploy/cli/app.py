@@ -9,48 +9,8 @@ from __future__ import annotations
 import click
 
 from lotdeploy import __version__
-from lotdeploy.cli.lazy import LazyCommand, LazyGroup
-
-COMMANDS = {
-    "init": LazyCommand(
-        "lotdeploy.cli.core:init",
-        "Write a commented example site.yaml (two regions, TLS on) into DIRECTORY.",
-    ),
-    "validate": LazyCommand(
-        "lotdeploy.cli.core:validate",
-        "Check a site spec; print a one-line summary or every error (file:line:col).",
-    ),
-    "render": LazyCommand(
-        "lotdeploy.cli.core:render",
-        "Write each node's bundle to OUT/<node>/: routes.lot, TLS files, manifest.json.",
-    ),
-    "plan": LazyCommand(
-        "lotdeploy.cli.core:plan",
-        "Show what deploying the site would change: grouped site → region → node, + ~ - markers.",
-    ),
-    "lint": LazyCommand(
-        "lotdeploy.cli.core:lint",
-        "Parse LOT files and check their routes; errors as FILE:LINE:COL: message.",
-    ),
-    "schema": LazyCommand(
-        "lotdeploy.cli.core:schema", "Print the site spec's JSON Schema (for editors and CI)."
-    ),
-    "graph": LazyCommand(
-        "lotdeploy.cli.core:graph",
-        "Print the topology: nodes grouped by region, links labelled with their validity.",
-    ),
-    "certs": LazyCommand(
-        "lotdeploy.cli.pki:certs", "Cluster PKI: the site CA and one certificate per TLS node."
-    ),
-    "creds": LazyCommand(
-        "lotdeploy.cli.pki:creds",
-        "The shared cluster credential (user and password the routes carry).",
-    ),
-    "lab": LazyCommand(
-        "lotdeploy.cli.lab:lab",
-        "A real multi-region Coreflux-compatible cluster on this machine, to rehearse on.",
-    ),
-}
+from lotdeploy.cli.lazy import LazyGroup
+from lotdeploy.cli.table import COMMANDS, ROOT_HELP
 
 
 def scrub_all_logging() -> None:
@@ -82,10 +42,7 @@ def scrub_all_logging() -> None:
 )
 @click.version_option(__version__, prog_name="lotdeploy")
 def cli() -> None:
-    """Compile, plan and deploy Coreflux MQTT_CLUSTER meshes from one site spec.
-
-    \b
-    Example:
-      lotdeploy init mysite && lotdeploy plan mysite/site.yaml
-    """
     scrub_all_logging()
+
+
+cli.help = ROOT_HELP

@@ -103,7 +103,7 @@ def render(site: Path, out: Path, workspace_dir: Path | None) -> None:
     help="Exit 0 when there are no changes, 2 when there are, 1 on error.",
 )
 def plan(site: Path, workspace_dir: Path | None, as_json: bool, detailed_exitcode: bool) -> None:
-    """Show what deploying the site would change: grouped site → region → node, + ~ - markers.
+    """Show what deploying the site would change, grouped site → region → node.
 
     Never needs the passphrase; secret values show as (sensitive).
 

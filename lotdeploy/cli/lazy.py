@@ -7,28 +7,12 @@ spec pulls in pydantic. The group knows each command's name, one-line help and w
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import click
 
-
-class LazyCommand(NamedTuple):
-    """Where a command lives (`package.module:attribute`) and the line `--help` shows for it.
-
-    A NamedTuple, not a dataclass: `dataclasses` alone costs start-up time `--help` must not pay.
-    """
-
-    import_path: str
-    short_help: str
-
-    def load(self) -> click.Command:
-        module_name, _, attribute = self.import_path.partition(":")
-        command = getattr(importlib.import_module(module_name), attribute)
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{self.import_path} is not a click command")
-        return command
+from lotdeploy.cli.table import LazyCommand
 
 
 class LazyGroup(click.Group):

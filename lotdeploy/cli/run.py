@@ -1,0 +1,97 @@
+"""Run the command line through click, and report every failure in the one style.
+
+Exit statuses are `lotdeploy.exitstatus.ExitStatus`; every error a user can cause is one line
+`lotdeploy: error: ...` (a spec error: one `file:line:col` line per problem), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+
+from lotdeploy.cli.app import cli
+from lotdeploy.exitstatus import ExitStatus
+
+__all__ = ["cli", "error_line", "main", "report"]
+
+PROG = "lotdeploy"
+
+
+def error_line(message: str) -> str:
+    """The one shape of an error message, whatever the command."""
+    from lotdeploy.secret import scrub
+
+    return f"{PROG}: error: {scrub(message)}"
+
+
+def _show_usage_error(exc: click.UsageError) -> None:
+    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+    if isinstance(exc, no_args_is_help):  # a bare group: its help, not an error line
+        exc.show()
+        return
+    if exc.ctx is not None:
+        click.echo(exc.ctx.get_usage(), err=True)
+        help_option = exc.ctx.help_option_names[0] if exc.ctx.help_option_names else "--help"
+        click.echo(f"Try '{exc.ctx.command_path} {help_option}' for help.", err=True)
+    click.echo(error_line(exc.format_message()), err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: turns every user-caused error into one clean line and its ExitStatus."""
+    try:
+        # Without standalone mode, click *returns* a command's ctx.exit(code) (certs list: 2).
+        code = cli.main(
+            args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
+        )
+    except (Exception, KeyboardInterrupt) as exc:  # a command's sys.exit passes through
+        sys.exit(report(exc))
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def report(exc: BaseException) -> int:
+    """Print what went wrong, in the one style; the exit status it means.
+
+    Called only on failure, so the error types (and their imports) cost a good run nothing.
+    """
+    from lotdeploy.errors import LotdeployError, SpecError
+    from lotdeploy.secret import scrub
+
+    if isinstance(exc, SpecError):
+        for diagnostic in exc.diagnostics:
+            click.echo(scrub(str(diagnostic)), err=True)
+        return ExitStatus.ERROR
+    if isinstance(exc, LotdeployError):
+        click.echo(error_line(str(exc)), err=True)
+        return ExitStatus.ERROR
+    if isinstance(exc, click.exceptions.Abort):
+        click.echo(f"{PROG}: aborted", err=True)
+        return ExitStatus.INTERRUPTED
+    if isinstance(exc, click.UsageError):
+        # Usage errors exit 1, not click's 2: `plan --detailed-exitcode` and `certs list`
+        # use 2 to mean "changes / action needed", which a typo must never fake.
+        _show_usage_error(exc)
+        return ExitStatus.ERROR
+    if isinstance(exc, click.ClickException):
+        click.echo(error_line(exc.format_message()), err=True)
+        return ExitStatus.ERROR
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo(f"{PROG}: interrupted", err=True)
+        return ExitStatus.INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        return ExitStatus.ERROR
+    # Anything else is a bug: say so plainly, still without secrets.
+    click.echo(f"{PROG}: internal error: {type(exc).__name__}: {scrub(str(exc))}", err=True)
+    if os.environ.get("LOTDEPLOY_DEBUG"):
+        import traceback
+
+        click.echo(scrub("".join(traceback.format_exception(exc))), err=True)
+    else:
+        click.echo("(set LOTDEPLOY_DEBUG=1 for a traceback; please report it)", err=True)
+    return ExitStatus.INTERNAL
