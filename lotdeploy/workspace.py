@@ -82,7 +82,14 @@ class SecretStore:
         return f"SecretStore({str(self.path)!r}, {len(self._values)} secrets (sensitive))"
 
     @classmethod
-    def open(cls, path: Path, passphrase: Secret, create: bool = True) -> SecretStore:
+    def open(
+        cls,
+        path: Path,
+        passphrase: Secret,
+        create: bool = True,
+        hint: str = f"check {PASSPHRASE_ENV}",
+    ) -> SecretStore:
+        """Open the store at `path`; `hint` says where a wrong passphrase came from."""
         if not path.exists():
             if not create:
                 raise SecretStoreError(
@@ -126,7 +133,7 @@ class SecretStore:
         except InvalidTag:
             raise SecretStoreError(
                 f"{path}: wrong passphrase, or the secret store was tampered with "
-                f"(check {PASSPHRASE_ENV}; nothing was changed)"
+                f"({hint}; nothing was changed)"
             ) from None
         try:
             values = json.loads(plaintext)
@@ -309,5 +316,10 @@ class Workspace:
             self.ensure()
             creating = not self.secrets_path.exists()
             passphrase = self.passphrase_provider(creating)
-            self._store = SecretStore.open(self.secrets_path, passphrase)
+            hint = (
+                f"check {PASSPHRASE_ENV}"
+                if os.environ.get(PASSPHRASE_ENV)
+                else "check the passphrase given"
+            )
+            self._store = SecretStore.open(self.secrets_path, passphrase, hint=hint)
         return self._store

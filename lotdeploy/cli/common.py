@@ -18,11 +18,23 @@ if TYPE_CHECKING:
     from lotdeploy.workspace import Workspace
 
 site_argument = click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def directory_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """A directory option as a Path; an empty one is refused (Path("") would mean `.`)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("must not be empty", ctx=ctx, param=param)
+    return Path(value)
+
+
 workspace_option = click.option(
     "--workspace",
     "workspace_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(file_okay=False),
     default=None,
+    callback=directory_option,
     help="Workspace directory (default: .lotdeploy/ beside the site file).",
 )
 

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import click
 
-from lotdeploy.cli.common import load, open_workspace, site_argument, workspace_option
+from lotdeploy.cli.common import (
+    directory_option,
+    load,
+    open_workspace,
+    site_argument,
+    workspace_option,
+)
 from lotdeploy.errors import LotdeployError
 from lotdeploy.exitstatus import ExitStatus
 from lotdeploy.secret import scrub
@@ -65,8 +71,9 @@ def validate(site: Path) -> None:
 @click.option(
     "--out",
     "out",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(file_okay=False),
     required=True,
+    callback=directory_option,
     help="Output directory; one subdirectory per node.",
 )
 @workspace_option

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -41,16 +42,54 @@ def _show_usage_error(exc: click.UsageError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: turns every user-caused error into one clean line and its ExitStatus."""
+    """Entry point: turns every user-caused error into one clean line and its ExitStatus.
+
+    With `--json`, an error is also one JSON document on stdout, so a machine reading the
+    output never gets an empty stream. Output that cannot be written (a full disk, a closed
+    pipe) is an error too: a truncated `plan --json` must not exit 0.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
     try:
         # Without standalone mode, click *returns* a command's ctx.exit(code) (certs list: 2).
-        code = cli.main(
-            args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
-        )
+        code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
+        sys.stdout.flush()
     except (Exception, KeyboardInterrupt) as exc:  # a command's sys.exit passes through
-        sys.exit(report(exc))
+        status = report(exc)
+        if as_json and status != ExitStatus.OK and not isinstance(exc, OSError):
+            _json_error(exc, status)
+        sys.exit(status)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _json_error(exc: BaseException, status: int) -> None:
+    """The error as JSON on stdout: {"error": {...}, "diagnostics": [...]}."""
+    from lotdeploy.errors import SpecError
+    from lotdeploy.secret import dumps
+
+    diagnostics = []
+    if isinstance(exc, SpecError):
+        diagnostics = [
+            {
+                "file": d.file,
+                "line": d.line,
+                "column": d.column,
+                "severity": d.severity,
+                "message": d.message,
+            }
+            for d in exc.diagnostics
+        ]
+    message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    doc = {
+        "error": {"kind": type(exc).__name__, "message": message, "exit_status": int(status)},
+        "diagnostics": diagnostics,
+    }
+    try:
+        sys.stdout.write(dumps(doc) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass  # stdout itself is what failed; the stderr line stands
 
 
 def report(exc: BaseException) -> int:
@@ -85,6 +124,11 @@ def report(exc: BaseException) -> int:
         click.echo(f"{PROG}: interrupted", err=True)
         return ExitStatus.INTERRUPTED
     if isinstance(exc, BrokenPipeError):
+        return ExitStatus.ERROR
+    if isinstance(exc, OSError) and exc.filename is None:
+        # Writing our own output failed (stdout on a full disk, a closed terminal).
+        with contextlib.suppress(OSError):
+            sys.stderr.write(error_line(f"cannot write the output: {exc.strerror or exc}") + "\n")
         return ExitStatus.ERROR
     # Anything else is a bug: say so plainly, still without secrets.
     click.echo(f"{PROG}: internal error: {type(exc).__name__}: {scrub(str(exc))}", err=True)

@@ -28,7 +28,12 @@ STATUS_STYLES = {
 
 
 def interactive() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    """Colour and tables only for a person at a capable terminal (not NO_COLOR, TERM=dumb)."""
+    return (
+        sys.stdout.isatty()
+        and "NO_COLOR" not in os.environ
+        and os.environ.get("TERM", "") not in ("dumb", "")
+    )
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -223,7 +223,7 @@ def rotate_certs(
     site: Site, workspace: Workspace, now: datetime, node_names: Iterable[str] = ()
 ) -> list[Issued]:
     """`certs rotate`: reissue now, for the named nodes or every TLS node."""
-    wanted = list(node_names)
+    wanted = list(dict.fromkeys(node_names))  # `--node a --node a` is one node
     by_name = {n.name: n for n in site.nodes}
     for name in wanted:
         if name not in by_name:

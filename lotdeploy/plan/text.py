@@ -88,7 +88,7 @@ def format_text(plan: Plan, colour: bool = False) -> str:
     if plan.warnings:
         out.append("")
         for warning in plan.warnings:
-            out.append(("Warning: " if not colour else style("Warning: ", fg="yellow")) + warning)
+            out.append(("warning: " if not colour else style("warning: ", fg="yellow")) + warning)
     out.append("")
     out.append(summary_line(plan))
     return "\n".join(out) + "\n"
