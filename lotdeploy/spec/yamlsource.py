@@ -73,6 +73,10 @@ def load_located(text: str, filename: str) -> Located:
     except RecursionError:
         located.diagnostics.append(Diagnostic(filename, 1, 1, "document nested too deeply"))
         return located
+    except UnicodeEncodeError as exc:  # text holding lone surrogates (never from a file)
+        line = text[: exc.start].count("\n") + 1
+        located.diagnostics.append(Diagnostic(filename, line, 1, "text is not valid Unicode"))
+        return located
     if node is None:
         located.data = None
         located.values[()] = (1, 1)
