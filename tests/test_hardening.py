@@ -457,6 +457,7 @@ FIELDS = [
     ("defaults", "tls"),
     ("defaults", "message_validity_sec"),
     ("top", "client_id_format"),
+    ("cid", "client_id_format"),
     ("node", "address"),
     ("node", "region"),
     ("ssh", "user"),
@@ -469,6 +470,8 @@ def spec_text(field: tuple[str, str], value: str) -> str:
     """A two-node spec with `value` written as-is at `field`."""
     where, key = field
     top: dict[str, str] = {key: value} if where == "top" else {}
+    if where == "cid":  # placeholders first, so that ids are unique and may be accepted
+        top = {key: json.dumps("{node}.{peer}" + value)}
     defaults = {"tls": "true", **({key: value} if where == "defaults" else {})}
     block = {key: value} if where in ("ssh", "broker") else {}
     node = {"address": "10.0.0.1", **({key: value} if where == "node" else {})}
