@@ -75,6 +75,7 @@ class Code(enum.Enum):
     SPACE = "space"
     TOO_LONG = "too long"
     NOT_IDENTIFIER = "not an identifier"
+    READS_AS_BOOLEAN = "reads as a boolean"
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ def problem(value: str, role: Role, max_bytes: int = VALUE_MAX_BYTES) -> Problem
     if _DASH_WORD.search(value):
         return Problem(
             Code.DASH_WORD, "contains a word starting with - (would read as a command option)"
+        )
+    if value in ("true", "false"):
+        return Problem(
+            Code.READS_AS_BOOLEAN, 'is "true" or "false", which LOT reads as a boolean, not text'
         )
     if role is Role.COMMAND_TOKEN:
         if not value:

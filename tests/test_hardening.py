@@ -308,6 +308,8 @@ def test_value_rule_unit() -> None:
     assert too_long is not None and too_long.code is Code.TOO_LONG
     assert problem("x" * 65_536, Role.LOT_STRING) is not None
     assert check_command_token("cluster_v2") is None
+    assert problem("true", Role.LOT_STRING) is not None  # "true" in LOT is a Bool
+    assert problem("True", Role.LOT_STRING) is None
     for bad in ("", "a b", "-x", 'a"b', "a\u2028b", "a\ud800b", "a\u00a0b", "a\u200db"):
         assert check_command_token(bad) is not None, repr(bad)
     secret = "s3cr\u202et"
