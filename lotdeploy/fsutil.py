@@ -4,6 +4,7 @@ A reader sees the old file or the new one, never a torn one. Directories lotdepl
 get exactly the mode asked for, whatever the umask; directories it did not create are never
 changed. Temporary files that a killed run left behind are removed by the next write into
 the same directory (one of them may hold a private key).
+The one safe way to read a file a user names is `read_regular_file`.
 """
 
 from __future__ import annotations
@@ -197,3 +198,63 @@ def exclusive_lock(path: Path, purpose: str, timeout: float = 0.0) -> Iterator[N
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+class UnreadableFile(Exception):
+    """A user-named file was refused or could not be read; `reason` is safe to print."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `max_bytes`.
+
+    A FIFO or a device named as an input would hang or never end: stat first (nothing is
+    opened that is not a regular file), then open non-blocking and fstat the descriptor (the
+    path may have been swapped in between). The cap is checked on what is read, not on
+    st_size, which a growing file or /proc entry does not honour.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableFile(f"is {_kind(mode)}, not a regular file")
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise UnreadableFile(f"is {_kind(mode)}, not a regular file")
+            chunks: list[bytes] = []
+            size = 0
+            while size <= max_bytes:
+                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from None
+    if size > max_bytes:
+        raise UnreadableFile(f"is larger than {_size_text(max_bytes)}")
+    return b"".join(chunks)
+
+
+def _size_text(count: int) -> str:
+    return f"{count // (1 << 20)} MiB" if count % (1 << 20) == 0 else f"{count} bytes"

@@ -35,6 +35,7 @@ from lotdeploy.protocol import (
     route_status_topic,
 )
 from lotdeploy.secret import Secret, scrub
+from lotdeploy.values import check_command_token
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +304,12 @@ class BrokerClient:
         return doc if isinstance(doc, dict) else None
 
     def _word(self, value: str) -> str:
-        """An argument travels as one whitespace-free word; refuse what would break it."""
-        if not value or any(c.isspace() for c in value) or value.startswith("-"):
-            raise self._error(
-                "a user name, password or secret value must be non-empty, contain no "
-                "whitespace and not start with '-'"
-            )
+        """An argument travels as one word of a command line: the same rule the spec applies
+        to user names (lotdeploy.values), so validate refuses first what this would refuse.
+        The reason never contains the value."""
+        why = check_command_token(value)
+        if why:
+            raise self._error(f"a user name, password or secret value {why}")
         return value
 
     async def _watch_once(self, topic: str, timeout: float) -> Message | None:

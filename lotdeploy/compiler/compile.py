@@ -4,6 +4,7 @@ and must equal the intended routes, or nothing is written (a template bug never 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lotdeploy.compiler.routes import node_route_settings, route_tree
 from lotdeploy.compiler.templates import render_template
@@ -12,6 +13,14 @@ from lotdeploy.lot import format_routes, parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.model import Node, Site
 from lotdeploy.secret import Secret, scrub
+from lotdeploy.values import (
+    ADDRESS_MAX_BYTES,
+    NAME_MAX_BYTES,
+    VALUE_MAX_BYTES,
+    Role,
+    check_command_token,
+    problem,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,7 @@ def compile_node(
     site: Site, node: Node, password: Secret, credential_version: int = 1
 ) -> NodeArtifact:
     settings = node_route_settings(site, node, credential_version)
+    _check_values(node, settings, password)
     intended = tuple(route_tree(s, password) for s in settings)
     context = {
         "site": {"name": site.name},
@@ -66,6 +76,32 @@ def matches_canonical(text: str, intended: tuple[Route, ...]) -> bool:
         if line.strip(" ") and not line.lstrip(" ").startswith("//")
     ]
     return candidate == canonical
+
+
+#: Route setting -> (role, cap): the same rule the spec applied, checked again on what is
+#: actually emitted (a Site built in code, or a username with a rotation suffix).
+_ROLES = {
+    "name": (Role.IDENTIFIER, VALUE_MAX_BYTES),
+    "broker_address": (Role.LOT_STRING, ADDRESS_MAX_BYTES + 1),
+    "client_id": (Role.LOT_STRING, NAME_MAX_BYTES),
+    "username": (Role.COMMAND_TOKEN, VALUE_MAX_BYTES),
+}
+
+
+def _check_values(node: Node, settings: list[dict[str, Any]], password: Secret) -> None:
+    """Refuse to emit a value that LOT or the command line cannot carry (never shown)."""
+    for route in settings:
+        for key, (role, cap) in _ROLES.items():
+            found = problem(str(route[key]), role, cap)
+            if found:
+                raise CompileError(
+                    f"node {node.name}: {key} of route {route['name']!r} {found}"
+                    if key != "name"
+                    else f"node {node.name}: a route name {found}"
+                )
+    found_password = check_command_token(password.reveal())
+    if found_password:
+        raise CompileError(f"the cluster password {found_password}; it cannot be used")
 
 
 def compile_site(site: Site, password: Secret, credential_version: int = 1) -> list[NodeArtifact]:

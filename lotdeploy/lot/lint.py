@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from lotdeploy.errors import Diagnostic, LotSyntaxError
+from lotdeploy.fsutil import UnreadableFile, read_regular_file
 from lotdeploy.lot.ast import Block, Bool, EnvRef, Int, Route, SecretRef, Setting, Str
 from lotdeploy.lot.parser import parse
 from lotdeploy.protocol import (
@@ -25,6 +26,7 @@ from lotdeploy.protocol import (
     ROUTE_TYPE,
     cluster_keys_of_kind,
 )
+from lotdeploy.values import Role, problem, reason
 
 __all__ = ["lint_file", "lint_text", "unsafe_string_reason"]
 
@@ -47,32 +49,31 @@ def unsafe_string_reason(text: str) -> str | None:
     """Why `text` must not be sent as a LOT string value, or None if it is safe.
 
     docs/coreflux-interface.md §1: no escape is known, and the route text travels in a command line,
-    so quotes, comment markers, control characters and a leading dash are refused.
+    so quotes, comment markers, control and invisible characters and a leading dash are refused.
+    It is lotdeploy.values' LOT-string rule (the one the spec and the compiler apply), so
+    what `validate` accepts, lint accepts; the reason never contains the value itself.
     """
-    if '"' in text:
-        return "contains a double quote (LOT has no escape for it)"
-    if "'" in text:
-        return "contains a single quote"
-    if "//" in text:
-        return "contains // (a comment marker)"
-    control = _CONTROL.search(text)
-    if control:
-        return f"contains control character {control.group()!r}"
-    if text.startswith("-"):
-        return "starts with - (would read as a command option)"
-    return None
+    return reason(text, Role.LOT_STRING)
+
+
+#: A route file for a 200-node mesh is about 100 KiB; nothing real comes near this.
+MAX_LOT_BYTES = 16 * 1024 * 1024
 
 
 def lint_file(path: Path) -> list[Diagnostic]:
-    """Read `path` (UTF-8) and lint it; an unreadable file is one error at 1:1."""
+    """Read `path` (UTF-8) and lint it; an unreadable file is one error at 1:1.
+
+    Only a regular file of at most MAX_LOT_BYTES is read (a FIFO or a device would hang).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = read_regular_file(Path(path), MAX_LOT_BYTES).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return [
             Diagnostic(str(path), 1, 1, f"not valid UTF-8 (byte offset {exc.start}: {exc.reason})")
         ]
-    except OSError as exc:
-        return [Diagnostic(str(path), 1, 1, f"cannot read file: {exc.strerror or exc}")]
+    except UnreadableFile as exc:
+        message = exc.reason if exc.reason.startswith("cannot") else f"file {exc.reason}"
+        return [Diagnostic(str(path), 1, 1, message)]
     return lint_text(text, str(path))
 
 
@@ -123,7 +124,7 @@ def _check_layout(text: str, filename: str, found: list[Diagnostic]) -> None:
 
 def _check_route(route: Route, filename: str, found: list[Diagnostic]) -> None:
     """Name rule and per-block checks for every route; CLUSTER_CONFIG rules for MQTT_CLUSTER."""
-    if not ROUTE_NAME.fullmatch(route.name):
+    if problem(route.name, Role.IDENTIFIER):
         found.append(
             _at(
                 filename,

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from lotdeploy.errors import Diagnostic, SpecError
+from lotdeploy.fsutil import UnreadableFile, read_regular_file
 from lotdeploy.model import Site
 from lotdeploy.spec.checks import check_raw, check_resolved
 from lotdeploy.spec.resolve import resolve
 from lotdeploy.spec.schema import SiteSpec, json_schema
-from lotdeploy.spec.validation import validate_schema
+from lotdeploy.spec.validation import valid_parts, validate_schema
 from lotdeploy.spec.yamlsource import load_located
 
 __all__ = ["LoadedSite", "json_schema", "load_site", "load_site_text"]
@@ -34,11 +35,10 @@ def load_site(path: Path) -> LoadedSite:
     path = Path(path)
     display = str(path)
     try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise SpecError([Diagnostic(display, 1, 1, "file is larger than 16 MiB")])
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError([Diagnostic(display, 1, 1, f"cannot read: {exc.strerror}")]) from None
+        raw = read_regular_file(path, MAX_SPEC_BYTES)
+    except UnreadableFile as exc:
+        message = exc.reason if exc.reason.startswith("cannot") else f"file {exc.reason}"
+        raise SpecError([Diagnostic(display, 1, 1, message)]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -60,6 +60,10 @@ def load_site_text(text: str, filename: str, base_dir: Path) -> LoadedSite:
     if spec is not None:
         site = resolve(spec, Path(filename), base_dir)
         check_resolved(located, spec, site, base_dir)
+    else:  # report the semantic errors of the valid parts too, in the same run
+        parts, indices = valid_parts(located)
+        partial = resolve(parts, Path(filename), base_dir)
+        check_resolved(located, parts, partial, base_dir, indices, partial=True)
     errors = [d for d in located.diagnostics if d.severity == "error"]
     if errors or spec is None or site is None:
         raise SpecError(located.diagnostics)

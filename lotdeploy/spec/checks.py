@@ -1,17 +1,22 @@
-"""Semantic checks the schema cannot express: uniqueness, references, topology sanity.
+"""Semantic checks the schema cannot express: uniqueness, references, topology sanity,
+paths that would collide, settings that contradict each other.
 
-`check_raw` works on the raw YAML data (so it still runs when the schema found errors
-elsewhere); `check_resolved` works on the resolved site.
+`check_raw` works on the raw YAML data, `check_resolved` on a resolved site; both run even
+when the schema found errors elsewhere (then on the parts that are valid, see
+`validation.valid_parts`), so one run reports every error of the file.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from lotdeploy.model import DEFAULT_PORT, DEFAULT_REGION, DEFAULT_TLS_PORT, Site
+from lotdeploy.model import DEFAULT_PORT, DEFAULT_REGION, DEFAULT_TLS_PORT, Node, PkiPolicy, Site
 from lotdeploy.spec.schema import SiteSpec, lot_safe
-from lotdeploy.spec.yamlsource import Located
+from lotdeploy.spec.validation import Indices
+from lotdeploy.spec.yamlsource import Located, Path_
+from lotdeploy.values import NAME_MAX_BYTES, paths_overlap
 
 
 def _raw_setting(data: dict[str, Any], node: dict[str, Any], key: str) -> Any:
@@ -26,6 +31,7 @@ def _raw_setting(data: dict[str, Any], node: dict[str, Any], key: str) -> Any:
 
 def check_raw(located: Located) -> None:
     data = located.data
+    _check_pki(located, data.get("pki"))
     nodes = data.get("nodes")
     if not isinstance(nodes, list):
         return
@@ -59,9 +65,51 @@ def check_raw(located: Located) -> None:
                 seen_endpoints[endpoint] = index
 
 
-def check_resolved(located: Located, spec: SiteSpec, site: Site, base_dir: Path) -> None:
-    index_of = {node.name: i for i, node in enumerate(spec.nodes)}
-    if len(site.nodes) == 1:
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _check_pki(located: Located, pki: Any) -> None:
+    """Lifetimes that contradict each other: refused, not silently clamped."""
+    if not isinstance(pki, dict):
+        return
+    cert = _int(pki.get("cert_lifetime_days"))
+    ca = _int(pki.get("ca_lifetime_days"))
+    renew = _int(pki.get("renew_before_days"))
+    default = PkiPolicy()
+    cert_days = cert if "cert_lifetime_days" in pki else default.cert_lifetime_days
+    ca_days = ca if "ca_lifetime_days" in pki else default.ca_lifetime_days
+    if renew is not None and cert_days is not None and renew >= cert_days:
+        located.error(
+            ("pki", "renew_before_days"),
+            f"pki.renew_before_days ({renew}) must be less than pki.cert_lifetime_days "
+            f"({cert_days}): every certificate would be due at once, and every render would "
+            "issue new keys",
+        )
+    # Only a lifetime written out is a contradiction: the default one is capped by a short
+    # CA's not-after (no churn; plan warns to rotate the CA), as docs/pki.md describes.
+    if cert is not None and ca_days is not None and cert > ca_days:
+        located.error(
+            ("pki", "cert_lifetime_days"),
+            f"pki.cert_lifetime_days ({cert_days}) is longer than pki.ca_lifetime_days "
+            f"({ca_days}): no certificate can outlive the CA that signs it",
+        )
+
+
+def check_resolved(
+    located: Located,
+    spec: SiteSpec,
+    site: Site,
+    base_dir: Path,
+    indices: Indices | None = None,
+    partial: bool = False,
+) -> None:
+    """Checks on the resolved site; `partial` (a spec of the valid parts only) skips the
+    warnings, which would describe a site the file does not define."""
+    indices = indices or Indices.identity(spec)
+    index_of = {node.name: indices.nodes[i] for i, node in enumerate(spec.nodes)}
+    _check_node_paths(located, spec, site, base_dir, index_of)
+    if len(site.nodes) == 1 and not partial:
         located.error(
             ("nodes",),
             "a one-node site has no cluster links: no routes will be generated",
@@ -91,22 +139,27 @@ def check_resolved(located: Located, spec: SiteSpec, site: Site, base_dir: Path)
             )
             reported = True
         clients.setdefault(link.client_id, (link.source, link.target))
-    if not reported and site.links:
+    for link in site.links if not reported else ():
         try:
-            lot_safe(site.links[0].client_id)
+            lot_safe(link.client_id, NAME_MAX_BYTES)
         except ValueError as exc:
-            located.error(("client_id_format",), f"CLIENT_ID '{site.links[0].client_id}' {exc}")
-    _check_link_overrides(located, spec, site)
+            located.error(("client_id_format",), f"CLIENT_ID of {link.source}->{link.target} {exc}")
+            break
+    _check_link_overrides(located, spec, site, indices)
+    if spec.templates is not None:
+        templates = base_dir / spec.templates
+        if templates.exists() and not templates.is_dir():
+            located.error(("templates",), f"templates path '{spec.templates}' is not a directory")
+        elif not templates.is_dir():
+            located.error(("templates",), f"templates directory '{spec.templates}' does not exist")
+    if partial:
+        return
     used_regions = {node.region for node in site.nodes}
     for region in spec.regions:
         if region not in used_regions:
             located.error(
                 ("regions", region), f"region '{region}' has no nodes", key=True, severity="warning"
             )
-    if spec.templates is not None:
-        templates = base_dir / spec.templates
-        if not templates.is_dir():
-            located.error(("templates",), f"templates directory '{spec.templates}' does not exist")
     plaintext = [node.name for node in site.nodes if not node.tls]
     if plaintext and len(site.nodes) > 1:
         located.error(
@@ -117,11 +170,12 @@ def check_resolved(located: Located, spec: SiteSpec, site: Site, base_dir: Path)
         )
 
 
-def _check_link_overrides(located: Located, spec: SiteSpec, site: Site) -> None:
+def _check_link_overrides(located: Located, spec: SiteSpec, site: Site, indices: Indices) -> None:
     nodes = {node.name for node in site.nodes}
     regions = set(site.regions)
     seen: dict[frozenset[str], int] = {}
-    for index, override in enumerate(spec.links):
+    for position_in_spec, override in enumerate(spec.links):
+        index = indices.links[position_in_spec]
         a, b = override.between
         for position, name in enumerate((a, b)):
             if name in nodes and name in regions:
@@ -136,6 +190,15 @@ def _check_link_overrides(located: Located, spec: SiteSpec, site: Site) -> None:
                 )
         if a == b and a in nodes:
             located.error(("links", index, "between"), "a link joins two different nodes")
+        kinds = {
+            "node" if n in nodes else "region" for n in (a, b) if (n in nodes) != (n in regions)
+        }
+        if kinds == {"node", "region"}:
+            located.error(
+                ("links", index, "between"),
+                f"links[{index}] joins a node and a region ({a}, {b}): name two nodes or two "
+                "regions (a node-region pair would be ignored)",
+            )
         pair = frozenset((a, b))
         if pair in seen:
             located.error(
@@ -143,3 +206,77 @@ def _check_link_overrides(located: Located, spec: SiteSpec, site: Site) -> None:
                 f"links[{seen[pair]}] already sets the validity between {a} and {b}",
             )
         seen.setdefault(pair, index)
+
+
+def _source(located: Located, node_index: int, region: str, block: str, key: str) -> Path_ | None:
+    """Where the value of `block.key` that a node uses is written (None: the built-in)."""
+    data = located.data if isinstance(located.data, dict) else {}
+    raw_nodes, raw_regions = data.get("nodes"), data.get("regions")
+    nodes: list[Any] = raw_nodes if isinstance(raw_nodes, list) else []
+    regions: dict[Any, Any] = raw_regions if isinstance(raw_regions, dict) else {}
+    layers: list[tuple[Path_, Any]] = [
+        (("nodes", node_index), nodes[node_index] if node_index < len(nodes) else None),
+        (("regions", region), regions.get(region)),
+        (("defaults",), data.get("defaults")),
+    ]
+    for path, layer in layers:
+        sub = layer.get(block) if isinstance(layer, dict) else None
+        if isinstance(sub, dict) and sub.get(key) is not None:
+            return (*path, block, key)
+    return None
+
+
+def _check_node_paths(
+    located: Located, spec: SiteSpec, site: Site, base_dir: Path, index_of: dict[str, int]
+) -> None:
+    """Per node, no two spec paths may name the same file: one would silently replace the
+    other (bundle files), or a directory would be written inside the other."""
+    reported: set[tuple[Path_, str]] = set()
+
+    def report(node: Node, first: tuple[str, str], second: tuple[str, str], why: str) -> None:
+        (block_a, key_a), (block_b, key_b) = first, second
+        index = index_of[node.name]
+        path_b = _source(located, index, node.region, block_b, key_b)
+        path_a = _source(located, index, node.region, block_a, key_a)
+        where = path_b or path_a or ("nodes", index)
+        message = f"{block_b}.{key_b} and {block_a}.{key_a} {why}"
+        if (where, message) not in reported:
+            reported.add((where, message))
+            located.error(where, message)
+
+    for node in site.nodes:
+        broker = node.broker
+        files = [("cert_file", broker.cert_file), ("key_file", broker.key_file)]
+        files.append(("ca_file", broker.ca_file))
+        for i, (key_a, name_a) in enumerate(files):
+            for key_b, name_b in files[i + 1 :]:
+                if name_a == name_b:
+                    report(
+                        node,
+                        ("broker", key_a),
+                        ("broker", key_b),
+                        f"are both '{name_a}': each TLS file needs its own name",
+                    )
+        if paths_overlap(broker.tls_dir, broker.release_dir):
+            report(
+                node,
+                ("broker", "tls_dir"),
+                ("broker", "release_dir"),
+                f"overlap ('{broker.release_dir}', '{broker.tls_dir}'): they must be separate "
+                "directories, neither inside the other",
+            )
+        local = [
+            ("ssh", "key", node.ssh.key),
+            ("ssh", "known_hosts", node.ssh.known_hosts),
+            ("broker", "admin_password_file", broker.admin_password_file),
+        ]
+        named = [(b, k, os.path.normpath(base_dir / p)) for b, k, p in local if p is not None]
+        for i, (block_a, key_a, path_a) in enumerate(named):
+            for block_b, key_b, path_b in named[i + 1 :]:
+                if path_a == path_b:
+                    report(
+                        node,
+                        (block_a, key_a),
+                        (block_b, key_b),
+                        "name the same file: each needs its own",
+                    )

@@ -11,32 +11,96 @@ from __future__ import annotations
 import ipaddress
 import re
 import string
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-# interface.md §1: no escape for quotes exists in LOT, and values travel in command lines.
-_UNSAFE_CHARS = re.compile(r"[\"'\x00-\x1f\x7f]")
+from lotdeploy.values import (
+    ADDRESS_MAX_BYTES,
+    NAME_MAX_BYTES,
+    TEXT_MAX_BYTES,
+    VALUE_MAX_BYTES,
+    Code,
+    Problem,
+    Role,
+    check_bundle_name,
+    check_local_path,
+    check_node_path,
+    problem,
+)
+
+# The value rule itself lives in lotdeploy.values (shared with the compiler, lint and the
+# broker client); here it is applied per field, with the spec's own wording and caps.
+_SPEC_WORDING = {
+    Code.LINE_BREAK: "must be a single line (no newlines)",
+    Code.DOUBLE_QUOTE: 'contains ", which LOT cannot carry safely',
+    Code.SINGLE_QUOTE: "contains ', which LOT cannot carry safely",
+    Code.COMMENT: "contains '//', which LOT reads as a comment",
+    Code.LEADING_DASH: "must not start with '-' (it would read as a broker command flag)",
+}
 
 
-def lot_safe(value: str) -> str:
-    """Reject what would break a LOT route or the command line it travels in."""
-    if "\n" in value or "\r" in value:
-        raise ValueError("must be a single line (no newlines)")
-    bad = _UNSAFE_CHARS.search(value)
-    if bad:
-        char = bad.group()
-        shown = repr(char) if char not in "\"'" else f"{char}"
-        raise ValueError(f"contains {shown}, which LOT cannot carry safely")
-    if "//" in value:
-        raise ValueError("contains '//', which LOT reads as a comment")
-    if value.startswith("-"):
-        raise ValueError("must not start with '-' (it would read as a broker command flag)")
-    if value != value.strip():
+def _refuse(found: Problem) -> None:
+    if found.code is Code.CONTROL:
+        raise ValueError(f"contains {found.char!r}, which LOT cannot carry safely")
+    raise ValueError(_SPEC_WORDING.get(found.code, found.message))
+
+
+def _checked(value: str, role: Role, max_bytes: int) -> str:
+    found = problem(value, role, max_bytes)
+    if found:
+        _refuse(found)
+    if value != value.strip(" "):
         raise ValueError("must not start or end with spaces")
     if not value:
         raise ValueError("must not be empty")
     return value
+
+
+def lot_safe(value: str, max_bytes: int = VALUE_MAX_BYTES) -> str:
+    """Reject what would break a LOT route or the command line it travels in."""
+    return _checked(value, Role.LOT_STRING, max_bytes)
+
+
+def user_name(value: str) -> str:
+    """A user name travels as one word of `-addUser <user> <password>`: no spaces."""
+    return _checked(value, Role.COMMAND_TOKEN, NAME_MAX_BYTES)
+
+
+def command_word(value: str) -> str:
+    """One word of an ssh command line ([user@]host[:port] for `jump`)."""
+    return _checked(value, Role.COMMAND_TOKEN, NAME_MAX_BYTES + ADDRESS_MAX_BYTES + 8)
+
+
+def shell_text(value: str) -> str:
+    """A shell command run on the node: quotes are fine, invisible characters are not."""
+    return _checked(value, Role.TEXT, TEXT_MAX_BYTES)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError("must be an environment variable name (letters, digits, '_'; max 128)")
+    return value
+
+
+def _path_rule(check: Callable[[str], str | None]) -> Callable[[str], str]:
+    def validate(value: str) -> str:
+        found = check(value)
+        if found:
+            raise ValueError(found)
+        return value
+
+    validate.__doc__ = check.__doc__
+    return validate
+
+
+node_path = _path_rule(check_node_path)
+bundle_name = _path_rule(check_bundle_name)
+local_path = _path_rule(check_local_path)
 
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,47}$")
@@ -52,7 +116,7 @@ def node_name(value: str) -> str:
 
 
 def dns_name(value: str) -> str:
-    lot_safe(value)
+    lot_safe(value, ADDRESS_MAX_BYTES + 1)
     name = value[:-1] if value.endswith(".") else value
     if len(name) > 253 or not name:
         raise ValueError("is not a valid DNS name (too long)")
@@ -73,7 +137,7 @@ def ip_address(value: str) -> str:
 
 def host_address(value: str) -> str:
     """What peers put in BROKER_ADDRESS: an IP address or a DNS name."""
-    lot_safe(value)
+    lot_safe(value, ADDRESS_MAX_BYTES + 1)
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -88,7 +152,7 @@ CLIENT_ID_FIELDS = frozenset({"node", "peer", "site", "region", "peer_region"})
 
 
 def client_id_format(value: str) -> str:
-    lot_safe(value)
+    lot_safe(value, NAME_MAX_BYTES)
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
     except ValueError as exc:
@@ -101,6 +165,13 @@ def client_id_format(value: str) -> str:
 
 
 LotSafe = Annotated[str, AfterValidator(lot_safe)]
+UserName = Annotated[str, AfterValidator(user_name)]
+CommandWord = Annotated[str, AfterValidator(command_word)]
+ShellText = Annotated[str, AfterValidator(shell_text)]
+EnvName = Annotated[str, AfterValidator(env_name)]
+NodePath = Annotated[str, AfterValidator(node_path)]
+BundleName = Annotated[str, AfterValidator(bundle_name)]
+LocalPath = Annotated[str, AfterValidator(local_path)]
 ClientIdFormat = Annotated[str, AfterValidator(client_id_format)]
 Name = Annotated[str, AfterValidator(node_name)]
 DnsName = Annotated[str, AfterValidator(dns_name)]
@@ -121,10 +192,10 @@ class SshSettings(_Strict):
 
     host: HostAddress | None = Field(None, description="SSH host; default: the node address")
     port: Port | None = Field(None, description="SSH port; default 22")
-    user: LotSafe | None = Field(None, description="SSH user; default root")
-    key: str | None = Field(None, description="private key file, relative to the site file")
-    known_hosts: str | None = Field(None, description="known_hosts file checked strictly")
-    jump: LotSafe | None = Field(None, description="jump host, [user@]host[:port]")
+    user: UserName | None = Field(None, description="SSH user; default root")
+    key: LocalPath | None = Field(None, description="private key file, relative to the site file")
+    known_hosts: LocalPath | None = Field(None, description="known_hosts file checked strictly")
+    jump: CommandWord | None = Field(None, description="jump host, [user@]host[:port]")
 
 
 class BrokerSettings(_Strict):
@@ -134,21 +205,25 @@ class BrokerSettings(_Strict):
         None, description="command channel host as seen from the node; default 127.0.0.1"
     )
     admin_port: Port | None = Field(None, description="command channel MQTT port; default 1883")
-    admin_user: LotSafe | None = Field(None, description="admin user; default root")
-    admin_password_file: str | None = Field(
+    admin_user: UserName | None = Field(None, description="admin user; default root")
+    admin_password_file: LocalPath | None = Field(
         None, description="file holding the admin password (relative to the site file)"
     )
-    admin_password_env: LotSafe | None = Field(
+    admin_password_env: EnvName | None = Field(
         None, description="environment variable holding the admin password"
     )
-    tls_dir: str | None = Field(None, description="broker TLS directory; default /opt/coreflux/tls")
-    cert_file: LotSafe | None = Field(None, description="certificate file name; default server.crt")
-    key_file: LotSafe | None = Field(None, description="key file name; default server.key")
-    ca_file: LotSafe | None = Field(None, description="CA bundle file name; default ca.crt")
-    release_dir: str | None = Field(
+    tls_dir: NodePath | None = Field(
+        None, description="broker TLS directory; default /opt/coreflux/tls"
+    )
+    cert_file: BundleName | None = Field(
+        None, description="certificate file name; default server.crt"
+    )
+    key_file: BundleName | None = Field(None, description="key file name; default server.key")
+    ca_file: BundleName | None = Field(None, description="CA bundle file name; default ca.crt")
+    release_dir: NodePath | None = Field(
         None, description="lotdeploy release dir; default /opt/lotdeploy"
     )
-    reload_command: str | None = Field(
+    reload_command: ShellText | None = Field(
         None,
         description="shell command run on the node to pick up new TLS files; "
         "default `systemctl restart coreflux-broker`",
@@ -168,7 +243,7 @@ class Settings(_Strict):
     cross_region_message_validity_sec: Seconds | None = Field(
         None, description="MESSAGE_VALIDITY_SEC for links to another region; default 120"
     )
-    username: LotSafe | None = Field(None, description="cluster username; default 'cluster'")
+    username: UserName | None = Field(None, description="cluster username; default 'cluster'")
     ssh: SshSettings | None = None
     broker: BrokerSettings | None = None
 
@@ -213,7 +288,9 @@ class SiteSpec(_Strict):
 
     site: Name = Field(description="site name")
     topology: Literal["full-mesh"] = Field("full-mesh", description="only full-mesh for now")
-    templates: str | None = Field(None, description="own templates directory (relative to site)")
+    templates: LocalPath | None = Field(
+        None, description="own templates directory (relative to site)"
+    )
     client_id_format: ClientIdFormat = Field(
         "{node}-to-{peer}", description="CLIENT_ID; placeholders {node} {peer} {site} {region}"
     )

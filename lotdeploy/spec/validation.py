@@ -1,15 +1,30 @@
-"""Schema validation with pydantic, its errors turned into located one-line diagnostics."""
+"""Schema validation with pydantic, its errors turned into located one-line diagnostics.
+
+When the whole spec does not validate, `valid_parts` still builds a spec from every part
+that does (each node, region and link on its own), so the semantic checks report their
+errors in the same run instead of hiding behind the schema's.
+"""
 
 from __future__ import annotations
 
 import difflib
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from lotdeploy.spec.schema import SiteSpec
+from lotdeploy.spec.schema import (
+    LinkOverride,
+    NodeSpec,
+    PkiSettings,
+    Settings,
+    SiteSpec,
+    client_id_format,
+    local_path,
+    node_name,
+)
 from lotdeploy.spec.yamlsource import Located
 
 
@@ -20,6 +35,77 @@ def validate_schema(located: Located) -> SiteSpec | None:
         for error in exc.errors(include_url=False):
             _report(located, error)
         return None
+
+
+@dataclass(frozen=True)
+class Indices:
+    """Where `spec.nodes[i]` and `spec.links[i]` stand in the file (a partial spec skips some)."""
+
+    nodes: tuple[int, ...]
+    links: tuple[int, ...]
+
+    @classmethod
+    def identity(cls, spec: SiteSpec) -> Indices:
+        return cls(tuple(range(len(spec.nodes))), tuple(range(len(spec.links))))
+
+
+def _valid(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def _valid_str(check: Any, data: Any) -> str | None:
+    if not isinstance(data, str):
+        return None
+    try:
+        return str(check(data))
+    except ValueError:
+        return None
+
+
+def valid_parts(located: Located) -> tuple[SiteSpec, Indices]:
+    """A spec of the parts of `located.data` that validate on their own (no validation of
+    the whole): invalid nodes and links are left out, invalid settings become defaults."""
+    data = located.data if isinstance(located.data, dict) else {}
+    nodes: list[NodeSpec] = []
+    node_indices: list[int] = []
+    names: set[str] = set()
+    raw_nodes = data.get("nodes")
+    for index, raw in enumerate(raw_nodes if isinstance(raw_nodes, list) else []):
+        node = _valid(NodeSpec, raw)
+        if node is not None and node.name not in names:
+            names.add(node.name)
+            nodes.append(node)
+            node_indices.append(index)
+    links: list[LinkOverride] = []
+    link_indices: list[int] = []
+    raw_links = data.get("links")
+    for index, raw in enumerate(raw_links if isinstance(raw_links, list) else []):
+        link = _valid(LinkOverride, raw)
+        if link is not None:
+            links.append(link)
+            link_indices.append(index)
+    raw_regions = data.get("regions")
+    regions: dict[str, Settings] = {}
+    for key, raw in (raw_regions if isinstance(raw_regions, dict) else {}).items():
+        name = _valid_str(node_name, key)
+        if name is not None:
+            regions[name] = _valid(Settings, raw) or Settings()
+    spec = SiteSpec.model_construct(
+        site=_valid_str(node_name, data.get("site")) or "site",
+        topology="full-mesh",
+        templates=_valid_str(local_path, data.get("templates")),
+        client_id_format=_valid_str(client_id_format, data.get("client_id_format"))
+        or "{node}-to-{peer}",
+        defaults=_valid(Settings, data.get("defaults") or {}) or Settings(),
+        regions=regions,
+        nodes=nodes,
+        links=links,
+        pki=_valid(PkiSettings, data.get("pki") or {}) or PkiSettings(),
+    )
+    return spec, Indices(tuple(node_indices), tuple(link_indices))
 
 
 def dotted(loc: tuple[Any, ...]) -> str:
