@@ -31,6 +31,8 @@ def _legacy_copy(tmp_path: Path) -> tuple[Path, Workspace]:
     site = tmp_path / "site.yaml"
     shutil.copy(LEGACY / "site.yaml", site)
     shutil.copytree(LEGACY / "workspace", tmp_path / ".lotdeploy")
+    # release 0.1.0 made its workspaces 0700; git keeps no directory modes
+    (tmp_path / ".lotdeploy").chmod(0o700)
     return site, _workspace(tmp_path / ".lotdeploy")
 
 
