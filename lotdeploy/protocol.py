@@ -1,9 +1,10 @@
 """The Coreflux broker protocol in one module: what lotdeploy knows about the broker's interface.
 
 Topics, verbs, the `MQTT_CLUSTER` `CLUSTER_CONFIG` keys, a node's default paths and ports, and
-both halves of the command channel's framing: the command payload and the reply envelope
-(building the 2.x JSON reply, as the lab broker does, and parsing one, as the client does,
-with the 1.x plain-text fallback). The facts and where they come from: docs/coreflux-interface.md.
+both halves of the command channel's framing: the command payload and the reply (building
+the 2.x JSON envelope or the 1.x plain-text line, as the lab broker does, and parsing either,
+as the client does), and the `#name,type,description,regex,env#` placeholders of a
+`-routeCode` template. The facts and where they come from: docs/coreflux-interface.md.
 
 This is the bottom layer: it imports only the standard library, `lotdeploy.errors` and
 `lotdeploy.secret`, so the compiler, the linter, the plan and the lab broker can all use it
@@ -32,6 +33,8 @@ COMMAND_TOPIC = "$SYS/Coreflux/Command"
 OUTPUT_TOPIC = "$SYS/Coreflux/Command/Output"
 #: Parent of the per-route topics; `route_code_topic` and `route_status_topic` build them.
 ROUTES_TOPIC = "$SYS/Coreflux/Routes"
+#: The broker's version string, retained; readable only by users with system rights.
+VERSION_TOPIC = "$SYS/Coreflux/Version"
 
 
 def route_code_topic(name: str) -> str:
@@ -294,9 +297,47 @@ def build_reply(
     return doc
 
 
-def encode_reply(doc: Mapping[str, Any]) -> bytes:
-    """The payload published on OUTPUT_TOPIC for a `build_reply` document."""
+ReplyForm = Literal["json", "text"]
+
+
+def encode_reply(doc: Mapping[str, Any], form: ReplyForm = "json") -> bytes:
+    """The payload published on OUTPUT_TOPIC for a `build_reply` document.
+
+    `form="json"`: the 2.x envelope; `form="text"`: the 1.x line (`build_text_reply`).
+    """
+    if form == "text":
+        return build_text_reply(doc).encode()
     return json.dumps(doc).encode()
+
+
+def build_text_reply(doc: Mapping[str, Any]) -> str:
+    """The 1.x plain-text form of a `build_reply` document, as `parse_reply` reads it back.
+
+    A 1.x line has no requestId and no `data`: the message is the reply. A listing (a list in
+    `data`) is appended to the message by name, since the text is all a 1.x client gets. A
+    failure keeps its first error's position as `(line,col)` and, if its wording would not
+    read as a failure (`Missing required ...`), is prefixed `Error: `: which words a 1.x broker
+    uses there is UNKNOWN, the client's fallback decides by such words.
+    """
+    message = str(doc.get("message") or "")
+    if doc.get("success"):
+        names = _listed_names(doc.get("data"))
+        return f"{message}: {', '.join(names)}" if names else message
+    text = message
+    errors = doc.get("errors") or []
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    line, column = first.get("line"), first.get("column")
+    if line is not None and column is not None and not _TEXT_POSITION.search(text):
+        text = f"{text} ({line},{column})"
+    if _parse_text(text, "").success:
+        text = f"Error: {text}"
+    return text
+
+
+def _listed_names(data: Any) -> list[str]:
+    if not isinstance(data, list):
+        return []
+    return [str(item.get("name")) if isinstance(item, dict) else str(item) for item in data]
 
 
 def _error_document(error: ReplyError) -> dict[str, Any]:
@@ -384,3 +425,77 @@ def _as_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# `-routeCode` templates: `#name,type,description,regex,env#` placeholders (§1)
+# ---------------------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"#([^#\n]*)#")
+_TEMPLATE_BLOCK = re.compile(r"^\s+ADD\s+(\w+)\s*$")
+_TEMPLATE_SETTING = re.compile(r"^\s+WITH\s+(\w+)\s")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """One `#name,type,description,regex,env#` of a route template, as the vendor's tooling
+    parses it: exactly five comma-separated, non-empty fields (so no comma in the regex)."""
+
+    name: str
+    type: str
+    description: str
+    regex: str
+    env: str
+
+    def __str__(self) -> str:
+        return f"#{self.name},{self.type},{self.description},{self.regex},{self.env}#"
+
+
+def parse_placeholder(text: str) -> Placeholder:
+    """Parse one placeholder (with or without its `#`s); ValueError saying what is wrong."""
+    inner = text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "#" else text
+    fields = inner.split(",")
+    if len(fields) != 5:
+        raise ValueError(
+            f"placeholder #{inner}# has {len(fields)} comma-separated fields, not 5 "
+            "(name,type,description,regex,env; a comma in the regex or description splits it)"
+        )
+    labels = ("name", "type", "description", "regex", "env")
+    empty = [label for label, value in zip(labels, fields, strict=True) if not value.strip()]
+    if empty:
+        raise ValueError(f"placeholder #{inner}# has an empty {', '.join(empty)} field")
+    return Placeholder(*(value.strip() for value in fields))
+
+
+@dataclass(frozen=True)
+class RouteTemplate:
+    """What a broker's `-routeCode <TYPE>` template says: the keys it offers and their
+    placeholders. The template's `ADD METADATA` block is not a key (and never deployable)."""
+
+    keys: tuple[str, ...]
+    placeholders: tuple[Placeholder, ...]
+
+
+def parse_route_template(code: str, block: str = CLUSTER_CONFIG_BLOCK) -> RouteTemplate:
+    """Read a `-routeCode` template: the `WITH <KEY>` names inside `ADD <block>`, and every
+    placeholder (each must pass `parse_placeholder`, else ValueError naming its line)."""
+    keys: list[str] = []
+    placeholders: list[Placeholder] = []
+    current: str | None = None
+    for number, line in enumerate(code.splitlines(), 1):
+        for match in _PLACEHOLDER.finditer(line):
+            try:
+                placeholders.append(parse_placeholder(match.group(0)))
+            except ValueError as exc:
+                raise ValueError(f"line {number}: {exc}") from None
+        opened = _TEMPLATE_BLOCK.match(line)
+        if opened:
+            current = opened.group(1)
+            continue
+        if not line.startswith((" ", "\t")):
+            current = None  # a new DEFINE ends every block
+            continue
+        setting = _TEMPLATE_SETTING.match(line)
+        if setting and current == block:
+            keys.append(setting.group(1))
+    return RouteTemplate(tuple(keys), tuple(placeholders))

@@ -1,8 +1,10 @@
 """The Coreflux command channel of the lab broker (docs/coreflux-interface.md §2).
 
 A command is a plain-text publish on `$SYS/Coreflux/Command`: `-<verb> <argument>`, with an
-optional trailing `-requestId <id>`. Every command gets exactly one 2.x JSON envelope on
-`$SYS/Coreflux/Command/Output`, echoing the requestId. Nothing a client sends here may crash the
+optional trailing `-requestId <id>`. Every command gets exactly one reply document here (a 2.x
+envelope); the node publishes it on `$SYS/Coreflux/Command/Output` in its dialect's form (JSON
+or 1.x text, requestId echoed or not). What the channel itself honours of the dialect: the
+re-add policy and the keys the broker offers. Nothing a client sends here may crash the
 broker: each verb is validated, and any unexpected failure becomes a `success: false` envelope.
 Command payloads are never logged (they carry passwords); only the verb is.
 
@@ -20,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lotdeploy.errors import LotSyntaxError
+from lotdeploy.lab.broker.dialect import Dialect
 from lotdeploy.lab.broker.routes import (
-    ROUTE_TEMPLATE,
     ClusterSpec,
     RouteManager,
     RouteRejected,
+    route_template,
     spec_from_route,
 )
 from lotdeploy.lab.broker.state import BrokerState
@@ -53,6 +56,9 @@ class ChannelNode(Protocol):
 
     @property
     def admin_user(self) -> str: ...
+
+    @property
+    def dialect(self) -> Dialect: ...
 
     @property
     def routes(self) -> RouteManager: ...
@@ -152,26 +158,38 @@ class CommandChannel:
             )
         if not routes:
             return self._fail(cmd, "No route definition found")
+        dialect = self.node.dialect
+        allowed = frozenset(dialect.offered_keys)
         specs = []
         for route in routes:
             try:
-                specs.append(spec_from_route(route))
+                specs.append(spec_from_route(route, allowed))
             except RouteRejected as exc:
                 return self._fail(
                     cmd,
                     exc.message,
                     (ReplyError(exc.message, exc.line, exc.column, "ValidationError"),),
                 )
-            if route.name in self.node.routes.links:
+            if route.name in self.node.routes.links and dialect.readd == "reject":
                 return self._fail(cmd, f"Route '{route.name}' already exists")
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             return self._fail(cmd, "The same route name is defined twice")
+        replaced = [name for name in names if name in self.node.routes.links]
         for spec, code in zip(specs, _route_texts(cmd.argument, routes), strict=True):
+            if spec.name in replaced:  # readd == "overwrite": the new route replaces the old
+                await self.node.remove_route(spec.name)
             await self.node.add_route(spec, code)
         if len(names) == 1:
-            return self._ok(cmd, f"Route '{names[0]}' added successfully!", {"name": names[0]})
-        return self._ok(cmd, f"Routes {', '.join(names)} added successfully!", {"names": names})
+            data: dict[str, Any] = {"name": names[0]}
+            if replaced:
+                data["replaced"] = True
+            return self._ok(cmd, f"Route '{names[0]}' added successfully!", data)
+        return self._ok(
+            cmd,
+            f"Routes {', '.join(names)} added successfully!",
+            {"names": names, "replaced": replaced} if replaced else {"names": names},
+        )
 
     async def remove_route(self, cmd: Command) -> dict[str, Any]:
         name = cmd.argument
@@ -196,7 +214,8 @@ class CommandChannel:
     async def route_code(self, cmd: Command) -> dict[str, Any]:
         if cmd.argument.upper() != ROUTE_TYPE:
             return self._fail(cmd, f"Route type '{cmd.argument[:64]}' not found")
-        return self._ok(cmd, ROUTE_TEMPLATE, {"type": ROUTE_TYPE, "code": ROUTE_TEMPLATE})
+        template = route_template(self.node.dialect.route_code_missing)
+        return self._ok(cmd, template, {"type": ROUTE_TYPE, "code": template})
 
     async def check_route_connection(self, cmd: Command) -> dict[str, Any]:
         link = self.node.routes.links.get(cmd.argument)

@@ -52,19 +52,43 @@ SEND_WINDOW = 256
 CONNECT_TIMEOUT = 5.0
 ACK_TIMEOUT = 30.0
 
-#: What `-routeCode MQTT_CLUSTER` answers: the keys this lab broker accepts, as a template.
-ROUTE_TEMPLATE = r"""DEFINE ROUTE #name,string,Route name,^[A-Za-z]\w*$,# WITH TYPE MQTT_CLUSTER
-    ADD CLUSTER_CONFIG
-        WITH BROKER_ADDRESS "#address,string,Peer broker host or IP,,#"
-        WITH BROKER_PORT '#port,int,Peer MQTT port,^[0-9]{1,5}$,#'
-        WITH CLIENT_ID "#clientId,string,Unique client id of this link,,#"
-        WITH USERNAME "#username,string,Cluster user on the peer,,#"
-        WITH PASSWORD "#password,password,Cluster user's password,,#"
-        WITH MESSAGE_VALIDITY_SEC '#validity,int,Seconds a queued message stays valid,^[0-9]+$,#'
-        WITH USE_TLS #tls,bool,Connect over TLS,^(true|false)$,#
-    ADD METADATA
-        WITH DESCRIPTION "Template only: never deploy this block"
-"""
+#: The `-routeCode MQTT_CLUSTER` template, line by line: the route line, one line per
+#: offered key, and the template-only METADATA block. Placeholders are in the vendor's
+#: `#name,type,description,regex,env#` form: five non-empty fields, no comma in the regex.
+_TEMPLATE_HEAD = (
+    r"DEFINE ROUTE #name,string,Route name,^[A-Za-z]\w*$,ROUTE_NAME# WITH TYPE MQTT_CLUSTER"
+    "\n    ADD CLUSTER_CONFIG\n"
+)
+#: Each offered key: how its value is quoted, and its placeholder's five fields.
+_TEMPLATE_KEYS: dict[str, tuple[str, str]] = {
+    "BROKER_ADDRESS": ('"', r"address,string,Peer broker host or IP,^\S+$,BROKER_ADDRESS"),
+    "BROKER_PORT": ("'", "port,int,Peer MQTT port,^[0-9]+$,BROKER_PORT"),
+    "CLIENT_ID": ('"', r"clientId,string,Unique client id of this link,^\S+$,CLIENT_ID"),
+    "USERNAME": ('"', r"username,string,Cluster user on the peer,^\S+$,USERNAME"),
+    "PASSWORD": ('"', r"password,password,Cluster user password,^\S+$,PASSWORD"),
+    "MESSAGE_VALIDITY_SEC": (
+        "'",
+        "validity,int,Seconds a queued message stays valid,^[0-9]+$,MESSAGE_VALIDITY_SEC",
+    ),
+    "USE_TLS": ("", "tls,bool,Connect over TLS,^(true|false)$,USE_TLS"),
+}
+_TEMPLATE_TAIL = (
+    '    ADD METADATA\n        WITH DESCRIPTION "Template only: never deploy this block"\n'
+)
+
+
+def route_template(missing: frozenset[str] = frozenset()) -> str:
+    """What `-routeCode MQTT_CLUSTER` answers: the accepted keys (all but `missing`)."""
+    lines = [
+        f"        WITH {key} {quote}#{fields}#{quote}\n"
+        for key, (quote, fields) in ((k, _TEMPLATE_KEYS[k]) for k in CLUSTER_KEY_ORDER)
+        if key not in missing
+    ]
+    return _TEMPLATE_HEAD + "".join(lines) + _TEMPLATE_TAIL
+
+
+#: The template of a broker that offers every documented key (the default dialect).
+ROUTE_TEMPLATE = route_template()
 
 
 class RouteRejected(Exception):
@@ -119,8 +143,12 @@ def _bool(value: Value, key: str) -> bool:
     raise ValueError(f"{key} must be true or false")
 
 
-def spec_from_route(route: Route) -> ClusterSpec:
-    """Validate a parsed route against what the lab broker supports; RouteRejected if not."""
+def spec_from_route(route: Route, allowed: frozenset[str] = ALLOWED_KEYS) -> ClusterSpec:
+    """Validate a parsed route against what the lab broker supports; RouteRejected if not.
+
+    `allowed`: the CLUSTER_CONFIG keys this broker offers (its dialect may lack some); any
+    other key is rejected as unknown, at its line and column.
+    """
     if route.type != ROUTE_TYPE:
         raise RouteRejected(
             f"Route type '{route.type}' is not supported by the lab broker (only {ROUTE_TYPE})",
@@ -142,7 +170,7 @@ def spec_from_route(route: Route) -> ClusterSpec:
     block = configs[0]
     values: dict[str, Value] = {}
     for setting in block.settings:
-        if setting.key not in ALLOWED_KEYS:
+        if setting.key not in allowed:
             raise RouteRejected(
                 f"Unknown CLUSTER_CONFIG key '{setting.key}'", setting.line, setting.column
             )

@@ -8,7 +8,14 @@ API, which is why lotdeploy pins `amqtt==0.12.1` and tests each behaviour end to
   `$` publishes (keeping the client connected), and hand every ordinary publish from a local,
   non-cluster client to the route links after the normal delivery.
 * `_authenticate`: users come from the command line (admin) and `-addUser`; no plugin config.
+  A refused CONNECT gets return code 4 (bad user name or password) for a wrong user name or
+  password, as the vendor's broker answers, where amqtt always sends 5 (not authorised): the
+  protocol handler is swapped for `LabProtocolHandler` to send it.
 * `_initialize_client_session`: bounded in time, so a socket that never sends CONNECT is shed.
+* `add_subscription`: `$SYS` filters are refused (SUBACK 0x80) to everyone but the admin, as
+  on the vendor's broker: route code holds passwords, the Output topic other clients' replies.
+* `_publish_retained_messages_for_subscription`: only for filters the session holds; amqtt
+  also hands a connecting client the retained messages of every filter anyone subscribed to.
 * `stream_connected`: bounds the size of every packet a client may send and guarantees the
   socket is closed whatever the client sent.
 
@@ -32,12 +39,19 @@ from typing import Any
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker, Server
 from amqtt.contexts import BrokerConfig, ListenerConfig
+from amqtt.mqtt.connack import (
+    BAD_USERNAME_PASSWORD,
+    NOT_AUTHORIZED,
+    ConnackPacket,
+)
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from lotdeploy import __version__
 from lotdeploy.broker.mqtt import Message
 from lotdeploy.errors import LabError, LotSyntaxError
 from lotdeploy.lab.broker.channel import CommandChannel
+from lotdeploy.lab.broker.dialect import Dialect
 from lotdeploy.lab.broker.routes import (
     CLUSTER_LINK_TOPIC,
     ClusterLink,
@@ -53,6 +67,7 @@ from lotdeploy.protocol import (
     DEFAULT_ADMIN_USER,
     DEFAULT_PORT,
     OUTPUT_TOPIC,
+    VERSION_TOPIC,
     encode_reply,
     route_code_topic,
     route_status_topic,
@@ -64,6 +79,10 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 TLS_LISTENER = "tls"
 CLUSTER_MARK = "_lotdeploy_cluster_link"
+#: Session attribute: the CONNACK return code a refused CONNECT gets.
+REFUSAL_MARK = "_lotdeploy_connack_refusal"
+#: SUBACK return code of a refused subscription.
+SUBSCRIPTION_REFUSED = 0x80
 
 
 @dataclass
@@ -88,6 +107,8 @@ class LabConfig:
     max_packet_bytes: int = 1024 * 1024
     link_backoff_max: float = 5.0
     link_queue_max: int = 10_000
+    #: Which broker variant to play (docs/lab-broker.md, "Dialects"); default: 2.x JSON.
+    dialect: Dialect = field(default_factory=Dialect)
 
     @property
     def name(self) -> str:
@@ -121,6 +142,22 @@ class BoundedReader(StreamReaderAdapter):
         return await super().read(n)
 
 
+class LabProtocolHandler(BrokerProtocolHandler):
+    """amqtt's handler, answering a refused CONNECT with the code `_authenticate` chose.
+
+    amqtt 0.12.1 sends 5 (not authorised) for every refusal; the vendor's broker sends 4 (bad
+    user name or password) for a wrong user name or password.
+    """
+
+    async def mqtt_connack_authorize(self, authorize: bool) -> None:
+        session = self.session
+        if authorize or session is None:
+            await super().mqtt_connack_authorize(authorize)
+            return
+        code = getattr(session, REFUSAL_MARK, NOT_AUTHORIZED)
+        await self._send_packet(ConnackPacket.build(session.parent, code))
+
+
 class LabBroker(Broker):
     """amqtt Broker with the Coreflux command channel and cluster forwarding hooked in."""
 
@@ -130,6 +167,8 @@ class LabBroker(Broker):
 
     async def _authenticate(self, session: Session, _: ListenerConfig) -> bool:
         ok = self.node.authenticate(session.username, session.password)
+        if not ok:
+            setattr(session, REFUSAL_MARK, self.node.refusal_code(session.username))
         if ok and session.will_flag and session.will_topic == CLUSTER_LINK_TOPIC:
             # A cluster link: its messages are delivered here, never forwarded again.
             setattr(session, CLUSTER_MARK, True)
@@ -139,10 +178,34 @@ class LabBroker(Broker):
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
-        return await asyncio.wait_for(
+        handler, session = await asyncio.wait_for(
             super()._initialize_client_session(reader, writer, remote_address, remote_port),
             CONNECT_TIMEOUT,
         )
+        # Same state, one method different: the refusal code (see LabProtocolHandler).
+        handler.__class__ = LabProtocolHandler
+        return handler, session
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """Refuse `$SYS` filters to everyone but the admin (SUBACK 0x80), like the vendor."""
+        topic_filter = subscription[0]
+        if topic_filter.startswith("$SYS") and not self.node.is_admin(session):
+            log.info("refused subscription to %s for %s", topic_filter[:80], session.username)
+            return SUBSCRIPTION_REFUSED
+        return await super().add_subscription(subscription, session)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        """Retained messages only for a filter this session holds.
+
+        amqtt 0.12.1 also calls this on every CONNECT for every filter any client ever
+        subscribed to (emptied filters stay in its table), so a new client got retained
+        messages it never asked for, route code with passwords among them.
+        """
+        holders = self._subscriptions.get(subscription[0], [])
+        if any(holder.client_id == session.client_id for holder, _ in holders):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -216,6 +279,16 @@ class LabNode:
         """The one user allowed to send commands (the channel asks the node, not its config)."""
         return self.config.admin_user
 
+    @property
+    def dialect(self) -> Dialect:
+        """The broker variant this node plays."""
+        return self.config.dialect
+
+    @property
+    def version(self) -> str:
+        """What `$SYS/Coreflux/Version` says: the lab, lotdeploy's version, the dialect."""
+        return f"lab-{__version__} {self.dialect.label}"
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -250,6 +323,7 @@ class LabNode:
             cfg.node_name = f"{cfg.bind}:{self.port}"
         if cfg.tls_port is not None:
             await self.reload_tls(initial=True)
+        await self.broker.retain_message(None, VERSION_TOPIC, self.version.encode(), 1)
         for name, code in list(self.state.routes.items()):
             await self._restore_route(name, code)
         self._status_task = asyncio.create_task(self._status_loop())
@@ -257,7 +331,7 @@ class LabNode:
     async def _restore_route(self, name: str, code: str) -> None:
         try:
             routes = parse(code, f"state:{name}")
-            spec = spec_from_route(routes[0])
+            spec = spec_from_route(routes[0], frozenset(self.dialect.offered_keys))
         except (LotSyntaxError, RouteRejected, IndexError) as exc:
             log.error("route %s from the state file is unusable and was skipped: %s", name, exc)
             return
@@ -349,6 +423,11 @@ class LabNode:
             )
         stored = self.state.users.get(username)
         return stored is not None and verify_password(password or "", stored)
+
+    def refusal_code(self, username: str | None) -> int:
+        """CONNACK code of a refused CONNECT: 4 for a wrong user name or password (the
+        vendor's answer), 5 (not authorised) for an anonymous client when those are off."""
+        return NOT_AUTHORIZED if username is None else BAD_USERNAME_PASSWORD
 
     def is_admin(self, session: Session) -> bool:
         return session.username is not None and session.username == self.config.admin_user
@@ -442,8 +521,12 @@ class LabNode:
 
     async def on_command(self, session: Session, payload: bytes) -> None:
         reply = await self.channel.handle(payload, session.username, self.is_admin(session))
+        if not self.dialect.echoes_request_id:
+            reply = {**reply, "requestId": None}  # stripped by the channel, never echoed
         if self.broker is not None:
-            await self.broker.internal_message_broadcast(OUTPUT_TOPIC, encode_reply(reply))
+            await self.broker.internal_message_broadcast(
+                OUTPUT_TOPIC, encode_reply(reply, self.dialect.replies)
+            )
 
 
 def _host(bind: str) -> str:
