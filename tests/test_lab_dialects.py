@@ -12,6 +12,7 @@ import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -543,3 +544,63 @@ def test_version_is_published_retained(dialect: Dialect) -> None:
             assert msg.payload.decode() == f"lab-{__version__} {dialect.label}"
 
     run(body())
+
+
+def test_lab_broker_command_plays_a_dialect(tmp_path: Path) -> None:
+    """`lotdeploy lab broker --replies text --readd overwrite ...` through the real CLI."""
+    import subprocess
+    import sys
+
+    password = tmp_path / "admin.pw"
+    password.write_text("lab-admin-password\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lotdeploy",
+            "lab",
+            "broker",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-password-file",
+            str(password),
+            "--replies",
+            "text",
+            "--no-echo-request-id",
+            "--readd",
+            "overwrite",
+            "--route-code-missing",
+            "USE_TLS",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready"
+        assert ready["dialect"] == "1.x-text+readd-overwrite+without-USE_TLS"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lotdeploy",
+            "lab",
+            "broker",
+            "--bind",
+            "127.0.0.1",
+            "--route-code-missing",
+            "BROKER_ADDRESS",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and bad.stderr.startswith("lotdeploy: error:")
+    assert "BROKER_ADDRESS" in bad.stderr

@@ -84,6 +84,33 @@ from lotdeploy.lab.extras import require_lab_extra
     help="Messages queued per unreachable peer before the oldest are dropped.",
 )
 @click.option(
+    "--replies",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    show_default=True,
+    help="Reply form: json = 2.x JSON envelopes, text = 1.x plain-text lines.",
+)
+@click.option(
+    "--echo-request-id/--no-echo-request-id",
+    default=True,
+    show_default=True,
+    help="Echo a trailing -requestId in replies (2.x); off: strip it, never echo it.",
+)
+@click.option(
+    "--readd",
+    type=click.Choice(["reject", "overwrite"]),
+    default="reject",
+    show_default=True,
+    help="Re-adding an existing route name: refuse with 'already exists', or replace it.",
+)
+@click.option(
+    "--route-code-missing",
+    default="",
+    metavar="KEYS",
+    help="Comma-separated optional CLUSTER_CONFIG keys this broker lacks (left out of "
+    "-routeCode MQTT_CLUSTER and refused by -addRoute), e.g. USE_TLS.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -106,6 +133,10 @@ def broker(
     max_packet_bytes: int,
     link_backoff_max: float,
     link_queue_max: int,
+    replies: str,
+    echo_request_id: bool,
+    readd: str,
+    route_code_missing: str,
     log_level: str,
 ) -> None:
     """Run one Coreflux-compatible lab broker in the foreground.
@@ -123,7 +154,10 @@ def broker(
         raise click.UsageError("--tls-port needs --cert and --key")
     require_lab_extra()
     from lotdeploy.lab.broker.command import read_admin_password, run_broker, setup_logging
+    from lotdeploy.lab.broker.dialect import dialect_from_options
     from lotdeploy.lab.broker.server import LabConfig
+
+    dialect = dialect_from_options(replies, echo_request_id, readd, route_code_missing)
 
     setup_logging(log_level)
     config = LabConfig(
@@ -143,5 +177,6 @@ def broker(
         max_packet_bytes=max_packet_bytes,
         link_backoff_max=link_backoff_max,
         link_queue_max=link_queue_max,
+        dialect=dialect,
     )
     run_broker(config)

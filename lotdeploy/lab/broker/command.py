@@ -45,6 +45,7 @@ async def serve(config: LabConfig) -> None:
         "tls_bind": config.tls_address,
         "port": node.port,
         "tls_port": node.tls_port if node._tls_server is not None else None,
+        "dialect": config.dialect.label,
     }
     print(json.dumps(ready), flush=True)
     log.info("lab broker %s ready on %s:%s", config.name, config.bind, node.port)
