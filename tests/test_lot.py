@@ -650,3 +650,21 @@ def test_unsafe_string_reason() -> None:
     assert unsafe_string_reason("192.168.1.101") is None
     for bad in ('a"b', "a'b", "http://x", "a\tb", "a\x7f", "-x", "a\u0085"):
         assert unsafe_string_reason(bad) is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "        WITH PASSWORD hunter2secretvalue",
+        '        WITH PASSWORD "hunter2"secretvalue"',
+        "        with password hunter2secretvalue",
+        "        WITH PASSWORD 'hunter2secretvalue",
+        "        WITH CLIENT_CERT_PASS hunter2secretvalue extra",
+    ],
+)
+def test_syntax_errors_never_repeat_a_secret_bearing_value(line: str) -> None:
+    text = f'DEFINE ROUTE r WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n{line}\n'
+    with pytest.raises(LotSyntaxError) as err:
+        parse(text, "r.lot")
+    assert "secretvalue" not in str(err.value) and "hunter2" not in str(err.value)
+    assert str(err.value).startswith("r.lot:3:")

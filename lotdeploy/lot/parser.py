@@ -28,6 +28,7 @@ from lark.indenter import Indenter
 
 from lotdeploy.errors import LotSyntaxError
 from lotdeploy.lot.ast import (
+    SENSITIVE_KEYS,
     Block,
     Bool,
     EnvRef,
@@ -39,6 +40,7 @@ from lotdeploy.lot.ast import (
     string_value,
 )
 from lotdeploy.lot.fastpath import fast_parse
+from lotdeploy.secret import SENSITIVE
 
 __all__ = ["parse", "parse_file"]
 
@@ -241,10 +243,10 @@ def parse_with_lark(text: str, filename: str = "<string>") -> tuple[Route, ...]:
         raise LotSyntaxError(filename, exc.line, exc.column, exc.message) from None
     except UnexpectedToken as exc:
         line, column, message = _unexpected_token(exc, text)
-        raise LotSyntaxError(filename, line, column, message) from None
+        raise LotSyntaxError(filename, line, column, _guarded(message, source, line)) from None
     except UnexpectedCharacters as exc:
         line, column, message = _unexpected_characters(exc, source)
-        raise LotSyntaxError(filename, line, column, message) from None
+        raise LotSyntaxError(filename, line, column, _guarded(message, source, line)) from None
     except UnexpectedInput as exc:  # pragma: no cover - LALR raises only the two above
         raise LotSyntaxError(filename, _pos(exc.line), _pos(exc.column), "syntax error") from None
     except (LarkError, RecursionError) as exc:  # pragma: no cover - defensive
@@ -293,6 +295,24 @@ def _check_first_line(text: str, filename: str) -> None:
     raise LotSyntaxError(
         filename, 1, len(indent) + 1, "unexpected indentation (DEFINE starts at column 1)"
     )
+
+
+_SECRET_LINE = re.compile(
+    r"^[ \t]*WITH[ \t]+(" + "|".join(sorted(SENSITIVE_KEYS)) + r")\b", re.IGNORECASE
+)
+_ECHOED = re.compile(r"(found|unexpected character) (.*?)(;|$)")
+
+
+def _guarded(message: str, source: str, line: int) -> str:
+    """Never repeat what stands on a secret-bearing line (WITH PASSWORD ...): the token a
+    parser could not read there may be an unquoted password. Everything else is kept."""
+    lines = source.split("\n")
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    if not _SECRET_LINE.match(text):
+        return message
+    if message.startswith("keywords are upper case"):
+        return "keywords are upper case (WITH, ADD, DEFINE, GET ...)"
+    return _ECHOED.sub(lambda m: f"{m.group(1)} {SENSITIVE}{m.group(3)}", message)
 
 
 def _found(token: Token) -> str:
