@@ -663,7 +663,7 @@ def test_unsafe_string_reason() -> None:
     ],
 )
 def test_syntax_errors_never_repeat_a_secret_bearing_value(line: str) -> None:
-    text = f'DEFINE ROUTE r WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n{line}\n'
+    text = f"DEFINE ROUTE r WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n{line}\n"
     with pytest.raises(LotSyntaxError) as err:
         parse(text, "r.lot")
     assert "secretvalue" not in str(err.value) and "hunter2" not in str(err.value)
