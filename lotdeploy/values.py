@@ -91,6 +91,10 @@ class Problem:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+#: Starts with a letter or digit; no space, quote, slash or control character: safe in
+#: every role (no leading dash, no dash word, no comment marker), as long as it fits.
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=,-]*")
+_BOOLEAN_WORDS = frozenset({"true", "false"})
 _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _DASH_WORD = re.compile(r"\s-")
 _CATEGORY_TEXT = {
@@ -130,6 +134,10 @@ def problem(value: str, role: Role, max_bytes: int = VALUE_MAX_BYTES) -> Problem
             return Problem(
                 Code.NOT_IDENTIFIER, "must match ^[A-Za-z][A-Za-z0-9_]{0,63}$ (a LOT identifier)"
             )
+        return None
+    fits = min(max_bytes, TEXT_MAX_BYTES) if role is Role.TEXT else max_bytes
+    if _PLAIN.fullmatch(value) and len(value) <= fits and value not in _BOOLEAN_WORDS:
+        # A plain ASCII word (addresses, ids, user names): nothing below can refuse it.
         return None
     bad = _first_unprintable(value)
     if bad is not None:

@@ -17,6 +17,7 @@ from lotdeploy.lot import parse
 from lotdeploy.model import ROUTE_PREFIX
 from lotdeploy.secret import Secret
 from lotdeploy.spec import load_site, load_site_text
+from tests.test_lot import _noisy
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -221,3 +222,49 @@ def test_render_is_all_or_nothing_on_template_bug(
         write_bundles(load_site(site_path).site, Workspace.for_site(site_path), out)
     assert not out.exists() or not any(out.iterdir())
     shutil.rmtree(tmp_path / "tpl")
+
+
+_words = st.text(alphabet="abcXYZ019._:-", min_size=1, max_size=20)
+_route_settings = st.fixed_dictionaries(
+    {
+        "name": st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,20}", fullmatch=True),
+        "broker_address": _words,
+        "broker_port": st.integers(0, 65535),
+        "client_id": _words,
+        "username": _words,
+        "message_validity_sec": st.integers(0, 10**6),
+        "use_tls": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_route_settings, _words)
+def test_canonical_text_is_the_emitters_text_of_the_tree(route: dict, password: str) -> None:
+    """The cheap verification compares against canonical_route_text; it must be exactly the
+    emitter's text of the intended tree (which parses back to that tree: test_lot)."""
+    from lotdeploy.compiler.routes import canonical_route_text, route_tree
+    from lotdeploy.lot import format_route
+
+    secret = Secret(password)
+    assert canonical_route_text(route, secret) + "\n" == format_route(route_tree(route, secret))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_route_settings, min_size=0, max_size=4), st.data())
+def test_a_text_that_matches_canonical_parses_to_the_intended_routes(
+    routes: list[dict], data: st.DataObject
+) -> None:
+    """Whatever layout a template produces, `matches_canonical` only ever says yes to text
+    that parses to exactly the intended routes."""
+    from lotdeploy.compiler.compile import matches_canonical
+    from lotdeploy.compiler.routes import canonical_route_text, route_tree
+    from lotdeploy.lot import format_routes
+
+    password = Secret("Passw0rdForTests")
+    intended = tuple(route_tree(r, password) for r in routes)
+    canonical = "\n".join(canonical_route_text(r, password) for r in routes)
+    text = _noisy(format_routes(intended), data.draw)
+    if matches_canonical(text, canonical):
+        assert parse(text) == intended
+    assert matches_canonical(format_routes(intended), canonical)

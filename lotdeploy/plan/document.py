@@ -24,9 +24,10 @@ PLAN_FORMAT = "lotdeploy-plan"
 PLAN_JSON_FORMAT = 1
 
 
-def _payload(value: Any) -> dict[str, Any] | None:
+def _payload(value: Any, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
     if isinstance(value, DesiredRoute):
-        return {"type": "route", **value.attrs(), "password": {"secret": value.password.name}}
+        attrs = attrs if attrs is not None else value.attrs()
+        return {"type": "route", **attrs, "password": {"secret": value.password.name}}
     return None
 
 
@@ -37,15 +38,18 @@ def _ordered(plan: Plan) -> list[Change]:
     ]
 
 
-def _attributes(c: Change) -> dict[str, dict[str, str | None]]:
-    if c.kind == "route" and c.action == "create" and not c.attrs:
-        # The common case, straight from the payload (as route_attrs would show it).
-        after = c.payload.attrs()
-        return {label: {"before": None, "after": display(key, after[key])} for key, label in SHOWN}
-    return {a.name: {"before": a.before, "after": a.after} for a in c.shown()}
-
-
 def _change_document(c: Change) -> dict[str, Any]:
+    if c.kind == "route" and c.action == "create" and not c.attrs:
+        # The common case (39,800 at 200 nodes), straight from the payload, as route_attrs
+        # would show it; its attributes are made once for both fields.
+        after = c.payload.attrs()
+        attributes = {
+            label: {"before": None, "after": display(key, after[key])} for key, label in SHOWN
+        }
+        payload = _payload(c.payload, after)
+    else:
+        attributes = {a.name: {"before": a.before, "after": a.after} for a in c.shown()}
+        payload = _payload(c.payload)
     return {
         "key": c.key,
         "action": c.action,
@@ -54,8 +58,8 @@ def _change_document(c: Change) -> dict[str, Any]:
         "node": c.node,
         "region": c.region,
         "reason": c.reason,
-        "attributes": _attributes(c),
-        "payload": _payload(c.payload),
+        "attributes": attributes,
+        "payload": payload,
     }
 
 
