@@ -7,6 +7,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any
 
 from lotdeploy.compiler.routes import canonical_route_text, node_route_settings, route_tree
@@ -57,7 +58,9 @@ def compile_node(
     context = {
         "site": {"name": site.name},
         "node": {"name": node.name, "region": node.region, "address": node.address},
-        "routes": [{**s, "password": password.reveal()} for s in settings],
+        # Objects, not dicts: Jinja looks an attribute up first (a dict would raise
+        # AttributeError on every `route.x`, a third of render's time); `route["x"]` works too.
+        "routes": [SimpleNamespace(**s, password=password.reveal()) for s in settings],
     }
     text = render_template(site.templates_dir, context)
     artifact = NodeArtifact(node.name, text, tuple(settings), password)
@@ -80,9 +83,10 @@ def compile_node(
     return artifact
 
 
-#: Trailing spaces, then lines that are blank or hold only a comment: what the parser skips.
+#: Trailing spaces, and runs of lines that are blank or hold only a comment: what the
+#: parser skips.
 _TRAILING_SPACES = re.compile(r" +$", re.MULTILINE)
-_SKIPPED_LINES = re.compile(r"^(?: *//[^\n]*)?\n", re.MULTILINE)
+_SKIPPED_RUNS = re.compile(r"\n(?: *(?://[^\n]*)?\n)+")
 
 
 def matches_canonical(text: str, canonical: str) -> bool:
@@ -95,10 +99,9 @@ def matches_canonical(text: str, canonical: str) -> bool:
     parser ignores blank and comment-only lines and trailing spaces. Anything else (another
     layout, a trailing comment, CRLF) is not refused here: it gets the full parse-back.
     """
-    body = _SKIPPED_LINES.sub(
-        "", _TRAILING_SPACES.sub("", text if text.endswith("\n") else text + "\n")
-    )
-    return body == (canonical + "\n" if canonical else "")
+    if " \n" in text or text.endswith(" "):
+        text = _TRAILING_SPACES.sub("", text)
+    return _SKIPPED_RUNS.sub("\n", f"\n{text}\n") == (f"\n{canonical}\n" if canonical else "\n")
 
 
 #: Route setting -> (role, cap): the same rule the spec applied, checked again on what is
