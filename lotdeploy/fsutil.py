@@ -168,8 +168,9 @@ def _open_lock_file(path: Path) -> int:
 class LockBusy(Exception):
     """Another process holds the lock; `holder` is what it wrote into the lock file."""
 
-    def __init__(self, holder: str) -> None:
+    def __init__(self, holder: str, lock_id: str = "") -> None:
         self.holder = holder
+        self.lock_id = lock_id
         super().__init__(holder)
 
 
@@ -191,13 +192,60 @@ def exclusive_lock(path: Path, purpose: str, timeout: float = 0.0) -> Iterator[N
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise LockBusy(os.pread(fd, 200, 0).decode(errors="replace").strip()) from None
+                    text = os.pread(fd, 400, 0).decode(errors="replace")
+                    holder, lock_id = parse_lock_record(text)
+                    raise LockBusy(holder, lock_id) from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        os.pwrite(fd, lock_record(purpose).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def lock_record(purpose: str) -> str:
+    """What a holder writes into its lock file: `pid N: purpose`, then `lock ID on HOST by
+    USER since TIME`. The ID is what `lotdeploy force-unlock ID` names."""
+    import getpass
+    import socket
+    import uuid
+    from datetime import UTC, datetime
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.geteuid())
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    return (
+        f"pid {os.getpid()}: {purpose}\n"
+        f"lock {uuid.uuid4().hex[:12]} on {socket.gethostname()} by {user} since {since}\n"
+    )
+
+
+def parse_lock_record(record: str) -> tuple[str, str]:
+    """(holder, lock id) from a lock file's text: `pid N: purpose` and the ID ("" if none)."""
+    lines = record.strip().splitlines() or [""]
+    words = lines[1].split() if len(lines) > 1 else []
+    lock_id = words[1] if len(words) > 1 and words[0] == "lock" else ""
+    return lines[0], lock_id
+
+
+def break_lock(path: Path, lock_id: str) -> str:
+    """Remove the lock file at `path` if its record has `lock_id`; the record removed.
+
+    A crashed run never needs this (the kernel drops its flock); this is for a holder that
+    hangs, or one on another host sharing the workspace. The next run takes a new lock file,
+    so a holder that still runs may then overlap with it: callers say so.
+    """
+    try:
+        record = read_regular_file(path, 4096).decode(errors="replace").strip()
+    except UnreadableFile:
+        raise LockBusy("") from None
+    _, held_id = parse_lock_record(record)
+    if not held_id or held_id != lock_id:
+        raise ValueError(" ".join(record.split()))
+    os.unlink(path)
+    return " ".join(record.split())
 
 
 class UnreadableFile(Exception):

@@ -115,14 +115,27 @@ class Rotation:
         )
 
 
+#: Steps an apply records as pending on a node before it starts them, and clears once
+#: done: an interrupted apply leaves them, and the next run does them first.
+JOURNAL_STEPS = ("reload", "activate")
+
+
 @dataclass
 class NodeRecord:
-    """What a node was last given. Apply fills `files`, `users` and `release`."""
+    """What a node was last given (apply writes it after every node step)."""
 
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {sha256, mode}
     users: list[str] = field(default_factory=list)
+    #: the release id `current` points at on the node
     release: str | None = None
+    #: the release before it (what a rollback restores)
+    previous_release: str | None = None
+    #: steps started but not known to be finished (JOURNAL_STEPS)
+    pending: list[str] = field(default_factory=list)
+    #: what `doctor` learned about the node's broker (lotdeploy.doctor.BrokerFacts.to_json)
+    broker: dict[str, Any] = field(default_factory=dict)
+    applied_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"routes": self.routes}
@@ -132,6 +145,14 @@ class NodeRecord:
             doc["users"] = sorted(self.users)
         if self.release is not None:
             doc["release"] = self.release
+        if self.previous_release is not None:
+            doc["previous_release"] = self.previous_release
+        if self.pending:
+            doc["pending"] = sorted(set(self.pending))
+        if self.broker:
+            doc["broker"] = self.broker
+        if self.applied_at is not None:
+            doc["applied_at"] = self.applied_at
         return doc
 
     @classmethod
@@ -149,8 +170,19 @@ class NodeRecord:
                 "mode": _str(entry.get("mode"), "mode"),
             }
         users = [_str(u, "user") for u in _list(doc.get("users", []), f"node {node} users")]
-        release = doc.get("release")
-        return cls(routes, files, users, None if release is None else _str(release, "release"))
+        pending = [_str(p, "pending step") for p in _list(doc.get("pending", []), "pending")]
+        if any(step not in JOURNAL_STEPS for step in pending):
+            raise ValueError(f"node {node}: unknown pending step")
+        return cls(
+            routes,
+            files,
+            users,
+            _release_id(doc.get("release")),
+            _release_id(doc.get("previous_release")),
+            pending,
+            _mapping(doc.get("broker", {}), f"node {node} broker facts"),
+            _optional_str(doc.get("applied_at"), "applied_at"),
+        )
 
 
 @dataclass
@@ -446,6 +478,14 @@ def _ca_id(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value.isalnum() or not value.isascii() or len(value) > 64:
         raise ValueError("a CA id must be a short hex string")
+    return value
+
+
+def _release_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isalnum() or not value.isascii() or len(value) > 64:
+        raise ValueError("a release id must be a short hex string")
     return value
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lotdeploy.errors import SecretStoreError, WorkspaceError
-from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock, make_dirs
+from lotdeploy.fsutil import LockBusy, atomic_write, break_lock, exclusive_lock, make_dirs
 from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
 
 PASSPHRASE_ENV = "LOTDEPLOY_PASSPHRASE"
@@ -298,9 +298,14 @@ class Workspace:
             try:  # only taking the lock is translated; errors of the command pass through
                 held.enter_context(exclusive_lock(path, purpose, timeout))
             except LockBusy as busy:
+                unlock = (
+                    f"; if that run hangs: lotdeploy force-unlock {busy.lock_id} SITE"
+                    if busy.lock_id
+                    else ""
+                )
                 raise WorkspaceError(
                     f"{self.root} is in use by another lotdeploy run "
-                    f"({busy.holder or 'unknown'}); try again when it has finished"
+                    f"({busy.holder or 'unknown'}); try again when it has finished{unlock}"
                 ) from None
             except OSError as exc:
                 raise WorkspaceError(f"{path}: cannot use the lock: {exc.strerror}") from None
@@ -309,6 +314,25 @@ class Workspace:
                 yield
             finally:
                 self._lock_depth = 0
+
+    def force_unlock(self, lock_id: str) -> str:
+        """Break the workspace lock recorded with `lock_id`; the record that was removed."""
+        path = self.root / "lock"
+        try:
+            return break_lock(path, lock_id)
+        except FileNotFoundError:
+            raise WorkspaceError(f"{path}: there is no lock to remove") from None
+        except LockBusy:
+            raise WorkspaceError(
+                f"{path}: the lock file is unreadable; remove it by hand"
+            ) from None
+        except ValueError as exc:
+            raise WorkspaceError(
+                f"{path}: the lock is held as {str(exc) or 'unknown'}, not with ID {lock_id}; "
+                "nothing was removed"
+            ) from None
+        except OSError as exc:
+            raise WorkspaceError(f"{path}: cannot remove the lock: {exc.strerror}") from None
 
     def secrets(self) -> SecretStore:
         """Open (or create) the secret store, asking for the passphrase once per run."""
