@@ -259,6 +259,17 @@ def missing_keys(facts: BrokerFacts, site: Site, node: Node) -> list[str]:
     return sorted(needed_cluster_keys(site, node) - facts.cluster_keys)
 
 
+def key_problems(facts: BrokerFacts, site: Site, node: Node) -> list[str]:
+    """What plan prints (and fails on) for this node: one line per key its broker lacks,
+    naming the node, the key and the peers whose links need it."""
+    needs = cluster_key_needs(site, node)
+    return [
+        f"node {node.name}: {finding.message}"
+        for finding in _key_findings(facts, needs)
+        if finding.severity == "error"
+    ]
+
+
 def needs_remove_before_add(facts: BrokerFacts) -> bool:
     """Whether apply must remove a route before re-adding it: unless the broker is known to
     overwrite, a re-add may fail with "already exists" (what the vendor's editor assumes)."""
@@ -615,10 +626,14 @@ async def _probe_scratch_route(
         return "unknown", None
     readd: Readd = "unknown"
     shows: bool | None = None
+    refused = False
     try:
         try:
             await client.add_route(text)
         except CommandFailed as exc:
+            # an answered refusal added nothing: there is nothing of ours to remove (and a
+            # route of that name appearing meanwhile is not ours to touch)
+            refused = True
             log.warning("broker %s: scratch route refused: %s", client.node_name, exc)
             return "unknown", None
         again = await client.command(Verb.ADD_ROUTE, text)
@@ -631,7 +646,8 @@ async def _probe_scratch_route(
             if code:
                 shows = password.reveal() in code
     finally:
-        await _remove_scratch(client, name)
+        if not refused:  # also after a lost reply: the route may be there
+            await _remove_scratch(client, name)
     return readd, shows
 
 
@@ -716,6 +732,7 @@ __all__ = [
     "Finding",
     "cluster_key_needs",
     "findings",
+    "key_problems",
     "missing_keys",
     "needed_cluster_keys",
     "needs_remove_before_add",

@@ -24,6 +24,7 @@ from lotdeploy.doctor import (
     Finding,
     cluster_key_needs,
     findings,
+    key_problems,
     missing_keys,
     needed_cluster_keys,
     needs_remove_before_add,
@@ -213,6 +214,30 @@ def test_the_scratch_route_is_removed_when_the_probe_fails_midway(
     run(body())
 
 
+def test_a_refused_scratch_route_is_not_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answered refusal added nothing: no -removeRoute follows (it could hit a route of
+    that name someone else added meanwhile)."""
+
+    async def body() -> None:
+        async with lab_node() as node, admin_client(node) as c:
+            sent: list[str] = []
+            command = c.command
+
+            async def spy(verb: str, argument: str = "") -> Any:
+                sent.append(verb)
+                if verb == "addRoute":
+                    argument = argument.replace("WITH BROKER_PORT", "WITH NO_SUCH_KEY")
+                return await command(verb, argument)
+
+            monkeypatch.setattr(c, "command", spy)
+            facts = await probe(node, c)
+            assert facts.readd == "unknown" and facts.route_code_shows_password is None
+            assert sent.count("addRoute") == 1 and "removeRoute" not in sent
+            assert node.routes.links == {}
+
+    run(body())
+
+
 def test_scratch_route_uses_only_offered_keys_and_a_dead_peer() -> None:
     password = Secret("throwaway-password-1")
     offered = frozenset(CLUSTER_KEY_ORDER) - {"MESSAGE_VALIDITY_SEC"}
@@ -312,6 +337,8 @@ def test_needed_keys_and_the_missing_key_finding(tmp_path: Path) -> None:
             "(tls: true): upgrade the broker or change the site",
         )
     ]
+    assert key_problems(facts, site, eu1) == [f"node eu1: {errors[0].message}"]
+    assert key_problems(facts, site, eu2) == []
     plain = [f for f in findings(facts, needed_cluster_keys(site, eu1)) if f.severity == "error"]
     assert plain[0].message.startswith("broker lacks CLUSTER_CONFIG key USE_TLS, which the site")
     assert not [f for f in findings(facts, needed_cluster_keys(site, eu2)) if f.severity == "error"]
