@@ -27,6 +27,7 @@ from lotdeploy.protocol import (
     FORBIDDEN_VERBS,
     OUTPUT_TOPIC,
     REPLY_TIMEOUT_SEC,
+    VERSION_TOPIC,
     Reply,
     Verb,
     command_payload,
@@ -147,10 +148,25 @@ class BrokerClient:
                 queue.put_nowait(msg)
 
     async def _detect_request_ids(self) -> None:
+        await self.probe_request_ids()
+        log.debug("broker %s echoes requestIds: %s", self.node_name, self.request_ids)
+
+    async def probe_request_ids(self) -> Reply:
+        """Send `-listRoutes -requestId <id>` and return the reply as received.
+
+        What `request_ids="auto"` runs on connect; `lotdeploy doctor` runs it to report the
+        reply's form (`raw`: JSON envelope or 1.x text) too. Afterwards the session sends ids
+        only if this one came back.
+        """
         self.request_ids = True
         reply = await self.command(Verb.LIST_ROUTES)
         self.request_ids = reply.request_id is not None
-        log.debug("broker %s echoes requestIds: %s", self.node_name, self.request_ids)
+        return reply
+
+    def uses_credentials(self, username: str, password: Secret) -> bool:
+        """Whether this session logs in as `username` with `password` (constant time): doctor
+        skips probing for the factory admin login when the site itself uses it."""
+        return username == self.username and password == self._password
 
     async def command(self, verb: str, argument: str = "") -> Reply:
         """Send `-<verb> <argument>` and return the matching reply (bounded by reply_timeout).
@@ -291,6 +307,14 @@ class BrokerClient:
         """The LOT a broker republishes on `$SYS/Coreflux/Routes/<name>` (None if none in time)."""
         msg = await self._watch_once(route_code_topic(name), timeout)
         return msg.payload.decode("utf-8", errors="replace") if msg else None
+
+    async def read_version(self, timeout: float = 5.0) -> str | None:
+        """The broker's version string, retained on `$SYS/Coreflux/Version` (None if none in
+        time: older builds may not publish it)."""
+        msg = await self._watch_once(VERSION_TOPIC, timeout)
+        if msg is None or not msg.payload:
+            return None
+        return scrub(msg.payload.decode("utf-8", errors="replace").strip()[:200]) or None
 
     async def route_status(self, name: str, timeout: float = 35.0) -> dict[str, Any] | None:
         """The next `$SYS/Coreflux/Routes/<name>/status` JSON (None if none in time)."""
