@@ -1,0 +1,129 @@
+"""The broker's side of apply: the cluster users, then the routes, through the command channel.
+
+Reached through the node's transport: a forwarded local port to the broker's admin
+address on the node (its loopback, by default), so the admin session never crosses the
+network in clear. The admin password comes by reference (a file beside the site, or an
+environment variable) and lives only in a Secret.
+
+Order, on every node (docs/coreflux-interface.md §2, §4): the cluster users a peer logs in
+with exist on every *target* broker before any route that uses them (the engine runs users
+on all nodes first); then each route is removed (not found is fine) and added, one at a
+time; only routes named `lotdeploy_*` are ever removed; `-removeAllRoutes` is never sent.
+Every reply is checked: a broker that refuses a route fails that node with the broker's own
+message, line and column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from lotdeploy.broker.session import CommandFailed
+from lotdeploy.broker.sync import SyncBrokerClient
+from lotdeploy.errors import BrokerError
+from lotdeploy.fsutil import UnreadableFile, read_regular_file
+from lotdeploy.lot import format_route, parse
+from lotdeploy.model import ROUTE_PREFIX, Node, Site
+from lotdeploy.secret import Secret
+from lotdeploy.transport.base import Transport
+
+
+def admin_password(site: Site, node: Node) -> Secret:
+    """The broker admin password, from the file or environment variable the site names."""
+    broker = node.broker
+    if broker.admin_password_env:
+        value = os.environ.get(broker.admin_password_env)
+        if not value:
+            raise BrokerError(
+                node.name, f"the admin password variable {broker.admin_password_env} is not set"
+            )
+        return Secret(value)
+    if broker.admin_password_file is not None:
+        path = broker.admin_password_file
+        path = path if path.is_absolute() else Path(site.base_dir) / path
+        try:
+            text = read_regular_file(path, 64 * 1024).decode("utf-8").strip()
+        except (UnreadableFile, UnicodeDecodeError) as exc:
+            why = exc.reason if isinstance(exc, UnreadableFile) else "not valid UTF-8"
+            raise BrokerError(node.name, f"admin password file {path}: {why}") from None
+        if not text:
+            raise BrokerError(node.name, f"admin password file {path} is empty")
+        return Secret(text)
+    raise BrokerError(
+        node.name,
+        "no admin password for the command channel: set broker.admin_password_file or "
+        "broker.admin_password_env in the site",
+    )
+
+
+@contextlib.contextmanager
+def admin_session(
+    site: Site, node: Node, transport: Transport, password: Secret | None = None
+) -> Iterator[SyncBrokerClient]:
+    """An admin session on the node's broker, through a port forwarded over `transport`."""
+    secret = password if password is not None else admin_password(site, node)
+    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
+        client = SyncBrokerClient(
+            node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
+        )
+        try:
+            client.connect()
+            yield client
+        finally:
+            client.close()
+
+
+def route_texts(route_file: str) -> dict[str, str]:
+    """Each route of a node's (verified) route file as the canonical LOT sent to a broker."""
+    return {route.name: format_route(route) for route in parse(route_file, "routes.lot")}
+
+
+def ensure_users(client: SyncBrokerClient, users: dict[str, Secret]) -> list[str]:
+    """Create each user, or set its password when it exists already; the names handled."""
+    done = []
+    for name, password in sorted(users.items()):
+        try:
+            client.add_user(name, password)
+        except CommandFailed as failed:
+            if "exist" not in failed.reply.describe().lower():
+                raise
+            client.change_user_password(name, password)
+        done.append(name)
+    return done
+
+
+def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
+    removed = []
+    for name in names:
+        try:
+            client.remove_user(name)
+        except CommandFailed as failed:
+            if "not found" not in failed.reply.describe().lower():
+                raise
+        removed.append(name)
+    return removed
+
+
+def apply_routes(
+    client: SyncBrokerClient,
+    node: str,
+    remove: list[str],
+    add: dict[str, str],
+    remove_before_add: bool = True,
+) -> None:
+    """Remove, then add, one route at a time. Only lotdeploy's own routes are touched."""
+    for name in [*remove, *add]:
+        if not name.startswith(ROUTE_PREFIX):
+            raise BrokerError(
+                node, f"refusing to touch route {name}: lotdeploy owns only {ROUTE_PREFIX}*"
+            )
+    removed = set()
+    for name in remove:
+        client.remove_route(name)
+        removed.add(name)
+    for name, text in add.items():
+        if remove_before_add and name not in removed:
+            client.remove_route(name)
+        client.add_route(text)

@@ -1,0 +1,313 @@
+"""Carry out a plan: files on every node, then users, then routes, then retired users.
+
+Order across nodes: each phase runs on all nodes concurrently (bounded by `parallelism`),
+and the next phase starts only when the previous one is done everywhere, because a route
+on one node logs in with a user that must already exist on its *target*. A node that
+fails a step is reported with the cause and left out of the later phases; the others go
+on. After every node step the state document records what that node now has, so an
+interrupted run (Ctrl-C, a lost node, a killed controller) leaves state true to the nodes,
+and steps that were started but not confirmed stay in the node's journal (`pending`) for
+the next run to do first.
+
+Nothing is connected when the plan has nothing to do: a no-op apply touches no node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lotdeploy.apply import activate, release
+from lotdeploy.apply.events import Event, Reporter, silent
+from lotdeploy.credentials import broker_users
+from lotdeploy.errors import LotdeployError
+from lotdeploy.model import Node, Site
+from lotdeploy.plan.desired import desired_state
+from lotdeploy.plan.diff import NodeSteps, Plan
+from lotdeploy.plan.make import credential_facts
+from lotdeploy.render import ROUTE_FILE, Bundle, iter_bundles, prepare_workspace
+from lotdeploy.rotation import mark_phase_applied
+from lotdeploy.secret import Secret, scrub
+from lotdeploy.state import NodeRecord, StateStore
+from lotdeploy.transport.base import Transport
+from lotdeploy.workspace import Workspace
+
+TransportFactory = Callable[[Node], Transport]
+
+
+@dataclass
+class NodeOutcome:
+    node: str
+    ok: bool = True
+    error: str | None = None
+    failed_step: str | None = None
+    steps: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    reloaded: bool = False
+    uploaded: bool = False
+
+
+@dataclass
+class ApplyResult:
+    outcomes: dict[str, NodeOutcome] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[NodeOutcome]:
+        return [o for o in self.outcomes.values() if not o.ok]
+
+    @property
+    def touched(self) -> bool:
+        return bool(self.outcomes)
+
+
+class _Run:
+    """One apply: the open transports, the bundles, and the state after every step."""
+
+    def __init__(
+        self,
+        site: Site,
+        workspace: Workspace,
+        transports: TransportFactory,
+        reporter: Reporter,
+        parallelism: int,
+    ) -> None:
+        self.site = site
+        self.workspace = workspace
+        self.store = StateStore(workspace)
+        self.factory = transports
+        self.report = reporter
+        self.parallelism = max(1, parallelism)
+        self.open: dict[str, Transport] = {}
+        self.result = ApplyResult()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def transport(self, name: str) -> Transport:
+        if name not in self.open:
+            started = time.monotonic()
+            self.report(Event(name, "connect", "start"))
+            transport = self.factory(self.site.node(name))
+            transport.connect()
+            self.open[name] = transport
+            self.report(Event(name, "connect", "ok", seconds=time.monotonic() - started))
+        return self.open[name]
+
+    def close(self) -> None:
+        for transport in self.open.values():
+            with contextlib.suppress(LotdeployError):
+                transport.close()
+        self.open.clear()
+
+    def alive(self, names: Iterable[str]) -> list[str]:
+        return [n for n in names if self.result.outcomes[n].ok]
+
+    def each(self, step: str, names: list[str], work: Callable[[str], str | None]) -> None:
+        """Run `work(node)` for every node concurrently; record failures by node."""
+        names = self.alive(names)
+        if not names:
+            return
+
+        def one(name: str) -> None:
+            outcome = self.result.outcomes[name]
+            started = time.monotonic()
+            self.report(Event(name, step, "start"))
+            try:
+                detail = work(name)
+            except (LotdeployError, OSError) as exc:
+                seconds = time.monotonic() - started
+                outcome.ok = False
+                outcome.failed_step = step
+                outcome.error = scrub(str(exc))
+                outcome.seconds += seconds
+                self.report(Event(name, step, "fail", outcome.error, seconds))
+                return
+            seconds = time.monotonic() - started
+            outcome.seconds += seconds
+            outcome.steps.append(step)
+            self.report(
+                Event(
+                    name,
+                    step,
+                    "skip" if detail == "skip" else "ok",
+                    "" if detail in (None, "skip") else detail,
+                    seconds,
+                )
+            )
+
+        with ThreadPoolExecutor(max_workers=min(self.parallelism, len(names))) as pool:
+            list(pool.map(one, names))
+
+    def record(self, name: str, change: Callable[[NodeRecord], None]) -> None:
+        with self.store.transaction() as state:
+            change(state.nodes.setdefault(name, NodeRecord()))
+
+
+def apply_plan(
+    site: Site,
+    workspace: Workspace,
+    plan: Plan,
+    transports: TransportFactory,
+    reporter: Reporter = silent,
+    parallelism: int = 10,
+    now: datetime | None = None,
+    only: set[str] | None = None,
+) -> ApplyResult:
+    """Do what `plan` says on its nodes (those in `only`, when given)."""
+    now = now or datetime.now(UTC)
+    state = StateStore(workspace).read()
+    pending = {n: set(r.pending) for n, r in state.nodes.items() if r.pending}
+    targets = sorted(
+        name
+        for name in (set(plan.steps) | set(pending))
+        if name in {n.name for n in site.nodes} and (only is None or name in only)
+    )
+    run = _Run(site, workspace, transports, reporter, parallelism)
+    if not targets:
+        return run.result
+    for name in targets:
+        run.result.outcomes[name] = NodeOutcome(name)
+    steps = {name: plan.steps.get(name) or NodeSteps(name) for name in targets}
+    for name in targets:  # an interrupted run's reload is done first, whatever else changed
+        if "reload" in pending.get(name, set()):
+            steps[name].reload = True
+
+    prepare_workspace(site, workspace, now)  # what the plan reported: password, CA, certs
+    bundles: dict[str, Bundle] = {
+        b.node: b for b in iter_bundles(site, workspace, now) if b.node in set(targets)
+    }
+    credentials = credential_facts(StateStore(workspace).read())
+    desired = desired_state(site, credentials)
+    users = broker_users(workspace, {n.username for n in site.nodes}) if site.links else {}
+
+    with run.store.transaction() as current:  # the journal: what this run starts
+        for name in targets:
+            record = current.nodes.setdefault(name, NodeRecord())
+            record.pending = sorted(
+                {*record.pending, "activate", *(["reload"] if steps[name].reload else [])}
+            )
+    try:
+        run.each("files", targets, lambda n: _files(run, n, bundles[n], steps[n]))
+        run.each(
+            "users",
+            [n for n in targets if steps[n].users_create],
+            lambda n: _users(run, n, {u: users[u] for u in steps[n].users_create if u in users}),
+        )
+        run.each(
+            "routes",
+            [n for n in targets if steps[n].routes_add or steps[n].routes_remove],
+            lambda n: _routes(run, n, bundles[n], steps[n]),
+        )
+        run.each(
+            "retire",
+            [n for n in targets if steps[n].users_remove],
+            lambda n: _retire(run, n, steps[n].users_remove),
+        )
+        run.each("record", targets, lambda n: _finish(run, n, desired[n].routes, now))
+    finally:
+        run.close()
+    _mark_rotations(run, site, workspace)
+    return run.result
+
+
+# -- the steps ---------------------------------------------------------------------------
+
+
+def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None:
+    node = run.site.node(name)
+    if not steps.files and not steps.reload:
+        return "skip"
+    transport = run.transport(name)
+    outcome = run.result.outcomes[name]
+    before = release.current_release(transport, node)
+    rid, uploaded = release.upload_release(transport, node, bundle)
+    outcome.uploaded = uploaded
+    if before != rid:
+        release.switch_current(transport, node, rid)
+    tls_names = [f.name for f in bundle.files if f.name != ROUTE_FILE]
+    changed = release.place_tls_files(transport, node, bundle, rid, tls_names)
+
+    def files(record: NodeRecord) -> None:
+        record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
+        if before != rid:
+            record.previous_release = before
+        record.release = rid
+
+    run.record(name, files)
+    if changed or steps.reload:
+        release.run_reload(transport, node)
+        outcome.reloaded = True
+    run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
+    release.prune_releases(transport, node, tuple(x for x in (rid, before) if x))
+    done = "uploaded" if uploaded else "release present"
+    return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
+
+
+def _users(run: _Run, name: str, users: dict[str, Secret]) -> str:
+    node = run.site.node(name)
+    with activate.admin_session(run.site, node, run.transport(name)) as client:
+        done = activate.ensure_users(client, users)
+
+    def record(r: NodeRecord) -> None:
+        r.users = sorted(set(r.users) | set(done))
+
+    run.record(name, record)
+    return ", ".join(done)
+
+
+def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
+    node = run.site.node(name)
+    route_file = next(f for f in bundle.files if f.name == ROUTE_FILE)
+    texts = activate.route_texts(route_file.data().decode())
+    add = {r: texts[r] for r in steps.routes_add if r in texts}
+    facts = StateStore(run.workspace).read().nodes.get(name, NodeRecord()).broker
+    remove_first = facts.get("readd") != "overwrite"
+    remove = [r for r in steps.routes_remove if r not in add or remove_first]
+    with activate.admin_session(run.site, node, run.transport(name)) as client:
+        activate.apply_routes(client, name, remove, add, remove_first)
+    return f"{len(add)} added, {len(set(remove) - set(add))} removed"
+
+
+def _retire(run: _Run, name: str, users: list[str]) -> str:
+    node = run.site.node(name)
+    with activate.admin_session(run.site, node, run.transport(name)) as client:
+        removed = activate.remove_users(client, users)
+
+    def record(r: NodeRecord) -> None:
+        r.users = sorted(set(r.users) - set(removed))
+
+    run.record(name, record)
+    return ", ".join(removed)
+
+
+def _finish(run: _Run, name: str, routes: Iterable[Any], now: datetime) -> str:
+    def record(r: NodeRecord) -> None:
+        r.routes = {route.name: route.attrs() for route in routes}
+        r.pending = [p for p in r.pending if p != "activate"]
+        r.applied_at = now.isoformat(timespec="seconds")
+
+    with run.store.transaction() as state:
+        record(state.nodes.setdefault(name, NodeRecord()))
+        state.site_digest = run.site.digest()
+    return "skip"
+
+
+def _mark_rotations(run: _Run, site: Site, workspace: Workspace) -> None:
+    """A rotation phase is applied on a node once everything of this run succeeded there."""
+    state = StateStore(workspace).read()
+    for kind, nodes in (("creds", site.nodes), ("ca", site.tls_nodes)):
+        rotation = state.rotation(kind)
+        if rotation is None:
+            continue
+        for node in nodes:
+            outcome = run.result.outcomes.get(node.name)
+            done = outcome is not None and outcome.ok
+            untouched = (
+                outcome is None and node.name in state.nodes and not state.nodes[node.name].pending
+            )
+            if done or untouched:
+                mark_phase_applied(workspace, kind, node.name, rotation.phase)  # type: ignore[arg-type]
