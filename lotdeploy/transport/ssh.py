@@ -233,7 +233,8 @@ class SshTransport(Transport):
     # -- connecting -------------------------------------------------------------------------
 
     def _fail(self, cause: str) -> TransportError:
-        return TransportError(self.node, cause)
+        """Every message passes through scrub: commands and node output included."""
+        return TransportError(self.node, scrub(cause))
 
     def _local(self, path: Path | str) -> Path:
         path = Path(path).expanduser()
@@ -332,7 +333,9 @@ class SshTransport(Transport):
             path = self._local(self.target.key)
             try:
                 kwargs["pkey"] = paramiko.PKey.from_path(str(path))
-            except paramiko.PasswordRequiredException:
+            except (paramiko.PasswordRequiredException, TypeError) as exc:
+                if isinstance(exc, TypeError) and "password" not in str(exc).lower():
+                    raise self._fail(f"the key {path} is not a usable private key") from None
                 raise self._fail(
                     f"the key {path} is encrypted: key passphrases are not supported (use an "
                     "unencrypted key file readable only by you, or an ssh-agent and no `key`)"
