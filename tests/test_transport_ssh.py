@@ -17,7 +17,7 @@ import pytest
 
 from lotdeploy import protocol
 from lotdeploy.lab import control, labstate
-from lotdeploy.lab.hosts import Layout
+from lotdeploy.lab.hosts import NODE_RUN_DIR, Layout
 from lotdeploy.lab.labstate import LabState
 from lotdeploy.model import Node, Site, SshTarget
 from lotdeploy.secret import Secret
@@ -289,7 +289,7 @@ def test_put_errors_name_the_path_and_the_cause(node1: SshTransport) -> None:
 def _node_mount(lab: Lab, name: str, where: str, options: str) -> Iterator[str]:
     """A tiny tmpfs at `where` (under /run/coreflux, the node's run dir) in the mount
     namespace of the node's sshd, so the node's SFTP server sees it and the host does not."""
-    sub = where.removeprefix(protocol_run_dir() + "/")
+    sub = where.removeprefix(NODE_RUN_DIR + "/")
     (Layout(lab.dir).node_sub(name, "run") / sub).mkdir(parents=True, exist_ok=True)
     pid = str(lab.sshd_pid(name))
     subprocess.run(
@@ -303,17 +303,11 @@ def _node_mount(lab: Lab, name: str, where: str, options: str) -> Iterator[str]:
         subprocess.run(["nsenter", "-t", pid, "-m", "umount", where], check=False, timeout=10)
 
 
-def protocol_run_dir() -> str:
-    from lotdeploy.lab.hosts import NODE_RUN_DIR
-
-    return NODE_RUN_DIR
-
-
 @pytest.mark.root
 def test_put_full_and_read_only_filesystems(lab: Lab, node1: SshTransport) -> None:
     if shutil.which("nsenter") is None:
         pytest.skip("no nsenter (util-linux)")
-    run_dir = protocol_run_dir()
+    run_dir = NODE_RUN_DIR
     with _node_mount(lab, "node1", f"{run_dir}/full", "size=16k"):
         with pytest.raises(TransportError) as info:
             node1.put(b"x" * 200_000, f"{run_dir}/full/big", 0o600)
