@@ -292,9 +292,13 @@ class StateStore:
 
         Inside a transaction of this run, that transaction's state as changed so far.
         """
-        open_state = self.workspace.open_state
-        if isinstance(open_state, State):
-            return copy.deepcopy(open_state)
+        with self.workspace.state_lock:
+            open_state = self.workspace.open_state
+            if isinstance(open_state, State):
+                return copy.deepcopy(open_state)
+            return self._read_file()
+
+    def _read_file(self) -> State:
         try:
             text = self.path.read_text()
         except FileNotFoundError:
@@ -318,10 +322,14 @@ class StateStore:
         Nothing is written when the block raises or changes nothing. A write gets the next
         serial and, after a migration, removes the old-format files it replaced.
         """
-        open_state = self.workspace.open_state
-        if isinstance(open_state, State):  # nested: one document, written by the outer block
-            yield open_state
-            return
+        with self.workspace.state_lock:  # one transaction at a time across threads
+            open_state = self.workspace.open_state
+            if isinstance(open_state, State):  # nested: one document, written by the outer
+                yield open_state
+                return
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[State]:
         with self.workspace.lock("state"):
             before = self.read()
             state = copy.deepcopy(before)

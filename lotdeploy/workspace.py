@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -224,8 +225,11 @@ class Workspace:
     passphrase_provider: PassphraseProvider = passphrase_from_environment
     _store: SecretStore | None = None
     _lock_depth: int = 0
-    #: The state document of the transaction this run has open (lotdeploy.state), if any.
+    #: The state document of the transaction this run has open (lotdeploy.state), if any;
+    #: set and read only while holding `state_lock`.
     open_state: Any = None
+    #: Serialises state transactions between threads of one run (apply's node workers).
+    state_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
     def for_site(

@@ -223,18 +223,18 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
         return "skip"
     transport = run.transport(name)
     outcome = run.result.outcomes[name]
-    before = release.current_release(transport, node)
-    rid, uploaded = release.upload_release(transport, node, bundle)
-    outcome.uploaded = uploaded
-    if before != rid:
-        release.switch_current(transport, node, rid)
+    rid = release.release_id(bundle)
     tls_names = [f.name for f in bundle.files if f.name != ROUTE_FILE]
-    changed = release.place_tls_files(transport, node, bundle, rid, tls_names)
+    facts = release.node_facts(transport, node, rid, tls_names)
+    changed = facts.changed_tls(bundle, tls_names)
+    if not facts.has_release or facts.current != rid or changed:
+        release.install_release(transport, node, bundle, rid, facts, changed)
+    outcome.uploaded = not facts.has_release
 
     def files(record: NodeRecord) -> None:
         record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
-        if before != rid:
-            record.previous_release = before
+        if facts.current != rid:
+            record.previous_release = facts.current
         record.release = rid
 
     run.record(name, files)
@@ -242,8 +242,7 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
         release.run_reload(transport, node)
         outcome.reloaded = True
     run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
-    release.prune_releases(transport, node, tuple(x for x in (rid, before) if x))
-    done = "uploaded" if uploaded else "release present"
+    done = "uploaded" if outcome.uploaded else "already on the node"
     return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
 
 

@@ -20,10 +20,12 @@ is ever on a command line: secrets travel as file contents over SFTP.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
 import secrets
 import shlex
+import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,120 +81,131 @@ def live_manifest(transport: Transport, node: Node) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def current_release(transport: Transport, node: Node) -> str | None:
-    """The release id `current` points at, None when there is no current release."""
-    paths = NodePaths.of(node)
-    result = transport.run(f"readlink {_q(paths.current)} || true", timeout=20)
-    target = result.stdout.strip()
-    name = posixpath.basename(target) if target else ""
-    return name if name.isalnum() else None
+@dataclass(frozen=True)
+class NodeFacts:
+    """What one command tells about a node before apply changes anything on it."""
 
+    current: str | None  # the release `current` points at
+    has_release: bool  # the release being applied is complete on the node already
+    tls_owner: str | None  # uid:gid of the broker's tls_dir (None: the directory is missing)
+    tls_digests: dict[str, str]  # sha256 of the TLS files there now
 
-def upload_release(transport: Transport, node: Node, bundle: Bundle) -> tuple[str, bool]:
-    """Make sure release `release_id(bundle)` is complete on the node; (id, uploaded now)."""
-    paths = NodePaths.of(node)
-    rid = release_id(bundle)
-    final = paths.release(rid)
-    have = transport.run(f"test -f {_q(posixpath.join(final, MANIFEST))}", check=False)
-    if have.ok:
-        return rid, False
-    staging = posixpath.join(paths.releases, f".{rid}.{secrets.token_hex(4)}.tmp")
-    transport.run(
-        f"mkdir -p {_q(paths.releases)} && rm -rf {_q(paths.releases)}/.*.tmp "
-        f"&& mkdir -m 0700 {_q(staging)}",
-        timeout=30,
-    )
-    try:
-        for file in bundle.all_files():  # the manifest last: a complete release has one
-            transport.put(file.data(), posixpath.join(staging, file.name), file.mode)
-        names = " ".join(_q(posixpath.join(staging, f.name)) for f in bundle.all_files())
-        transport.run(
-            f"sync {names} && rm -rf {_q(final)} && mv -T {_q(staging)} {_q(final)} "
-            f"&& sync {_q(paths.releases)}",
-            timeout=60,
+    def changed_tls(self, bundle: Bundle, names: list[str]) -> list[str]:
+        return sorted(
+            f.name
+            for f in bundle.files
+            if f.name in names and self.tls_digests.get(f.name) != f.sha256
         )
-    except TransportError:
-        transport.run(f"rm -rf {_q(staging)}", check=False, timeout=30)
-        raise
-    return rid, True
 
 
-def switch_current(transport: Transport, node: Node, rid: str) -> None:
-    """Point `current` at release `rid` in one rename."""
+def node_facts(transport: Transport, node: Node, rid: str, tls_names: list[str]) -> NodeFacts:
     paths = NodePaths.of(node)
-    link = paths.current + ".new"
-    transport.run(
-        f"ln -sfn {_q(posixpath.join(RELEASES, rid))} {_q(link)} "
-        f"&& mv -Tf {_q(link)} {_q(paths.current)} && sync {_q(paths.release_dir)}",
-        timeout=30,
+    tls = " ".join(_q(posixpath.join(paths.tls_dir, n)) for n in tls_names)
+    script = (
+        f"echo current=$(readlink {_q(paths.current)} 2>/dev/null || true); "
+        f"test -f {_q(posixpath.join(paths.release(rid), MANIFEST))} && echo has=1; "
+        f"echo owner=$(stat -c %u:%g {_q(paths.tls_dir)} 2>/dev/null || true); "
+        + (f"cd / && sha256sum {tls} 2>/dev/null | sed 's/^/sum=/'; " if tls_names else "")
+        + "true"
     )
+    out = transport.run(script, timeout=30).stdout
+    current = owner = None
+    has = False
+    digests: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key == "current" and value.strip():
+            name = posixpath.basename(value.strip())
+            current = name if name.isalnum() else None
+        elif key == "has":
+            has = True
+        elif key == "owner" and value.strip():
+            owner = value.strip()
+        elif key == "sum":
+            digest, _, path = value.partition("  ")
+            if len(digest) == 64:
+                digests[posixpath.basename(path.strip())] = digest
+    return NodeFacts(current, has, owner, digests)
 
 
-def live_digests(transport: Transport, directory: str, names: list[str]) -> dict[str, str]:
-    """sha256 of each named file in `directory` on the node (missing files left out)."""
-    if not names:
-        return {}
-    paths = " ".join(_q(posixpath.join(directory, n)) for n in names)
-    result = transport.run(f"cd / && sha256sum {paths} 2>/dev/null || true", timeout=30)
-    found: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        digest, _, path = line.partition("  ")
-        if len(digest) == 64:
-            found[posixpath.basename(path.strip())] = digest
-    return found
+def _archive(bundle: Bundle) -> bytes:
+    """The release as one tar (one upload, however many files), modes as in the bundle."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for file in bundle.all_files():
+            data = file.data()
+            info = tarfile.TarInfo(file.name)
+            info.size = len(data)
+            info.mode = file.mode
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
-def place_tls_files(
-    transport: Transport, node: Node, bundle: Bundle, rid: str, tls_names: list[str]
-) -> list[str]:
-    """Install the TLS files of release `rid` into the broker's tls_dir; the names changed.
-
-    Each goes to a temporary name with its mode and the owner of tls_dir (the broker's),
-    is fsync-ed, then renamed over the old one. Unchanged files are not touched.
-    """
-    if not tls_names:
-        return []
+def install_release(
+    transport: Transport, node: Node, bundle: Bundle, rid: str, facts: NodeFacts, tls: list[str]
+) -> None:
+    """Upload release `rid` (unless complete there), switch `current` to it, and place the
+    TLS files that changed; one upload and one command. On any failure the previous
+    release stays current and the broker's files stay as they were."""
     paths = NodePaths.of(node)
-    wanted = {f.name: f for f in bundle.files if f.name in tls_names}
-    have = live_digests(transport, paths.tls_dir, sorted(wanted))
-    changed = [name for name, f in sorted(wanted.items()) if have.get(name) != f.sha256]
-    if not changed:
-        return []
-    probe = transport.run(f"stat -c %u:%g {_q(paths.tls_dir)}", check=False, timeout=20)
-    if not probe.ok:
+    if tls and facts.tls_owner is None:
         raise TransportError(
             node.name, f"{paths.tls_dir}: the broker's TLS directory does not exist on the node"
         )
-    owner = probe.stdout.strip()
-    steps = []
-    for name in changed:
-        file = wanted[name]
-        source = posixpath.join(paths.release(rid), name)
-        temporary = posixpath.join(paths.tls_dir, f".{name}.lotdeploy.tmp")
-        target = posixpath.join(paths.tls_dir, name)
-        steps.append(
-            f"install -m {file.mode:04o} -o {owner.split(':')[0]} -g {owner.split(':')[1]} "
-            f"{_q(source)} {_q(temporary)} && sync {_q(temporary)} "
-            f"&& mv -f {_q(temporary)} {_q(target)}"
-        )
-    transport.run(" && ".join(steps) + f" && sync {_q(paths.tls_dir)}", timeout=60)
-    return changed
+    staging = posixpath.join(paths.releases, f".{rid}.{secrets.token_hex(4)}.tmp")
+    archive = staging + ".tar"
+    steps = ["set -e", f"mkdir -p {_q(paths.releases)}"]
+    if not facts.has_release:
+        transport.run(f"mkdir -p {_q(paths.releases)}", timeout=30)
+        transport.put(_archive(bundle), archive, 0o600)
+        names = " ".join(_q(posixpath.join(staging, f.name)) for f in bundle.all_files())
+        steps += [
+            f"rm -rf {_q(staging)}",
+            f"mkdir -m 0700 {_q(staging)}",
+            f"tar -x --no-same-owner -p -f {_q(archive)} -C {_q(staging)}",
+            f"rm -f {_q(archive)}",
+            f"sync {names}",
+            f"rm -rf {_q(paths.release(rid))}",
+            f"mv -T {_q(staging)} {_q(paths.release(rid))}",
+            f"sync {_q(paths.releases)}",
+        ]
+    if facts.current != rid:
+        link = paths.current + ".new"
+        steps += [
+            f"ln -sfn {_q(posixpath.join(RELEASES, rid))} {_q(link)}",
+            f"mv -Tf {_q(link)} {_q(paths.current)}",
+            f"sync {_q(paths.release_dir)}",
+        ]
+    if tls:
+        uid, _, gid = (facts.tls_owner or "0:0").partition(":")
+        modes = {f.name: f.mode for f in bundle.files}
+        for name in tls:
+            source = posixpath.join(paths.release(rid), name)
+            temporary = posixpath.join(paths.tls_dir, f".{name}.lotdeploy.tmp")
+            steps += [
+                f"install -m {modes[name]:04o} -o {uid} -g {gid} {_q(source)} {_q(temporary)}",
+                f"sync {_q(temporary)}",
+                f"mv -f {_q(temporary)} {_q(posixpath.join(paths.tls_dir, name))}",
+            ]
+        steps.append(f"sync {_q(paths.tls_dir)}")
+    keep = sorted({x for x in (rid, facts.current) if x})
+    patterns = " ".join(f"-e {_q(x)}" for x in keep)
+    older = max(KEEP_RELEASES - len(keep), 0)  # how many older releases stay for rollback
+    steps.append(
+        f"cd {_q(paths.releases)} && ls -1t | grep -v -x {patterns} "
+        f"| tail -n +{older + 1} | xargs -r rm -rf --"
+    )
+    try:
+        transport.run("\n".join(steps), timeout=120)
+    except TransportError:
+        transport.run(f"rm -rf {_q(staging)} {_q(archive)}", check=False, timeout=30)
+        raise
 
 
 def run_reload(transport: Transport, node: Node, timeout: float = 120.0) -> None:
     """The node's reload/restart command (a site setting): the broker re-reads its files."""
     transport.run(node.broker.reload_command, timeout=timeout)
-
-
-def prune_releases(transport: Transport, node: Node, keep: tuple[str, ...]) -> None:
-    """Remove all but the newest KEEP_RELEASES releases (never one in `keep`)."""
-    paths = NodePaths.of(node)
-    listing = transport.run(f"ls -1t {_q(paths.releases)} 2>/dev/null || true", timeout=20)
-    names = [n for n in listing.stdout.split() if n.isalnum()]
-    drop = [n for n in names[KEEP_RELEASES:] if n not in keep]
-    if drop:
-        victims = " ".join(_q(paths.release(n)) for n in drop)
-        transport.run(f"rm -rf {victims}", timeout=60)
 
 
 def list_releases(transport: Transport, node: Node) -> list[str]:
