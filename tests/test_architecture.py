@@ -38,6 +38,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.state",
             "lotdeploy.rotation",
             "lotdeploy.graph",
+            "lotdeploy.selection",
         ),
     ),
     (

@@ -10,7 +10,7 @@ users to create or remove, and whether the node's reload command runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lotdeploy.plan.changes import SHOWN, Change
@@ -68,6 +68,21 @@ class Plan:
     state_serial: int = 0
     #: node -> what apply does there (only nodes with something to do)
     steps: dict[str, NodeSteps] = field(default_factory=dict)
+    #: the site file the plan was made from (a saved plan names what it applies to)
+    site_file: str = ""
+    #: the nodes chosen by --limit/--exclude (None: every node)
+    only: list[str] | None = None
+
+    def restricted(self, only: set[str] | None) -> Plan:
+        """This plan for the chosen nodes only (site-level steps stay: they serve all)."""
+        if only is None:
+            return self
+        return replace(
+            self,
+            changes=[c for c in self.changes if c.node is None or c.node in only],
+            steps={n: s for n, s in self.steps.items() if n in only},
+            only=sorted(only),
+        )
 
     def summary(self) -> dict[str, int]:
         counts = {"create": 0, "update": 0, "delete": 0, "replace": 0}

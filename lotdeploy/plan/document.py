@@ -73,6 +73,8 @@ def _head(plan: Plan) -> dict[str, Any]:
         "nodes": plan.node_count,
         "regions": plan.region_count,
         "node_regions": plan.regions,
+        "site_file": plan.site_file,
+        "only": plan.only,
     }
 
 
@@ -166,6 +168,8 @@ def plan_from_document(doc: Any) -> Plan:
         regions={str(k): str(v) for k, v in dict(doc["node_regions"]).items()},
         state_serial=int(doc["state_serial"]),
         steps=steps,
+        site_file=str(doc.get("site_file", "")),
+        only=None if doc.get("only") is None else [str(n) for n in doc["only"]],
     )
 
 

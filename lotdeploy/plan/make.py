@@ -7,6 +7,7 @@ the public PKI files, never the passphrase); everything after it is pure.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from lotdeploy.model import Site
 from lotdeploy.plan.changes import Attr, Change
@@ -46,18 +47,33 @@ def first_password_change(site: Site, credentials: CredentialFacts) -> list[Chan
     ]
 
 
-def make_plan(site: Site, workspace: Workspace, now: datetime | None = None) -> Plan:
+def make_plan(
+    site: Site, workspace: Workspace, now: datetime | None = None, only: set[str] | None = None
+) -> Plan:
+    """The plan for `site` against the workspace's state (for the nodes in `only`)."""
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
     credentials = credential_facts(state)
     extra = first_password_change(site, credentials)
     pki, warnings = pki_changes(site, workspace, now)
     extra.extend(pki)
-    return build_plan(
+    plan = build_plan(
         site.name,
         site.digest(),
         desired_state(site, credentials),
         Observed.from_state(state),
         extra,
-        warnings,
+        warnings + resume_warnings(state),
     )
+    plan.site_file = str(Path(site.source).resolve())
+    return plan.restricted(only)
+
+
+def resume_warnings(state: State) -> list[str]:
+    """Say so when a node's journal holds steps an interrupted apply did not finish."""
+    return [
+        f"node {name}: an earlier apply was interrupted there ({', '.join(record.pending)} "
+        "pending); the next apply does it first"
+        for name, record in sorted(state.nodes.items())
+        if record.pending
+    ]
