@@ -84,7 +84,7 @@ def cli(*args: str | Path) -> list[str]:
 
 
 def alternate(
-    cases: dict[str, Callable[[], list[str]]],
+    cases: dict[str, list[str]],
     runs: int,
     before: dict[str, Callable[[], None]] | None = None,
 ) -> dict[str, tuple[float, int]]:
@@ -98,7 +98,7 @@ def alternate(
         for name, argv in cases.items():
             if before and name in before:
                 before[name]()
-            samples[name].append(run_child(argv(), ENV))
+            samples[name].append(run_child(argv, ENV))
     return {
         name: (statistics.median(s for s, _ in got), max(r for _, r in got))
         for name, got in samples.items()
@@ -122,6 +122,10 @@ class Bench:
         self.plan_at: dict[int, tuple[float, int]] = {}
         self.render_at: dict[int, tuple[float, int]] = {}
 
+    def runs_for(self, nodes: int) -> int:
+        """Runs per figure at this size: the big meshes take long, and vary less."""
+        return self.runs if nodes <= 200 else (2 if nodes <= 400 else 1)
+
     def add(self, row: Row) -> Row:
         self.rows.append(row)
         print(f"  {row.name}: {fmt(row.value, row.unit)}", file=sys.stderr, flush=True)
@@ -140,10 +144,10 @@ class Bench:
         runs = 4 * self.runs + 1
         plant = REPO / "inventories" / "plant-a.yaml"
         cases = {
-            "floor": lambda: [sys.executable, "-c", "pass"],
-            "help": lambda: cli("--help"),
-            "version": lambda: cli("--version"),
-            "validate": lambda: cli("validate", plant),
+            "floor": [sys.executable, "-c", "pass"],
+            "help": cli("--help"),
+            "version": cli("--version"),
+            "validate": cli("validate", plant),
         }
         alternate(cases, 1)  # warm the page cache and __pycache__
         got = alternate(cases, runs)
@@ -182,9 +186,9 @@ class Bench:
     def plan(self) -> None:
         site = self.site(200)
         cases = {
-            "validate": lambda: cli("validate", site),
-            "plan": lambda: cli("plan", site),
-            "json": lambda: cli("plan", "--json", site),
+            "validate": cli("validate", site),
+            "plan": cli("plan", site),
+            "json": cli("plan", "--json", site),
         }
         alternate(cases, 1)
         got = alternate(cases, self.runs)
@@ -235,10 +239,10 @@ class Bench:
         )
         naive = [sys.executable, str(NAIVE_WRITER), str(ref)]
         cases = {
-            "render": lambda: cli("render", site, "--out", first),
-            "file": lambda: [*naive, str(copy_file), "--dir-fsync", "file"],
-            "dir": lambda: [*naive, str(copy_dir), "--dir-fsync", "dir"],
-            "plain": lambda: [*naive, str(copy_plain), "--plain"],
+            "render": cli("render", site, "--out", first),
+            "file": [*naive, str(copy_file), "--dir-fsync", "file"],
+            "dir": [*naive, str(copy_dir), "--dir-fsync", "dir"],
+            "plain": [*naive, str(copy_plain), "--plain"],
         }
         before = {
             "render": emptied(first),
@@ -318,8 +322,8 @@ class Bench:
         run_child(cli("certs", "init", site), ENV)
         run_child(cli("certs", "rotate", site), ENV)  # warm-up: the store holds every key
         cases = {
-            "all": lambda: cli("certs", "rotate", site),
-            "one": lambda: cli("certs", "rotate", site, "--node", "n000"),
+            "all": cli("certs", "rotate", site),
+            "one": cli("certs", "rotate", site, "--node", "n000"),
         }
         got = alternate(cases, self.runs)
         delta = got["all"][0] - got["one"][0]
@@ -356,21 +360,21 @@ class Bench:
         fixed_out = fixed_site.parent / "out"
         fixed = alternate(
             {
-                "plan": lambda: cli("plan", fixed_site),
-                "render": lambda: cli("render", fixed_site, "--out", fixed_out),
+                "plan": cli("plan", fixed_site),
+                "render": cli("render", fixed_site, "--out", fixed_out),
             },
             self.runs,
             {"render": emptied(fixed_out)},
         )
         for n in sizes:
-            runs = self.runs if n <= 200 else (2 if n <= 400 else 1)
+            runs = self.runs_for(n)
             site = self.site(n)
             out = site.parent / "out-scale"
             if n not in self.plan_at:
                 self.plan_at[n] = median_child(cli("plan", site), runs, ENV)
             if n not in self.render_at:
                 got = alternate(
-                    {"render": lambda s=site, o=out: cli("render", s, "--out", o)},
+                    {"render": cli("render", site, "--out", out)},
                     runs,
                     {"render": emptied(out)},
                 )
@@ -383,7 +387,7 @@ class Bench:
                 seconds, kib = at[n]
                 routes = n * (n - 1)
                 per_route[n] = (seconds - base_s) / routes * 1e6
-                runs = self.runs if n <= 200 else (2 if n <= 400 else 1)
+                runs = self.runs_for(n)
                 target, ok = "", None
                 if n == 1000 and kind == "plan":
                     target, ok = "≤ 10 s", seconds <= 10
@@ -536,7 +540,7 @@ def machine() -> dict[str, str]:
 
 
 def render_table(rows: list[Row]) -> str:
-    out = [("measurement", "value", "baseline", "ratio", "target", "result")]
+    out: list[tuple[str, ...]] = [("measurement", "value", "baseline", "ratio", "target", "result")]
     for row in rows:
         baseline = (
             f"{fmt(row.baseline, row.unit)} ({row.baseline_name})"
