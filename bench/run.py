@@ -553,12 +553,30 @@ def render_table(rows: list[Row]) -> str:
     return table(out)
 
 
+BEGIN = "<!-- bench/run.py results: begin -->"
+END = "<!-- bench/run.py results: end -->"
+
+
+def replace_block(doc: Path, report: str) -> None:
+    """Put `report` between the BEGIN and END markers of `doc` (the one replaceable block)."""
+    text = doc.read_text()
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise SystemExit(f"{doc}: no {BEGIN} ... {END} block to replace")
+    block = f"{BEGIN}\n```text\n$ .venv/bin/python {' '.join(sys.argv)}\n{report}\n```\n{END}"
+    doc.write_text(head + block + tail)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, no 400/1000 nodes")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"subset of {','.join(GROUPS)}")
     parser.add_argument("--runs", type=int, help="runs per measurement (default 5, quick 3)")
     parser.add_argument("--json", type=Path, help="also write the rows and the machine here")
+    parser.add_argument(
+        "--doc", type=Path, help="also replace the results block of this file (docs/performance.md)"
+    )
     args = parser.parse_args()
     only = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = set(only) - set(GROUPS)
@@ -574,17 +592,25 @@ def main() -> None:
                 print(f"[{group}]", file=sys.stderr, flush=True)
                 getattr(bench, group)()
     elapsed = time.perf_counter() - started
-    print(
+    failed = [r.name for r in bench.rows if r.ok is False]
+    heading = (
         f"lotdeploy {info['commit']}, Python {info['python']}, {info['nproc']} CPUs, "
         f"{info['memory']} RAM, {info['date']}; {runs} runs per figure "
         f"({'quick' if args.quick else 'full'}), {elapsed:.0f} s in all"
     )
-    print(render_table(bench.rows))
     notes = [f"  {r.name}: {r.note}" for r in bench.rows if r.note]
-    if notes:
-        print("\nnotes:\n" + "\n".join(notes))
-    failed = [r.name for r in bench.rows if r.ok is False]
-    print(f"\n{sum(r.ok is True for r in bench.rows)} pass, {len(failed)} fail")
+    report = "\n".join(
+        [
+            heading,
+            render_table(bench.rows),
+            *(["", "notes:", *notes] if notes else []),
+            "",
+            f"{sum(r.ok is True for r in bench.rows)} pass, {len(failed)} fail",
+        ]
+    )
+    print(report)
+    if args.doc:
+        replace_block(args.doc, report)
     if args.json:
         doc = {
             "machine": info,
