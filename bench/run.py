@@ -531,6 +531,8 @@ def machine() -> dict[str, str]:
     mem = cmd(["free", "-h"]).splitlines()
     return {
         "commit": cmd(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"]),
+        # the last commit that changed the code measured (the bench branch moves on its own)
+        "code": cmd(["git", "-C", str(REPO), "log", "-1", "--format=%h", "--", "lotdeploy"]),
         "python": platform.python_version(),
         "nproc": str(os.cpu_count()),
         "memory": mem[1].split()[1] if len(mem) > 1 else "?",
@@ -550,7 +552,7 @@ def render_table(rows: list[Row]) -> str:
         ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
         result = "" if row.ok is None else ("pass" if row.ok else "FAIL")
         out.append((row.name, fmt(row.value, row.unit), baseline, ratio, row.target, result))
-    return table(out)
+    return "\n".join(line.rstrip() for line in table(out).splitlines())
 
 
 BEGIN = "<!-- bench/run.py results: begin -->"
@@ -594,7 +596,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     failed = [r.name for r in bench.rows if r.ok is False]
     heading = (
-        f"lotdeploy {info['commit']}, Python {info['python']}, {info['nproc']} CPUs, "
+        f"lotdeploy {info['commit']} (lotdeploy/ as of {info['code']}), Python {info['python']}, {info['nproc']} CPUs, "
         f"{info['memory']} RAM, {info['date']}; {runs} runs per figure "
         f"({'quick' if args.quick else 'full'}), {elapsed:.0f} s in all"
     )
