@@ -518,7 +518,9 @@ async def probe_broker(
     readd, shows_password = await _probe_scratch_route(client, scratch_route, keys, timeout)
     logins = _Logins(host, port, tls, server_hostname, timeout)
     readable = await logins.cluster_user_reads_routes(cluster_user) if cluster_user else None
-    admin_is_factory = client.uses_credentials(FACTORY_ADMIN_USER, Secret(_FACTORY_ADMIN_PASSWORD))
+    admin_is_factory = client.uses_credentials(
+        FACTORY_ADMIN_USER, Secret(_FACTORY_ADMIN_PASSWORD, public=True)
+    )
     factory = None if admin_is_factory else await logins.factory_admin()
     anonymous = await logins.accepts(None, None)
     return BrokerFacts(
@@ -702,7 +704,7 @@ class _Logins:
         """Whether root/coreflux still logs in. The Secret lives only for this call: any Secret
         of 8+ characters is scrubbed from all text while it exists, and "coreflux" is a word
         in plenty of harmless text."""
-        return await self.accepts(FACTORY_ADMIN_USER, Secret(_FACTORY_ADMIN_PASSWORD))
+        return await self.accepts(FACTORY_ADMIN_USER, Secret(_FACTORY_ADMIN_PASSWORD, public=True))
 
     async def cluster_user_reads_routes(self, user: tuple[str, Secret]) -> bool | None:
         """Whether the cluster user may subscribe to `$SYS/Coreflux/Routes/#` (None: it could

@@ -28,13 +28,15 @@ class Secret:
 
     __slots__ = ("__value", "__weakref__")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, public: bool = False) -> None:
+        """`public`: a value everyone knows (the vendor's factory password): still never
+        printed, but not scrubbed from other text (it would erase the word everywhere)."""
         if isinstance(value, Secret):
             value = value.reveal()
         if not isinstance(value, str):
             raise TypeError("Secret wraps a str")
         self.__value = value
-        if len(value) >= MIN_SCRUB_LENGTH:
+        if len(value) >= MIN_SCRUB_LENGTH and not public:
             _known.add(self)
 
     def reveal(self) -> str:

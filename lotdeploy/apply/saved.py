@@ -55,7 +55,9 @@ def stale_reasons(saved: Plan, fresh: Plan) -> list[str]:
         ]
         more = len(added) + len(gone) - len(shown)
         reasons.append(
-            "what it would do changed: " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+            "what it would do changed: "
+            + "; ".join(shown)
+            + (f"; and {more} more" if more > 0 else "")
         )
     return reasons
 

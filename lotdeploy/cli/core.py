@@ -109,29 +109,59 @@ def render(site: Path, out: Path, workspace_dir: Path | None) -> None:
     is_flag=True,
     help="Exit 0 when there are no changes, 2 when there are, 1 on error.",
 )
-def plan(site: Path, workspace_dir: Path | None, as_json: bool, detailed_exitcode: bool) -> None:
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also save the plan to FILE, for `lotdeploy apply FILE` (no secret in it).",
+)
+@click.option("--limit", multiple=True, metavar="NAMES", help="Only these nodes, regions or tags.")
+@click.option(
+    "--exclude", multiple=True, metavar="NAMES", help="Leave out these nodes, regions or tags."
+)
+def plan(
+    site: Path,
+    workspace_dir: Path | None,
+    as_json: bool,
+    detailed_exitcode: bool,
+    out_file: Path | None,
+    limit: tuple[str, ...],
+    exclude: tuple[str, ...],
+) -> None:
     """Show what deploying the site would change, grouped site → region → node.
 
-    Never needs the passphrase; secret values show as (sensitive).
+    Never needs the passphrase; secret values show as (sensitive). The plan is also kept
+    as the workspace's latest plan: a bare `lotdeploy apply` in the site's directory
+    applies exactly it (or refuses, saying what moved since).
 
     \b
     Examples:
       lotdeploy plan site.yaml
       lotdeploy plan site.yaml --json --detailed-exitcode > plan.json
+      lotdeploy plan site.yaml --out release.plan
     """
+    from lotdeploy.apply.saved import LATEST
     from lotdeploy.cli.term import interactive
-    from lotdeploy.plan.document import iter_json
+    from lotdeploy.plan.document import iter_json, write_plan
     from lotdeploy.plan.make import make_plan
     from lotdeploy.plan.text import format_text
+    from lotdeploy.selection import select_nodes
 
     loaded = load(site)
-    the_plan = make_plan(loaded.site, open_workspace(site, workspace_dir))
+    workspace = open_workspace(site, workspace_dir)
+    only = select_nodes(loaded.site, limit, exclude)
+    the_plan = make_plan(loaded.site, workspace, only=only)
     if as_json:
         write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s
         for piece in iter_json(the_plan):
             write(piece)
     else:
         click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
+    if out_file is not None:
+        write_plan(the_plan, out_file)
+    if the_plan.has_changes:  # what a bare `lotdeploy apply` applies
+        with workspace.lock("plan"):
+            write_plan(the_plan, workspace.root / LATEST)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(ExitStatus.CHANGES)
 

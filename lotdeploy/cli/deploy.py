@@ -196,8 +196,10 @@ def apply(
     site = loaded.site
     workspace = open_workspace(site_file, workspace_dir)
     with workspace.lock("apply"):
-        only = set(saved.only) if saved is not None and saved.only else select_nodes(
-            site, limit, exclude
+        only = (
+            set(saved.only)
+            if saved is not None and saved.only
+            else select_nodes(site, limit, exclude)
         )
         fresh = make_plan(site, workspace, only=only)
         if saved is not None:
@@ -232,7 +234,9 @@ def apply(
                 {
                     "event": "summary",
                     "changed": changed,
-                    "failed": [{"node": o.node, "step": o.failed_step, "error": o.error} for o in failed],
+                    "failed": [
+                        {"node": o.node, "step": o.failed_step, "error": o.error} for o in failed
+                    ],
                     "seconds": round(seconds, 3),
                 }
             )
@@ -411,6 +415,8 @@ def doctor(
         for finding in result.findings:
             click.echo(scrub(f"{name}: {finding.severity}: {finding.check}: {finding.message}"))
     if not as_json:
-        click.echo(f"doctor: {len(results)} node(s) checked" + (", problems found" if bad else ", ok"))
+        click.echo(
+            f"doctor: {len(results)} node(s) checked" + (", problems found" if bad else ", ok")
+        )
     if bad:
         sys.exit(ExitStatus.ERROR)

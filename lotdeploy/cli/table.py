@@ -64,6 +64,22 @@ COMMANDS = {
         "lotdeploy.cli.core:plan",
         "Show what deploying the site would change, grouped site → region → node.",
     ),
+    "apply": LazyCommand(
+        "lotdeploy.cli.deploy:apply",
+        "Make every node run what the site describes: files, broker users, routes.",
+    ),
+    "drift": LazyCommand(
+        "lotdeploy.cli.deploy:drift",
+        "Compare what the nodes run with what was applied: exit 0 clean, 2 drift, 1 error.",
+    ),
+    "doctor": LazyCommand(
+        "lotdeploy.cli.deploy:doctor",
+        "Ask each node's broker which of lotdeploy's assumptions hold for it, and record it.",
+    ),
+    "force-unlock": LazyCommand(
+        "lotdeploy.cli.deploy:force_unlock",
+        "Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).",
+    ),
     "lint": LazyCommand(
         "lotdeploy.cli.core:lint",
         "Parse LOT files and check their routes; errors as FILE:LINE:COL: message.",

@@ -157,7 +157,7 @@ def node_steps(
             if change.action != "delete":
                 step.routes_add.append(change.name)
         if node is not None:
-            known = name in observed.routes or name in observed.files
+            known = name in observed.applied
             tls_changed = site_tls or any(c.kind in TLS_KINDS for c in mine)
             for file in node.files:
                 if not known or (

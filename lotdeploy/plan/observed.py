@@ -26,20 +26,29 @@ class Observed:
     files: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     #: the state document's serial this was read at (a saved plan checks it)
     serial: int = 0
+    #: nodes an apply has given something (a record made only by `doctor` does not count)
+    applied: set[str] = field(default_factory=set)
 
     @classmethod
     def from_state(cls, state: State) -> Observed:
+        # A record made only by `doctor` (broker facts, nothing applied) is no applied node.
+        nodes = {n: r for n, r in state.nodes.items() if r.routes or r.files or r.release}
         return cls(
-            routes=state.node_routes(),
+            routes={name: r.routes for name, r in nodes.items()},
             site_digest=state.site_digest,
-            users={name: rec.users for name, rec in state.nodes.items() if rec.users},
-            files={name: rec.files for name, rec in state.nodes.items() if rec.files},
+            users={name: r.users for name, r in nodes.items() if r.users},
+            files={name: r.files for name, r in nodes.items() if r.files},
             serial=state.serial,
+            applied=set(nodes),
         )
 
     @classmethod
     def load(cls, workspace: Workspace) -> Observed:
         return cls.from_state(StateStore(workspace).read())
+
+    def __post_init__(self) -> None:
+        if not self.applied:  # built by hand (tests, old tools): every recorded node
+            self.applied = set(self.routes) | set(self.files)
 
     def save(self, workspace: Workspace) -> None:
         """Record these routes as what the nodes run (apply's job; tests use it too)."""

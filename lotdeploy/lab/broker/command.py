@@ -74,7 +74,7 @@ def read_admin_password(path: Path | None) -> Secret:
     """The admin password from its file (never from the command line, where `ps` shows it)."""
     if path is None:
         log.warning("no --admin-password-file: using the vendor default admin password")
-        return Secret("coreflux")
+        return Secret("coreflux", public=True)
     try:
         value = path.read_text().strip("\r\n")
     except OSError as exc:

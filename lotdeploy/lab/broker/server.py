@@ -99,7 +99,7 @@ class LabConfig:
     key: Path | None = None
     ca: Path | None = None
     admin_user: str = DEFAULT_ADMIN_USER
-    admin_password: Secret = field(default_factory=lambda: Secret("coreflux"))
+    admin_password: Secret = field(default_factory=lambda: Secret("coreflux", public=True))
     state_dir: Path | None = None
     node_name: str | None = None
     allow_anonymous: bool = False

@@ -1,0 +1,114 @@
+"""`lotdeploy doctor` across nodes, and `lotdeploy drift` helpers share this per-node plumbing:
+open the node's transport, forward to its broker's admin port, run one async check.
+
+Doctor's findings are stored in the node's state record (`broker`), so plan and apply use
+them: apply removes a route before re-adding it unless the broker overwrites on re-add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lotdeploy.apply.activate import admin_password
+from lotdeploy.broker.session import BrokerClient
+from lotdeploy.doctor import BrokerFacts, Finding, cluster_key_needs, findings, probe_broker
+from lotdeploy.errors import LotdeployError
+from lotdeploy.model import Node, Site, username_for_version
+from lotdeploy.secret import Secret, scrub
+from lotdeploy.state import NodeRecord, StateStore
+from lotdeploy.transport.base import Transport
+from lotdeploy.workspace import Workspace
+
+TransportFactory = Callable[[Node], Transport]
+
+
+@dataclass
+class DoctorResult:
+    node: str
+    facts: BrokerFacts | None = None
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "facts": self.facts.to_json() if self.facts else None,
+            "findings": [f.to_json() for f in self.findings],
+            "error": self.error,
+        }
+
+
+def _cluster_user(
+    workspace: Workspace, node: Node, state_version: int
+) -> tuple[str, Secret] | None:
+    """The cluster credential, if the store is open already (doctor never asks for it)."""
+    if workspace._store is None:  # only a store this run opened anyway
+        return None
+    from lotdeploy.credentials import password_secret_name
+
+    password = workspace._store.get(password_secret_name(state_version))
+    if password is None:
+        return None
+    return username_for_version(node.username, state_version), password
+
+
+def doctor_node(site: Site, workspace: Workspace, node: Node, transport: Transport) -> DoctorResult:
+    result = DoctorResult(node.name)
+    secret = admin_password(site, node)
+    version = StateStore(workspace).read().credential_version
+    cluster_user = _cluster_user(workspace, node, version)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
+
+        async def probe() -> BrokerFacts:
+            client = BrokerClient(
+                node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
+            )
+            async with client:
+                return await probe_broker(
+                    client,
+                    host="127.0.0.1",
+                    port=port,
+                    tls=None,
+                    now_iso=now,
+                    cluster_user=cluster_user,
+                )
+
+        facts = asyncio.run(probe())
+    result.facts = facts
+    result.findings = findings(facts, cluster_key_needs(site, node))
+    return result
+
+
+def run_doctor(
+    site: Site,
+    workspace: Workspace,
+    transports: TransportFactory,
+    parallelism: int = 10,
+    only: set[str] | None = None,
+) -> dict[str, DoctorResult]:
+    """Doctor every chosen node (concurrently) and record each broker's facts in state."""
+    nodes = [n for n in site.nodes if only is None or n.name in only]
+
+    def one(node: Node) -> DoctorResult:
+        try:
+            transport = transports(node)
+            transport.connect()
+            try:
+                return doctor_node(site, workspace, node, transport)
+            finally:
+                transport.close()
+        except (LotdeployError, OSError) as exc:
+            return DoctorResult(node.name, error=scrub(str(exc)))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes) or 1))) as pool:
+        results = {r.node: r for r in pool.map(one, nodes)}
+    with StateStore(workspace).transaction() as state:
+        for name, result in results.items():
+            if result.facts is not None:
+                state.nodes.setdefault(name, NodeRecord()).broker = result.facts.to_json()
+    return results

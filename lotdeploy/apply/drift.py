@@ -1,0 +1,156 @@
+"""`lotdeploy drift`: what the nodes really run, against what apply recorded.
+
+Per node, read live: the release `current` points at and its manifest (over SSH), the
+sha256 of the TLS files in the broker's tls_dir, and the broker's routes (`-listRoutes`)
+with the code of each route lotdeploy owns (`$SYS/Coreflux/Routes/<Name>`). Compare with
+the state document. Route code is compared as normalised text with the password masked on
+both sides, so drift needs no passphrase and never shows one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from lotdeploy.apply import release
+from lotdeploy.apply.activate import admin_session
+from lotdeploy.compiler.routes import canonical_route_text
+from lotdeploy.errors import LotdeployError
+from lotdeploy.lot import normalize
+from lotdeploy.model import ROUTE_PREFIX, Node, Site
+from lotdeploy.plan.desired import DesiredRoute
+from lotdeploy.secret import SENSITIVE, Secret, scrub
+from lotdeploy.state import NodeRecord, StateStore
+from lotdeploy.transport.base import Transport
+from lotdeploy.workspace import Workspace
+
+TransportFactory = Callable[[Node], Transport]
+_PASSWORD = re.compile(r'(WITH\s+PASSWORD\s+)"[^"]*"')
+#: How long to wait for a route's code on $SYS (retained, so normally at once).
+ROUTE_CODE_WAIT = 3.0
+
+
+@dataclass
+class DriftReport:
+    findings: dict[str, list[str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> bool:
+        return any(self.findings.values())
+
+    def summary(self) -> str:
+        nodes = sum(1 for f in self.findings.values() if f)
+        if self.errors:
+            return f"drift: {len(self.errors)} node(s) could not be read, {nodes} drifted"
+        if not nodes:
+            return f"drift: none; {len(self.checked)} node(s) match what was applied"
+        total = sum(len(f) for f in self.findings.values())
+        return f"drift: {total} difference(s) on {nodes} of {len(self.checked)} node(s)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "drifted": self.drifted,
+            "nodes": {
+                name: {"findings": self.findings.get(name, []), "error": self.errors.get(name)}
+                for name in sorted(self.checked)
+            },
+        }
+
+
+def masked(code: str) -> str:
+    """Normalised LOT with the password's value masked: comparable without the secret."""
+    return _PASSWORD.sub(lambda m: f'{m.group(1)}"{SENSITIVE}"', normalize(code))
+
+
+def expected_code(attrs: dict[str, Any]) -> str:
+    route = DesiredRoute.from_attrs(attrs)
+    return masked(canonical_route_text(route.attrs(), Secret(SENSITIVE)))
+
+
+def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport) -> list[str]:
+    found: list[str] = []
+    paths = release.NodePaths.of(node)
+    live = release.live_manifest(transport, node)
+    tls_names = [n for n in record.files if n != "routes.lot"]
+    facts = release.node_facts(transport, node, record.release or "0", tls_names)
+    current, digests = facts.current, facts.tls_digests
+    if record.release and current != record.release:
+        found.append(f"release: current is {current or 'missing'}, apply left {record.release}")
+    live_files = (live or {}).get("files", {}) if isinstance(live, dict) else {}
+    for name, entry in sorted(record.files.items()):
+        if name in tls_names:
+            have = digests.get(name)
+            where = f"{paths.tls_dir}/{name}"
+        else:
+            have = (
+                (live_files.get(name) or {}).get("sha256") if isinstance(live_files, dict) else None
+            )
+            where = f"{paths.current}/{name}"
+        if have is None:
+            found.append(f"file {where}: missing")
+        elif have != entry.get("sha256"):
+            found.append(f"file {where}: changed")
+    with admin_session(site, node, transport) as client:
+        listed = {str(r.get("name")): r for r in client.list_routes() if r.get("name")}
+        for name in sorted(set(record.routes) - set(listed)):
+            found.append(f"route {name}: missing on the broker")
+        for name in sorted(
+            n for n in set(listed) - set(record.routes) if n.startswith(ROUTE_PREFIX)
+        ):
+            found.append(f"route {name}: on the broker, but not applied by lotdeploy")
+        for name in sorted(set(record.routes) & set(listed)):
+            code = client.read_route_code(name, timeout=ROUTE_CODE_WAIT)
+            if code is None:
+                continue  # this broker does not republish route code: nothing to compare
+            if masked(code) != expected_code(record.routes[name]):
+                found.append(f"route {name}: its code on the broker differs from what was applied")
+    return found
+
+
+def read_drift(
+    site: Site,
+    workspace: Workspace,
+    transports: TransportFactory,
+    parallelism: int = 10,
+    only: set[str] | None = None,
+) -> DriftReport:
+    """Drift of every chosen node that apply has recorded (concurrently, bounded)."""
+    state = StateStore(workspace).read()
+    report = DriftReport()
+    nodes = [
+        n
+        for n in site.nodes
+        if (only is None or n.name in only)
+        and n.name in state.nodes
+        and (state.nodes[n.name].routes or state.nodes[n.name].files)
+    ]
+    for node in site.nodes:
+        if (only is None or node.name in only) and node not in nodes:
+            report.findings[node.name] = ["never applied"]
+            report.checked.append(node.name)
+
+    def one(node: Node) -> tuple[str, list[str] | None, str | None]:
+        try:
+            transport = transports(node)
+            transport.connect()
+            try:
+                return node.name, node_drift(site, node, state.nodes[node.name], transport), None
+            finally:
+                transport.close()
+        except (LotdeployError, OSError) as exc:
+            return node.name, None, scrub(str(exc))
+
+    if nodes:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as pool:
+            for name, found, error in pool.map(one, nodes):
+                report.checked.append(name)
+                if error is not None:
+                    report.errors[name] = error
+                else:
+                    report.findings[name] = found or []
+    return report
