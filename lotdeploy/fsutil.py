@@ -203,23 +203,29 @@ def exclusive_lock(path: Path, purpose: str, timeout: float = 0.0) -> Iterator[N
         os.close(fd)  # releases the lock
 
 
+_HOLDER: dict[int, str] = {}  # pid -> "lock ID on HOST by USER since TIME", one per process
+
+
 def lock_record(purpose: str) -> str:
     """What a holder writes into its lock file: `pid N: purpose`, then `lock ID on HOST by
-    USER since TIME`. The ID is what `lotdeploy force-unlock ID` names."""
-    import getpass
-    import socket
-    import uuid
-    from datetime import UTC, datetime
+    USER since TIME`. The ID is what `lotdeploy force-unlock ID` names; it is one per
+    process, so a run that takes the lock again writes the same bytes."""
+    pid = os.getpid()
+    if pid not in _HOLDER:
+        import getpass
+        import socket
+        import uuid
+        from datetime import UTC, datetime
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.geteuid())
-    since = datetime.now(UTC).isoformat(timespec="seconds")
-    return (
-        f"pid {os.getpid()}: {purpose}\n"
-        f"lock {uuid.uuid4().hex[:12]} on {socket.gethostname()} by {user} since {since}\n"
-    )
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.geteuid())
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        _HOLDER[pid] = (
+            f"lock {uuid.uuid4().hex[:12]} on {socket.gethostname()} by {user} since {since}"
+        )
+    return f"pid {pid}: {purpose}\n{_HOLDER[pid]}\n"
 
 
 def parse_lock_record(record: str) -> tuple[str, str]:
