@@ -81,14 +81,13 @@ def test_lab_help_does_not_import_the_broker() -> None:
 
 
 def test_no_help_names_a_command_that_does_not_exist() -> None:
+    import re
+
     from click.testing import CliRunner
 
     from lotdeploy.cli import cli
-    from tests.test_cli import _all_commands
-
-    import re
-
     from lotdeploy.cli.table import COMMANDS
+    from tests.test_cli import _all_commands
 
     for path in _all_commands():
         text = CliRunner().invoke(cli, [*path, "--help"]).output

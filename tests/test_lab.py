@@ -170,6 +170,12 @@ def test_nodes_have_separate_files(lab: tuple[Path, LabState]) -> None:
     assert ssh_node(lab_dir, "eu2", "test ! -e /opt/coreflux/tls/probe").returncode == 0
     assert ssh_node(lab_dir, "us1", "test ! -e /opt/coreflux/tls/probe").returncode == 0
     assert not Path("/opt/coreflux/tls/probe").exists()
+    # every path apply may write is private to its node: the broker's, lotdeploy's, /etc's
+    for path in ("/opt/coreflux/probe", "/etc/coreflux/probe", "/opt/lotdeploy/probe"):
+        assert ssh_node(lab_dir, "eu1", f"echo eu1 > {path}").returncode == 0, path
+        assert ssh_node(lab_dir, "eu1", f"cat {path}").stdout.strip() == "eu1", path
+        assert ssh_node(lab_dir, "eu2", f"test ! -e {path}").returncode == 0, path
+        assert not Path(path).exists(), path
 
 
 ADMIN_PROBE = """

@@ -192,8 +192,10 @@ def _prepare_files(layout: Layout, state: LabState) -> None:
     hosts.ensure_admin_password(layout)
     host_keys: dict[str, str] = {}
     for node in state.nodes:
-        for sub in ("tls", "release", "run", "broker"):
+        for sub in (*hosts.NODE_MOUNTS, "broker"):
             layout.node_sub(node.name, sub).mkdir(parents=True, exist_ok=True)
+        for outer, inner in hosts.nested_mountpoints():
+            (layout.node_sub(node.name, outer) / inner).mkdir(parents=True, exist_ok=True)
         host_keys[node.name] = hosts.ensure_key(
             layout.node_sub(node.name, "ssh_host_ed25519_key"), f"lab-{node.name}", node.name
         )

@@ -35,7 +35,27 @@ PROJECT_ROOT = Path(lotdeploy.__file__).resolve().parent.parent
 
 # In root mode each node sees its own directory at these paths (bind mounts in the mount
 # namespace `ip netns exec` gives every process it starts); the host keeps them empty.
-NODE_MOUNTS = {"tls": NODE_TLS_DIR, "release": NODE_RELEASE_DIR, "run": NODE_RUN_DIR}
+# Everything apply may write on a node is private to it: the broker's directories under
+# /opt/coreflux and /etc/coreflux, lotdeploy's release directory, the run directory.
+# Outer directories come first: a nested one (tls in /opt/coreflux) is bound on top.
+NODE_MOUNTS = {
+    "opt": "/opt/coreflux",
+    "etc": "/etc/coreflux",
+    "tls": NODE_TLS_DIR,
+    "release": NODE_RELEASE_DIR,
+    "run": NODE_RUN_DIR,
+}
+
+
+def nested_mountpoints() -> list[tuple[str, str]]:
+    """(outer mount, path inside it) for each mount that lies within another: the node's
+    copy of the outer directory needs that path as a mountpoint."""
+    found = []
+    for what, target in NODE_MOUNTS.items():
+        for outer, outer_target in NODE_MOUNTS.items():
+            if outer != what and target.startswith(outer_target.rstrip("/") + "/"):
+                found.append((outer, target[len(outer_target.rstrip("/")) + 1 :]))
+    return found
 _MOUNT_SCRIPT = (
     'set -e; while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done; shift; exec "$@"'
 )
