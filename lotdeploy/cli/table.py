@@ -76,6 +76,10 @@ COMMANDS = {
         "lotdeploy.cli.deploy:doctor",
         "Ask each node's broker which of lotdeploy's assumptions hold for it, and record it.",
     ),
+    "status": LazyCommand(
+        "lotdeploy.cli.inspect:status",
+        "Ask each node's broker which routes it runs, and whether each is connected.",
+    ),
     "force-unlock": LazyCommand(
         "lotdeploy.cli.deploy:force_unlock",
         "Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).",

@@ -1,0 +1,62 @@
+"""`lotdeploy status`: what each node's broker runs now, asked live."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lotdeploy.cli.common import load
+from lotdeploy.cli.deploy import _options, limit_options, ssh_options, transport_factory
+from lotdeploy.exitstatus import ExitStatus
+
+
+@click.command()
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable status on stdout.")
+@_options(limit_options + ssh_options)
+def status(
+    site: Path,
+    as_json: bool,
+    limit: tuple[str, ...],
+    exclude: tuple[str, ...],
+    accept_new_host_keys: bool,
+    parallelism: int,
+) -> None:
+    """Ask each node's broker which routes it runs, and whether each is connected.
+
+    Exit 1 when a node cannot be asked, 2 when a route is not Connected.
+
+    \b
+    Example:
+      lotdeploy status site.yaml
+    """
+    from lotdeploy.apply.status import read_status
+    from lotdeploy.cli.term import print_table
+    from lotdeploy.secret import dumps, scrub
+    from lotdeploy.selection import select_nodes
+
+    loaded = load(site)
+    only = select_nodes(loaded.site, limit, exclude)
+    results = read_status(
+        loaded.site, transport_factory(loaded.site, accept_new_host_keys), parallelism, only
+    )
+    down = any(r.get("connection") != "Connected" for s in results.values() for r in s.routes)
+    if as_json:
+        click.echo(dumps({name: s.to_json() for name, s in sorted(results.items())}))
+    else:
+        rows = [
+            [name, str(r.get("name")), str(r.get("connection")), str(r.get("health"))]
+            for name, s in sorted(results.items())
+            for r in s.routes
+        ]
+        if rows:
+            print_table(["node", "route", "connection", "health"], rows)
+        for name, s in sorted(results.items()):
+            if s.error:
+                click.echo(scrub(f"{name}: error: {s.error}"), err=True)
+    if any(s.error for s in results.values()):
+        sys.exit(ExitStatus.ERROR)
+    if down:
+        sys.exit(ExitStatus.CHANGES)
