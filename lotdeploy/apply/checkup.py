@@ -45,8 +45,17 @@ class DoctorResult:
 def _cluster_user(
     workspace: Workspace, node: Node, state_version: int
 ) -> tuple[str, Secret] | None:
-    """The cluster credential, if the store is open already (doctor never asks for it)."""
-    if workspace._store is None:  # only a store this run opened anyway
+    """The cluster credential, when the store can be opened without asking (doctor never
+    prompts: LOTDEPLOY_PASSPHRASE set, or the store open already in this run)."""
+    import os
+
+    from lotdeploy.workspace import PASSPHRASE_ENV
+
+    if workspace._store is None:
+        if not os.environ.get(PASSPHRASE_ENV) or not workspace.secrets_path.exists():
+            return None
+        workspace.secrets()
+    if workspace._store is None:
         return None
     from lotdeploy.credentials import password_secret_name
 
