@@ -97,8 +97,10 @@ CASES: dict[str, tuple[str, bool]] = {
 
 
 def normalise_plan_text(text: str) -> str:
-    """Release 0.1.0 printed plan warnings as "Warning: ..."; this release prints "warning:
-    ..." on purpose (the one intended difference in the plan text)."""
+    """The two intended differences in the plan text: release 0.1.0 printed warnings as
+    "Warning: ..." (now "warning: ..."), and had no apply, so no block saying what apply
+    does on each node ("On the nodes ...", new with apply): that block is left out."""
+    text = re.sub(r"\nOn the nodes \(what apply does there\):\n(?:  .*\n)+", "", text)
     return re.sub(r"(?m)^(\s*)Warning: ", r"\1warning: ", text)
 
 

@@ -11,7 +11,7 @@ from itertools import groupby
 
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.desired import DesiredRoute
-from lotdeploy.plan.diff import Plan
+from lotdeploy.plan.diff import NodeSteps, Plan
 from lotdeploy.secret import SENSITIVE
 
 _SGR = {"green": 32, "yellow": 33, "red": 31, "magenta": 35}
@@ -85,6 +85,13 @@ def format_text(plan: Plan, colour: bool = False) -> str:
         for node, changes in groupby(in_region, key=lambda c: c.node or ""):
             out.append(f"  node {node}")
             out.extend("    " + _line(c, colour) for c in changes)
+    if plan.steps:
+        out.append("")
+        out.append("On the nodes (what apply does there):")
+        width = max(len(name) for name in plan.steps)
+        out.extend(
+            f"  {name.ljust(width)}  {steps_text(plan.steps[name])}" for name in sorted(plan.steps)
+        )
     if plan.warnings:
         out.append("")
         for warning in plan.warnings:
@@ -92,6 +99,24 @@ def format_text(plan: Plan, colour: bool = False) -> str:
     out.append("")
     out.append(summary_line(plan))
     return "\n".join(out) + "\n"
+
+
+def steps_text(steps: NodeSteps) -> str:
+    """One node's apply steps in a line: files written, reload, users, routes."""
+    parts = []
+    if steps.files:
+        parts.append("write " + " ".join(steps.files))
+    parts.append("reload" if steps.reload else "no reload")
+    if steps.users_create:
+        parts.append("users +" + " +".join(steps.users_create))
+    if steps.users_remove:
+        parts.append("users -" + " -".join(steps.users_remove))
+    if steps.routes_add or steps.routes_remove:
+        replaced = set(steps.routes_add) & set(steps.routes_remove)
+        added = len(steps.routes_add) - len(replaced)
+        removed = len(steps.routes_remove) - len(replaced)
+        parts.append(f"routes +{added} ~{len(replaced)} -{removed}")
+    return ", ".join(parts)
 
 
 def summary_line(plan: Plan) -> str:
