@@ -25,7 +25,7 @@ from typing import Any
 from lotdeploy.apply import activate, release
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.credentials import broker_users
-from lotdeploy.errors import LotdeployError
+from lotdeploy.errors import BrokerError, LotdeployError
 from lotdeploy.model import Node, Site
 from lotdeploy.plan.desired import desired_state
 from lotdeploy.plan.diff import NodeSteps, Plan
@@ -193,6 +193,11 @@ def apply_plan(
     try:
         run.each("files", targets, lambda n: _files(run, n, bundles[n], steps[n]))
         run.each(
+            "capabilities",
+            [n for n in targets if not _known_broker(run, n)],
+            lambda n: _capabilities(run, n),
+        )
+        run.each(
             "users",
             [n for n in targets if steps[n].users_create],
             lambda n: _users(run, n, {u: users[u] for u in steps[n].users_create if u in users}),
@@ -244,6 +249,27 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
     run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
     done = "uploaded" if outcome.uploaded else "already on the node"
     return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
+
+
+def _known_broker(run: _Run, name: str) -> bool:
+    return bool(StateStore(run.workspace).read().nodes.get(name, NodeRecord()).broker)
+
+
+def _capabilities(run: _Run, name: str) -> str:
+    """Before the first activation on a node: ask its broker what it supports (doctor's
+    probe), record it, and refuse to go on when it lacks a key the site's routes need."""
+    from lotdeploy.apply.checkup import doctor_node
+    from lotdeploy.doctor import key_problems
+
+    node = run.site.node(name)
+    result = doctor_node(run.site, run.workspace, node, run.transport(name))
+    assert result.facts is not None
+    facts = result.facts
+    run.record(name, lambda r: setattr(r, "broker", facts.to_json()))
+    problems = key_problems(facts, run.site, node)
+    if problems:
+        raise BrokerError(name, "; ".join(p.removeprefix(f"node {name}: ") for p in problems))
+    return f"{facts.reply_format} replies, re-add {facts.readd}"
 
 
 def _users(run: _Run, name: str, users: dict[str, Secret]) -> str:

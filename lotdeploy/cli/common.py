@@ -8,7 +8,7 @@ module can be imported (for its `--help`) without them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -77,3 +77,25 @@ def open_workspace(site: Path, workspace_dir: Path | None) -> Workspace:
 
 def open_site(site: Path, workspace_dir: Path | None) -> tuple[LoadedSite, Workspace]:
     return load(site), open_workspace(site, workspace_dir)
+
+
+def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
+    """Plan fails, naming node and key, when a broker doctor (or a first apply) asked lacks
+    a CLUSTER_CONFIG key the site's routes need."""
+    from lotdeploy.doctor import BrokerFacts, key_problems
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.state import StateStore
+
+    problems: list[str] = []
+    for name, record in sorted(StateStore(workspace).read().nodes.items()):
+        if not record.broker or name not in {n.name for n in site.nodes}:
+            continue
+        try:
+            facts = BrokerFacts.from_json(record.broker)
+        except ValueError:
+            continue  # an older or damaged record: doctor records it again
+        problems += key_problems(facts, site, site.node(name))
+    if problems:
+        raise LotdeployError(
+            "; ".join(problems) + " (what lotdeploy doctor found; see docs/doctor.md)"
+        )

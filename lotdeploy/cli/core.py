@@ -16,6 +16,7 @@ from lotdeploy.cli.common import (
     directory_option,
     load,
     open_workspace,
+    refuse_missing_broker_keys,
     site_argument,
     workspace_option,
 )
@@ -150,6 +151,7 @@ def plan(
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
+    refuse_missing_broker_keys(loaded.site, workspace)
     the_plan = make_plan(loaded.site, workspace, only=only)
     if as_json:
         write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s

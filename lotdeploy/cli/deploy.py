@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lotdeploy.cli.common import directory_option, load, open_workspace
+from lotdeploy.cli.common import (
+    directory_option,
+    load,
+    open_workspace,
+    refuse_missing_broker_keys,
+)
 from lotdeploy.exitstatus import ExitStatus
 
 if TYPE_CHECKING:
@@ -201,6 +206,7 @@ def apply(
             if saved is not None and saved.only
             else select_nodes(site, limit, exclude)
         )
+        refuse_missing_broker_keys(site, workspace)
         fresh = make_plan(site, workspace, only=only)
         if saved is not None:
             require_fresh(saved, fresh, source)
