@@ -133,3 +133,23 @@ def test_route_payload_round_trip() -> None:
     assert DesiredRoute.from_attrs(route.attrs()) == route
     assert route.password.name == "cluster-password-v2"
     assert replace(route, password_version=1).password.name == "cluster-password-v1"
+
+
+def test_the_latest_plan_reference_reads_back_and_detects_staleness(
+    geo: Path, tmp_path: Path
+) -> None:
+    from lotdeploy.apply.saved import stale_reasons
+    from lotdeploy.plan.document import write_reference
+
+    site = load_site(geo).site
+    ws = Workspace(geo.parent / ".lotdeploy", passphrase_provider=lambda c: Secret("p" * 12))
+    plan = make_plan(site, ws)
+    path = tmp_path / "latest.json"
+    write_reference(plan, path)
+    saved = read_plan(path)
+    assert stale_reasons(saved, make_plan(site, ws)) == []
+    assert [c.key for c in saved.changes] == [c.key for c in plan.changes]
+    Observed(routes={n.name: {} for n in site.nodes}).save(ws)  # the state moves on
+    reasons = stale_reasons(saved, make_plan(site, ws))
+    assert any("state moved on" in r for r in reasons)
+    assert path.stat().st_size < len(to_json(plan)) / 4

@@ -143,7 +143,7 @@ def plan(
     """
     from lotdeploy.apply.saved import LATEST
     from lotdeploy.cli.term import interactive
-    from lotdeploy.plan.document import iter_json, write_plan
+    from lotdeploy.plan.document import iter_json, write_plan, write_reference
     from lotdeploy.plan.make import make_plan
     from lotdeploy.plan.text import format_text
     from lotdeploy.selection import select_nodes
@@ -163,7 +163,7 @@ def plan(
         write_plan(the_plan, out_file)
     if the_plan.has_changes:  # what a bare `lotdeploy apply` applies
         with workspace.lock("plan"):
-            write_plan(the_plan, workspace.root / LATEST)
+            write_reference(the_plan, workspace.root / LATEST)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(ExitStatus.CHANGES)
 

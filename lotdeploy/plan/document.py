@@ -21,6 +21,8 @@ from lotdeploy.plan.diff import NodeSteps, Plan
 from lotdeploy.secret import dumps
 
 PLAN_FORMAT = "lotdeploy-plan"
+#: the compact form `plan` keeps as the workspace's latest plan (write_reference)
+REFERENCE_FORMAT = "lotdeploy-plan-reference"
 PLAN_JSON_FORMAT = 1
 
 
@@ -121,7 +123,7 @@ def to_json(plan: Plan) -> str:
 
 def write_plan(plan: Plan, path: Path) -> None:
     try:
-        atomic_write(path, to_json(plan), mode=0o600)
+        atomic_write(path, to_json(plan).encode(), mode=0o600)
     except OSError as exc:
         raise WorkspaceError(f"{path}: cannot write the plan: {exc.strerror}") from None
 
@@ -140,7 +142,49 @@ def read_plan(path: Path) -> Plan:
         raise WorkspaceError(f"{path}: not a lotdeploy plan ({exc})") from None
 
 
+def write_reference(plan: Plan, path: Path) -> None:
+    """What `plan` keeps for a bare `apply`: the plan's identity, not its payloads.
+
+    Apply re-plans anyway and applies the fresh plan only if it is this one (same site
+    digest, state serial, nodes and changes); payloads and display attributes are not
+    needed for that, and at 200 nodes they are most of the ~40 MB a full document takes.
+    """
+    doc = {
+        **_head(plan),
+        "format": REFERENCE_FORMAT,
+        "changes": [[c.key, c.action, c.reason] for c in _ordered(plan)],
+    }
+    try:
+        atomic_write(path, json.dumps(doc, separators=(",", ":")) + "\n", mode=0o600)
+    except OSError as exc:
+        raise WorkspaceError(f"{path}: cannot write the plan: {exc.strerror}") from None
+
+
+def _reference(doc: dict[str, Any]) -> Plan:
+    if doc.get("format_version") != PLAN_JSON_FORMAT:
+        raise ValueError(f"unknown plan format version {doc.get('format_version')!r}")
+    changes = []
+    for key, action, reason in doc["changes"]:
+        if action not in MARKERS:
+            raise ValueError(f"unknown action {action!r}")
+        kind, node, name = str(key).split("/", 2)
+        changes.append(Change(action, kind, name, node or None, None, str(reason)))
+    return Plan(
+        site=str(doc["site"]),
+        site_digest=str(doc["site_digest"]),
+        node_count=int(doc["nodes"]),
+        region_count=int(doc["regions"]),
+        changes=changes,
+        regions={str(k): str(v) for k, v in dict(doc["node_regions"]).items()},
+        state_serial=int(doc["state_serial"]),
+        site_file=str(doc.get("site_file", "")),
+        only=None if doc.get("only") is None else [str(n) for n in doc["only"]],
+    )
+
+
 def plan_from_document(doc: Any) -> Plan:
+    if isinstance(doc, dict) and doc.get("format") == REFERENCE_FORMAT:
+        return _reference(doc)
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
         raise ValueError("no lotdeploy plan format marker")
     if doc.get("format_version") != PLAN_JSON_FORMAT:
