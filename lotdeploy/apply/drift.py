@@ -37,6 +37,8 @@ ROUTE_CODE_WAIT = 3.0
 class DriftReport:
     findings: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: node -> {"routes": names, "files": names} that no longer hold on the node
+    stale: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     checked: list[str] = field(default_factory=list)
 
     @property
@@ -73,32 +75,44 @@ def expected_code(attrs: dict[str, Any]) -> str:
 
 
 def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport) -> list[str]:
+    return node_drift_items(site, node, record, transport)[0]
+
+
+def node_drift_items(
+    site: Site, node: Node, record: NodeRecord, transport: Transport
+) -> tuple[list[str], dict[str, set[str]]]:
+    """The findings in words, and what no longer holds: {"routes": names, "files": names}
+    (what `plan --refresh` forgets from the record, so the plan restores it)."""
     found: list[str] = []
+    stale: dict[str, set[str]] = {"routes": set(), "files": set()}
     paths = release.NodePaths.of(node)
-    live = release.live_manifest(transport, node)
     tls_names = [n for n in record.files if n != "routes.lot"]
     facts = release.node_facts(transport, node, record.release or "0", tls_names)
     current, digests = facts.current, facts.tls_digests
     if record.release and current != record.release:
         found.append(f"release: current is {current or 'missing'}, apply left {record.release}")
-    live_files = (live or {}).get("files", {}) if isinstance(live, dict) else {}
+        stale["files"] |= set(record.files)
+    # the files themselves, not the manifest: a hand edit leaves the manifest as it was
+    release_names = [n for n in record.files if n not in tls_names]
+    release_digests = _digests(transport, paths.current, release_names)
     for name, entry in sorted(record.files.items()):
         if name in tls_names:
             have = digests.get(name)
             where = f"{paths.tls_dir}/{name}"
         else:
-            have = (
-                (live_files.get(name) or {}).get("sha256") if isinstance(live_files, dict) else None
-            )
+            have = release_digests.get(name)
             where = f"{paths.current}/{name}"
         if have is None:
             found.append(f"file {where}: missing")
+            stale["files"].add(name)
         elif have != entry.get("sha256"):
             found.append(f"file {where}: changed")
+            stale["files"].add(name)
     with admin_session(site, node, transport) as client:
         listed = {str(r.get("name")): r for r in client.list_routes() if r.get("name")}
         for name in sorted(set(record.routes) - set(listed)):
             found.append(f"route {name}: missing on the broker")
+            stale["routes"].add(name)
         for name in sorted(
             n for n in set(listed) - set(record.routes) if n.startswith(ROUTE_PREFIX)
         ):
@@ -109,6 +123,24 @@ def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport)
                 continue  # this broker does not republish route code: nothing to compare
             if masked(code) != expected_code(record.routes[name]):
                 found.append(f"route {name}: its code on the broker differs from what was applied")
+                stale["routes"].add(name)
+    return found, stale
+
+
+def _digests(transport: Transport, directory: str, names: list[str]) -> dict[str, str]:
+    """sha256 of each named file in `directory` on the node (missing ones left out)."""
+    import posixpath
+    import shlex
+
+    if not names:
+        return {}
+    paths = " ".join(shlex.quote(posixpath.join(directory, n)) for n in names)
+    out = transport.run(f"sha256sum {paths} 2>/dev/null || true", timeout=30).stdout
+    found = {}
+    for line in out.splitlines():
+        digest, _, path = line.partition("  ")
+        if len(digest) == 64:
+            found[posixpath.basename(path.strip())] = digest
     return found
 
 
@@ -134,12 +166,13 @@ def read_drift(
             report.findings[node.name] = ["never applied"]
             report.checked.append(node.name)
 
-    def one(node: Node) -> tuple[str, list[str] | None, str | None]:
+    def one(node: Node) -> tuple[str, tuple[list[str], dict[str, set[str]]] | None, str | None]:
         try:
             transport = transports(node)
             transport.connect()
             try:
-                return node.name, node_drift(site, node, state.nodes[node.name], transport), None
+                record = state.nodes[node.name]
+                return node.name, node_drift_items(site, node, record, transport), None
             finally:
                 transport.close()
         except (LotdeployError, OSError) as exc:
@@ -147,10 +180,10 @@ def read_drift(
 
     if nodes:
         with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as pool:
-            for name, found, error in pool.map(one, nodes):
+            for name, items, error in pool.map(one, nodes):
                 report.checked.append(name)
-                if error is not None:
-                    report.errors[name] = error
+                if error is not None or items is None:
+                    report.errors[name] = error or "unknown"
                 else:
-                    report.findings[name] = found or []
+                    report.findings[name], report.stale[name] = items
     return report

@@ -230,7 +230,7 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
     outcome = run.result.outcomes[name]
     rid = release.release_id(bundle)
     tls_names = [f.name for f in bundle.files if f.name != ROUTE_FILE]
-    facts = release.node_facts(transport, node, rid, tls_names)
+    facts = release.node_facts(transport, node, rid, tls_names, bundle)
     changed = facts.changed_tls(bundle, tls_names)
     if not facts.has_release or facts.current != rid or changed:
         release.install_release(transport, node, bundle, rid, facts, changed)

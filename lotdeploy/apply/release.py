@@ -98,12 +98,26 @@ class NodeFacts:
         )
 
 
-def node_facts(transport: Transport, node: Node, rid: str, tls_names: list[str]) -> NodeFacts:
+def node_facts(
+    transport: Transport,
+    node: Node,
+    rid: str,
+    tls_names: list[str],
+    bundle: Bundle | None = None,
+) -> NodeFacts:
+    """With `bundle`, the release counts as present only if every file in it still has the
+    bundle's content (a hand-edited release is uploaded again)."""
     paths = NodePaths.of(node)
     tls = " ".join(_q(posixpath.join(paths.tls_dir, n)) for n in tls_names)
+    check = f"test -f {_q(posixpath.join(paths.release(rid), MANIFEST))}"
+    if bundle is not None:
+        sums = "\n".join(
+            f"{f.sha256}  {posixpath.join(paths.release(rid), f.name)}" for f in bundle.all_files()
+        )
+        check = f"printf '%s\\n' {_q(sums)} | sha256sum -c --status - 2>/dev/null"
     script = (
         f"echo current=$(readlink {_q(paths.current)} 2>/dev/null || true); "
-        f"test -f {_q(posixpath.join(paths.release(rid), MANIFEST))} && echo has=1; "
+        f"{check} && echo has=1; "
         f"echo owner=$(stat -c %u:%g {_q(paths.tls_dir)} 2>/dev/null || true); "
         + (f"cd / && sha256sum {tls} 2>/dev/null | sed 's/^/sum=/'; " if tls_names else "")
         + "true"

@@ -43,6 +43,8 @@ def stale_reasons(saved: Plan, fresh: Plan) -> list[str]:
             f"the state moved on since the plan was made (serial {saved.state_serial} -> "
             f"{fresh.state_serial}): another apply, render or rotation ran"
         )
+    if saved.refreshed and saved.drift != fresh.drift:
+        reasons.append("the live nodes changed since the plan was made (plan --refresh)")
     if saved.only != fresh.only:
         reasons.append("the plan was made for other nodes (--limit/--exclude)")
     old = {_key(c): c for c in saved.changes}

@@ -99,3 +99,29 @@ def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
         raise LotdeployError(
             "; ".join(problems) + " (what lotdeploy doctor found; see docs/doctor.md)"
         )
+
+
+def read_live(
+    site: Any, workspace: Any, only: set[str] | None, accept_new_host_keys: bool
+) -> tuple[dict[str, list[str]], dict[str, dict[str, set[str]]]]:
+    """`--refresh`: what the live nodes show (drift findings, and what no longer holds);
+    a node that cannot be read is an error naming it (a plan must not guess)."""
+    from lotdeploy.apply.drift import read_drift
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.transport.ssh import SshTransport
+
+    def make(node: Any) -> Any:
+        return SshTransport.for_node(
+            node, accept_new_host_keys=accept_new_host_keys, base_dir=site.base_dir
+        )
+
+    report = read_drift(site, workspace, make, 10, only)
+    if report.errors:
+        raise LotdeployError(
+            "cannot read the live nodes: "
+            + "; ".join(f"node {n}: {e}" for n, e in sorted(report.errors.items()))
+        )
+    findings = {
+        n: [f for f in found if f != "never applied"] for n, found in report.findings.items()
+    }
+    return findings, report.stale

@@ -16,6 +16,7 @@ from lotdeploy.cli.common import (
     directory_option,
     load,
     open_workspace,
+    read_live,
     refuse_missing_broker_keys,
     site_argument,
     workspace_option,
@@ -116,6 +117,17 @@ def render(site: Path, out: Path, workspace_dir: Path | None) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also save the plan to FILE, for `lotdeploy apply FILE` (no secret in it).",
 )
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Also read the live nodes (over SSH and the command channel): show drift apart "
+    "from the changes, and plan to restore what drifted.",
+)
+@click.option(
+    "--accept-new-host-keys",
+    is_flag=True,
+    help="With --refresh: accept and record unknown SSH host keys.",
+)
 @click.option("--limit", multiple=True, metavar="NAMES", help="Only these nodes, regions or tags.")
 @click.option(
     "--exclude", multiple=True, metavar="NAMES", help="Leave out these nodes, regions or tags."
@@ -126,6 +138,8 @@ def plan(
     as_json: bool,
     detailed_exitcode: bool,
     out_file: Path | None,
+    refresh: bool,
+    accept_new_host_keys: bool,
     limit: tuple[str, ...],
     exclude: tuple[str, ...],
 ) -> None:
@@ -140,6 +154,7 @@ def plan(
       lotdeploy plan site.yaml
       lotdeploy plan site.yaml --json --detailed-exitcode > plan.json
       lotdeploy plan site.yaml --out release.plan
+      lotdeploy plan site.yaml --refresh
     """
     from lotdeploy.apply.saved import LATEST
     from lotdeploy.cli.term import interactive
@@ -152,7 +167,8 @@ def plan(
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
     refuse_missing_broker_keys(loaded.site, workspace)
-    the_plan = make_plan(loaded.site, workspace, only=only)
+    live = read_live(loaded.site, workspace, only, accept_new_host_keys) if refresh else None
+    the_plan = make_plan(loaded.site, workspace, only=only, live=live)
     if as_json:
         write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s
         for piece in iter_json(the_plan):

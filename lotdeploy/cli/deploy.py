@@ -15,6 +15,7 @@ from lotdeploy.cli.common import (
     directory_option,
     load,
     open_workspace,
+    read_live,
     refuse_missing_broker_keys,
 )
 from lotdeploy.exitstatus import ExitStatus
@@ -207,7 +208,10 @@ def apply(
             else select_nodes(site, limit, exclude)
         )
         refuse_missing_broker_keys(site, workspace)
-        fresh = make_plan(site, workspace, only=only)
+        live = None
+        if saved is not None and saved.refreshed:  # a refreshed plan is checked live again
+            live = read_live(site, workspace, only, accept_new_host_keys)
+        fresh = make_plan(site, workspace, only=only, live=live)
         if saved is not None:
             require_fresh(saved, fresh, source)
         elif not as_json:

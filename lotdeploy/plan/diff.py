@@ -72,6 +72,9 @@ class Plan:
     site_file: str = ""
     #: the nodes chosen by --limit/--exclude (None: every node)
     only: list[str] | None = None
+    #: made with `--refresh`: live nodes were read, and `drift` is what they showed
+    refreshed: bool = False
+    drift: dict[str, list[str]] = field(default_factory=dict)
 
     def restricted(self, only: set[str] | None) -> Plan:
         """This plan for the chosen nodes only (site-level steps stay: they serve all)."""
@@ -81,6 +84,7 @@ class Plan:
             self,
             changes=[c for c in self.changes if c.node is None or c.node in only],
             steps={n: s for n, s in self.steps.items() if n in only},
+            drift={n: d for n, d in self.drift.items() if n in only},
             only=sorted(only),
         )
 
@@ -92,7 +96,8 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes)
+        """Something to do: a change, or (after --refresh) a node to restore."""
+        return bool(self.changes or self.steps)
 
 
 def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:

@@ -77,6 +77,8 @@ def _head(plan: Plan) -> dict[str, Any]:
         "node_regions": plan.regions,
         "site_file": plan.site_file,
         "only": plan.only,
+        "refreshed": plan.refreshed,
+        "drift": plan.drift,
     }
 
 
@@ -179,6 +181,8 @@ def _reference(doc: dict[str, Any]) -> Plan:
         state_serial=int(doc["state_serial"]),
         site_file=str(doc.get("site_file", "")),
         only=None if doc.get("only") is None else [str(n) for n in doc["only"]],
+        refreshed=bool(doc.get("refreshed", False)),
+        drift={str(k): [str(x) for x in v] for k, v in dict(doc.get("drift", {})).items()},
     )
 
 
@@ -214,6 +218,8 @@ def plan_from_document(doc: Any) -> Plan:
         steps=steps,
         site_file=str(doc.get("site_file", "")),
         only=None if doc.get("only") is None else [str(n) for n in doc["only"]],
+        refreshed=bool(doc.get("refreshed", False)),
+        drift={str(k): [str(x) for x in v] for k, v in dict(doc.get("drift", {})).items()},
     )
 
 

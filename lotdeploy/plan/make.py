@@ -48,9 +48,17 @@ def first_password_change(site: Site, credentials: CredentialFacts) -> list[Chan
 
 
 def make_plan(
-    site: Site, workspace: Workspace, now: datetime | None = None, only: set[str] | None = None
+    site: Site,
+    workspace: Workspace,
+    now: datetime | None = None,
+    only: set[str] | None = None,
+    live: tuple[dict[str, list[str]], dict[str, dict[str, set[str]]]] | None = None,
 ) -> Plan:
-    """The plan for `site` against the workspace's state (for the nodes in `only`)."""
+    """The plan for `site` against the workspace's state (for the nodes in `only`).
+
+    `live` (from `plan --refresh`: the drift findings and what no longer holds on each
+    node) makes the plan restore what drifted, and shows the drift apart from the changes.
+    """
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
     credentials = credential_facts(state)
@@ -61,11 +69,14 @@ def make_plan(
         site.name,
         site.digest(),
         desired_state(site, credentials),
-        Observed.from_state(state),
+        Observed.from_state(state).forget(live[1]) if live else Observed.from_state(state),
         extra,
         warnings + resume_warnings(state),
     )
     plan.site_file = str(Path(site.source).resolve())
+    if live is not None:
+        plan.refreshed = True
+        plan.drift = {node: found for node, found in sorted(live[0].items()) if found}
     return plan.restricted(only)
 
 

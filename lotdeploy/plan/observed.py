@@ -28,6 +28,8 @@ class Observed:
     serial: int = 0
     #: nodes an apply has given something (a record made only by `doctor` does not count)
     applied: set[str] = field(default_factory=set)
+    #: nodes whose files a live read found changed or missing (`forget`)
+    refreshed: set[str] = field(default_factory=set)
 
     @classmethod
     def from_state(cls, state: State) -> Observed:
@@ -45,6 +47,22 @@ class Observed:
     @classmethod
     def load(cls, workspace: Workspace) -> Observed:
         return cls.from_state(StateStore(workspace).read())
+
+    def forget(self, stale: dict[str, dict[str, set[str]]]) -> Observed:
+        """This observed state less what live nodes showed no longer holds (`plan
+        --refresh`): the plan then restores it."""
+        from copy import deepcopy
+
+        out = deepcopy(self)
+        for node, gone in stale.items():
+            for name in gone.get("routes", set()):
+                out.routes.get(node, {}).pop(name, None)
+            for name in gone.get("files", set()):
+                out.files.get(node, {}).pop(name, None)
+            if gone.get("files") and node in out.applied:
+                out.applied.discard(node)  # its files are written again
+                out.refreshed.add(node)
+        return out
 
     def __post_init__(self) -> None:
         if not self.applied:  # built by hand (tests, old tools): every recorded node

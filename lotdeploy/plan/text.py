@@ -85,6 +85,12 @@ def format_text(plan: Plan, colour: bool = False) -> str:
         for node, changes in groupby(in_region, key=lambda c: c.node or ""):
             out.append(f"  node {node}")
             out.extend("    " + _line(c, colour) for c in changes)
+    if plan.drift:
+        out.append("")
+        out.append("Drift (what the live nodes showed, apart from the changes above):")
+        out.extend(
+            f"  {node}: {finding}" for node, found in plan.drift.items() for finding in found
+        )
     if plan.steps:
         out.append("")
         out.append("On the nodes (what apply does there):")
@@ -120,7 +126,12 @@ def steps_text(steps: NodeSteps) -> str:
 
 
 def summary_line(plan: Plan) -> str:
-    if not plan.has_changes:
+    if not plan.changes:
+        if plan.steps:
+            return (
+                f"No changes to the site; apply restores what drifted on {len(plan.steps)} "
+                f"node{'s' if len(plan.steps) != 1 else ''}."
+            )
         return "No changes. The site matches the known state."
     counts = plan.summary()
     kinds: dict[str, int] = {}
