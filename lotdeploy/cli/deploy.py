@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lotdeploy.cli.common import (
-    directory_option,
     load,
     open_workspace,
     read_live,
     refuse_missing_broker_keys,
+    workspace_option,
 )
 from lotdeploy.exitstatus import ExitStatus
 
@@ -139,14 +139,7 @@ def _confirm(auto_approve: bool) -> None:
 
 @click.command()
 @click.argument("target", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--workspace",
-    "workspace_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    callback=directory_option,
-    help="Workspace directory (default: .lotdeploy/ beside the site file).",
-)
+@workspace_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask before applying (for CI).")
 @click.option("--json", "as_json", is_flag=True, help="JSON-lines events on stdout.")
 @_options(limit_options + ssh_options)
@@ -284,14 +277,7 @@ def _pending(workspace: Any) -> bool:
 @click.command("force-unlock")
 @click.argument("lock_id")
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--workspace",
-    "workspace_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    callback=directory_option,
-    help="Workspace directory (default: .lotdeploy/ beside the site file).",
-)
+@workspace_option
 def force_unlock(lock_id: str, site: Path, workspace_dir: Path | None) -> None:
     """Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).
 
@@ -308,14 +294,7 @@ def force_unlock(lock_id: str, site: Path, workspace_dir: Path | None) -> None:
 
 @click.command()
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--workspace",
-    "workspace_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    callback=directory_option,
-    help="Workspace directory (default: .lotdeploy/ beside the site file).",
-)
+@workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable findings on stdout.")
 @_options(limit_options + ssh_options)
 def drift(
@@ -367,14 +346,7 @@ def drift(
 
 @click.command()
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--workspace",
-    "workspace_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    callback=directory_option,
-    help="Workspace directory (default: .lotdeploy/ beside the site file).",
-)
+@workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable findings on stdout.")
 @_options(limit_options + ssh_options)
 def doctor(
