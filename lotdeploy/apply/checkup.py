@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from lotdeploy.apply.activate import admin_password
+from lotdeploy.apply.fanout import on_nodes
 from lotdeploy.broker.session import BrokerClient
 from lotdeploy.doctor import BrokerFacts, Finding, cluster_key_needs, findings, probe_broker
-from lotdeploy.errors import LotdeployError
 from lotdeploy.model import Node, Site, username_for_version
-from lotdeploy.secret import Secret, scrub
+from lotdeploy.secret import Secret
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
 from lotdeploy.workspace import Workspace
@@ -103,19 +102,12 @@ def run_doctor(
     """Doctor every chosen node (concurrently) and record each broker's facts in state."""
     nodes = [n for n in site.nodes if only is None or n.name in only]
 
-    def one(node: Node) -> DoctorResult:
-        try:
-            transport = transports(node)
-            transport.connect()
-            try:
-                return doctor_node(site, workspace, node, transport)
-            finally:
-                transport.close()
-        except (LotdeployError, OSError) as exc:
-            return DoctorResult(node.name, error=scrub(str(exc)))
-
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes) or 1))) as pool:
-        results = {r.node: r for r in pool.map(one, nodes)}
+    found = on_nodes(
+        nodes, transports, lambda node, t: doctor_node(site, workspace, node, t), parallelism
+    )
+    results = {
+        name: DoctorResult(name, error=r) if isinstance(r, str) else r for name, r in found.items()
+    }
     with StateStore(workspace).transaction() as state:
         for name, result in results.items():
             if result.facts is not None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from lotdeploy.apply import release
 from lotdeploy.apply.activate import admin_session
+from lotdeploy.apply.fanout import on_nodes
 from lotdeploy.compiler.routes import canonical_route_text
-from lotdeploy.errors import LotdeployError
 from lotdeploy.lot import normalize
 from lotdeploy.model import ROUTE_PREFIX, Node, Site
 from lotdeploy.plan.desired import DesiredRoute
-from lotdeploy.secret import SENSITIVE, Secret, scrub
+from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
 from lotdeploy.workspace import Workspace
@@ -166,24 +165,16 @@ def read_drift(
             report.findings[node.name] = ["never applied"]
             report.checked.append(node.name)
 
-    def one(node: Node) -> tuple[str, tuple[list[str], dict[str, set[str]]] | None, str | None]:
-        try:
-            transport = transports(node)
-            transport.connect()
-            try:
-                record = state.nodes[node.name]
-                return node.name, node_drift_items(site, node, record, transport), None
-            finally:
-                transport.close()
-        except (LotdeployError, OSError) as exc:
-            return node.name, None, scrub(str(exc))
-
-    if nodes:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as pool:
-            for name, items, error in pool.map(one, nodes):
-                report.checked.append(name)
-                if error is not None or items is None:
-                    report.errors[name] = error or "unknown"
-                else:
-                    report.findings[name], report.stale[name] = items
+    found = on_nodes(
+        nodes,
+        transports,
+        lambda node, t: node_drift_items(site, node, state.nodes[node.name], t),
+        parallelism,
+    )
+    for name, items in found.items():
+        report.checked.append(name)
+        if isinstance(items, str):
+            report.errors[name] = items
+        else:
+            report.findings[name], report.stale[name] = items
     return report

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from lotdeploy.apply.activate import admin_session
-from lotdeploy.errors import LotdeployError
+from lotdeploy.apply.fanout import on_nodes
 from lotdeploy.model import Node, Site
-from lotdeploy.secret import scrub
 from lotdeploy.transport.base import Transport
 
 TransportFactory = Callable[[Node], Transport]
@@ -32,19 +30,14 @@ def read_status(
     """`-listRoutes` of every chosen node's broker (concurrently, bounded)."""
     nodes = [n for n in site.nodes if only is None or n.name in only]
 
-    def one(node: Node) -> NodeStatus:
-        status = NodeStatus(node.name)
-        try:
-            transport = transports(node)
-            transport.connect()
-            try:
-                with admin_session(site, node, transport) as client:
-                    status.routes = sorted(client.list_routes(), key=lambda r: str(r.get("name")))
-            finally:
-                transport.close()
-        except (LotdeployError, OSError) as exc:
-            status.error = scrub(str(exc))
-        return status
+    def job(node: Node, transport: Transport) -> list[dict[str, Any]]:
+        with admin_session(site, node, transport) as client:
+            return sorted(client.list_routes(), key=lambda r: str(r.get("name")))
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes) or 1))) as pool:
-        return {s.node: s for s in pool.map(one, nodes)}
+    results = on_nodes(nodes, transports, job, parallelism)
+    return {
+        name: NodeStatus(name, error=found)
+        if isinstance(found, str)
+        else NodeStatus(name, routes=found)
+        for name, found in results.items()
+    }
