@@ -127,3 +127,9 @@ def test_links_made_on_demand_equal_the_reference_rule(tmp_path: Path) -> None:
     assert site.digest() == whole
     again = load_site_text(MESH_SITE.replace("validity_sec: 7}", "validity_sec: 8}"), "s", tmp_path)
     assert again.site.digest() != site.digest()
+
+
+def test_a_change_without_a_node_takes_the_general_path() -> None:
+    route = _route()
+    change = Change("create", "route", route.name, None, None, "", (), route)
+    assert change_line(change) == dumps(_change_document(change))
