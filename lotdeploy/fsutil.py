@@ -17,8 +17,9 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 #: `.<name>.<random>.tmp`, what tempfile.mkstemp makes for atomic_write below.
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
@@ -57,8 +58,12 @@ def sweep_temporaries(directory: Path) -> None:
                     os.unlink(entry.path)
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, dir_mode: int = 0o755) -> None:
+def atomic_write(
+    path: Path, data: bytes | str | Iterable[str], mode: int = 0o644, dir_mode: int = 0o755
+) -> None:
     """Write `data` to `path` via a temp file in the same directory, fsync, rename.
+
+    `data` may also be text in pieces (an iterable of str), written as they come.
 
     The temporary file is private (0600) until it holds the data and gets `mode`; a
     symlink at `path` is replaced, never followed.
@@ -71,7 +76,10 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, dir_mode: int
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+            if isinstance(payload, bytes):
+                fh.write(payload)
+            else:
+                _write_pieces(fh, payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -80,6 +88,21 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, dir_mode: int
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _write_pieces(fh: BinaryIO, pieces: Iterable[str], chunk: int = 1 << 20) -> None:
+    """Write text pieces as UTF-8, about `chunk` characters per write."""
+    batch: list[str] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece)
+        if size >= chunk:
+            fh.write("".join(batch).encode())
+            batch.clear()
+            size = 0
+    if batch:
+        fh.write("".join(batch).encode())
 
 
 def _unchanged(path: Path, payload: bytes, mode: int) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from lotdeploy import protocol
 from lotdeploy.protocol import DEFAULT_PORT as DEFAULT_PORT
@@ -93,16 +95,81 @@ class PkiPolicy:
     renew_before_days: int | None = None
 
 
+#: The client id format a site gets when it names none.
+DEFAULT_CLIENT_ID_FORMAT = "{node}-to-{peer}"
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """The topology's rule: which node links to which, and how each link is named and timed.
+
+    Links are not stored (999,000 at 1,000 nodes): every link's route name, client id and
+    validity are pure functions of (source, target) and this rule, made when asked for.
+    """
+
+    #: every node links to every other node (the only topology for now)
+    full: bool = True
+    client_id_format: str = DEFAULT_CLIENT_ID_FORMAT
+    #: validity overrides in spec order: (the two node or region names, seconds)
+    overrides: tuple[tuple[tuple[str, ...], int], ...] = ()
+
+
+#: One link without its source: (target node, route name, client id, validity, class).
+LinkRow = tuple[Node, str, str, int, LinkClass]
+
+
+class Links(Sequence[Link]):
+    """`Site.links`: every link, sorted by (source, target), made node by node as it is
+    iterated; only indexing holds them all. Equal to a tuple of the same links."""
+
+    __slots__ = ("_site",)
+
+    def __init__(self, site: Site) -> None:
+        self._site = site
+
+    def __iter__(self) -> Iterator[Link]:
+        site = self._site
+        for source in site.nodes:
+            name = source.name
+            for target, route, client, validity, link_class in site.link_rows(source):
+                yield Link(name, target.name, route, client, validity, link_class)
+
+    def __len__(self) -> int:
+        return self._site.link_count
+
+    def __bool__(self) -> bool:
+        return self._site.link_count > 0
+
+    @overload
+    def __getitem__(self, index: int) -> Link: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Link, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Link | tuple[Link, ...]:
+        return self._site.all_links[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Links | tuple | list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} links of site {self._site.name}>"
+
+
 @dataclass(frozen=True)
 class Site:
     name: str
     source: Path
     nodes: tuple[Node, ...]  # sorted by name: output never depends on spec order
-    links: tuple[Link, ...]  # sorted by (source, target)
     regions: tuple[str, ...]
     pki: PkiPolicy
     templates_dir: Path | None = None
     base_dir: Path = Path(".")  # where relative paths in the spec start; not part of digest
+    mesh: Mesh = Mesh()
 
     def node(self, name: str) -> Node:
         return self._nodes_by_name[name]
@@ -111,15 +178,80 @@ class Site:
     def _nodes_by_name(self) -> dict[str, Node]:
         return {node.name: node for node in self.nodes}
 
-    def links_from(self, source: str) -> tuple[Link, ...]:
-        return self._links_by_source.get(source, ())
+    @property
+    def links(self) -> Links:
+        """Every link, sorted by (source, target); made as iterated (see `Links`)."""
+        return Links(self)
 
     @cached_property
-    def _links_by_source(self) -> dict[str, tuple[Link, ...]]:
-        grouped: dict[str, list[Link]] = {}
-        for link in self.links:
-            grouped.setdefault(link.source, []).append(link)
-        return {name: tuple(links) for name, links in grouped.items()}
+    def all_links(self) -> tuple[Link, ...]:
+        """Every link at once (O(routes) memory: for the rare caller that indexes them)."""
+        return tuple(self.links)
+
+    @cached_property
+    def link_count(self) -> int:
+        if not self.mesh.full:
+            return 0
+        names: dict[str, int] = {}
+        for node in self.nodes:
+            names[node.name] = names.get(node.name, 0) + 1
+        return len(self.nodes) ** 2 - sum(count * count for count in names.values())
+
+    def links_from(self, source: str) -> tuple[Link, ...]:
+        """The links whose route runs on `source`, sorted by target (the last node asked
+        for is kept: render and plan ask for each node's links more than once in a row)."""
+        last = self.__dict__.get("_last_links_from")
+        if last is not None and last[0] == source:
+            links: tuple[Link, ...] = last[1]
+            return links
+        links = tuple(
+            Link(source, target.name, route, client, validity, link_class)
+            for node in self.nodes
+            if node.name == source
+            for target, route, client, validity, link_class in self.link_rows(node)
+        )
+        self.__dict__["_last_links_from"] = (source, links)
+        return links
+
+    def link_rows(self, source: Node) -> Iterator[LinkRow]:
+        """The links of `source` (one of `nodes`), sorted by target, as plain tuples:
+        what plan and render walk, node by node, without making Link objects."""
+        if not self.mesh.full:
+            return
+        pairs, route_names = self._link_rules
+        fmt = self.mesh.client_id_format
+        name, region = source.name, source.region
+        in_region, cross_region = (
+            source.message_validity_sec,
+            source.cross_region_message_validity_sec,
+        )
+        for target in self.nodes:
+            peer = target.name
+            if peer == name:
+                continue
+            if fmt == DEFAULT_CLIENT_ID_FORMAT:
+                client = f"{name}-to-{peer}"
+            else:
+                client = fmt.format(
+                    node=name, peer=peer, site=self.name, region=region, peer_region=target.region
+                )
+            # Node-pair override > region-pair override > the source's link-class setting.
+            found = pairs.get(frozenset((name, peer))) if pairs else None
+            if found is None and pairs:
+                found = pairs.get(frozenset((region, target.region)))
+            if found is not None:
+                yield target, route_names[peer], client, found, "override"
+            elif region == target.region:
+                yield target, route_names[peer], client, in_region, "in-region"
+            else:
+                yield target, route_names[peer], client, cross_region, "cross-region"
+
+    @cached_property
+    def _link_rules(self) -> tuple[dict[frozenset[str], int], dict[str, str]]:
+        pairs: dict[frozenset[str], int] = {}
+        for between, validity in self.mesh.overrides:
+            pairs.setdefault(frozenset(between), validity)  # the first one written wins
+        return pairs, {node.name: route_name_for(node.name) for node in self.nodes}
 
     @property
     def tls_nodes(self) -> tuple[Node, ...]:
@@ -127,16 +259,46 @@ class Site:
 
     @cached_property
     def _digest(self) -> str:
-        return hashlib.sha256(canonical_json(self.describe()).encode()).hexdigest()
+        """sha256 of `canonical_json(self.describe())`, fed node by node: the links' part
+        of that text is made one source node at a time, never as one document."""
+        rest = canonical_json(self._describe_without_links())
+        digest = hashlib.sha256(b'{"links":[')
+        encode = encode_basestring_ascii
+        routes = {name: encode(route) for name, route in self._link_rules[1].items()}
+        separator = ""
+        for source in self.nodes:
+            head = f"[{encode(source.name)},"
+            rows = [
+                f"{head}{encode(target.name)},{routes[target.name]},{encode(client)},"
+                f'{_json_int(validity)},"{link_class}"]'
+                for target, _, client, validity, link_class in self.link_rows(source)
+            ]
+            if rows:
+                digest.update((separator + ",".join(rows)).encode())
+                separator = ","
+        digest.update(b"],")
+        digest.update(rest[1:].encode())
+        return digest.hexdigest()
 
     def digest(self) -> str:
         """sha256 of the resolved model: what the site *means*, not how it was written."""
         return self._digest
 
-    def describe(self) -> dict[str, Any]:
+    def _describe_without_links(self) -> dict[str, Any]:
         return {
             "site": self.name,
             "nodes": [asdict(node) for node in self.nodes],
+            "regions": list(self.regions),
+            "pki": asdict(self.pki),
+            "templates": self.templates_dir.name if self.templates_dir else None,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved model as plain data (its canonical JSON is what `digest` hashes)."""
+        rest = self._describe_without_links()
+        return {
+            "site": rest.pop("site"),
+            "nodes": rest.pop("nodes"),
             # tuples, not asdict(): 39,800 links in a 200-node mesh
             "links": [
                 (
@@ -149,10 +311,12 @@ class Site:
                 )
                 for k in self.links
             ],
-            "regions": list(self.regions),
-            "pki": asdict(self.pki),
-            "templates": self.templates_dir.name if self.templates_dir else None,
+            **rest,
         }
+
+
+def _json_int(value: int) -> str:
+    return int.__repr__(value) if type(value) is int else json.dumps(value)
 
 
 def canonical_json(obj: Any) -> str:

@@ -76,7 +76,7 @@ class RenderResult:
 
 def prepare_workspace(site: Site, workspace: Workspace, now: datetime) -> None:
     """The workspace steps a plan reports: first password, site CA, due certificates."""
-    if site.links:
+    if site.link_count:
         cluster_password(workspace)
     if site.tls_nodes:
         from lotdeploy.pki.bundle import ensure_pki
@@ -89,7 +89,7 @@ def iter_bundles(site: Site, workspace: Workspace, now: datetime) -> Iterator[Bu
     (creates nothing). Streaming keeps memory to one node's routes, whatever the site."""
     version = CredentialState.load(workspace).active_version
     password = Secret("")
-    if site.links:
+    if site.link_count:
         stored = workspace.secrets().get(password_secret_name(version))
         if stored is None:
             raise SecretStoreError(
@@ -127,7 +127,7 @@ def manifest(site: Site, node_name: str, files: list[BundleFile], credential_ver
         "node": node.name,
         "region": node.region,
         "credential_version": credential_version,
-        "routes": [link.route_name for link in site.links_from(node.name)],
+        "routes": [row[1] for row in site.link_rows(node)],
         "files": {
             f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"}
             for f in sorted(files, key=lambda f: f.name)
@@ -161,7 +161,7 @@ def write_bundles(
         raise LotdeployError(
             f"{exc.filename or out}: cannot write bundle: {exc.strerror or exc}"
         ) from None
-    return RenderResult(len(site.nodes), len(site.links), files, removed, written)
+    return RenderResult(len(site.nodes), site.link_count, files, removed, written)
 
 
 def _owner(directory: Path) -> str | None:

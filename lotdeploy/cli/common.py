@@ -46,9 +46,9 @@ def load(site: Path) -> LoadedSite:
     from lotdeploy.spec import load_site
 
     loaded = load_site(site)
-    # The resolved site (one Link per route: 999,000 at 1,000 nodes) lives for the whole
-    # command and holds no garbage: keep the cyclic collector from re-scanning it at every
-    # young collection. Objects made afterwards are collected as usual.
+    # The loaded site and spec live for the whole command and hold no garbage: keep the
+    # cyclic collector from re-scanning them at every young collection. Objects made
+    # afterwards are collected as usual.
     gc.freeze()
     for warning in loaded.warnings:
         click.echo(str(warning), err=True)

@@ -94,7 +94,19 @@ def canonical_route_text(settings: dict[str, Any], password: Secret) -> str:
 def node_route_settings(
     site: Site, node: Node, credential_version: int = 1
 ) -> list[dict[str, Any]]:
+    """The node's routes' settings (as `route_settings` makes them), in link order."""
     return [
-        route_settings(link, site.node(link.target), credential_version)
-        for link in site.links_from(node.name)
+        {
+            "name": route,
+            "peer": peer.name,
+            "peer_region": peer.region,
+            "link_class": link_class,
+            "broker_address": peer.address,
+            "broker_port": peer.port,
+            "client_id": client_id,
+            "username": username_for_version(peer.username, credential_version),
+            "message_validity_sec": validity,
+            "use_tls": peer.tls,
+        }
+        for peer, route, client_id, validity, link_class in site.link_rows(node)
     ]

@@ -132,15 +132,8 @@ def _route(
 def node_routes(site: Site, node: Node, version: int) -> tuple[DesiredRoute, ...]:
     """The node's routes, one per peer, in the site's link order."""
     return tuple(
-        _route(
-            link.route_name,
-            link.client_id,
-            link.link_class,
-            link.message_validity_sec,
-            site.node(link.target),
-            version,
-        )
-        for link in site.links_from(node.name)
+        _route(route, client_id, link_class, validity, peer, version)
+        for peer, route, client_id, validity, link_class in site.link_rows(node)
     )
 
 
@@ -171,7 +164,7 @@ def node_users(site: Site, credentials: CredentialFacts) -> tuple[DesiredUser, .
 
 def desired_state(site: Site, credentials: CredentialFacts) -> dict[str, NodeDesired]:
     """Every node's desired state (pure)."""
-    users = node_users(site, credentials) if site.links else ()
+    users = node_users(site, credentials) if site.link_count else ()
     retired: tuple[str, ...] = ()
     if credentials.retired_version is not None:
         retired = tuple(

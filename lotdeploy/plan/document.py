@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from lotdeploy.fsutil import atomic_write
 from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display
 from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.diff import NodeSteps, Plan
-from lotdeploy.secret import dumps
+from lotdeploy.secret import SENSITIVE, dumps, scrub
 
 PLAN_FORMAT = "lotdeploy-plan"
 #: the compact form `plan` keeps as the workspace's latest plan (write_reference)
@@ -65,6 +66,88 @@ def _change_document(c: Change) -> dict[str, Any]:
     }
 
 
+def _route_create_line(c: Change, route: DesiredRoute) -> str | None:
+    """`dumps(_change_document(c))` of a route creation with no shown attributes (the
+    common case: 39,800 at 200 nodes), the same text made by string formatting
+    (tests/test_fastpaths.py checks the two agree); None for values of other types."""
+    port, validity, version = route.broker_port, route.message_validity_sec, route.password_version
+    if not (
+        type(port) is int
+        and type(validity) is int
+        and type(version) is int
+        and type(route.use_tls) is bool
+    ):
+        return None
+    try:
+        return _route_create_text(c, route, port, validity, version)
+    except TypeError:  # a value that is not a str (the C escaper takes only str)
+        return None
+
+
+def _route_create_text(
+    c: Change, route: DesiredRoute, port: int, validity: int, version: int
+) -> str:
+    e = encode_basestring_ascii
+    # None (never for a route) raises TypeError: the caller falls back to the encoder
+    node, region = e(c.node), e(c.region)  # type: ignore[arg-type]
+    address, client, user = e(route.broker_address), e(route.client_id), e(route.username)
+    tls = "true" if route.use_tls else "false"
+    return (
+        f'{{"key": {e(c.key)}, "action": "create", "kind": "route", "name": {e(c.name)}, '
+        f'"node": {node}, "region": {region}, "reason": {e(c.reason)}, '
+        f'"attributes": {{"BROKER_ADDRESS": {{"before": null, "after": {address}}}, '
+        f'"BROKER_PORT": {{"before": null, "after": "{port}"}}, '
+        f'"CLIENT_ID": {{"before": null, "after": {client}}}, '
+        f'"USERNAME": {{"before": null, "after": {user}}}, '
+        f'"PASSWORD": {{"before": null, "after": {e(SENSITIVE)}}}, '
+        f'"MESSAGE_VALIDITY_SEC": {{"before": null, "after": "{validity}"}}, '
+        f'"USE_TLS": {{"before": null, "after": "{tls}"}}}}, '
+        f'"payload": {{"type": "route", "name": {e(route.name)}, "peer": {e(route.peer)}, '
+        f'"peer_region": {e(route.peer_region)}, "link_class": {e(route.link_class)}, '
+        f'"broker_address": {address}, "broker_port": {port}, "client_id": {client}, '
+        f'"username": {user}, "message_validity_sec": {validity}, "use_tls": {tls}, '
+        f'"password_version": {version}, '
+        f'"password": {{"secret": {e(route.password.name)}}}}}}}'
+    )
+
+
+#: What _route_create_line writes, in this order (checked at import: a new shown
+#: attribute or route field must be added there too).
+assert tuple(label for _, label in SHOWN) == (
+    "BROKER_ADDRESS",
+    "BROKER_PORT",
+    "CLIENT_ID",
+    "USERNAME",
+    "PASSWORD",
+    "MESSAGE_VALIDITY_SEC",
+    "USE_TLS",
+)
+assert DesiredRoute.__slots__ == (
+    "name",
+    "peer",
+    "peer_region",
+    "link_class",
+    "broker_address",
+    "broker_port",
+    "client_id",
+    "username",
+    "message_validity_sec",
+    "use_tls",
+    "password_version",
+)
+
+
+def change_line(c: Change) -> str:
+    """One change as one line of the plan document."""
+    if c.kind == "route" and c.action == "create" and not c.attrs:
+        route = c.payload
+        if type(route) is DesiredRoute:
+            line = _route_create_line(c, route)
+            if line is not None:
+                return scrub(line)
+    return dumps(_change_document(c))
+
+
 def _head(plan: Plan) -> dict[str, Any]:
     return {
         "format": PLAN_FORMAT,
@@ -105,7 +188,7 @@ def iter_json(plan: Plan) -> Iterator[str]:
     yield '  "changes": ['
     separator = "\n    "
     for change in _ordered(plan):
-        yield separator + dumps(_change_document(change))
+        yield separator + change_line(change)
         separator = ",\n    "
     yield "\n  ],\n" if separator != "\n    " else "],\n"
     yield '  "steps": {'
@@ -124,8 +207,10 @@ def to_json(plan: Plan) -> str:
 
 
 def write_plan(plan: Plan, path: Path) -> None:
+    """Save the plan document, written piece by piece (a 1,000-node plan's document is
+    most of a gigabyte: never held whole in memory)."""
     try:
-        atomic_write(path, to_json(plan).encode(), mode=0o600)
+        atomic_write(path, iter_json(plan), mode=0o600)
     except OSError as exc:
         raise WorkspaceError(f"{path}: cannot write the plan: {exc.strerror}") from None
 

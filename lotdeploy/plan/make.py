@@ -34,7 +34,7 @@ def credential_facts(state: State) -> CredentialFacts:
 
 def first_password_change(site: Site, credentials: CredentialFacts) -> list[Change]:
     """The explicit step render/apply perform before any route can be written."""
-    if credentials.generated or not site.links:
+    if credentials.generated or not site.link_count:
         return []
     return [
         Change(

@@ -13,13 +13,12 @@ from lotdeploy.model import (
     DEFAULT_VALIDITY_CROSS_REGION,
     DEFAULT_VALIDITY_IN_REGION,
     BrokerAccess,
-    Link,
     LinkClass,
+    Mesh,
     Node,
     PkiPolicy,
     Site,
     SshTarget,
-    route_name_for,
 )
 from lotdeploy.spec.schema import NodeSpec, Settings, SiteSpec
 
@@ -105,32 +104,22 @@ def link_validity(spec: SiteSpec, source: Node, target: Node) -> tuple[int, Link
 
 def resolve(spec: SiteSpec, source_file: Path, base_dir: Path) -> Site:
     nodes = sorted((resolve_node(spec, n) for n in spec.nodes), key=lambda n: n.name)
-    links: list[Link] = []
-    if spec.topology == "full-mesh":
-        for source in nodes:
-            for target in nodes:
-                if source.name == target.name:
-                    continue
-                validity, link_class = link_validity(spec, source, target)
-                links.append(
-                    Link(
-                        source=source.name,
-                        target=target.name,
-                        route_name=route_name_for(target.name),
-                        client_id=format_client_id(spec, source, target),
-                        message_validity_sec=validity,
-                        link_class=link_class,
-                    )
-                )
     regions = sorted({n.region for n in nodes} | set(spec.regions))
     templates_dir = (base_dir / spec.templates) if spec.templates else None
+    # The links are not built here: Site makes them from the nodes and this rule (the same
+    # as format_client_id and link_validity above) when they are walked.
+    mesh = Mesh(
+        full=spec.topology == "full-mesh",
+        client_id_format=spec.client_id_format,
+        overrides=tuple((tuple(o.between), o.message_validity_sec) for o in spec.links),
+    )
     return Site(
         name=spec.site,
         source=source_file,
         nodes=tuple(nodes),
-        links=tuple(links),
         regions=tuple(regions),
         pki=PkiPolicy(**spec.pki.model_dump()),
         templates_dir=templates_dir,
         base_dir=base_dir,
+        mesh=mesh,
     )
