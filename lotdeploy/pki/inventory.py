@@ -108,6 +108,7 @@ class Inventory:
                 directory,
                 [(f"{node}.crt", cert_pem(cert), 0o644) for node, cert in sorted(certs.items())],
                 dir_mode=0o700,
+                skip_unchanged=False,  # freshly issued: never equal to what is there
             )
         except OSError as exc:
             raise WorkspaceError(
