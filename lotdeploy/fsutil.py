@@ -125,46 +125,90 @@ def atomic_write_many(
     dir_mode: int = 0o755,
     skip_unchanged: bool = True,
 ) -> int:
-    """Write several files of one directory atomically and durably, with one directory
-    fsync for all of them; returns how many were written.
+    """Write several files of one directory atomically and durably (a DurableBatch of one
+    directory); returns how many were written."""
+    batch = DurableBatch()
+    written = batch.add(directory, files, dir_mode, skip_unchanged)
+    batch.commit()
+    return written
 
-    Each file is written to a private temporary; the temporaries are made durable (one
-    syncfs(2) of the file system for a large batch, else an fsync each); then all are
-    renamed in the order given (put a manifest last) and the directory is fsync-ed once.
-    A reader sees each file old or new, never torn, and no rename happens before the data
-    is on disk. With `skip_unchanged`, a file that already has this content and mode is not
-    touched at all.
+
+class DurableBatch:
+    """Files of one or more directories, written atomically and durably together.
+
+    Each file goes to a private temporary next to its target; `commit` makes the
+    temporaries durable (one syncfs(2) per file system for a large batch, else an fsync
+    each), then renames them in the order added (put a manifest last) and fsyncs each
+    directory once. A reader sees each file old or new, never torn, and no rename happens
+    before its data is on disk. A file that already has its content and mode is skipped
+    (`skip_unchanged`). On any error nothing more is renamed and the temporaries go.
     """
-    directory = Path(directory)
-    make_dirs(directory, dir_mode)
-    sweep_temporaries(directory)
-    pending: list[tuple[str, Path]] = []
-    batch = len(files) >= SYNCFS_BATCH and _syncfs is not None
-    try:
-        for name, payload, mode in files:
-            target = directory / name
-            if skip_unchanged and _unchanged(target, payload, mode):
-                continue
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-            pending.append((tmp, target))
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                if not batch:
-                    os.fsync(fh.fileno())
-        if batch and pending:
-            _sync_file_system(directory)
-        for tmp, target in pending:
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp, _ in pending:
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Path]] = []
+        self.directories: list[Path] = []
+
+    def add(
+        self,
+        directory: Path,
+        files: list[tuple[str, bytes, int]],
+        dir_mode: int = 0o755,
+        skip_unchanged: bool = True,
+    ) -> int:
+        directory = Path(directory)
+        make_dirs(directory, dir_mode)
+        sweep_temporaries(directory)
+        staged = 0
+        try:
+            for name, payload, mode in files:
+                target = directory / name
+                if skip_unchanged and _unchanged(target, payload, mode):
+                    continue
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+                self.pending.append((tmp, target))
+                os.fchmod(fd, mode)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(payload)
+                staged += 1
+        except BaseException:
+            self.abort()
+            raise
+        if staged and directory not in self.directories:
+            self.directories.append(directory)
+        return staged
+
+    def commit(self) -> None:
+        try:
+            if len(self.pending) >= SYNCFS_BATCH and _syncfs is not None:
+                devices: dict[int, Path] = {}
+                for directory in self.directories:
+                    devices.setdefault(os.stat(directory).st_dev, directory)
+                for directory in devices.values():
+                    _sync_file_system(directory)
+            else:
+                for tmp, _ in self.pending:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            while self.pending:
+                tmp, target = self.pending[0]
+                os.replace(tmp, target)
+                self.pending.pop(0)
+        except BaseException:
+            self.abort()
+            raise
+        for directory in self.directories:
+            fsync_dir(directory)
+        self.directories.clear()
+
+    def abort(self) -> None:
+        for tmp, _ in self.pending:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        raise
-    if pending:
-        fsync_dir(directory)
-    return len(pending)
+        self.pending.clear()
+        self.directories.clear()
 
 
 #: From this many files on, one syncfs(2) makes a batch durable instead of one fsync each.

@@ -21,12 +21,14 @@ from pathlib import Path
 from lotdeploy.compiler import ROUTE_FILE, compile_node
 from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
-from lotdeploy.fsutil import atomic_write_many, make_dirs
+from lotdeploy.fsutil import DurableBatch, make_dirs
 from lotdeploy.model import Site
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.workspace import Workspace
 
 MANIFEST = "manifest.json"
+#: Files staged before a batch is made durable and renamed (about 50 nodes' bundles).
+RENDER_BATCH_FILES = 256
 MANIFEST_FORMAT = "lotdeploy-bundle/1"
 
 
@@ -141,9 +143,10 @@ def write_bundles(
 ) -> RenderResult:
     """Prepare the workspace, then write each node's bundle as it is made.
 
-    Per node directory the files are written with one directory fsync (the manifest
-    renamed last); a file that already holds exactly its content and mode is left alone,
-    so rendering an unchanged site writes nothing.
+    Files are made durable in batches of nodes (fsutil.DurableBatch: one file-system
+    sync per batch, then the renames, each node's manifest last, then one fsync per
+    directory); a file that already holds exactly its content and mode is left alone, so
+    rendering an unchanged site writes nothing.
     """
     now = now or datetime.now(UTC)
     prepare_workspace(site, workspace, now)
@@ -152,10 +155,14 @@ def write_bundles(
         make_dirs(out, 0o755)
         for node in site.nodes:
             _check_node_dir(out / node.name, site.name)
+        batch = DurableBatch()
         for bundle in iter_bundles(site, workspace, now):
-            batch = [(f.name, f.data(), f.mode) for f in bundle.all_files()]
-            written += atomic_write_many(out / bundle.node, batch)
-            files += len(batch)
+            entries = [(f.name, f.data(), f.mode) for f in bundle.all_files()]
+            written += batch.add(out / bundle.node, entries)
+            files += len(entries)
+            if len(batch.pending) >= RENDER_BATCH_FILES:
+                batch.commit()
+        batch.commit()
         removed = _remove_stale(out, {node.name for node in site.nodes}, site.name)
     except OSError as exc:
         raise LotdeployError(
