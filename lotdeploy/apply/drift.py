@@ -38,6 +38,7 @@ class DriftReport:
     findings: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     checked: list[str] = field(default_factory=list)
+    items: dict[str, list[Drifted]] = field(default_factory=dict)
 
     @property
     def drifted(self) -> bool:
@@ -72,15 +73,32 @@ def expected_code(attrs: dict[str, Any]) -> str:
     return masked(canonical_route_text(route.attrs(), Secret(SENSITIVE)))
 
 
-def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport) -> list[str]:
-    found: list[str] = []
+@dataclass(frozen=True)
+class Drifted:
+    """One difference on a node: what kind of thing, its name, and the words for it."""
+
+    kind: str  # release, file, route, extra-route
+    name: str
+    text: str
+
+
+def node_drift_items(
+    site: Site, node: Node, record: NodeRecord, transport: Transport
+) -> list[Drifted]:
+    found: list[Drifted] = []
     paths = release.NodePaths.of(node)
     live = release.live_manifest(transport, node)
     tls_names = [n for n in record.files if n != "routes.lot"]
     facts = release.node_facts(transport, node, record.release or "0", tls_names)
     current, digests = facts.current, facts.tls_digests
     if record.release and current != record.release:
-        found.append(f"release: current is {current or 'missing'}, apply left {record.release}")
+        found.append(
+            Drifted(
+                "release",
+                record.release,
+                f"release: current is {current or 'missing'}, apply left {record.release}",
+            )
+        )
     live_files = (live or {}).get("files", {}) if isinstance(live, dict) else {}
     for name, entry in sorted(record.files.items()):
         if name in tls_names:
@@ -92,24 +110,40 @@ def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport)
             )
             where = f"{paths.current}/{name}"
         if have is None:
-            found.append(f"file {where}: missing")
+            found.append(Drifted("file", name, f"file {where}: missing"))
         elif have != entry.get("sha256"):
-            found.append(f"file {where}: changed")
+            found.append(Drifted("file", name, f"file {where}: changed"))
     with admin_session(site, node, transport) as client:
         listed = {str(r.get("name")): r for r in client.list_routes() if r.get("name")}
         for name in sorted(set(record.routes) - set(listed)):
-            found.append(f"route {name}: missing on the broker")
+            found.append(Drifted("route", name, f"route {name}: missing on the broker"))
         for name in sorted(
             n for n in set(listed) - set(record.routes) if n.startswith(ROUTE_PREFIX)
         ):
-            found.append(f"route {name}: on the broker, but not applied by lotdeploy")
+            found.append(
+                Drifted(
+                    "extra-route",
+                    name,
+                    f"route {name}: on the broker, but not applied by lotdeploy",
+                )
+            )
         for name in sorted(set(record.routes) & set(listed)):
             code = client.read_route_code(name, timeout=ROUTE_CODE_WAIT)
             if code is None:
                 continue  # this broker does not republish route code: nothing to compare
             if masked(code) != expected_code(record.routes[name]):
-                found.append(f"route {name}: its code on the broker differs from what was applied")
+                found.append(
+                    Drifted(
+                        "route",
+                        name,
+                        f"route {name}: its code on the broker differs from what was applied",
+                    )
+                )
     return found
+
+
+def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport) -> list[str]:
+    return [d.text for d in node_drift_items(site, node, record, transport)]
 
 
 def read_drift(
@@ -134,12 +168,13 @@ def read_drift(
             report.findings[node.name] = ["never applied"]
             report.checked.append(node.name)
 
-    def one(node: Node) -> tuple[str, list[str] | None, str | None]:
+    def one(node: Node) -> tuple[str, list[Drifted] | None, str | None]:
         try:
             transport = transports(node)
             transport.connect()
             try:
-                return node.name, node_drift(site, node, state.nodes[node.name], transport), None
+                record = state.nodes[node.name]
+                return node.name, node_drift_items(site, node, record, transport), None
             finally:
                 transport.close()
         except (LotdeployError, OSError) as exc:
@@ -152,5 +187,33 @@ def read_drift(
                 if error is not None:
                     report.errors[name] = error
                 else:
-                    report.findings[name] = found or []
+                    report.items[name] = found or []
+                    report.findings[name] = [d.text for d in found or []]
     return report
+
+
+def forget_drifted(workspace: Workspace, report: DriftReport) -> list[str]:
+    """`apply --refresh`: forget in the state what a node no longer has as apply left it, so
+    the next plan puts it back. A route missing or changed on the broker leaves the node's
+    recorded routes; a file missing or changed (or a `current` moved elsewhere: every
+    file) leaves its recorded files. A `lotdeploy_*` route nobody applied is only reported
+    (state has nothing to forget). Returns what was forgotten, as `node: finding` lines."""
+    forgotten: list[str] = []
+    if not any(report.items.values()):
+        return forgotten
+    with StateStore(workspace).transaction() as state:
+        for name, items in sorted(report.items.items()):
+            record = state.nodes.get(name)
+            if record is None:
+                continue
+            for item in items:
+                if item.kind == "route":
+                    record.routes.pop(item.name, None)
+                elif item.kind == "file":
+                    record.files.pop(item.name, None)
+                elif item.kind == "release":
+                    record.files.clear()
+                else:
+                    continue
+                forgotten.append(f"{name}: {item.text}")
+    return forgotten
