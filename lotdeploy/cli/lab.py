@@ -107,10 +107,10 @@ def up(
     Each node gets its own address, sshd (key-only, strict host keys) and lab broker.
     Idempotent: re-running on a lab of the same shape changes nothing.
 
-    \b
-    Examples:
-      lotdeploy lab up --regions eu:2,us:1 --delay us=80
-      lotdeploy lab up --nodes 2 --dialect node2=text,no-echo,overwrite
+    --dialect makes a node's broker answer as another broker version would (for apply and
+    doctor rehearsals), e.g. --dialect node2=text,no-echo,overwrite.
+
+    Example: lotdeploy lab up --regions eu:2,us:1 --delay us=80
     """
     with _lab_errors():
         shape = labstate.parse_shape(nodes, regions)
