@@ -268,3 +268,12 @@ def test_a_text_that_matches_canonical_parses_to_the_intended_routes(
     if matches_canonical(text, canonical):
         assert parse(text) == intended
     assert matches_canonical(format_routes(intended), canonical)
+
+
+def test_a_one_node_site_renders(tmp_path: Path) -> None:
+    """No peer, so no route and no password: the bundle is an empty route file."""
+    site = load_site_text(
+        "site: solo\nnodes:\n  - {name: a, address: 10.0.0.1}\n", "s.yaml", tmp_path
+    ).site
+    artifact = compile_node(site, site.node("a"), Secret(""))
+    assert artifact.routes == () and "DEFINE" not in artifact.text

@@ -41,6 +41,9 @@ from lotdeploy.values import check_command_token
 log = logging.getLogger(__name__)
 
 
+_ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
+
+
 class CommandFailed(BrokerError):
     """The broker answered, and the answer was a failure; `reply` holds the details."""
 
@@ -258,6 +261,15 @@ class BrokerClient:
         data = reply.data
         if isinstance(data, dict) and isinstance(data.get("routes"), list):
             data = data["routes"]
+        if data is None and reply.message:
+            # a 1.x plain-text reply has no data: the names follow the message's colon
+            # (`2 route(s): a, b`, protocol.build_text_reply); no connection state in it
+            _, colon, names = reply.message.rpartition(": ")
+            data = [
+                {"name": name}
+                for name in (n.strip() for n in names.split(","))
+                if colon and _ROUTE_NAME.fullmatch(name)
+            ]
         if not isinstance(data, list):
             return []
         return [item for item in data if isinstance(item, dict)]

@@ -177,7 +177,9 @@ def plan(
         click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
     if out_file is not None:
         write_plan(the_plan, out_file)
-    if the_plan.has_changes:  # what a bare `lotdeploy apply` applies
+    # what a bare `lotdeploy apply` applies; a plan without changes too, so an older one
+    # is never what a bare apply finds after `plan` said "No changes"
+    if the_plan.has_changes or workspace.root.exists():
         with workspace.lock("plan"):
             write_reference(the_plan, workspace.root / LATEST)
     if detailed_exitcode and the_plan.has_changes:

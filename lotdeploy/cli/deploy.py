@@ -142,12 +142,20 @@ def _confirm(auto_approve: bool) -> None:
 @workspace_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask before applying (for CI).")
 @click.option("--json", "as_json", is_flag=True, help="JSON-lines events on stdout.")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Read every node first, as `lotdeploy drift` does, and put back what drifted: a "
+    "route removed or changed on a broker, a file missing or changed on a node (the state "
+    "forgets it, so the plan creates it again). Only with a site spec, not a saved plan.",
+)
 @_options(limit_options + ssh_options)
 def apply(
     target: Path | None,
     workspace_dir: Path | None,
     auto_approve: bool,
     as_json: bool,
+    refresh: bool,
     limit: tuple[str, ...],
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
@@ -164,6 +172,7 @@ def apply(
       lotdeploy plan site.yaml && lotdeploy apply
       lotdeploy apply site.yaml --auto-approve --json
       lotdeploy plan site.yaml --out release.plan && lotdeploy apply release.plan
+      lotdeploy drift site.yaml || lotdeploy apply site.yaml --refresh --auto-approve
     """
     from lotdeploy.apply.engine import apply_plan
     from lotdeploy.apply.saved import LATEST, require_fresh
@@ -189,6 +198,11 @@ def apply(
         site_file = Path(saved.site_file)
         if limit or exclude:
             raise click.UsageError("--limit/--exclude are fixed in a saved plan; plan again")
+        if refresh:
+            raise click.UsageError(
+                "--refresh reads the nodes and changes the plan: give the site spec, not a "
+                "saved plan"
+            )
     else:
         site_file, source = target, str(target)  # type: ignore[assignment]
     loaded = load(site_file)
@@ -204,6 +218,8 @@ def apply(
         live = None
         if saved is not None and saved.refreshed:  # a refreshed plan is checked live again
             live = read_live(site, workspace, only, accept_new_host_keys)
+        elif refresh:
+            live = _refresh(site, workspace, accept_new_host_keys, parallelism, only, as_json)
         fresh = make_plan(site, workspace, only=only, live=live)
         if saved is not None:
             require_fresh(saved, fresh, source)
@@ -256,6 +272,38 @@ def apply(
             )
     if failed:
         sys.exit(ExitStatus.ERROR)
+
+
+def _refresh(
+    site: Site,
+    workspace: Any,
+    accept_new_host_keys: bool,
+    parallelism: int,
+    only: set[str] | None,
+    as_json: bool,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, set[str]]]]:
+    """`apply --refresh`: read every node as drift does; what drifted is planned again
+    (the plan forgets it from what was recorded). A node that cannot be read is said, and
+    planned from the state as it is."""
+    from lotdeploy.apply.drift import read_drift
+    from lotdeploy.secret import dumps, scrub
+
+    report = read_drift(
+        site, workspace, transport_factory(site, accept_new_host_keys), parallelism, only
+    )
+    findings = {
+        n: [f for f in found if f != "never applied"] for n, found in report.findings.items()
+    }
+    if as_json:
+        drifted = [f"{n}: {f}" for n, found in sorted(findings.items()) for f in found]
+        click.echo(dumps({"event": "refresh", "drifted": drifted, "errors": report.errors}))
+    else:
+        for node, found in sorted(findings.items()):
+            for finding in found:
+                click.echo(scrub(f"refresh: {node}: {finding}: put back by this apply"))
+        for node, error in sorted(report.errors.items()):
+            click.echo(scrub(f"refresh: {node}: could not be read: {error}"), err=True)
+    return findings, report.stale
 
 
 def _looks_like_plan(path: Path) -> bool:

@@ -84,6 +84,15 @@ def _lab_errors() -> Iterator[None]:
     show_default=True,
     help="root mode: address pool to take the lab's /24 from",
 )
+@click.option(
+    "--dialect",
+    "dialects",
+    multiple=True,
+    metavar="NODE=WORDS",
+    help="the broker dialect a node (or region) plays, comma-separated: json|text, "
+    "echo|no-echo (requestId), reject|overwrite (re-added route), without-KEY (a "
+    "CLUSTER_CONFIG key it lacks); e.g. eu2=text,no-echo,overwrite (repeatable)",
+)
 def up(
     nodes: int | None,
     regions: str | None,
@@ -91,11 +100,15 @@ def up(
     delays: tuple[str, ...],
     mode: str,
     pool: str,
+    dialects: tuple[str, ...],
 ) -> None:
     """Create a lab cluster and write DIR/site.yaml to plan and render for.
 
     Each node gets its own address, sshd (key-only, strict host keys) and lab broker.
     Idempotent: re-running on a lab of the same shape changes nothing.
+
+    --dialect makes a node's broker answer as another broker version would (for apply and
+    doctor rehearsals), e.g. --dialect node2=text,no-echo,overwrite.
 
     Example: lotdeploy lab up --regions eu:2,us:1 --delay us=80
     """
@@ -108,6 +121,7 @@ def up(
             mode=None if mode == "auto" else mode,
             pool=pool,
             echo=click.echo,
+            dialects=labstate.parse_dialects(dialects, shape),
         )
 
 

@@ -131,6 +131,8 @@ def _check_values(node: Node, settings: list[dict[str, Any]], password: Secret) 
                     if key != "name"
                     else f"node {node.name}: a route name {found}"
                 )
+    if not settings:
+        return  # no route carries the password (a one-node site has none)
     found_password = check_command_token(password.reveal())
     if found_password:
         raise CompileError(f"the cluster password {found_password}; it cannot be used")

@@ -69,8 +69,11 @@ def up(
     pool: str = netns.DEFAULT_POOL,
     parallel: bool = True,
     echo: Echo = _quiet,
+    dialects: dict[str, list[str]] | None = None,
 ) -> LabState:
-    """Create (or confirm) the lab in `lab_dir`; write DIR/site.yaml. Idempotent."""
+    """Create (or confirm) the lab in `lab_dir`; write DIR/site.yaml. Idempotent.
+
+    `dialects`: extra `lab broker` options per node name (labstate.parse_dialects)."""
     require_lab_extra()  # every node runs the lab broker
     mode = detect_mode(mode)
     require_tools(ROOT_TOOLS if mode == "root" else USER_TOOLS)
@@ -80,7 +83,10 @@ def up(
     with labstate.locked(lab_dir):
         existing = labstate.load(lab_dir)
         if existing is not None:
-            if existing.shape() != shape or existing.mode != mode:
+            same_dialects = all(
+                n.broker_args == (dialects or {}).get(n.name, []) for n in existing.nodes
+            )
+            if existing.shape() != shape or existing.mode != mode or not same_dialects:
                 have = ", ".join(f"{n}({r})" for n, r in existing.shape())
                 raise LabError(
                     f"a {existing.mode}-mode lab with nodes {have} already exists in {lab_dir}; "
@@ -103,6 +109,8 @@ def up(
             )
         )
         state = _plan(lab_dir, shape, mode, pool)
+        for node in state.nodes:
+            node.broker_args = list((dialects or {}).get(node.name, []))
         labstate.save(lab_dir, state)  # before creating anything: `down` must find it all
         try:
             _prepare_files(layout, state)

@@ -263,6 +263,7 @@ def broker_argv(layout: Layout, node: Node, listen: BrokerListen) -> list[str]:
         str(layout.node_sub(node.name, "broker").resolve()),
         "--node-name",
         node.name,
+        *node.broker_args,
     ]
 
 

@@ -35,6 +35,8 @@ class Node:
     delay_ms: int = 0
     delay_scope: str = "all"  # "all": every packet in; "region": only from other regions
     cut: bool = False
+    #: extra `lab broker` options: the broker dialect this node plays (`lab up --dialect`)
+    broker_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +112,50 @@ def parse_shape(nodes: int | None, regions: str | None) -> list[tuple[str, str]]
     if len(shape) > MAX_NODES:
         raise LabError(f"a lab has at most {MAX_NODES} nodes (asked for {len(shape)})")
     return shape
+
+
+#: `lab up --dialect` words -> `lab broker` options (docs/lab-broker.md, dialects).
+DIALECT_WORDS = {
+    "json": ["--replies", "json"],
+    "text": ["--replies", "text"],
+    "echo": ["--echo-request-id"],
+    "no-echo": ["--no-echo-request-id"],
+    "reject": ["--readd", "reject"],
+    "overwrite": ["--readd", "overwrite"],
+}
+
+
+def parse_dialects(
+    items: tuple[str, ...] | list[str], shape: list[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """`--dialect eu2=text,no-echo,overwrite,without-USE_TLS` items -> broker options per
+    node (the target may be a node or a region)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        target, sep, spec = item.partition("=")
+        nodes = [n for n, r in shape if target in (n, r)]
+        if not sep or not nodes or not spec:
+            raise LabError(
+                f"bad --dialect {item!r}: expected NODE=WORDS or REGION=WORDS with a node or "
+                "region of the lab, e.g. eu2=text,no-echo,overwrite,without-USE_TLS"
+            )
+        args: list[str] = []
+        missing: list[str] = []
+        for word in (w.strip() for w in spec.split(",")):
+            if word.startswith("without-") and len(word) > len("without-"):
+                missing.append(word.removeprefix("without-"))
+            elif word in DIALECT_WORDS:
+                args += DIALECT_WORDS[word]
+            else:
+                raise LabError(
+                    f"bad --dialect word {word!r}: choose from {', '.join(DIALECT_WORDS)} "
+                    "or without-KEY"
+                )
+        if missing:
+            args += ["--route-code-missing", ",".join(missing)]
+        for node in nodes:
+            out[node] = out.get(node, []) + args
+    return out
 
 
 def parse_delays(items: tuple[str, ...] | list[str]) -> dict[str, int]:

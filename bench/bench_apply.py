@@ -1,0 +1,226 @@
+"""Benchmark `lotdeploy apply` on root labs: a fresh apply of 2, 3 and 10 nodes (a new lab
+for each run), against a naive sequential loop doing the same pushes with one `scp` per
+file, one `ssh` for the reload, and the broker commands through `ssh -L` plus a small
+Python client; then a no-op apply and a `drift` of 10 nodes. Prints medians and ratios.
+
+    sudo .venv/bin/python bench/bench_apply.py [--repeat 3] [--sizes 2,3,10]
+
+The smallest size is 2: a one-node site has no links, and render/apply of it fail today
+(the compiler refuses the empty cluster password a site without links has).
+
+Targets: 10-node apply <= 2x the smallest one; >= 3x faster than the naive loop at 10 nodes;
+a no-op apply of 10 nodes <= 1/3 of a fresh one and < 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import lotdeploy, table
+from lotdeploy.lab import control, labstate
+from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_TLS_DIR, Layout
+from lotdeploy.secret import Secret
+from lotdeploy.spec import load_site
+from lotdeploy.workspace import Workspace
+
+PASSPHRASE = "bench-apply passphrase, not a secret"
+ENV = {"LOTDEPLOY_PASSPHRASE": PASSPHRASE}
+
+#: The naive loop's broker step for one node: the cluster user, then every route, through a
+#: forwarded port. The admin and cluster passwords come in the environment, never in argv.
+BROKER_SCRIPT = """
+import os, sys
+from lotdeploy.broker.sync import SyncBrokerClient
+from lotdeploy.lot import format_route, parse_file
+from lotdeploy.secret import Secret
+port, routes = int(sys.argv[1]), sys.argv[2]
+client = SyncBrokerClient("n", "127.0.0.1", port, "root", Secret(os.environ["ADMIN_PW"]),
+                          request_ids="auto")
+client.connect()
+try:
+    client.add_user("cluster", Secret(os.environ["CLUSTER_PW"]))
+    for route in parse_file(routes):
+        client.remove_route(route.name)
+        client.add_route(format_route(route))
+finally:
+    client.close()
+"""
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> float:
+    """Run a command to completion (it must succeed); its wall seconds."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        argv,
+        env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])}... failed ({proc.returncode}): {proc.stderr}")
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def lab(size: int) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="lotapply-bench-") as tmp:
+        lab_dir = Path(tmp) / "lab"
+        try:
+            control.up(lab_dir, labstate.parse_shape(size, None))
+            yield lab_dir
+        finally:
+            control.down(lab_dir)
+
+
+def ssh_options(lab_dir: Path) -> list[str]:
+    layout = Layout(lab_dir)
+    return [
+        "-F",
+        "/dev/null",
+        "-i",
+        str(layout.client_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={layout.known_hosts}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def ssh_forward(lab_dir: Path, address: str) -> Iterator[int]:
+    port = free_port()
+    argv = ["ssh", *ssh_options(lab_dir), "-N", "-L", f"{port}:127.0.0.1:1883"]
+    proc = subprocess.Popen([*argv, f"root@{address}"], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # bounded: until the forward accepts
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"ssh -L to {address} did not come up")
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def naive(lab_dir: Path) -> float:
+    """render, then per node, one after another: one scp per file, an ssh for the reload,
+    the broker commands through ssh -L. Wall seconds of the whole loop."""
+    site_file = Layout(lab_dir).site
+    site = load_site(site_file).site
+    out = lab_dir.parent / "naive-out"
+    started = time.perf_counter()
+    run(lotdeploy("render", str(site_file), "--out", str(out)), ENV)
+    store = Workspace.for_site(site_file, passphrase_provider=lambda _: Secret(PASSPHRASE))
+    secret = store.secrets().get("cluster-password-v1")
+    assert secret is not None
+    env = {
+        "ADMIN_PW": Layout(lab_dir).password_file.read_text().strip(),
+        "CLUSTER_PW": secret.reveal(),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    options = ssh_options(lab_dir)
+    for node in site.nodes:
+        host = f"root@{node.ssh.host}"
+        bundle = out / node.name
+        release = f"{NODE_RELEASE_DIR}/naive"
+        run(["ssh", *options, host, f"mkdir -p {release} {NODE_TLS_DIR}"])
+        for name in ("ca.crt", "server.crt", "server.key"):
+            run(["scp", "-q", *options, str(bundle / name), f"{host}:{NODE_TLS_DIR}/{name}"])
+        for name in ("routes.lot", "manifest.json"):
+            run(["scp", "-q", *options, str(bundle / name), f"{host}:{release}/{name}"])
+        run(["ssh", *options, host, node.broker.reload_command])
+        with ssh_forward(lab_dir, node.ssh.host) as port:
+            script = [sys.executable, "-c", BROKER_SCRIPT, str(port), str(bundle / "routes.lot")]
+            run(script, env)
+    return time.perf_counter() - started
+
+
+def apply_fresh(lab_dir: Path) -> float:
+    return run(lotdeploy("apply", str(Layout(lab_dir).site), "--auto-approve"), ENV)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sizes", default="2,3,10")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_apply needs root (a root-mode lab)")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    big = max(sizes)
+    fresh: dict[int, list[float]] = {n: [] for n in sizes}
+    loop: list[float] = []
+    noop: list[float] = []
+    drift: list[float] = []
+    for _ in range(args.repeat):
+        for size in sizes:
+            with lab(size) as lab_dir:
+                fresh[size].append(apply_fresh(lab_dir))
+                if size == big:
+                    site = str(Layout(lab_dir).site)
+                    noop.append(run(lotdeploy("apply", site, "--auto-approve"), ENV))
+                    drift.append(run(lotdeploy("drift", site), ENV))
+        with lab(big) as lab_dir:
+            loop.append(naive(lab_dir))
+
+    med = {n: statistics.median(v) for n, v in fresh.items()}
+    small = min(sizes)
+    rows: list[tuple[str, ...]] = [("measure", "median s", "ratio", "target")]
+    for size in sizes:
+        ratio = f"{med[size] / med[small]:.2f}x of {small}-node"
+        rows.append((f"apply, fresh, {size} nodes", f"{med[size]:.2f}", ratio, ""))
+    rows[-1] = (*rows[-1][:3], "<= 2x")
+    naive_s = statistics.median(loop)
+    rows.append(
+        (
+            f"naive ssh/scp loop, {big} nodes",
+            f"{naive_s:.2f}",
+            f"{naive_s / med[big]:.2f}x the apply",
+            ">= 3x",
+        )
+    )
+    noop_s, drift_s = statistics.median(noop), statistics.median(drift)
+    rows.append(
+        (
+            f"apply, no-op, {big} nodes",
+            f"{noop_s:.2f}",
+            f"{noop_s / med[big]:.2f} of fresh",
+            "<= 0.33, < 3 s",
+        )
+    )
+    rows.append((f"drift, {big} nodes", f"{drift_s:.2f}", "", ""))
+    print(f"bench_apply: root labs, repeat {args.repeat}, medians")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
