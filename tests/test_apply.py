@@ -554,10 +554,15 @@ def test_a_broker_lacking_a_key_the_routes_need_fails_with_its_message(tmp_path:
     skip_unless_root()
     with lab_up(tmp_path, "--nodes", "2", "--dialect", "node2=without-USE_TLS") as lab:
         proc = lab.cli("apply", lab.site_file, "--auto-approve", expect=1)
-        assert "node node2: routes failed: broker node2: -addRoute failed:" in proc.stderr
+        # asked before its first activation, the broker says it lacks the key: node2 fails
+        # there, naming node and key, before any route is sent to it
+        assert "node node2: capabilities failed: broker node2: broker lacks" in proc.stderr
         assert "USE_TLS" in proc.stderr
         assert "1 node(s) changed" in proc.stdout
         assert not lab.state().nodes["node2"].routes
+        # and from now on plan refuses the site, naming node and key
+        plan = lab.cli("plan", lab.site_file, expect=1)
+        assert "node node2" in plan.stderr and "USE_TLS" in plan.stderr
 
 
 # -- 12. no secret anywhere -------------------------------------------------------------------
