@@ -73,10 +73,6 @@ def expected_code(attrs: dict[str, Any]) -> str:
     return masked(canonical_route_text(route.attrs(), Secret(SENSITIVE)))
 
 
-def node_drift(site: Site, node: Node, record: NodeRecord, transport: Transport) -> list[str]:
-    return node_drift_items(site, node, record, transport)[0]
-
-
 def node_drift_items(
     site: Site, node: Node, record: NodeRecord, transport: Transport
 ) -> tuple[list[str], dict[str, set[str]]]:
@@ -93,7 +89,7 @@ def node_drift_items(
         stale["files"] |= set(record.files)
     # the files themselves, not the manifest: a hand edit leaves the manifest as it was
     release_names = [n for n in record.files if n not in tls_names]
-    release_digests = _digests(transport, paths.current, release_names)
+    release_digests = release.file_digests(transport, paths.current, release_names)
     for name, entry in sorted(record.files.items()):
         if name in tls_names:
             have = digests.get(name)
@@ -124,23 +120,6 @@ def node_drift_items(
                 found.append(f"route {name}: its code on the broker differs from what was applied")
                 stale["routes"].add(name)
     return found, stale
-
-
-def _digests(transport: Transport, directory: str, names: list[str]) -> dict[str, str]:
-    """sha256 of each named file in `directory` on the node (missing ones left out)."""
-    import posixpath
-    import shlex
-
-    if not names:
-        return {}
-    paths = " ".join(shlex.quote(posixpath.join(directory, n)) for n in names)
-    out = transport.run(f"sha256sum {paths} 2>/dev/null || true", timeout=30).stdout
-    found = {}
-    for line in out.splitlines():
-        digest, _, path = line.partition("  ")
-        if len(digest) == 64:
-            found[posixpath.basename(path.strip())] = digest
-    return found
 
 
 def read_drift(

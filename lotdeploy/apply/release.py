@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import posixpath
 import secrets
 import shlex
 import tarfile
 from dataclasses import dataclass
-from typing import Any
 
 from lotdeploy.model import Node
 from lotdeploy.render import MANIFEST, Bundle
@@ -66,19 +64,6 @@ class NodePaths:
 
 def _q(text: str) -> str:
     return shlex.quote(text)
-
-
-def live_manifest(transport: Transport, node: Node) -> dict[str, Any] | None:
-    """The manifest of the node's current release; None when it has none (or a damaged one,
-    which apply then simply replaces)."""
-    raw = transport.get(posixpath.join(NodePaths.of(node).current, MANIFEST), 1024 * 1024)
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 @dataclass(frozen=True)
@@ -136,10 +121,27 @@ def node_facts(
         elif key == "owner" and value.strip():
             owner = value.strip()
         elif key == "sum":
-            digest, _, path = value.partition("  ")
-            if len(digest) == 64:
-                digests[posixpath.basename(path.strip())] = digest
+            digests.update(_sha256sum_lines(value))
     return NodeFacts(current, has, owner, digests)
+
+
+def _sha256sum_lines(text: str) -> dict[str, str]:
+    """`sha256sum` output as file name -> digest."""
+    found = {}
+    for line in text.splitlines():
+        digest, _, path = line.partition("  ")
+        if len(digest) == 64:
+            found[posixpath.basename(path.strip())] = digest
+    return found
+
+
+def file_digests(transport: Transport, directory: str, names: list[str]) -> dict[str, str]:
+    """sha256 of each named file in `directory` on the node (missing ones left out)."""
+    if not names:
+        return {}
+    paths = " ".join(_q(posixpath.join(directory, n)) for n in names)
+    out = transport.run(f"sha256sum {paths} 2>/dev/null || true", timeout=30).stdout
+    return _sha256sum_lines(out)
 
 
 def _archive(bundle: Bundle) -> bytes:
@@ -220,10 +222,3 @@ def install_release(
 def run_reload(transport: Transport, node: Node, timeout: float = 120.0) -> None:
     """The node's reload/restart command (a site setting): the broker re-reads its files."""
     transport.run(node.broker.reload_command, timeout=timeout)
-
-
-def list_releases(transport: Transport, node: Node) -> list[str]:
-    """Release ids on the node, newest first."""
-    paths = NodePaths.of(node)
-    listing = transport.run(f"ls -1t {_q(paths.releases)} 2>/dev/null || true", timeout=20)
-    return [n for n in listing.stdout.split() if n.isalnum()]
