@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lotdeploy.model import Node, Site
     from lotdeploy.secret import Secret
     from lotdeploy.spec import LoadedSite
+    from lotdeploy.transport.base import Transport
     from lotdeploy.workspace import Workspace
 
 site_argument = click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
@@ -101,22 +105,36 @@ def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
         )
 
 
-def read_live(
-    site: Any, workspace: Any, only: set[str] | None, accept_new_host_keys: bool
-) -> tuple[dict[str, list[str]], dict[str, dict[str, set[str]]]]:
-    """`--refresh`: what the live nodes show (drift findings, and what no longer holds);
-    a node that cannot be read is an error naming it (a plan must not guess)."""
-    from lotdeploy.apply.drift import read_drift
-    from lotdeploy.errors import LotdeployError
+def transport_factory(site: Site, accept_new_host_keys: bool) -> Callable[[Node], Transport]:
+    """How every command reaches a node: SSH, strict host keys (opt-in to accept new ones)."""
     from lotdeploy.transport.ssh import SshTransport
 
-    def make(node: Any) -> Any:
+    def make(node: Node) -> Transport:
         return SshTransport.for_node(
             node, accept_new_host_keys=accept_new_host_keys, base_dir=site.base_dir
         )
 
-    report = read_drift(site, workspace, make, 10, only)
-    if report.errors:
+    return make
+
+
+def read_live(
+    site: Any,
+    workspace: Any,
+    only: set[str] | None,
+    accept_new_host_keys: bool,
+    parallelism: int = 10,
+    strict: bool = True,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, set[str]]], dict[str, str]]:
+    """`--refresh`: what the live nodes show: drift findings, what no longer holds, and the
+    nodes that could not be read. `strict`: such a node is an error naming it (a saved
+    plan must not guess)."""
+    from lotdeploy.apply.drift import read_drift
+    from lotdeploy.errors import LotdeployError
+
+    report = read_drift(
+        site, workspace, transport_factory(site, accept_new_host_keys), parallelism, only
+    )
+    if strict and report.errors:
         raise LotdeployError(
             "cannot read the live nodes: "
             + "; ".join(f"node {n}: {e}" for n, e in sorted(report.errors.items()))
@@ -124,4 +142,4 @@ def read_live(
     findings = {
         n: [f for f in found if f != "never applied"] for n, found in report.findings.items()
     }
-    return findings, report.stale
+    return findings, report.stale, report.errors

@@ -167,7 +167,7 @@ def plan(
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
     refuse_missing_broker_keys(loaded.site, workspace)
-    live = read_live(loaded.site, workspace, only, accept_new_host_keys) if refresh else None
+    live = read_live(loaded.site, workspace, only, accept_new_host_keys)[:2] if refresh else None
     the_plan = make_plan(loaded.site, workspace, only=only, live=live)
     if as_json:
         write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s

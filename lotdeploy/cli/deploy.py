@@ -16,14 +16,14 @@ from lotdeploy.cli.common import (
     open_workspace,
     read_live,
     refuse_missing_broker_keys,
+    transport_factory,
     workspace_option,
 )
 from lotdeploy.exitstatus import ExitStatus
 
 if TYPE_CHECKING:
     from lotdeploy.apply.events import Event
-    from lotdeploy.model import Node, Site
-    from lotdeploy.transport.base import Transport
+    from lotdeploy.model import Site
 
 limit_options = [
     click.option(
@@ -62,17 +62,6 @@ def _options(options: list[Any]) -> Callable[[Any], Any]:
         return function
 
     return apply
-
-
-def transport_factory(site: Site, accept_new_host_keys: bool) -> Callable[[Node], Transport]:
-    from lotdeploy.transport.ssh import SshTransport
-
-    def make(node: Node) -> Transport:
-        return SshTransport.for_node(
-            node, accept_new_host_keys=accept_new_host_keys, base_dir=site.base_dir
-        )
-
-    return make
 
 
 class Progress:
@@ -217,7 +206,7 @@ def apply(
         refuse_missing_broker_keys(site, workspace)
         live = None
         if saved is not None and saved.refreshed:  # a refreshed plan is checked live again
-            live = read_live(site, workspace, only, accept_new_host_keys)
+            live = read_live(site, workspace, only, accept_new_host_keys)[:2]
         elif refresh:
             live = _refresh(site, workspace, accept_new_host_keys, parallelism, only, as_json)
         fresh = make_plan(site, workspace, only=only, live=live)
@@ -285,25 +274,21 @@ def _refresh(
     """`apply --refresh`: read every node as drift does; what drifted is planned again
     (the plan forgets it from what was recorded). A node that cannot be read is said, and
     planned from the state as it is."""
-    from lotdeploy.apply.drift import read_drift
     from lotdeploy.secret import dumps, scrub
 
-    report = read_drift(
-        site, workspace, transport_factory(site, accept_new_host_keys), parallelism, only
+    findings, stale, errors = read_live(
+        site, workspace, only, accept_new_host_keys, parallelism, strict=False
     )
-    findings = {
-        n: [f for f in found if f != "never applied"] for n, found in report.findings.items()
-    }
     if as_json:
         drifted = [f"{n}: {f}" for n, found in sorted(findings.items()) for f in found]
-        click.echo(dumps({"event": "refresh", "drifted": drifted, "errors": report.errors}))
+        click.echo(dumps({"event": "refresh", "drifted": drifted, "errors": errors}))
     else:
         for node, found in sorted(findings.items()):
             for finding in found:
                 click.echo(scrub(f"refresh: {node}: {finding}: put back by this apply"))
-        for node, error in sorted(report.errors.items()):
+        for node, error in sorted(errors.items()):
             click.echo(scrub(f"refresh: {node}: could not be read: {error}"), err=True)
-    return findings, report.stale
+    return findings, stale
 
 
 def _looks_like_plan(path: Path) -> bool:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from lotdeploy.cli.common import load
-from lotdeploy.cli.deploy import _options, limit_options, ssh_options, transport_factory
+from lotdeploy.cli.common import load, transport_factory
+from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.exitstatus import ExitStatus
 
 
