@@ -2,7 +2,7 @@
 
 Two explicit steps. `prepare_workspace` performs what the plan reports as workspace steps:
 generate the first cluster password, create the site CA, issue the certificates that are
-due. `node_bundles` then only reads what exists and builds typed bundles in memory; it
+due. `iter_bundles` then only reads what exists and builds typed bundles in memory; it
 creates nothing. `write_bundles` writes them, each file atomically, secret-bearing files
 0600. A node directory left over from a node that is no longer in the site is removed, but
 only if lotdeploy made it (it holds our manifest): nothing else in the output is touched.
@@ -99,25 +99,20 @@ def iter_bundles(site: Site, workspace: Workspace, now: datetime) -> Iterator[Bu
                 "to generate it, or restore the secret store of this workspace"
             )
         password = stored
-    tls_files = None
+    ca_bundle = None
     if site.tls_nodes:
-        from lotdeploy.pki.bundle import node_tls_files
+        from lotdeploy.pki.bundle import node_tls_files, trusted_ca_bundle
 
-        tls_files = node_tls_files
+        ca_bundle = trusted_ca_bundle(workspace)  # the same for every node: read once
     for node in site.nodes:
         artifact = compile_node(site, node, password, version)
         files = [BundleFile(ROUTE_FILE, Secret(artifact.text), 0o600)]
         del artifact  # only the text is kept: the route trees are one node's peak memory
-        if tls_files is not None and node.tls:
-            tls = tls_files(site, workspace, node, now)
+        if ca_bundle is not None and node.tls:
+            tls = node_tls_files(site, workspace, node, now, ca_bundle)
             files += [BundleFile(name, data, mode) for name, (data, mode) in tls.items()]
         files.sort(key=lambda f: f.name)
         yield Bundle(node.name, tuple(files), manifest(site, node.name, files, version))
-
-
-def node_bundles(site: Site, workspace: Workspace, now: datetime) -> dict[str, Bundle]:
-    """Every node's bundle, in memory (for callers that need them all at once)."""
-    return {bundle.node: bundle for bundle in iter_bundles(site, workspace, now)}
 
 
 def manifest(site: Site, node_name: str, files: list[BundleFile], credential_version: int) -> str:

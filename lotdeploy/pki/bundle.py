@@ -20,11 +20,21 @@ __all__ = ["ensure_pki", "node_tls_files"]
 TlsFiles = dict[str, tuple[bytes | Secret, int]]
 
 
-def node_tls_files(site: Site, workspace: Workspace, node: Node, now: datetime) -> TlsFiles:
+def trusted_ca_bundle(workspace: Workspace) -> bytes:
+    """The PEM bundle of the CAs trusted in the current rotation phase (the same for every
+    node: read it once per render)."""
+    inventory = Inventory(workspace)
+    return b"".join(cert_pem(inventory.load_ca(ident)) for ident in ca_view(workspace).trusted)
+
+
+def node_tls_files(
+    site: Site, workspace: Workspace, node: Node, now: datetime, ca_bundle: bytes | None = None
+) -> TlsFiles:
     """File name → (content, mode) for `node`; {} when the node does not use TLS.
 
-    The CA bundle holds the CAs trusted in the current rotation phase; the CA key never
-    appears here. A certificate that is missing or due is an error naming the step to run.
+    The CA bundle holds the CAs trusted in the current rotation phase (`trusted_ca_bundle`,
+    passed in when building many nodes); the CA key never appears here. A certificate that
+    is missing or due is an error naming the step to run.
     """
     if not node.tls:
         return {}
@@ -36,7 +46,7 @@ def node_tls_files(site: Site, workspace: Workspace, node: Node, now: datetime) 
             f"node {node.name}: no certificate or key in the workspace yet: "
             "run `lotdeploy render` (it issues what is due)"
         )
-    bundle = b"".join(cert_pem(inventory.load_ca(ident)) for ident in ca_view(workspace).trusted)
+    bundle = ca_bundle if ca_bundle is not None else trusted_ca_bundle(workspace)
     return {
         node.broker.ca_file: (bundle, 0o644),
         node.broker.cert_file: (cert_pem(cert), 0o644),
