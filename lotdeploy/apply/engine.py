@@ -215,7 +215,7 @@ def apply_plan(
         run.each("record", targets, lambda n: _finish(run, n, desired[n].routes, now))
     finally:
         run.close()
-    _mark_rotations(run, site, workspace)
+    _mark_rotations(run, site, workspace, only)
     return run.result
 
 
@@ -321,8 +321,10 @@ def _finish(run: _Run, name: str, routes: Iterable[Any], now: datetime) -> str:
     return "skip"
 
 
-def _mark_rotations(run: _Run, site: Site, workspace: Workspace) -> None:
-    """A rotation phase is applied on a node once everything of this run succeeded there."""
+def _mark_rotations(run: _Run, site: Site, workspace: Workspace, only: set[str] | None) -> None:
+    """A rotation phase is applied on a node once everything of this run succeeded there,
+    or when the plan had nothing to do on a chosen node that was applied before (it runs
+    the phase already). A node left out by --limit/--exclude is never marked."""
     state = StateStore(workspace).read()
     for kind, nodes in (("creds", site.nodes), ("ca", site.tls_nodes)):
         rotation = state.rotation(kind)
@@ -332,7 +334,10 @@ def _mark_rotations(run: _Run, site: Site, workspace: Workspace) -> None:
             outcome = run.result.outcomes.get(node.name)
             done = outcome is not None and outcome.ok
             untouched = (
-                outcome is None and node.name in state.nodes and not state.nodes[node.name].pending
+                outcome is None
+                and (only is None or node.name in only)
+                and node.name in state.nodes
+                and not state.nodes[node.name].pending
             )
             if done or untouched:
                 mark_phase_applied(workspace, kind, node.name, rotation.phase)  # type: ignore[arg-type]
