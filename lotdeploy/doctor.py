@@ -539,6 +539,53 @@ async def probe_broker(
     )
 
 
+async def probe_for_apply(
+    client: BrokerClient,
+    *,
+    now_iso: str,
+    scratch_route: str = SCRATCH_ROUTE,
+) -> BrokerFacts:
+    """Only what activation needs, before apply's first activation on a node: the reply
+    form and `-requestId` echo (read off the `-listRoutes` the session sent on connect, when
+    it was opened with `request_ids="auto"`), the CLUSTER_CONFIG keys (`-routeCode`), and
+    what re-adding a route does (the scratch route: add, add again, remove; whether it
+    exists already is read off the same listing). The rest of `probe_broker` (version,
+    password read-back, the extra logins) is `lotdeploy doctor`'s: left None here, so
+    doctor's findings say "not checked" until doctor runs. About 4 round trips instead of
+    some 13 and 3 extra logins.
+    """
+    if not re.fullmatch(ROUTE_NAME_PATTERN, scratch_route):
+        raise ValueError(f"scratch route name {scratch_route!r} is not a safe route name")
+    listing = client.last_listing
+    if listing is None:
+        reply_format, echo = await _probe_replies(client)
+        listing = client.last_listing
+    else:
+        reply_format, echo = reply_form(listing), bool(client.request_ids)
+    keys, keys_read = await _probe_template(client)
+    listed = client.listed_at_connect()
+    known = None if listed is None else any(r.get("name") == scratch_route for r in listed)
+    readd, _ = await _probe_scratch_route(
+        client, scratch_route, keys, 0.0, exists=known, read_back=False
+    )
+    return BrokerFacts(
+        reply_format=reply_format,
+        request_id_echo=echo,
+        readd=readd,
+        cluster_keys=keys,
+        cluster_keys_read=keys_read,
+        version=None,
+        route_code_shows_password=None,
+        route_code_readable_by_cluster_user=None,
+        factory_admin_accepted=None,
+        admin_is_factory=client.uses_credentials(
+            FACTORY_ADMIN_USER, Secret(_FACTORY_ADMIN_PASSWORD, public=True)
+        ),
+        anonymous_accepted=None,
+        checked_at=now_iso,
+    )
+
+
 def reply_form(reply: Reply) -> ReplyFormat:
     """How a reply came: a 2.x JSON envelope, or anything else (read as 1.x text)."""
     try:
@@ -602,16 +649,24 @@ async def _route_exists(client: BrokerClient, name: str) -> bool | None:
 
 
 async def _probe_scratch_route(
-    client: BrokerClient, name: str, offered: frozenset[str], timeout: float
+    client: BrokerClient,
+    name: str,
+    offered: frozenset[str],
+    timeout: float,
+    *,
+    exists: bool | None = None,
+    read_back: bool = True,
 ) -> tuple[Readd, bool | None]:
     """Add the scratch route twice and read its code back; always remove it afterwards.
 
     Skipped ("unknown", None) without a template to build it from, or when a route of that
-    name already exists: that one is not ours to touch.
+    name already exists: that one is not ours to touch. `exists`: already known (from a
+    listing), else asked with -checkRouteConnection. `read_back=False`: no code read back.
     """
     if not offered:
         return "unknown", None
-    exists = await _route_exists(client, name)
+    if exists is None:
+        exists = await _route_exists(client, name)
     if exists is not False:
         log.warning(
             "broker %s: route %s %s: skipping the scratch route test",
@@ -643,7 +698,7 @@ async def _probe_scratch_route(
             readd = "overwrite"
         elif "already exists" in again.describe().lower():
             readd = "reject"
-        if "PASSWORD" in offered:
+        if read_back and "PASSWORD" in offered:
             code = await client.read_route_code(name, timeout)
             if code:
                 shows = password.reveal() in code
@@ -739,6 +794,7 @@ __all__ = [
     "needed_cluster_keys",
     "needs_remove_before_add",
     "probe_broker",
+    "probe_for_apply",
     "reply_form",
     "scratch_route_text",
 ]

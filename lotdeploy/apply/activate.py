@@ -113,17 +113,33 @@ def apply_routes(
     add: dict[str, str],
     remove_before_add: bool = True,
 ) -> None:
-    """Remove, then add, one route at a time. Only lotdeploy's own routes are touched."""
+    """Remove, then add, one route at a time. Only lotdeploy's own routes are touched.
+
+    A route is removed before it is added again only where it exists: as the `-listRoutes`
+    the session sent on connect showed (no extra round trip), and, should that listing have
+    missed it, when the add is refused because the route already exists (then it is removed
+    and added again). A fresh node thus gets one command per route, not two.
+    """
     for name in [*remove, *add]:
         if not name.startswith(ROUTE_PREFIX):
             raise BrokerError(
                 node, f"refusing to touch route {name}: lotdeploy owns only {ROUTE_PREFIX}*"
             )
+    listed = client.listed_at_connect()
+    present = None if listed is None else {str(r.get("name")) for r in listed if r.get("name")}
     removed = set()
     for name in remove:
         client.remove_route(name)
         removed.add(name)
     for name, text in add.items():
-        if remove_before_add and name not in removed:
+        exists = present is None or name in present
+        if remove_before_add and name not in removed and exists:
             client.remove_route(name)
-        client.add_route(text)
+            removed.add(name)
+        try:
+            client.add_route(text)
+        except CommandFailed as failed:
+            if name in removed or "already exist" not in failed.reply.describe().lower():
+                raise
+            client.remove_route(name)  # it was there after all (the listing missed it)
+            client.add_route(text)

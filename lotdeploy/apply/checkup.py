@@ -16,7 +16,14 @@ from typing import Any
 from lotdeploy.apply.activate import admin_password
 from lotdeploy.apply.fanout import on_nodes
 from lotdeploy.broker.session import BrokerClient
-from lotdeploy.doctor import BrokerFacts, Finding, cluster_key_needs, findings, probe_broker
+from lotdeploy.doctor import (
+    BrokerFacts,
+    Finding,
+    cluster_key_needs,
+    findings,
+    probe_broker,
+    probe_for_apply,
+)
 from lotdeploy.model import Node, Site, username_for_version
 from lotdeploy.secret import Secret
 from lotdeploy.state import NodeRecord, StateStore
@@ -90,6 +97,23 @@ def doctor_node(site: Site, workspace: Workspace, node: Node, transport: Transpo
     result.facts = facts
     result.findings = findings(facts, cluster_key_needs(site, node))
     return result
+
+
+def capabilities_node(site: Site, node: Node, transport: Transport) -> BrokerFacts:
+    """Apply's check before its first activation on a node: `probe_for_apply` (what
+    activation needs, a few round trips) rather than doctor's full probe."""
+    secret = admin_password(site, node)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
+
+        async def probe() -> BrokerFacts:
+            client = BrokerClient(
+                node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
+            )
+            async with client:
+                return await probe_for_apply(client, now_iso=now)
+
+        return asyncio.run(probe())
 
 
 def run_doctor(

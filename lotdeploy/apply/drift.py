@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,48 +78,82 @@ def node_drift_items(
     site: Site, node: Node, record: NodeRecord, transport: Transport
 ) -> tuple[list[str], dict[str, set[str]]]:
     """The findings in words, and what no longer holds: {"routes": names, "files": names}
-    (what `plan --refresh` forgets from the record, so the plan restores it)."""
-    found: list[str] = []
-    stale: dict[str, set[str]] = {"routes": set(), "files": set()}
-    paths = release.NodePaths.of(node)
+    (what `plan --refresh` forgets from the record, so the plan restores it).
+
+    One command reads the files (the release, its files' and the TLS files' digests) while
+    the broker is read over the same connection at the same time; the code of every owned
+    route is read at once (one SUBSCRIBE), bounded by ROUTE_CODE_WAIT in all."""
     tls_names = [n for n in record.files if n != "routes.lot"]
-    facts = release.node_facts(transport, node, record.release or "0", tls_names)
-    current, digests = facts.current, facts.tls_digests
-    if record.release and current != record.release:
-        found.append(f"release: current is {current or 'missing'}, apply left {record.release}")
-        stale["files"] |= set(record.files)
     # the files themselves, not the manifest: a hand edit leaves the manifest as it was
     release_names = [n for n in record.files if n not in tls_names]
-    release_digests = release.file_digests(transport, paths.current, release_names)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drift-{node.name}") as pool:
+        files = pool.submit(
+            release.node_facts,
+            transport,
+            node,
+            record.release or "0",
+            tls_names,
+            release_names=release_names,
+        )
+        # the broker's error, if any, is the one reported (leaving the pool waits for the
+        # command, which its own timeout bounds)
+        routes_found, routes_stale = _route_drift(site, node, record, transport)
+        facts = files.result()
+    found, stale = _file_drift(node, record, facts, tls_names)
+    return found + routes_found, {"files": stale, "routes": routes_stale}
+
+
+def _file_drift(
+    node: Node, record: NodeRecord, facts: release.NodeFacts, tls_names: list[str]
+) -> tuple[list[str], set[str]]:
+    found: list[str] = []
+    stale: set[str] = set()
+    paths = release.NodePaths.of(node)
+    current = facts.current
+    if record.release and current != record.release:
+        found.append(f"release: current is {current or 'missing'}, apply left {record.release}")
+        stale |= set(record.files)
     for name, entry in sorted(record.files.items()):
         if name in tls_names:
-            have = digests.get(name)
+            have = facts.tls_digests.get(name)
             where = f"{paths.tls_dir}/{name}"
         else:
-            have = release_digests.get(name)
+            have = facts.release_digests.get(name)
             where = f"{paths.current}/{name}"
         if have is None:
             found.append(f"file {where}: missing")
-            stale["files"].add(name)
+            stale.add(name)
         elif have != entry.get("sha256"):
             found.append(f"file {where}: changed")
-            stale["files"].add(name)
+            stale.add(name)
+    return found, stale
+
+
+def _route_drift(
+    site: Site, node: Node, record: NodeRecord, transport: Transport
+) -> tuple[list[str], set[str]]:
+    found: list[str] = []
+    stale: set[str] = set()
     with admin_session(site, node, transport) as client:
-        listed = {str(r.get("name")): r for r in client.list_routes() if r.get("name")}
+        listing = client.listed_at_connect()  # the -listRoutes the session sent on connect
+        routes = listing if listing is not None else client.list_routes()
+        listed = {str(r.get("name")): r for r in routes if r.get("name")}
         for name in sorted(set(record.routes) - set(listed)):
             found.append(f"route {name}: missing on the broker")
-            stale["routes"].add(name)
+            stale.add(name)
         for name in sorted(
             n for n in set(listed) - set(record.routes) if n.startswith(ROUTE_PREFIX)
         ):
             found.append(f"route {name}: on the broker, but not applied by lotdeploy")
-        for name in sorted(set(record.routes) & set(listed)):
-            code = client.read_route_code(name, timeout=ROUTE_CODE_WAIT)
+        both = sorted(set(record.routes) & set(listed))
+        codes = client.read_route_codes(both, timeout=ROUTE_CODE_WAIT) if both else {}
+        for name in both:
+            code = codes.get(name)
             if code is None:
                 continue  # this broker does not republish route code: nothing to compare
             if masked(code) != expected_code(record.routes[name]):
                 found.append(f"route {name}: its code on the broker differs from what was applied")
-                stale["routes"].add(name)
+                stale.add(name)
     return found, stale
 
 

@@ -230,10 +230,14 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
     outcome = run.result.outcomes[name]
     rid = release.release_id(bundle)
     tls_names = [f.name for f in bundle.files if f.name != ROUTE_FILE]
-    facts = release.node_facts(transport, node, rid, tls_names, bundle)
+    facts = release.node_facts(transport, node, rid, tls_names, bundle, prepare=True)
     changed = facts.changed_tls(bundle, tls_names)
-    if not facts.has_release or facts.current != rid or changed:
-        release.install_release(transport, node, bundle, rid, facts, changed)
+    reload, installed, reload_error = bool(changed or steps.reload), False, None
+    if not facts.has_release or facts.current != rid or changed:  # the reload rides along
+        reload_error = release.install_release(
+            transport, node, bundle, rid, facts, changed, reload=reload
+        )
+        installed = True
     outcome.uploaded = not facts.has_release
 
     def files(record: NodeRecord) -> None:
@@ -243,8 +247,11 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
         record.release = rid
 
     run.record(name, files)
-    if changed or steps.reload:
-        release.run_reload(transport, node)
+    if reload:
+        if reload_error is not None:
+            raise reload_error
+        if not installed:
+            release.run_reload(transport, node)
         outcome.reloaded = True
     run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
     done = "uploaded" if outcome.uploaded else "already on the node"
@@ -256,15 +263,14 @@ def _known_broker(run: _Run, name: str) -> bool:
 
 
 def _capabilities(run: _Run, name: str) -> str:
-    """Before the first activation on a node: ask its broker what it supports (doctor's
-    probe), record it, and refuse to go on when it lacks a key the site's routes need."""
-    from lotdeploy.apply.checkup import doctor_node
+    """Before the first activation on a node: ask its broker what activation needs (the
+    light part of doctor's probe), record it, and refuse to go on when it lacks a key the
+    site's routes need."""
+    from lotdeploy.apply.checkup import capabilities_node
     from lotdeploy.doctor import key_problems
 
     node = run.site.node(name)
-    result = doctor_node(run.site, run.workspace, node, run.transport(name))
-    assert result.facts is not None
-    facts = result.facts
+    facts = capabilities_node(run.site, node, run.transport(name))
     run.record(name, lambda r: setattr(r, "broker", facts.to_json()))
     problems = key_problems(facts, run.site, node)
     if problems:

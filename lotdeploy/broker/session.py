@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
+#: Topic filters per SUBSCRIBE packet when reading many routes' code at once.
+_TOPICS_PER_SUBSCRIBE = 100
 
 
 class CommandFailed(BrokerError):
@@ -53,6 +55,25 @@ class CommandFailed(BrokerError):
 
 
 RequestIds = bool | Literal["auto"]
+
+
+def routes_of(reply: Reply) -> list[dict[str, Any]]:
+    """The routes a `-listRoutes` reply lists (a 2.x data list, or a 1.x text message)."""
+    data = reply.data
+    if isinstance(data, dict) and isinstance(data.get("routes"), list):
+        data = data["routes"]
+    if data is None and reply.message:
+        # a 1.x plain-text reply has no data: the names follow the message's colon
+        # (`2 route(s): a, b`, protocol.build_text_reply); no connection state in it
+        _, colon, names = reply.message.rpartition(": ")
+        data = [
+            {"name": name}
+            for name in (n.strip() for n in names.split(","))
+            if colon and _ROUTE_NAME.fullmatch(name)
+        ]
+    if not isinstance(data, list):
+        return []
+    return [item for item in data if isinstance(item, dict)]
 
 
 class BrokerClient:
@@ -95,6 +116,9 @@ class BrokerClient:
         self._lock = asyncio.Lock()
         self._replies: asyncio.Queue[Message] = asyncio.Queue(maxsize=1000)
         self._watchers: dict[str, list[asyncio.Queue[Message]]] = {}
+        #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
+        #: connect is one): the routes the broker ran then, with no further round trip.
+        self.last_listing: Reply | None = None
 
     def __repr__(self) -> str:
         return f"BrokerClient({self.node_name!r}, {self.host}:{self.port}, user={self.username!r})"
@@ -164,6 +188,7 @@ class BrokerClient:
         self.request_ids = True
         reply = await self.command(Verb.LIST_ROUTES)
         self.request_ids = reply.request_id is not None
+        self.last_listing = reply
         return reply
 
     def uses_credentials(self, username: str, password: Secret) -> bool:
@@ -258,21 +283,15 @@ class BrokerClient:
 
     async def list_routes(self) -> list[dict[str, Any]]:
         reply = await self._checked(Verb.LIST_ROUTES)
-        data = reply.data
-        if isinstance(data, dict) and isinstance(data.get("routes"), list):
-            data = data["routes"]
-        if data is None and reply.message:
-            # a 1.x plain-text reply has no data: the names follow the message's colon
-            # (`2 route(s): a, b`, protocol.build_text_reply); no connection state in it
-            _, colon, names = reply.message.rpartition(": ")
-            data = [
-                {"name": name}
-                for name in (n.strip() for n in names.split(","))
-                if colon and _ROUTE_NAME.fullmatch(name)
-            ]
-        if not isinstance(data, list):
-            return []
-        return [item for item in data if isinstance(item, dict)]
+        self.last_listing = reply
+        return routes_of(reply)
+
+    def listed_at_connect(self) -> list[dict[str, Any]] | None:
+        """The routes of the last `-listRoutes` reply (the one `request_ids="auto"` sends on
+        connect, or a later `list_routes`): no extra round trip. None when there was none or
+        it was a failure."""
+        reply = self.last_listing
+        return routes_of(reply) if reply is not None and reply.success else None
 
     async def route_code(self, route_type: str) -> str:
         """The broker's LOT template for a route type (tells which keys it accepts)."""
@@ -320,6 +339,21 @@ class BrokerClient:
         msg = await self._watch_once(route_code_topic(name), timeout)
         return msg.payload.decode("utf-8", errors="replace") if msg else None
 
+    async def read_route_codes(
+        self, names: list[str], timeout: float = 10.0
+    ) -> dict[str, str | None]:
+        """`read_route_code` for many routes at once: one SUBSCRIBE for all their topics, the
+        retained codes gathered as they come, one UNSUBSCRIBE; the whole wait bounded by
+        `timeout` (not `timeout` per route). None for a route whose code did not come."""
+        found: dict[str, str | None] = dict.fromkeys(names)
+        for start in range(0, len(names), _TOPICS_PER_SUBSCRIBE):
+            chunk = names[start : start + _TOPICS_PER_SUBSCRIBE]
+            topics = {route_code_topic(name): name for name in chunk}
+            got = await self._watch_many(list(topics), timeout)
+            for topic, msg in got.items():
+                found[topics[topic]] = msg.payload.decode("utf-8", errors="replace")
+        return found
+
     async def read_version(self, timeout: float = 5.0) -> str | None:
         """The broker's version string, retained on `$SYS/Coreflux/Version` (None if none in
         time: older builds may not publish it)."""
@@ -347,6 +381,46 @@ class BrokerClient:
         if why:
             raise self._error(f"a user name, password or secret value {why}")
         return value
+
+    async def _watch_many(self, topics: list[str], timeout: float) -> dict[str, Message]:
+        """The first message on each topic (one SUBSCRIBE, one UNSUBSCRIBE), until every
+        topic had one or `timeout` passed; topics with none are left out."""
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise self._error("not connected")
+        if not topics:
+            return {}
+        arrived: asyncio.Queue[Message] = asyncio.Queue(maxsize=len(topics) * 4)
+        for topic in topics:
+            self._watchers.setdefault(topic, []).append(arrived)
+        found: dict[str, Message] = {}
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            try:
+                await conn.subscribe([(t, 1) for t in topics], timeout)
+            except MqttError as exc:
+                raise self._error(str(exc)) from None
+            try:
+                for _ in range(len(topics) * 4):  # bounded in count as well as in time
+                    remaining = deadline - loop.time()
+                    if len(found) == len(topics) or remaining <= 0:
+                        break
+                    try:
+                        msg = await asyncio.wait_for(arrived.get(), remaining)
+                    except TimeoutError:
+                        break
+                    found.setdefault(msg.topic, msg)
+            finally:
+                with contextlib.suppress(MqttError):
+                    if conn.connected:
+                        await conn.unsubscribe(topics, timeout)
+        finally:
+            for topic in topics:
+                self._watchers[topic].remove(arrived)
+                if not self._watchers[topic]:
+                    del self._watchers[topic]
+        return found
 
     async def _watch_once(self, topic: str, timeout: float) -> Message | None:
         conn = self._conn

@@ -20,6 +20,18 @@ from lotdeploy.errors import NodeError
 COMMAND_TIMEOUT = 60.0
 
 
+def command_label(command: str) -> str:
+    """The first word(s) of a command, for messages: never the whole (long) command."""
+    words = command.split()
+    if not words:
+        return "(empty command)"
+    label = words[0][:40]
+    if len(words) > 1 and len(words[1]) <= 24 and words[1][:1] not in "'\"":
+        label += " " + words[1]
+        words = words[1:]
+    return label + (" …" if len(words) > 1 else "")
+
+
 class TransportError(NodeError):
     """A node could not be reached, or a step on it failed (names the node and the cause)."""
 

@@ -40,6 +40,7 @@ from lotdeploy.transport.base import (
     RunResult,
     Transport,
     TransportError,
+    command_label,
 )
 
 # paramiko logs handshake failures with tracebacks; without a handler of its own, Python's
@@ -145,18 +146,6 @@ def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
             cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise TransportError("-", f"cannot read ssh config {candidate}: {cause}") from None
     return config
-
-
-def command_label(command: str) -> str:
-    """The first word(s) of a command, for messages: never the whole (long) command."""
-    words = command.split()
-    if not words:
-        return "(empty command)"
-    label = words[0][:40]
-    if len(words) > 1 and len(words[1]) <= 24 and words[1][:1] not in "'\"":
-        label += " " + words[1]
-        words = words[1:]
-    return label + (" …" if len(words) > 1 else "")
 
 
 def _tail(text: str, lines: int = 3, chars: int = 400) -> str:
