@@ -90,7 +90,26 @@ def _wrap_forward() -> None:
     ssh.SshTransport.forward = forward  # type: ignore[method-assign]
 
 
+def _wrap_state() -> None:
+    """The state document's transactions (lock, read, write, fsync), under "(state)"."""
+    from lotdeploy import state
+
+    original = state.StateStore.transaction
+
+    @contextlib.contextmanager
+    def transaction(self: state.StateStore) -> Iterator[state.State]:
+        started = time.perf_counter()
+        with original(self) as document:
+            yield document
+        _note("(state)", "state transaction", time.perf_counter() - started)
+
+    state.StateStore.transaction = transaction  # type: ignore[method-assign]
+    _wrap(state.StateStore, "read", lambda *a, **k: "state read", lambda s: "(state)")
+
+
 def install() -> None:
+    _wrap_state()
+
     def ssh_node(t: ssh.SshTransport) -> str:
         return _thread_node(t.node)
 
@@ -129,8 +148,8 @@ def install() -> None:
 
 
 def report(wall: float) -> str:
-    nodes = sorted({n for n, _ in calls})
-    kinds = sorted({k for _, k in calls})
+    nodes = sorted({n for n, _ in calls if not n.startswith("(")})
+    kinds = sorted({k for n, k in calls if not n.startswith("(")})
     lines = [f"wall {wall:.2f} s, {len(nodes)} node(s)"]
     lines.append(f"{'call':44s} {'per node':>8s} {'total':>6s} {'median s':>9s} {'sum s':>7s}")
     total_per_node: dict[str, int] = collections.Counter()
@@ -145,6 +164,12 @@ def report(wall: float) -> str:
         )
     per = [total_per_node[n] for n in nodes]
     lines.append(f"{'all calls (mqtt connect counted too)':44s} {statistics.median(per):8g}")
+    for (who, kind), times in sorted(calls.items()):
+        if who.startswith("("):
+            lines.append(
+                f"{kind:44s} {'':8s} {len(times):6d} {statistics.median(times):9.3f} "
+                f"{sum(times):7.2f}"
+            )
     return "\n".join(lines)
 
 

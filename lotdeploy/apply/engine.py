@@ -1,8 +1,9 @@
 """Carry out a plan: files on every node, then users, then routes, then retired users.
 
-Order across nodes: each phase runs on all nodes concurrently (bounded by `parallelism`),
-and the next phase starts only when the previous one is done everywhere, because a route
-on one node logs in with a user that must already exist on its *target*. A node that
+Order across nodes: the nodes run concurrently (bounded by `parallelism`); each node goes
+through files, the capability check and users on its own, and the routes start only when
+every node is through, because a route on one node logs in with a user that must already
+exist on its *target* (retired users, likewise, after every route). A node that
 fails a step is reported with the cause and left out of the later phases; the others go
 on. After every node step the state document records what that node now has, so an
 interrupted run (Ctrl-C, a lost node, a killed controller) leaves state true to the nodes,
@@ -38,6 +39,8 @@ from lotdeploy.transport.base import Transport
 from lotdeploy.workspace import Workspace
 
 TransportFactory = Callable[[Node], Transport]
+#: One step of `_Run.chain`: its name, the nodes it is for (None: all), the work on a node.
+Step = tuple[str, set[str] | None, Callable[[str], str | None]]
 
 
 @dataclass
@@ -108,39 +111,52 @@ class _Run:
 
     def each(self, step: str, names: list[str], work: Callable[[str], str | None]) -> None:
         """Run `work(node)` for every node concurrently; record failures by node."""
+        self.chain(names, (step, None, work))
+
+    def chain(self, names: list[str], *steps: Step) -> None:
+        """Run `steps` one after another on each node, the nodes concurrently: a node goes on
+        to its next step without waiting for the others (none of these steps needs another
+        node's), and a failed step ends that node's chain. A step's set of nodes: it runs
+        only on those (None: on all)."""
         names = self.alive(names)
         if not names:
             return
 
-        def one(name: str) -> None:
-            outcome = self.result.outcomes[name]
-            started = time.monotonic()
-            self.report(Event(name, step, "start"))
-            try:
-                detail = work(name)
-            except (LotdeployError, OSError) as exc:
-                seconds = time.monotonic() - started
-                outcome.ok = False
-                outcome.failed_step = step
-                outcome.error = scrub(str(exc))
-                outcome.seconds += seconds
-                self.report(Event(name, step, "fail", outcome.error, seconds))
-                return
-            seconds = time.monotonic() - started
-            outcome.seconds += seconds
-            outcome.steps.append(step)
-            self.report(
-                Event(
-                    name,
-                    step,
-                    "skip" if detail == "skip" else "ok",
-                    "" if detail in (None, "skip") else detail,
-                    seconds,
-                )
-            )
+        def run_chain(name: str) -> None:
+            for step, only, work in steps:
+                if (only is None or name in only) and not self._one(name, step, work):
+                    return
 
         with ThreadPoolExecutor(max_workers=min(self.parallelism, len(names))) as pool:
-            list(pool.map(one, names))
+            list(pool.map(run_chain, names))
+
+    def _one(self, name: str, step: str, work: Callable[[str], str | None]) -> bool:
+        outcome = self.result.outcomes[name]
+        started = time.monotonic()
+        self.report(Event(name, step, "start"))
+        try:
+            detail = work(name)
+        except (LotdeployError, OSError) as exc:
+            seconds = time.monotonic() - started
+            outcome.ok = False
+            outcome.failed_step = step
+            outcome.error = scrub(str(exc))
+            outcome.seconds += seconds
+            self.report(Event(name, step, "fail", outcome.error, seconds))
+            return False
+        seconds = time.monotonic() - started
+        outcome.seconds += seconds
+        outcome.steps.append(step)
+        self.report(
+            Event(
+                name,
+                step,
+                "skip" if detail == "skip" else "ok",
+                "" if detail in (None, "skip") else detail,
+                seconds,
+            )
+        )
+        return True
 
     def record(self, name: str, change: Callable[[NodeRecord], None]) -> None:
         with self.store.transaction() as state:
@@ -191,16 +207,24 @@ def apply_plan(
                 {*record.pending, "activate", *(["reload"] if steps[name].reload else [])}
             )
     try:
-        run.each("files", targets, lambda n: _files(run, n, bundles[n], steps[n]))
-        run.each(
-            "capabilities",
-            [n for n in targets if not _known_broker(run, n)],
-            lambda n: _capabilities(run, n),
-        )
-        run.each(
-            "users",
-            [n for n in targets if steps[n].users_create],
-            lambda n: _users(run, n, {u: users[u] for u in steps[n].users_create if u in users}),
+        # files, capabilities and users need nothing of another node: each node goes through
+        # them without waiting for the others (the routes, which log in to their targets with
+        # the users, wait until every node is through)
+        run.chain(
+            targets,
+            ("files", None, lambda n: _files(run, n, bundles[n], steps[n])),
+            (
+                "capabilities",
+                {n for n in targets if not _known_broker(run, n)},
+                lambda n: _capabilities(run, n),
+            ),
+            (
+                "users",
+                {n for n in targets if steps[n].users_create},
+                lambda n: _users(
+                    run, n, {u: users[u] for u in steps[n].users_create if u in users}
+                ),
+            ),
         )
         run.each(
             "routes",
@@ -245,6 +269,8 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
         if facts.current != rid:
             record.previous_release = facts.current
         record.release = rid
+        if reload and installed and reload_error is None:  # done in the same command
+            record.pending = [p for p in record.pending if p != "reload"]
 
     run.record(name, files)
     if reload:

@@ -38,7 +38,9 @@ class Observed:
         return cls(
             routes={name: r.routes for name, r in nodes.items()},
             site_digest=state.site_digest,
-            users={name: r.users for name, r in nodes.items() if r.users},
+            # a node no apply finished on (files recorded, then a reload or a later step
+            # failed) has no users yet unless recorded: none, so the plan creates them
+            users={name: r.users for name, r in nodes.items() if r.users or not r.applied_at},
             files={name: r.files for name, r in nodes.items() if r.files},
             serial=state.serial,
             applied=set(nodes),
