@@ -38,9 +38,14 @@ class Observed:
         return cls(
             routes={name: r.routes for name, r in nodes.items()},
             site_digest=state.site_digest,
-            # a node no apply finished on (files recorded, then a reload or a later step
-            # failed) has no users yet unless recorded: none, so the plan creates them
-            users={name: r.users for name, r in nodes.items() if r.users or not r.applied_at},
+            # a node no apply finished on (its files recorded, then a reload or a later step
+            # failed; no routes recorded either) has no users yet unless recorded: none, so
+            # the plan creates them. Records with routes but no users predate user records.
+            users={
+                name: r.users
+                for name, r in nodes.items()
+                if r.users or not (r.applied_at or r.routes)
+            },
             files={name: r.files for name, r in nodes.items() if r.files},
             serial=state.serial,
             applied=set(nodes),
