@@ -68,6 +68,10 @@ COMMANDS = {
         "lotdeploy.cli.deploy:apply",
         "Make every node run what the site describes: files, broker users, routes.",
     ),
+    "rollback": LazyCommand(
+        "lotdeploy.cli.rollout:rollback",
+        "Put nodes back on an earlier release (files, routes, users), then check the links.",
+    ),
     "drift": LazyCommand(
         "lotdeploy.cli.deploy:drift",
         "Compare what the nodes run with what was applied: exit 0 clean, 2 drift, 1 error.",
