@@ -143,7 +143,7 @@ def judge(
     """Why the wave fails (None: it holds). `failed` are this wave's blamed nodes."""
     outside = failed - set(wave.nodes)
     if outside:
-        return f"nodes of earlier waves failed the gate: {', '.join(sorted(outside))}"
+        return f"nodes outside this wave failed the gate: {', '.join(sorted(outside))}"
     if not wave.allows(len(failed)):
         share = 100 * len(failed) / len(wave.nodes)
         return (
@@ -261,6 +261,9 @@ def run_rollout(
     waves = waves_of(record)
     result = RolloutResult("complete")
     failed_before = set(record.failed)
+    in_rollout = {n for w in waves for n in w.nodes}
+    # nodes the rollout leaves out (--limit/--exclude) are not its business: not gated
+    outside = {n.name for n in site.nodes} - in_rollout
     for index in range(record.done, len(waves)):
         wave = waves[index]
         with store.transaction() as state:  # what an automatic rollback would restore
@@ -288,7 +291,7 @@ def run_rollout(
             )
         )
         so_far = {n for w in waves[: index + 1] for n in w.nodes}
-        leave_out = failed_before | set(wave_report.failed)
+        leave_out = failed_before | set(wave_report.failed) | outside
         report(RolloutEvent("gate", wave.name, "start", nodes=tuple(sorted(so_far - leave_out))))
         checked = gate(frozenset(so_far - leave_out), frozenset(leave_out))
         wave_report.gate = checked
