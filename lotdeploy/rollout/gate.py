@@ -218,3 +218,43 @@ def _messages_cross(
         for a, b in links
         if a not in got[b]
     ]
+
+
+def verify_gate(
+    site: Site,
+    workspace: Workspace,
+    transports: TransportFactory,
+    timeout: float = 30.0,
+    parallelism: int = 10,
+) -> Gate:
+    """The gate as `lotdeploy verify` on the nodes applied so far: their own checks and every
+    link between them and the other deployed nodes (links to nodes left out are dropped).
+    Routes need a moment to reconnect after a wave, so a failed verify is run again until
+    `timeout`; the last result counts."""
+    from lotdeploy.verify import VerifyOptions, run_verify
+
+    options = VerifyOptions(parallelism=parallelism)
+
+    def gate(nodes: frozenset[str], ignore: frozenset[str]) -> GateResult:
+        started = time.monotonic()
+        scope = set(nodes) | (deployed_nodes(site, workspace) - set(ignore))
+        problems: list[GateProblem] = []
+        checked = 0
+        for _ in range(100):  # bounded: the deadline ends it long before
+            result = run_verify(site, workspace, transports, nodes=nodes, options=options)
+            problems, checked = [], 0
+            for check in result.checks:
+                pair = check.link
+                if pair is not None and not set(pair) <= scope:
+                    continue
+                checked += 1
+                if not check.ok:
+                    subject = pair if pair is not None else (check.subject,)
+                    why = f"{check.kind} {check.status}: {check.reason}".strip()
+                    problems.append(GateProblem(subject, scrub(why)))
+            if not problems or time.monotonic() - started > timeout:
+                break
+            time.sleep(1.0)
+        return GateResult(not problems, problems, time.monotonic() - started, checked)
+
+    return gate

@@ -1,0 +1,219 @@
+"""Rollouts against a root lab (eu1, eu2, us1, us2): real sshd, real lab brokers, real TLS,
+the real CLI in subprocesses, the real gate (`lotdeploy verify` on the nodes applied so far).
+
+One lab is shared by the module; each case starts from the lab's own site applied and drift
+clean. The last case greps everything the module printed or wrote for every secret the
+workspace held at any point (rotations drop old passwords, so they are collected as we go).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lotdeploy.lab.hosts import Layout
+from tests.lab_fixtures import lab_cli, skip_unless_root
+from tests.test_apply import Lab, events, lab_up
+
+pytestmark = pytest.mark.root
+
+OUTPUTS: list[str] = []
+SECRETS: dict[str, str] = {}
+
+WAVES = [
+    {"name": "canary", "select": ["eu1"]},
+    {"name": "second", "select": ["eu2", "us1"]},
+]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    skip_unless_root()
+    with lab_up(tmp_path_factory.mktemp("rolloutlab"), "--regions", "eu:2,us:2") as made:
+        made.outputs = OUTPUTS
+        made.cli("apply", made.site_file, "--auto-approve")
+        yield made
+
+
+@pytest.fixture
+def converged(lab: Lab) -> Lab:
+    lab.cli("apply", lab.site_file, "--auto-approve", "--refresh")
+    lab.cli("drift", lab.site_file)
+    _remember_secrets(lab)
+    return lab
+
+
+def _site_with(lab: Lab, name: str, rollout: dict[str, Any], **defaults: Any) -> Path:
+    doc = yaml.safe_load(lab.site_file.read_text())
+    doc["defaults"].update(defaults)
+    doc["rollout"] = rollout
+    path = lab.dir / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _remember_secrets(lab: Lab) -> None:
+    store = lab.workspace().secrets()
+    for name in store.names():
+        value = store.get(name)
+        if value is not None:
+            SECRETS[f"{name}#{len(SECRETS)}"] = value.reveal()
+
+
+def _of(proc: subprocess.CompletedProcess[str], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events(proc) if e.get("event") == kind]
+
+
+def _rollout_summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    found = [e for e in events(proc) if e.get("event") == "summary"]
+    assert len(found) == 1, proc.stdout
+    rollout: dict[str, Any] = found[0]["rollout"]
+    return rollout
+
+
+# -- 1. a second wave meets a cut node ---------------------------------------------------------
+
+
+def test_a_wave_meeting_a_cut_node_stops_rolls_back_and_verifies(converged: Lab) -> None:
+    lab = converged
+    site = _site_with(lab, "cut.yaml", {"waves": WAVES}, message_validity_sec=45)
+    before = {n: r.release for n, r in lab.state().nodes.items()}
+    proc = lab.cli("apply", site, "--auto-approve", "--json", "--pause-after", "canary")
+    assert _rollout_summary(proc)["status"] == "paused"
+    assert [g["status"] for g in _of(proc, "gate") if g["status"] != "start"] == ["ok"]
+    canary_release = lab.state().nodes["eu1"].release
+    assert canary_release != before["eu1"]
+
+    assert lab_cli(lab.dir, "cut", "us1").returncode == 0
+    try:
+        proc = lab.cli("apply", site, "--auto-approve", "--json", "--continue", expect=1)
+    finally:
+        assert lab_cli(lab.dir, "heal", "us1").returncode == 0
+    summary = _rollout_summary(proc)
+    assert summary["status"] == "rolled-back", summary
+    second = summary["waves"][0]
+    assert second["name"] == "second" and not second["ok"]
+    assert list(second["failed"]) == ["us1"] and "cannot connect" in second["failed"]["us1"]
+    assert "50%" in summary["reason"] and "budget of 0%" in summary["reason"]
+    # the wave's gate left the cut node out and passed on the rest; eu2 was put back
+    assert second["gate"]["ok"]
+    (restored,) = summary["rolled_back"]
+    assert restored["node"] == "eu2" and restored["ok"] and restored["to"] == before["eu2"]
+    assert "routes: 1 re-added" in restored["detail"] or "routes: 2 re-added" in restored["detail"]
+    assert summary["restore_gate"]["ok"] and summary["restore_gate"]["checked"] > 0
+    rollback = [e for e in _of(proc, "rollback") if e["status"] != "start"]
+    assert rollback and rollback[0]["status"] == "ok"
+    state = lab.state()
+    assert state.rollout is None  # undone: the next apply starts a new rollout
+    assert state.nodes["eu1"].release == canary_release  # the first wave stays, verified
+    assert state.nodes["eu2"].release == before["eu2"]
+    assert state.nodes["us1"].release == before["us1"]
+    assert state.nodes["eu2"].routes["lotdeploy_eu1"]["message_validity_sec"] == 30
+    assert state.nodes["eu1"].routes["lotdeploy_eu2"]["message_validity_sec"] == 45
+    lab.cli("drift", site)  # what the state says is what the nodes run
+    plan = json.loads(lab.cli("plan", site, "--json", expect=None).stdout)
+    assert sorted(plan["steps"]) == ["eu2", "us1", "us2"]  # the way back forward
+
+
+# -- 2. pause survives the process; continue finishes ------------------------------------------
+
+
+def test_pause_survives_a_new_process_and_continue_finishes(converged: Lab) -> None:
+    lab = converged
+    site = _site_with(lab, "pause.yaml", {"waves": WAVES}, message_validity_sec=50)
+    proc = lab.cli("apply", site, "--auto-approve", "--pause-after", "second")
+    assert "Rollout paused" in proc.stdout and "--continue" in proc.stdout
+    record = lab.state().rollout
+    assert record is not None and record.status == "paused" and record.done == 2
+    assert [w["name"] for w in record.waves] == ["canary", "second", "rest"]
+    # another process sees it: a plain apply is refused and says what to do
+    refused = lab.cli("apply", site, "--auto-approve", expect=1)
+    assert "a rollout paused after wave second" in refused.stderr
+    assert "--continue" in refused.stderr and "rollback" in refused.stderr
+    state = lab.state()
+    assert state.nodes["us1"].routes["lotdeploy_us2"]["message_validity_sec"] == 50
+    assert state.nodes["us2"].routes["lotdeploy_us1"]["message_validity_sec"] == 30
+    proc = lab.cli("apply", site, "--auto-approve", "--json", "--continue")
+    summary = _rollout_summary(proc)
+    assert summary["status"] == "complete" and [w["name"] for w in summary["waves"]] == ["rest"]
+    assert all(w["gate"]["ok"] for w in summary["waves"])
+    assert lab.state().rollout is None
+    lab.cli("drift", site)
+    lab.wait_mesh()
+    assert "No changes" in lab.cli("apply", site, "--auto-approve").stdout
+
+
+# -- 3. rollback by hand -----------------------------------------------------------------------
+
+
+def test_rollback_by_hand_restores_and_the_plan_shows_the_way_forward(converged: Lab) -> None:
+    lab = converged
+    site = _site_with(
+        lab, "hand.yaml", {"waves": WAVES, "rollback": "manual"}, message_validity_sec=55
+    )
+    before = lab.state().nodes["us2"].release
+    lab.cli("apply", site, "--auto-approve")
+    assert lab.state().nodes["us2"].release != before
+    proc = lab.cli("rollback", site, "--limit", "us2", "--json")
+    (restored,) = json.loads(proc.stdout)["restored"]
+    assert restored["ok"] and restored["to"] == before
+    assert json.loads(proc.stdout)["check"]["ok"]
+    plan = json.loads(lab.cli("plan", site, "--json", expect=None).stdout)
+    assert sorted(plan["steps"]) == ["us2"]
+    lab.cli("drift", site)
+    # a release the node no longer keeps is refused by name
+    proc = lab.cli("rollback", site, "--limit", "us1", "--to", "0123456789abcdef", expect=1)
+    assert "release 0123456789abcdef is no longer on the node" in proc.stderr
+
+
+# -- 4. rotations wave by wave -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["creds", "ca"])
+def test_a_rotation_rolls_out_wave_by_wave_with_the_gate_passing(converged: Lab, kind: str) -> None:
+    lab = converged
+    site = _site_with(lab, f"rot-{kind}.yaml", {"waves": [{"name": "eu", "select": ["eu"]}]})
+    rotate = ("creds", "rotate") if kind == "creds" else ("certs", "rotate-ca")
+    for phase in (1, 2, 3):
+        lab.cli(*rotate, site)
+        _remember_secrets(lab)
+        proc = lab.cli("apply", site, "--auto-approve", "--json")
+        summary = _rollout_summary(proc)
+        assert summary["status"] == "complete", summary
+        assert [w["name"] for w in summary["waves"]] == ["eu", "rest"], phase
+        # after the first wave half the cluster runs the new phase and half the old:
+        # every link between them was proven by the gate
+        for wave in summary["waves"]:
+            assert wave["gate"]["ok"] and wave["gate"]["checked"] >= 8, (phase, wave)
+    finished = lab.cli(*rotate, site)
+    assert "finished" in (finished.stdout + finished.stderr).lower()
+    lab.cli("drift", site)
+
+
+# -- 5. no secret anywhere ---------------------------------------------------------------------
+
+
+def test_no_secret_in_any_output(lab: Lab) -> None:
+    _remember_secrets(lab)
+    values = dict(SECRETS)
+    values["admin password"] = Layout(lab.dir).password_file.read_text().strip()
+    needles = {}
+    for name, value in values.items():
+        body = [line for line in value.splitlines() if not line.startswith("-----")]
+        needles[name] = value
+        for i, line in enumerate(body[:-1]):
+            if len(line) >= 40:
+                needles[f"{name} line {i}"] = line
+    assert any(n.startswith("cluster-password-v1") for n in needles)
+    texts = {f"output {i}": text for i, text in enumerate(lab.outputs)}
+    state = lab.workspace().root / "state.json"
+    texts[str(state)] = state.read_text()
+    assert len(texts) > 10
+    leaks = [f"{s} in {w}" for w, t in texts.items() for s, v in needles.items() if v in t]
+    assert not leaks, leaks
