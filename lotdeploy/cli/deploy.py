@@ -230,7 +230,7 @@ def apply(
         elif not as_json:
             click.echo(scrub(format_text(fresh, colour=interactive())), nl=False)
         if resume or pause_after or site.rollout.enabled:  # wave by wave: docs/rollout.md
-            from lotdeploy.cli.rollout import apply_rollout
+            from lotdeploy.cli.rolling import apply_rollout
 
             code = apply_rollout(
                 site,
@@ -243,6 +243,7 @@ def apply(
                 resume,
                 fresh,
                 lambda: _confirm(auto_approve or saved is not None),
+                Progress,
             )
             if code:
                 sys.exit(code)

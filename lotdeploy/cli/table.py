@@ -70,7 +70,7 @@ COMMANDS = {
     ),
     "rollback": LazyCommand(
         "lotdeploy.cli.rollout:rollback",
-        "Put nodes back on an earlier release (files, routes, users), then check the links.",
+        "Put nodes back on an earlier release: files, TLS files, routes, users; then check it.",
     ),
     "drift": LazyCommand(
         "lotdeploy.cli.deploy:drift",
