@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from lotdeploy.lab.hosts import Layout
+from lotdeploy.apply.release import release_id
+from lotdeploy.errors import LotdeployError
+from lotdeploy.lab.hosts import NODE_RELEASE_DIR, Layout
+from lotdeploy.render import iter_bundles
+from lotdeploy.rollout.confirm import arm, confirm
+from lotdeploy.transport.ssh import SshTransport
 from tests.lab_fixtures import lab_cli, skip_unless_root
 from tests.test_apply import Lab, events, lab_up
 
@@ -201,6 +208,50 @@ def test_rotations_roll_out_wave_by_wave_with_the_gate_passing(converged: Lab) -
         assert "finished" in finished.stdout
     assert lab.state().credential_version == 2
     lab.cli("drift", site)
+
+
+# -- 5. confirm or revert ---------------------------------------------------------------------
+
+
+def test_an_unconfirmed_switch_is_reverted_by_the_node_which_says_why(converged: Lab) -> None:
+    """The node-side timer, for real: eu1 is armed, switched by apply, then cut off so the
+    controller cannot confirm; the node goes back on its own and leaves a report, which the
+    next rollout shows before it finishes the revert (routes, state) and applies again."""
+    lab = converged
+    plain = lab.variant("switch.yaml", message_validity_sec=35)
+    rolling = _site_with(lab, "confirm.yaml", {"confirm_timeout_sec": 10}, message_validity_sec=35)
+    workspace = lab.workspace()
+    site = lab.site(plain)
+    previous = lab.state().nodes["eu1"].release
+    assert previous is not None
+    bundle = next(b for b in iter_bundles(site, workspace, datetime.now(UTC)) if b.node == "eu1")
+    new = release_id(bundle)
+    with lab.transport("eu1") as transport:
+        armed = arm(transport, site.node("eu1"), previous, new, 10)
+    lab.cli("apply", plain, "--auto-approve", "--limit", "eu1")
+    started = time.monotonic()  # the timer counts from the switch
+    assert lab.state().nodes["eu1"].release == new
+    assert lab_cli(lab.dir, "cut", "eu1").returncode == 0
+    try:
+        with pytest.raises(LotdeployError, match="eu1"):
+            confirm(site, armed, SshTransport.for_node(site.node("eu1"), base_dir=site.base_dir))
+        time.sleep(max(0.0, 10 + 3 - (time.monotonic() - started)))
+    finally:
+        assert lab_cli(lab.dir, "heal", "eu1").returncode == 0
+    with lab.transport("eu1") as transport:
+        assert transport.run(f"readlink {NODE_RELEASE_DIR}/current").stdout.strip() == (
+            f"releases/{previous}"
+        )
+    # the next rollout hears why, finishes the revert, applies, and confirms this time
+    proc = lab.cli("apply", rolling, "--auto-approve", "--json", "--limit", "eu1")
+    reverted = [e for e in events(proc) if e.get("step") == "reverted"]
+    assert len(reverted) == 1 and reverted[0]["node"] == "eu1"
+    assert f"release {new} was not confirmed within 10 s" in reverted[0]["detail"]
+    assert f"went back to release {previous}" in reverted[0]["detail"]
+    confirmed = [e for e in events(proc) if e.get("step") == "confirm"]
+    assert confirmed and all(e["status"] == "ok" for e in confirmed)
+    assert _rollout_summary(proc)["status"] == "complete"
+    lab.cli("drift", rolling)
 
 
 # -- 5. no secret anywhere ---------------------------------------------------------------------

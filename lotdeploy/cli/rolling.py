@@ -81,6 +81,7 @@ def apply_rollout(
     from lotdeploy.plan.make import make_plan
     from lotdeploy.render import prepare_workspace
     from lotdeploy.rollout.catchup import files_behind, with_catchup
+    from lotdeploy.rollout.confirm import apply_confirmed
     from lotdeploy.rollout.restore import restore_node
     from lotdeploy.rollout.run import resume_rollout, run_rollout, start_rollout
     from lotdeploy.rollout.waves import compute_waves
@@ -128,7 +129,12 @@ def apply_rollout(
         plan = with_catchup(
             make_plan(site, workspace, only=nodes), files_behind(site, workspace, nodes)
         )
-        with progress(as_json, sorted(plan.steps)) as reporter:
+        timeout = site.rollout.confirm_timeout_sec
+        with progress(as_json, sorted(set(plan.steps) | (nodes if timeout else set()))) as reporter:
+            if timeout:  # confirm or revert: lotdeploy.rollout.confirm
+                return apply_confirmed(
+                    site, workspace, plan, transports, reporter, parallelism, nodes, timeout
+                )
             return apply_plan(site, workspace, plan, transports, reporter, parallelism, only=nodes)
 
     def restore(name: str, before: NodeRecord) -> Any:
