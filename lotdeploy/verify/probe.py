@@ -24,22 +24,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
+from lotdeploy.broker.mqtt import ConnectRefused, Message, MqttConnection, MqttError
 from lotdeploy.secret import Secret, scrub
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the controller reaches one node's broker (a forwarded local port)."""
+    """Where the controller reaches one node's broker: first directly, at the address and
+    port its peers dial (TLS verified like theirs), else through the port forwarded over
+    the node's SSH connection to its admin address (`fallback`)."""
 
     node: str
     host: str
     port: int
+    tls: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    fallback: tuple[str, int] | None = None
 
 
 @dataclass
@@ -121,26 +127,37 @@ async def probe_links(
     conns: dict[str, MqttConnection] = {}
     gate = asyncio.Semaphore(max(1, parallelism))
 
-    async def open_one(name: str) -> None:
-        end = endpoints[name]
-        conn = MqttConnection(
-            end.host,
-            end.port,
-            client_id=f"lotdeploy-probe-{run_id}-{name}"[:64],
+    def connection(end: Endpoint, direct: bool) -> MqttConnection:
+        host, port = (end.host, end.port) if direct or end.fallback is None else end.fallback
+        return MqttConnection(
+            host,
+            port,
+            client_id=f"lotdeploy-probe-{run_id}-{end.node}"[:64],
             username=username,
             password=password,
+            tls=end.tls if direct else None,
+            server_hostname=end.server_hostname if direct else None,
             keepalive=30,
             connect_timeout=connect_timeout,
-            on_message=receiver(name),  # type: ignore[arg-type]
+            on_message=receiver(end.node),  # type: ignore[arg-type]
         )
+
+    async def open_one(name: str) -> None:
+        end = endpoints[name]
+        tries = [True, False] if end.fallback is not None else [True]
         async with gate:
-            try:
-                await conn.connect()
-                codes = await conn.subscribe([(f"{root}/#", 1)], connect_timeout)
-            except MqttError as exc:
-                await conn.close()
-                outcome.errors[name] = scrub(f"probe connection failed: {exc}")
-                return
+            for direct in tries:
+                conn = connection(end, direct)
+                try:
+                    await conn.connect()
+                    codes = await conn.subscribe([(f"{root}/#", 1)], connect_timeout)
+                    break
+                except MqttError as exc:
+                    await conn.close()
+                    if direct and len(tries) > 1 and not isinstance(exc, ConnectRefused):
+                        continue  # not reachable from here: through the node's SSH then
+                    outcome.errors[name] = scrub(f"probe connection failed: {exc}")
+                    return
         if codes and codes[0] == 0x80:
             await conn.close()
             outcome.errors[name] = f"subscription to {root}/# refused to the probe user"

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 import secrets
+import shlex
 import socket
 import ssl
 import time
@@ -36,6 +38,7 @@ from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
@@ -84,10 +87,15 @@ def new_run_id() -> str:
 
 
 def probe_password(workspace: Workspace) -> Secret:
-    """The probe user's password: one workspace secret, made on first use."""
+    """The probe user's password: one workspace secret, made on first use (under the
+    workspace lock, re-entrant, so a concurrent run's new secret is never lost)."""
     from lotdeploy.credentials import generate_password
 
-    return workspace.secrets().get_or_create(PROBE_SECRET, generate_password)
+    existing = workspace.secrets().get(PROBE_SECRET)
+    if existing is not None:
+        return existing
+    with workspace.lock("verify: probe user password"):
+        return workspace.secrets().get_or_create(PROBE_SECRET, generate_password)
 
 
 def run_verify(
@@ -251,10 +259,39 @@ def _visit(
     stack.callback(_close_quietly, transport)
     visit.reachable = True
     add(Check(name, "ssh", "pass", f"SSH to {node.ssh.host}:{node.ssh.port} as {node.ssh.user}"))
-    if own:
-        add(_release_check(node, transport, records.get(name)))
-        if node.tls:
-            add(_tls_check(node, transport, ca_bundle, options.timeout))
+    # the release and TLS checks run beside the broker's: each is a round trip or more
+    with ThreadPoolExecutor(max_workers=2) as side:
+        release_check = (
+            side.submit(_release_check, node, transport, records.get(name)) if own else None
+        )
+        tls_check = (
+            side.submit(_tls_check, node, transport, ca_bundle, options.timeout)
+            if own and node.tls
+            else None
+        )
+        routes_check = _broker_part(
+            site, node, transport, records.get(name), password, ca_bundle, options, stack, visit
+        )
+        for future in (release_check, tls_check):
+            if future is not None:
+                add(future.result())
+    add(routes_check)
+
+
+def _broker_part(
+    site: Site,
+    node: Node,
+    transport: Transport,
+    record: NodeRecord | None,
+    password: Secret | None,
+    ca_bundle: bytes | None,
+    options: VerifyOptions,
+    stack: contextlib.ExitStack,
+    visit: _Visit,
+) -> Check:
+    """The routes check, the routes' states for the link checks, and the probe user; the
+    forwarded admin port stays open (in `stack`) for the probes."""
+    name = node.name
     try:
         port = stack.enter_context(
             transport.forward(node.broker.admin_host, node.broker.admin_port)
@@ -262,10 +299,11 @@ def _visit(
     except (LotdeployError, OSError) as exc:
         why = _cause(name, exc)
         visit.probe_error = visit.routes_error = f"cannot reach {name}'s broker: {why}"
-        add(Check(name, "routes", "inconclusive", visit.routes_error))
-        return
+        return Check(name, "routes", "inconclusive", visit.routes_error)
+    echo = record.broker.get("request_id_echo") if record is not None else None
+    request_ids: Any = echo if isinstance(echo, bool) else "auto"
     try:
-        with _admin(site, node, port, options.timeout) as client:
+        with _admin(site, node, port, options.timeout, request_ids) as client:
             listed = {str(r.get("name")): dict(r) for r in client.list_routes() if r.get("name")}
             for route_name, entry in listed.items():
                 if route_name.startswith(ROUTE_PREFIX) and entry.get("connection") not in (
@@ -289,15 +327,36 @@ def _visit(
         visit.probe_error = visit.routes_error = (
             f"cannot use {name}'s command channel: {_cause(name, exc)}"
         )
-        add(Check(name, "routes", "inconclusive", visit.routes_error))
-        return
+        return Check(name, "routes", "inconclusive", visit.routes_error)
     if visit.probe_error is None:
-        visit.endpoint = Endpoint(name, "127.0.0.1", port)
-    add(_routes_check(site, node, listed))
+        visit.endpoint = _endpoint(node, port, ca_bundle)
+    return _routes_check(site, node, listed)
+
+
+def _endpoint(node: Node, forwarded: int, ca_bundle: bytes | None) -> Endpoint:
+    """Probes go straight to the broker's cluster port when the controller reaches it (the
+    way peers come in, TLS verified as they verify it), else over the forwarded port: a
+    direct TCP connection has no SSH channel in the way to batch small messages (Nagle in
+    the SSH connection adds up to a round trip to the measured latency)."""
+    tls = None
+    if node.tls:
+        if ca_bundle is None:
+            return Endpoint(node.name, "127.0.0.1", forwarded)
+        tls = ssl.create_default_context(cadata=ca_bundle.decode())
+    return Endpoint(
+        node.name,
+        node.address,
+        node.port,
+        tls=tls,
+        server_hostname=node.address if tls is not None else None,
+        fallback=("127.0.0.1", forwarded),
+    )
 
 
 @contextlib.contextmanager
-def _admin(site: Site, node: Node, port: int, timeout: float) -> Iterator[Any]:
+def _admin(
+    site: Site, node: Node, port: int, timeout: float, request_ids: Any = "auto"
+) -> Iterator[Any]:
     from lotdeploy.broker.sync import SyncBrokerClient
 
     client = SyncBrokerClient(
@@ -306,7 +365,7 @@ def _admin(site: Site, node: Node, port: int, timeout: float) -> Iterator[Any]:
         port,
         node.broker.admin_user,
         activate.admin_password(site, node),
-        request_ids="auto",
+        request_ids=request_ids,
         connect_timeout=timeout,
     )
     try:
@@ -317,12 +376,16 @@ def _admin(site: Site, node: Node, port: int, timeout: float) -> Iterator[Any]:
 
 
 def _ensure_probe_user(client: Any, user: str, password: Secret) -> None:
+    """Set the probe user's password; create the user the first time (one command either
+    way once it exists)."""
     try:
-        client.add_user(user, password)
-    except CommandFailed as failed:
-        if "exist" not in failed.reply.describe().lower():
-            raise
         client.change_user_password(user, password)
+    except CommandFailed as failed:
+        if "not found" not in failed.reply.describe().lower() and "exist" not in (
+            failed.reply.describe().lower()
+        ):
+            raise
+        client.add_user(user, password)
 
 
 def _close_quietly(transport: Transport) -> None:
@@ -338,30 +401,49 @@ def _cause(name: str, exc: BaseException) -> str:
 
 
 def _release_check(node: Node, transport: Transport, record: NodeRecord | None) -> Check:
+    """`current` is the release state records, and every file of it (and every TLS file the
+    broker reads) has the digest apply recorded: one command."""
     name = node.name
     if record is None or not record.release:
         return Check(name, "release", "fail", f"{name} was never applied: run lotdeploy apply")
-    try:
-        tls_names = [n for n in record.files if n != "routes.lot"]
-        facts = release.node_facts(transport, node, record.release, tls_names)
-        if facts.current != record.release:
-            return Check(
-                name,
-                "release",
-                "fail",
-                f"{name} runs release {facts.current or '(none)'}, state says {record.release}: "
-                "run lotdeploy drift, then apply --refresh",
-            )
-        paths = release.NodePaths.of(node)
-        names = [n for n in record.files if n not in tls_names]
-        have = release.file_digests(transport, paths.current, names)
-        have.update(facts.tls_digests)
-        changed = sorted(
-            n for n, entry in record.files.items() if have.get(n) != entry.get("sha256")
+    paths = release.NodePaths.of(node)
+    where = {
+        n: posixpath.join(paths.current if n == ROUTE_FILE else paths.tls_dir, n)
+        for n in record.files
+    }
+    script = (
+        f"echo current=$(readlink {shlex.quote(paths.current)} 2>/dev/null || true); "
+        + (
+            f"sha256sum {' '.join(shlex.quote(p) for p in where.values())} 2>/dev/null; "
+            if where
+            else ""
         )
+        + "true"
+    )
+    try:
+        out = transport.run(script, timeout=30).stdout
     except (LotdeployError, OSError) as exc:
         why = f"cannot read the release: {_cause(name, exc)}"
         return Check(name, "release", "inconclusive", why)
+    current = None
+    have: dict[str, str] = {}
+    by_path = {p: n for n, p in where.items()}
+    for line in out.splitlines():
+        if line.startswith("current="):
+            current = posixpath.basename(line.removeprefix("current=").strip()) or None
+            continue
+        digest, _, path = line.partition("  ")
+        if len(digest) == 64 and path.strip() in by_path:
+            have[by_path[path.strip()]] = digest
+    if current != record.release:
+        return Check(
+            name,
+            "release",
+            "fail",
+            f"{name} runs release {current or '(none)'}, state says {record.release}: "
+            "run lotdeploy drift, then apply --refresh",
+        )
+    changed = sorted(n for n, entry in record.files.items() if have.get(n) != entry.get("sha256"))
     if changed:
         return Check(
             name,
