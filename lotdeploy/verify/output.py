@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lotdeploy.fsutil import atomic_write
+from lotdeploy.model import Site
 from lotdeploy.secret import scrub
 from lotdeploy.verify.result import NODE_KINDS, Check, VerifyResult, link_subject
 from lotdeploy.workspace import Workspace
@@ -265,3 +266,29 @@ def load_last(workspace: Workspace) -> VerifyResult | None:
         return VerifyResult.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def plan_advice(site: Site, workspace: Workspace) -> list[str]:
+    """The last verify's advice, for `plan`: every link it measured, judged against the
+    validity the site gives the link *now* (a window raised since is no longer advised)."""
+    from lotdeploy.verify.advice import advise
+
+    last = load_last(workspace)
+    if last is None or last.site != site.name:
+        return []
+    measured = last.latency()
+    lines = []
+    for link in site.links:
+        latency = measured.get((link.source, link.target))
+        if latency is None:
+            continue
+        found = advise(
+            link.source,
+            link.target,
+            latency,
+            link.message_validity_sec,
+            last.reconnect_allowance,
+        )
+        if found is not None:
+            lines.append(f"advice (verify {last.run_id}): {found.message}")
+    return lines

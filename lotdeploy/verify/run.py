@@ -120,6 +120,7 @@ def run_verify(
         topic_prefix=options.topic_prefix,
         probes_per_link=options.probes,
         timeout=options.timeout,
+        reconnect_allowance=options.reconnect_allowance,
     )
     links = [
         link for link in site.links if nodes is None or link.source in nodes or link.target in nodes
