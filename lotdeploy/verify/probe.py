@@ -1,7 +1,8 @@
 """Probe messages through the cluster links: the part of verify that talks MQTT.
 
-One MQTT connection per node (as the probe user, through the port forwarded over the node's
-SSH connection), subscribed at QoS 1 to this run's topic space, `<prefix><run-id>/#`. Each
+One MQTT connection per node (as the probe user; straight to the broker's cluster port when
+the controller reaches it, else through the port forwarded over the node's SSH connection:
+see `Endpoint`), subscribed at QoS 1 to this run's topic space, `<prefix><run-id>/#`. Each
 source node publishes `count` probes on `<prefix><run-id>/<source>/<seq>` (QoS 1, never
 retained; the run id, source and sequence number in the payload). The lab broker's routes
 push a node's local messages to every peer (docs/lab-broker.md, "Forwarding direction"), as
@@ -32,6 +33,9 @@ from dataclasses import dataclass, field
 
 from lotdeploy.broker.mqtt import ConnectRefused, Message, MqttConnection, MqttError
 from lotdeploy.secret import Secret, scrub
+
+#: Seconds the direct connection may take before the SSH fallback is tried.
+DIRECT_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,10 @@ async def probe_links(
             tls=end.tls if direct else None,
             server_hostname=end.server_hostname if direct else None,
             keepalive=30,
-            connect_timeout=connect_timeout,
+            # a firewalled direct path must not cost the whole timeout before the fallback
+            connect_timeout=min(connect_timeout, DIRECT_TIMEOUT)
+            if direct and end.fallback is not None
+            else connect_timeout,
             on_message=receiver(end.node),  # type: ignore[arg-type]
         )
 
