@@ -148,14 +148,15 @@ def test_verify_passes_and_shows_the_regions_latency(vlab: Lab, tmp_path: Path) 
     links = {c["subject"]: c for c in doc["checks"] if c["kind"] == "link"}
     assert set(links) == ALL_LINKS
     region = {"eu1": "eu", "eu2": "eu", "us1": "us"}
+    inside, across = [], []
     for subject, check in links.items():
         a, b = subject.split(" → ")
         assert check["received"] == check["sent"] == 5 and check["loss"] == 0
         assert check["duplicates"] == 0
-        if region[a] == region[b]:
-            assert check["latency_ms"] < 30, check
-        else:
-            assert check["latency_ms"] >= 80, check
+        (inside if region[a] == region[b] else across).append(check["latency_ms"])
+    assert min(across) >= 80, links
+    # well below: on a quiet machine 1-5 ms; a loaded 2-core CI box adds scheduling delay
+    assert max(inside) < min(across) / 2, links
     kinds = {(c["subject"], c["kind"]) for c in doc["checks"]}
     assert {(n, k) for n in NODES for k in ("ssh", "release", "tls", "routes")} <= kinds
     tls = [c for c in doc["checks"] if c["kind"] == "tls"]

@@ -26,7 +26,7 @@ import shlex
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +43,7 @@ from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
 from lotdeploy.verify.advice import validity_advice
-from lotdeploy.verify.probe import Endpoint, ProbeOutcome, probe_links
+from lotdeploy.verify.probe import Endpoint, ProbeOutcome, ProbeRun
 from lotdeploy.verify.result import Check, NodeInfo, VerifyResult, link_subject
 from lotdeploy.workspace import Workspace
 
@@ -80,6 +80,8 @@ class _Visit:
     #: route name -> the broker's listing entry (+ "lastError" when it was asked)
     routes: dict[str, dict[str, Any]] | None = None
     routes_error: str | None = None
+    #: the node's transport and forwarded port, closed when the probes are done
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 def new_run_id() -> str:
@@ -131,42 +133,47 @@ def run_verify(
     password = probe_password(workspace) if links else None
     ca_bundle = _trusted_cas(workspace) if any(n.tls for n in chosen) else None
 
-    with contextlib.ExitStack() as stack:
-        visits = _phase_one(
-            site,
-            [n for n in site.nodes if n.name in involved],
-            {n.name for n in chosen},
-            transports,
-            state.nodes,
-            password,
-            ca_bundle,
-            options,
-            reporter,
-            stack,
+    visits: dict[str, _Visit] = {}
+    probes = (
+        ProbeRun(
+            [(k.source, k.target) for k in links],
+            username=options.probe_user,
+            password=password,
+            prefix=options.topic_prefix,
+            run_id=run_id,
+            count=options.probes,
+            interval=options.interval,
+            timeout=options.timeout,
+            connect_timeout=options.timeout,
         )
-        for node in chosen:
-            result.checks += visits[node.name].checks
-        if links:
-            assert password is not None
-            reporter(Event("*", "probes", "start", f"{len(links)} link(s)"))
-            began = time.monotonic()
-            outcome = asyncio.run(
-                probe_links(
-                    {n: v.endpoint for n, v in visits.items() if v.endpoint is not None},
-                    [(k.source, k.target) for k in links],
-                    username=options.probe_user,
-                    password=password,
-                    prefix=options.topic_prefix,
-                    run_id=run_id,
-                    count=options.probes,
-                    interval=options.interval,
-                    timeout=options.timeout,
-                    connect_timeout=options.timeout,
-                )
+        if password is not None
+        else None
+    )
+    visit = _visitor(
+        site,
+        {n.name for n in chosen},
+        transports,
+        state.nodes,
+        password,
+        ca_bundle,
+        options,
+        reporter,
+    )
+    try:
+        outcome = asyncio.run(
+            _check_and_probe(
+                [n for n in site.nodes if n.name in involved],
+                visit,
+                visits,
+                probes,
+                options.parallelism,
+                reporter,
             )
-            reporter(Event("*", "probes", "ok", seconds=time.monotonic() - began))
-        else:
-            outcome = ProbeOutcome()
+        )
+    finally:
+        _close_all(list(visits.values()), options.parallelism)
+    for node in chosen:
+        result.checks += visits[node.name].checks
     for link in links:
         source, target = visits[link.source], visits[link.target]
         result.checks.append(_route_check(link.source, link.target, link.route_name, source))
@@ -188,9 +195,8 @@ def _trusted_cas(workspace: Workspace) -> bytes | None:
 # -- phase 1 -----------------------------------------------------------------------------
 
 
-def _phase_one(
+def _visitor(
     site: Site,
-    nodes: list[Node],
     own: set[str],
     transports: TransportFactory,
     records: dict[str, NodeRecord],
@@ -198,8 +204,9 @@ def _phase_one(
     ca_bundle: bytes | None,
     options: VerifyOptions,
     reporter: Reporter,
-    stack: contextlib.ExitStack,
-) -> dict[str, _Visit]:
+) -> Callable[[Node], _Visit]:
+    """Phase 1 for one node (run in a worker thread)."""
+
     def one(node: Node) -> _Visit:
         visit = _Visit(node.name)
         reporter(Event(node.name, "verify", "start"))
@@ -214,7 +221,7 @@ def _phase_one(
                 password,
                 ca_bundle,
                 options,
-                stack,
+                visit.stack,
                 visit,
             )
         except Exception as exc:  # a bug in one node's checks must not hide the others
@@ -226,10 +233,34 @@ def _phase_one(
             reporter(Event(node.name, "verify", "fail", seconds=seconds))
         return visit
 
-    if not nodes:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(options.parallelism, len(nodes)))) as pool:
-        return {v.node: v for v in pool.map(one, nodes)}
+    return one
+
+
+async def _check_and_probe(
+    nodes: list[Node],
+    visit: Callable[[Node], _Visit],
+    visits: dict[str, _Visit],
+    probes: ProbeRun | None,
+    parallelism: int,
+    reporter: Reporter,
+) -> ProbeOutcome:
+    """Phase 1 on every node in threads; each node's probe connection opens as soon as its
+    phase 1 is done (the others still running); then the probes."""
+    loop = asyncio.get_running_loop()
+    if nodes:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as pool:
+            for done in asyncio.as_completed([loop.run_in_executor(pool, visit, n) for n in nodes]):
+                found = await done
+                visits[found.node] = found
+                if probes is not None and found.endpoint is not None:
+                    probes.open(found.endpoint)
+    if probes is None:
+        return ProbeOutcome()
+    reporter(Event("*", "probes", "start", f"{len(probes.links)} link(s)"))
+    began = time.monotonic()
+    outcome = await probes.finish()
+    reporter(Event("*", "probes", "ok", seconds=time.monotonic() - began))
+    return outcome
 
 
 def _visit(
@@ -387,6 +418,18 @@ def _ensure_probe_user(client: Any, user: str, password: Secret) -> None:
         ):
             raise
         client.add_user(user, password)
+
+
+def _close_all(visits: list[_Visit], parallelism: int) -> None:
+    """Close every node's forward and transport at once (each waits for its threads)."""
+
+    def close(visit: _Visit) -> None:
+        with contextlib.suppress(Exception):
+            visit.stack.close()
+
+    if visits:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(visits)))) as pool:
+            list(pool.map(close, visits))
 
 
 def _close_quietly(transport: Transport) -> None:
