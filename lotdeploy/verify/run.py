@@ -77,6 +77,9 @@ class _Visit:
     reachable: bool = False
     endpoint: Endpoint | None = None
     probe_error: str | None = None
+    #: the node is fine as far as anyone can tell, verify just cannot probe it (no probe
+    #: user on this broker): its links are inconclusive, not failed
+    probe_unsupported: bool = False
     #: route name -> the broker's listing entry (+ "lastError" when it was asked)
     routes: dict[str, dict[str, Any]] | None = None
     routes_error: str | None = None
@@ -351,6 +354,7 @@ def _broker_part(
                 try:
                     _ensure_probe_user(client, options.probe_user, password)
                 except LotdeployError as exc:
+                    visit.probe_unsupported = True
                     visit.probe_error = (
                         f"cannot create the probe user {options.probe_user} on {name}: "
                         f"{_cause(name, exc)}"
@@ -622,8 +626,15 @@ def _link_check(
     if probe is None or cannot:
         route = _route_state(src, link.route_name)[1] if src.routes is not None else ""
         reason = "cannot probe: " + "; ".join(cannot or ["no probe connection"])
+        unknown = all(v.probe_unsupported for v in (src, dst) if v.probe_error) and not (
+            outcome.errors.get(source) or outcome.errors.get(target)
+        )
         return Check(
-            subject, "link", "fail", reason + (f"; {route}" if route else ""), validity_sec=validity
+            subject,
+            "link",
+            "inconclusive" if unknown and cannot else "fail",
+            reason + (f"; {route}" if route else ""),
+            validity_sec=validity,
         )
     publish = outcome.publish_errors.get(source)
     common: dict[str, Any] = {
