@@ -114,6 +114,7 @@ class VerifyResult:
     topic_prefix: str = ""
     probes_per_link: int = 0
     timeout: float = 0.0
+    reconnect_allowance: float = 5.0
 
     @property
     def ok(self) -> bool:
@@ -172,6 +173,7 @@ class VerifyResult:
             "topic_prefix": self.topic_prefix,
             "probes_per_link": self.probes_per_link,
             "timeout": self.timeout,
+            "reconnect_allowance": self.reconnect_allowance,
             "nodes": [asdict(n) for n in self.nodes.values()],
             "checked": self.checked,
             "failed_nodes": sorted(self.failed_nodes()),
@@ -196,4 +198,5 @@ class VerifyResult:
             topic_prefix=str(doc.get("topic_prefix", "")),
             probes_per_link=int(doc.get("probes_per_link", 0)),
             timeout=float(doc.get("timeout", 0.0)),
+            reconnect_allowance=float(doc.get("reconnect_allowance", 5.0)),
         )

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 import secrets
+import shlex
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,11 +38,12 @@ from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
 from lotdeploy.verify.advice import validity_advice
-from lotdeploy.verify.probe import Endpoint, ProbeOutcome, probe_links
+from lotdeploy.verify.probe import Endpoint, ProbeOutcome, ProbeRun
 from lotdeploy.verify.result import Check, NodeInfo, VerifyResult, link_subject
 from lotdeploy.workspace import Workspace
 
@@ -74,9 +77,14 @@ class _Visit:
     reachable: bool = False
     endpoint: Endpoint | None = None
     probe_error: str | None = None
+    #: the node is fine as far as anyone can tell, verify just cannot probe it (no probe
+    #: user on this broker): its links are inconclusive, not failed
+    probe_unsupported: bool = False
     #: route name -> the broker's listing entry (+ "lastError" when it was asked)
     routes: dict[str, dict[str, Any]] | None = None
     routes_error: str | None = None
+    #: the node's transport and forwarded port, closed when the probes are done
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 def new_run_id() -> str:
@@ -84,10 +92,15 @@ def new_run_id() -> str:
 
 
 def probe_password(workspace: Workspace) -> Secret:
-    """The probe user's password: one workspace secret, made on first use."""
+    """The probe user's password: one workspace secret, made on first use (under the
+    workspace lock, re-entrant, so a concurrent run's new secret is never lost)."""
     from lotdeploy.credentials import generate_password
 
-    return workspace.secrets().get_or_create(PROBE_SECRET, generate_password)
+    existing = workspace.secrets().get(PROBE_SECRET)
+    if existing is not None:
+        return existing
+    with workspace.lock("verify: probe user password"):
+        return workspace.secrets().get_or_create(PROBE_SECRET, generate_password)
 
 
 def run_verify(
@@ -112,6 +125,7 @@ def run_verify(
         topic_prefix=options.topic_prefix,
         probes_per_link=options.probes,
         timeout=options.timeout,
+        reconnect_allowance=options.reconnect_allowance,
     )
     links = [
         link for link in site.links if nodes is None or link.source in nodes or link.target in nodes
@@ -122,42 +136,47 @@ def run_verify(
     password = probe_password(workspace) if links else None
     ca_bundle = _trusted_cas(workspace) if any(n.tls for n in chosen) else None
 
-    with contextlib.ExitStack() as stack:
-        visits = _phase_one(
-            site,
-            [n for n in site.nodes if n.name in involved],
-            {n.name for n in chosen},
-            transports,
-            state.nodes,
-            password,
-            ca_bundle,
-            options,
-            reporter,
-            stack,
+    visits: dict[str, _Visit] = {}
+    probes = (
+        ProbeRun(
+            [(k.source, k.target) for k in links],
+            username=options.probe_user,
+            password=password,
+            prefix=options.topic_prefix,
+            run_id=run_id,
+            count=options.probes,
+            interval=options.interval,
+            timeout=options.timeout,
+            connect_timeout=options.timeout,
         )
-        for node in chosen:
-            result.checks += visits[node.name].checks
-        if links:
-            assert password is not None
-            reporter(Event("*", "probes", "start", f"{len(links)} link(s)"))
-            began = time.monotonic()
-            outcome = asyncio.run(
-                probe_links(
-                    {n: v.endpoint for n, v in visits.items() if v.endpoint is not None},
-                    [(k.source, k.target) for k in links],
-                    username=options.probe_user,
-                    password=password,
-                    prefix=options.topic_prefix,
-                    run_id=run_id,
-                    count=options.probes,
-                    interval=options.interval,
-                    timeout=options.timeout,
-                    connect_timeout=options.timeout,
-                )
+        if password is not None
+        else None
+    )
+    visit = _visitor(
+        site,
+        {n.name for n in chosen},
+        transports,
+        state.nodes,
+        password,
+        ca_bundle,
+        options,
+        reporter,
+    )
+    try:
+        outcome = asyncio.run(
+            _check_and_probe(
+                [n for n in site.nodes if n.name in involved],
+                visit,
+                visits,
+                probes,
+                options.parallelism,
+                reporter,
             )
-            reporter(Event("*", "probes", "ok", seconds=time.monotonic() - began))
-        else:
-            outcome = ProbeOutcome()
+        )
+    finally:
+        _close_all(list(visits.values()), options.parallelism)
+    for node in chosen:
+        result.checks += visits[node.name].checks
     for link in links:
         source, target = visits[link.source], visits[link.target]
         result.checks.append(_route_check(link.source, link.target, link.route_name, source))
@@ -179,9 +198,8 @@ def _trusted_cas(workspace: Workspace) -> bytes | None:
 # -- phase 1 -----------------------------------------------------------------------------
 
 
-def _phase_one(
+def _visitor(
     site: Site,
-    nodes: list[Node],
     own: set[str],
     transports: TransportFactory,
     records: dict[str, NodeRecord],
@@ -189,8 +207,9 @@ def _phase_one(
     ca_bundle: bytes | None,
     options: VerifyOptions,
     reporter: Reporter,
-    stack: contextlib.ExitStack,
-) -> dict[str, _Visit]:
+) -> Callable[[Node], _Visit]:
+    """Phase 1 for one node (run in a worker thread)."""
+
     def one(node: Node) -> _Visit:
         visit = _Visit(node.name)
         reporter(Event(node.name, "verify", "start"))
@@ -205,7 +224,7 @@ def _phase_one(
                 password,
                 ca_bundle,
                 options,
-                stack,
+                visit.stack,
                 visit,
             )
         except Exception as exc:  # a bug in one node's checks must not hide the others
@@ -217,10 +236,34 @@ def _phase_one(
             reporter(Event(node.name, "verify", "fail", seconds=seconds))
         return visit
 
-    if not nodes:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(options.parallelism, len(nodes)))) as pool:
-        return {v.node: v for v in pool.map(one, nodes)}
+    return one
+
+
+async def _check_and_probe(
+    nodes: list[Node],
+    visit: Callable[[Node], _Visit],
+    visits: dict[str, _Visit],
+    probes: ProbeRun | None,
+    parallelism: int,
+    reporter: Reporter,
+) -> ProbeOutcome:
+    """Phase 1 on every node in threads; each node's probe connection opens as soon as its
+    phase 1 is done (the others still running); then the probes."""
+    loop = asyncio.get_running_loop()
+    if nodes:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as pool:
+            for done in asyncio.as_completed([loop.run_in_executor(pool, visit, n) for n in nodes]):
+                found = await done
+                visits[found.node] = found
+                if probes is not None and found.endpoint is not None:
+                    probes.open(found.endpoint)
+    if probes is None:
+        return ProbeOutcome()
+    reporter(Event("*", "probes", "start", f"{len(probes.links)} link(s)"))
+    began = time.monotonic()
+    outcome = await probes.finish()
+    reporter(Event("*", "probes", "ok", seconds=time.monotonic() - began))
+    return outcome
 
 
 def _visit(
@@ -251,10 +294,39 @@ def _visit(
     stack.callback(_close_quietly, transport)
     visit.reachable = True
     add(Check(name, "ssh", "pass", f"SSH to {node.ssh.host}:{node.ssh.port} as {node.ssh.user}"))
-    if own:
-        add(_release_check(node, transport, records.get(name)))
-        if node.tls:
-            add(_tls_check(node, transport, ca_bundle, options.timeout))
+    # the release and TLS checks run beside the broker's: each is a round trip or more
+    with ThreadPoolExecutor(max_workers=2) as side:
+        release_check = (
+            side.submit(_release_check, node, transport, records.get(name)) if own else None
+        )
+        tls_check = (
+            side.submit(_tls_check, node, transport, ca_bundle, options.timeout)
+            if own and node.tls
+            else None
+        )
+        routes_check = _broker_part(
+            site, node, transport, records.get(name), password, ca_bundle, options, stack, visit
+        )
+        for future in (release_check, tls_check):
+            if future is not None:
+                add(future.result())
+    add(routes_check)
+
+
+def _broker_part(
+    site: Site,
+    node: Node,
+    transport: Transport,
+    record: NodeRecord | None,
+    password: Secret | None,
+    ca_bundle: bytes | None,
+    options: VerifyOptions,
+    stack: contextlib.ExitStack,
+    visit: _Visit,
+) -> Check:
+    """The routes check, the routes' states for the link checks, and the probe user; the
+    forwarded admin port stays open (in `stack`) for the probes."""
+    name = node.name
     try:
         port = stack.enter_context(
             transport.forward(node.broker.admin_host, node.broker.admin_port)
@@ -262,10 +334,11 @@ def _visit(
     except (LotdeployError, OSError) as exc:
         why = _cause(name, exc)
         visit.probe_error = visit.routes_error = f"cannot reach {name}'s broker: {why}"
-        add(Check(name, "routes", "inconclusive", visit.routes_error))
-        return
+        return Check(name, "routes", "inconclusive", visit.routes_error)
+    echo = record.broker.get("request_id_echo") if record is not None else None
+    request_ids: Any = echo if isinstance(echo, bool) else "auto"
     try:
-        with _admin(site, node, port, options.timeout) as client:
+        with _admin(site, node, port, options.timeout, request_ids) as client:
             listed = {str(r.get("name")): dict(r) for r in client.list_routes() if r.get("name")}
             for route_name, entry in listed.items():
                 if route_name.startswith(ROUTE_PREFIX) and entry.get("connection") not in (
@@ -281,6 +354,7 @@ def _visit(
                 try:
                     _ensure_probe_user(client, options.probe_user, password)
                 except LotdeployError as exc:
+                    visit.probe_unsupported = True
                     visit.probe_error = (
                         f"cannot create the probe user {options.probe_user} on {name}: "
                         f"{_cause(name, exc)}"
@@ -289,15 +363,36 @@ def _visit(
         visit.probe_error = visit.routes_error = (
             f"cannot use {name}'s command channel: {_cause(name, exc)}"
         )
-        add(Check(name, "routes", "inconclusive", visit.routes_error))
-        return
+        return Check(name, "routes", "inconclusive", visit.routes_error)
     if visit.probe_error is None:
-        visit.endpoint = Endpoint(name, "127.0.0.1", port)
-    add(_routes_check(site, node, listed))
+        visit.endpoint = _endpoint(node, port, ca_bundle)
+    return _routes_check(site, node, listed)
+
+
+def _endpoint(node: Node, forwarded: int, ca_bundle: bytes | None) -> Endpoint:
+    """Probes go straight to the broker's cluster port when the controller reaches it (the
+    way peers come in, TLS verified as they verify it), else over the forwarded port: a
+    direct TCP connection has no SSH channel in the way to batch small messages (Nagle in
+    the SSH connection adds up to a round trip to the measured latency)."""
+    tls = None
+    if node.tls:
+        if ca_bundle is None:
+            return Endpoint(node.name, "127.0.0.1", forwarded)
+        tls = ssl.create_default_context(cadata=ca_bundle.decode())
+    return Endpoint(
+        node.name,
+        node.address,
+        node.port,
+        tls=tls,
+        server_hostname=node.address if tls is not None else None,
+        fallback=("127.0.0.1", forwarded),
+    )
 
 
 @contextlib.contextmanager
-def _admin(site: Site, node: Node, port: int, timeout: float) -> Iterator[Any]:
+def _admin(
+    site: Site, node: Node, port: int, timeout: float, request_ids: Any = "auto"
+) -> Iterator[Any]:
     from lotdeploy.broker.sync import SyncBrokerClient
 
     client = SyncBrokerClient(
@@ -306,7 +401,7 @@ def _admin(site: Site, node: Node, port: int, timeout: float) -> Iterator[Any]:
         port,
         node.broker.admin_user,
         activate.admin_password(site, node),
-        request_ids="auto",
+        request_ids=request_ids,
         connect_timeout=timeout,
     )
     try:
@@ -317,12 +412,28 @@ def _admin(site: Site, node: Node, port: int, timeout: float) -> Iterator[Any]:
 
 
 def _ensure_probe_user(client: Any, user: str, password: Secret) -> None:
+    """Set the probe user's password; create the user the first time (one command either
+    way once it exists)."""
     try:
-        client.add_user(user, password)
-    except CommandFailed as failed:
-        if "exist" not in failed.reply.describe().lower():
-            raise
         client.change_user_password(user, password)
+    except CommandFailed as failed:
+        if "not found" not in failed.reply.describe().lower() and "exist" not in (
+            failed.reply.describe().lower()
+        ):
+            raise
+        client.add_user(user, password)
+
+
+def _close_all(visits: list[_Visit], parallelism: int) -> None:
+    """Close every node's forward and transport at once (each waits for its threads)."""
+
+    def close(visit: _Visit) -> None:
+        with contextlib.suppress(Exception):
+            visit.stack.close()
+
+    if visits:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(visits)))) as pool:
+            list(pool.map(close, visits))
 
 
 def _close_quietly(transport: Transport) -> None:
@@ -338,30 +449,49 @@ def _cause(name: str, exc: BaseException) -> str:
 
 
 def _release_check(node: Node, transport: Transport, record: NodeRecord | None) -> Check:
+    """`current` is the release state records, and every file of it (and every TLS file the
+    broker reads) has the digest apply recorded: one command."""
     name = node.name
     if record is None or not record.release:
         return Check(name, "release", "fail", f"{name} was never applied: run lotdeploy apply")
-    try:
-        tls_names = [n for n in record.files if n != "routes.lot"]
-        facts = release.node_facts(transport, node, record.release, tls_names)
-        if facts.current != record.release:
-            return Check(
-                name,
-                "release",
-                "fail",
-                f"{name} runs release {facts.current or '(none)'}, state says {record.release}: "
-                "run lotdeploy drift, then apply --refresh",
-            )
-        paths = release.NodePaths.of(node)
-        names = [n for n in record.files if n not in tls_names]
-        have = release.file_digests(transport, paths.current, names)
-        have.update(facts.tls_digests)
-        changed = sorted(
-            n for n, entry in record.files.items() if have.get(n) != entry.get("sha256")
+    paths = release.NodePaths.of(node)
+    where = {
+        n: posixpath.join(paths.current if n == ROUTE_FILE else paths.tls_dir, n)
+        for n in record.files
+    }
+    script = (
+        f"echo current=$(readlink {shlex.quote(paths.current)} 2>/dev/null || true); "
+        + (
+            f"sha256sum {' '.join(shlex.quote(p) for p in where.values())} 2>/dev/null; "
+            if where
+            else ""
         )
+        + "true"
+    )
+    try:
+        out = transport.run(script, timeout=30).stdout
     except (LotdeployError, OSError) as exc:
         why = f"cannot read the release: {_cause(name, exc)}"
         return Check(name, "release", "inconclusive", why)
+    current = None
+    have: dict[str, str] = {}
+    by_path = {p: n for n, p in where.items()}
+    for line in out.splitlines():
+        if line.startswith("current="):
+            current = posixpath.basename(line.removeprefix("current=").strip()) or None
+            continue
+        digest, _, path = line.partition("  ")
+        if len(digest) == 64 and path.strip() in by_path:
+            have[by_path[path.strip()]] = digest
+    if current != record.release:
+        return Check(
+            name,
+            "release",
+            "fail",
+            f"{name} runs release {current or '(none)'}, state says {record.release}: "
+            "run lotdeploy drift, then apply --refresh",
+        )
+    changed = sorted(n for n, entry in record.files.items() if have.get(n) != entry.get("sha256"))
     if changed:
         return Check(
             name,
@@ -496,8 +626,15 @@ def _link_check(
     if probe is None or cannot:
         route = _route_state(src, link.route_name)[1] if src.routes is not None else ""
         reason = "cannot probe: " + "; ".join(cannot or ["no probe connection"])
+        unknown = all(v.probe_unsupported for v in (src, dst) if v.probe_error) and not (
+            outcome.errors.get(source) or outcome.errors.get(target)
+        )
         return Check(
-            subject, "link", "fail", reason + (f"; {route}" if route else ""), validity_sec=validity
+            subject,
+            "link",
+            "inconclusive" if unknown and cannot else "fail",
+            reason + (f"; {route}" if route else ""),
+            validity_sec=validity,
         )
     publish = outcome.publish_errors.get(source)
     common: dict[str, Any] = {
