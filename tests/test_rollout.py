@@ -243,7 +243,9 @@ def test_an_unconfirmed_switch_is_reverted_by_the_node_which_says_why(converged:
             f"releases/{previous}"
         )
     # the next rollout hears why, finishes the revert, applies, and confirms this time
-    proc = lab.cli("apply", rolling, "--auto-approve", "--json", "--limit", "eu1")
+    # (the state still says eu1 runs the new release: the operator refreshes, as after any
+    # drift; when apply itself failed to confirm, it marked the node for the next apply)
+    proc = lab.cli("apply", rolling, "--auto-approve", "--json", "--limit", "eu1", "--refresh")
     reverted = [e for e in events(proc) if e.get("step") == "reverted"]
     assert len(reverted) == 1 and reverted[0]["node"] == "eu1"
     assert f"release {new} was not confirmed within 10 s" in reverted[0]["detail"]

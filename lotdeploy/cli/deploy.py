@@ -244,6 +244,7 @@ def apply(
                 fresh,
                 lambda: _confirm(auto_approve or saved is not None),
                 Progress,
+                live,
             )
             if code:
                 sys.exit(code)

@@ -74,6 +74,7 @@ def apply_rollout(
     fresh: Plan,
     confirm: Callable[[], None],
     progress: Callable[[bool, list[str]], Any],
+    live: Any = None,
 ) -> int:
     """`apply` as a rollout; the exit status."""
     from lotdeploy.apply.engine import apply_plan
@@ -124,16 +125,19 @@ def apply_rollout(
         click.echo(f"Rollout {record.id}: {names}; from wave {record.done + 1}.")
     transports = transport_factory(site, accept_new_host_keys)
 
+    def plan_for(nodes: set[str]) -> Plan:
+        return with_catchup(
+            make_plan(site, workspace, only=nodes, live=live), files_behind(site, workspace, nodes)
+        )
+
     def apply_wave(nodes: set[str]) -> Any:
         prepare_workspace(site, workspace, datetime.now(UTC))  # what apply does first
-        plan = with_catchup(
-            make_plan(site, workspace, only=nodes), files_behind(site, workspace, nodes)
-        )
+        plan = plan_for(nodes)
         timeout = site.rollout.confirm_timeout_sec
         with progress(as_json, sorted(set(plan.steps) | (nodes if timeout else set()))) as reporter:
             if timeout:  # confirm or revert: lotdeploy.rollout.confirm
                 return apply_confirmed(
-                    site, workspace, plan, transports, reporter, parallelism, nodes, timeout
+                    site, workspace, plan_for, transports, reporter, parallelism, nodes, timeout
                 )
             return apply_plan(site, workspace, plan, transports, reporter, parallelism, only=nodes)
 

@@ -176,7 +176,7 @@ def describe_failure(exc: BaseException) -> str:
 def apply_confirmed(
     site: Site,
     workspace: Workspace,
-    plan: Plan,
+    plan_for: Callable[[set[str]], Plan],
     transports: TransportFactory,
     reporter: Reporter,
     parallelism: int,
@@ -192,7 +192,6 @@ def apply_confirmed(
     be confirmed fails with the reason, and goes back by itself when its timer fires."""
     from lotdeploy.rollout.restore import node_releases, restore_node
 
-    state = StateStore(workspace).read()
     new_ids = {
         b.node: release_id(b)
         for b in iter_bundles(site, workspace, datetime.now(UTC))
@@ -200,12 +199,9 @@ def apply_confirmed(
     }
     armed: dict[str, Armed] = {}
     unarmed: dict[str, str] = {}
-    for name in sorted(only):
-        record = state.nodes.get(name, NodeRecord())
-        steps = plan.steps.get(name)
-        switching = steps is not None and bool(steps.files) and record.release is not None
-        if not switching and record.release is None:
-            continue
+    known = StateStore(workspace).read().nodes
+    deployed = sorted(n for n in only if known.get(n, NodeRecord()).release is not None)
+    for name in deployed:  # 1. what happened since the last run
         node = site.node(name)
         try:
             with opened(transports(node)) as transport:
@@ -214,13 +210,23 @@ def apply_confirmed(
                     reporter(Event(name, "reverted", "fail", report))
                     current, _ = node_releases(transport, site, name)
                     restore_node(site, workspace, transport, name, target=current)
-                if switching and record.release != new_ids.get(name):
-                    previous = StateStore(workspace).read().nodes[name].release
-                    assert previous is not None
-                    armed[name] = arm(transport, node, previous, new_ids[name], timeout)
-                    reporter(
-                        Event(name, "arm", "ok", f"reverts itself in {timeout} s unless confirmed")
-                    )
+        except (LotdeployError, OSError) as exc:
+            unarmed[name] = describe_failure(exc)
+            reporter(Event(name, "arm", "fail", unarmed[name]))
+    plan = plan_for(only)  # after any restore: the state is true to the nodes again
+    known = StateStore(workspace).read().nodes
+    for name in deployed:  # 2. arm every node this apply switches
+        previous = known.get(name, NodeRecord()).release
+        steps = plan.steps.get(name)
+        if name in unarmed or previous is None or steps is None or not steps.files:
+            continue
+        if new_ids.get(name) in (None, previous):
+            continue
+        node = site.node(name)
+        try:
+            with opened(transports(node)) as transport:
+                armed[name] = arm(transport, node, previous, new_ids[name], timeout)
+            reporter(Event(name, "arm", "ok", f"reverts itself in {timeout} s unless confirmed"))
         except (LotdeployError, OSError) as exc:
             unarmed[name] = describe_failure(exc)
             reporter(Event(name, "arm", "fail", unarmed[name]))
@@ -252,4 +258,7 @@ def apply_confirmed(
             if outcome.ok:
                 outcome.ok, outcome.failed_step, outcome.error = False, "confirm", why
             reporter(Event(name, "confirm", "fail", why))
+            with StateStore(workspace).transaction() as state:  # the next apply looks first
+                record = state.nodes.setdefault(name, NodeRecord())
+                record.pending = sorted({*record.pending, "activate"})
     return result
