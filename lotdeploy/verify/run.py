@@ -280,10 +280,13 @@ def _visit(
 ) -> None:
     name = node.name
     add = visit.checks.append if own else (lambda _c: None)
+    transport: Transport | None = None
     try:
         transport = transports(node)
         transport.connect()
     except (LotdeployError, OSError) as exc:
+        if transport is not None:
+            _close_quietly(transport)
         why = _cause(name, exc)
         add(Check(name, "ssh", "fail", f"{name} is not reachable over SSH: {why}"))
         for kind in ("release", "tls", "routes") if node.tls else ("release", "routes"):
