@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import ssl
 import statistics
@@ -120,6 +121,9 @@ class ProbeRun:
         self.outcome = ProbeOutcome()
         self.conns: dict[str, MqttConnection] = {}
         self.opening: list[asyncio.Task[None]] = []
+        #: node -> the early direct attempt (True: connected), see `open_early`
+        self.early: dict[str, asyncio.Task[bool]] = {}
+        self.chosen: set[str] = set()
         #: (receiver, source, seq) -> arrival times; (source, seq) -> send time
         self.arrivals: dict[tuple[str, str, int], list[float]] = defaultdict(list)
         self.sent_at: dict[tuple[str, int], float] = {}
@@ -166,10 +170,38 @@ class ProbeRun:
             on_message=self._receiver(end.node),
         )
 
-    def open(self, end: Endpoint) -> None:
-        """Start connecting to `end` (call from the event loop)."""
+    def open_early(self, end: Endpoint) -> None:
+        """Before the node's checks: try the direct path once, quietly (the probe user and
+        its password are usually there from the last run). Used only if `open` follows."""
         if end.node in self.ends:
-            self.opening.append(asyncio.ensure_future(self._open(end)))
+            self.early[end.node] = asyncio.ensure_future(self._try_early(end))
+
+    async def _try_early(self, end: Endpoint) -> bool:
+        conn = self._connection(dataclasses.replace(end, fallback=None), True)
+        try:
+            async with self.gate:
+                await conn.connect()
+                codes = await conn.subscribe([(f"{self.root}/#", 1)], self.connect_timeout)
+        except MqttError:
+            await conn.close()
+            return False
+        if codes and codes[0] == 0x80:
+            await conn.close()
+            return False
+        self.conns[end.node] = conn
+        return True
+
+    def open(self, end: Endpoint) -> None:
+        """Start connecting to `end`, the node's checks done (call from the event loop)."""
+        if end.node in self.ends:
+            self.chosen.add(end.node)
+            self.opening.append(asyncio.ensure_future(self._open_after_early(end)))
+
+    async def _open_after_early(self, end: Endpoint) -> None:
+        early = self.early.get(end.node)
+        if early is not None and await early:
+            return
+        await self._open(end)
 
     async def _open(self, end: Endpoint) -> None:
         name = end.node
@@ -216,6 +248,9 @@ class ProbeRun:
         conns = self.conns
         try:
             await asyncio.gather(*self.opening)
+            await asyncio.gather(*self.early.values())
+            for name in [n for n in conns if n not in self.chosen]:
+                await conns.pop(name).close()  # its checks failed: its links are not probed
             probed = [(s, t) for s, t in self.links if s in conns and t in conns]
             sources = sorted({s for s, _ in probed})
             wanted = {(t, s, k) for s, t in probed for k in range(self.count)}

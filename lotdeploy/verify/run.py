@@ -134,7 +134,9 @@ def run_verify(
     involved = {n.name for n in chosen} | {x for k in links for x in (k.source, k.target)}
     state = StateStore(workspace).read()
     password = probe_password(workspace) if links else None
-    ca_bundle = _trusted_cas(workspace) if any(n.tls for n in chosen) else None
+    ca_bundle = (
+        _trusted_cas(workspace) if any(n.tls for n in site.nodes if n.name in involved) else None
+    )
 
     visits: dict[str, _Visit] = {}
     probes = (
@@ -169,6 +171,7 @@ def run_verify(
                 visit,
                 visits,
                 probes,
+                ca_bundle,
                 options.parallelism,
                 reporter,
             )
@@ -244,12 +247,19 @@ async def _check_and_probe(
     visit: Callable[[Node], _Visit],
     visits: dict[str, _Visit],
     probes: ProbeRun | None,
+    ca_bundle: bytes | None,
     parallelism: int,
     reporter: Reporter,
 ) -> ProbeOutcome:
-    """Phase 1 on every node in threads; each node's probe connection opens as soon as its
-    phase 1 is done (the others still running); then the probes."""
+    """Phase 1 on every node in threads; meanwhile each node's probe connection is tried
+    directly (it usually works: the probe user is there from the last run), and opened
+    properly once the node's phase 1 is done if that failed; then the probes."""
     loop = asyncio.get_running_loop()
+    if probes is not None:
+        for node in nodes:
+            early = _endpoint(node, 0, ca_bundle)
+            if early.fallback is not None:  # a direct path exists
+                probes.open_early(early)
     if nodes:
         with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(nodes)))) as pool:
             for done in asyncio.as_completed([loop.run_in_executor(pool, visit, n) for n in nodes]):
@@ -280,10 +290,13 @@ def _visit(
 ) -> None:
     name = node.name
     add = visit.checks.append if own else (lambda _c: None)
+    transport: Transport | None = None
     try:
         transport = transports(node)
         transport.connect()
     except (LotdeployError, OSError) as exc:
+        if transport is not None:
+            _close_quietly(transport)
         why = _cause(name, exc)
         add(Check(name, "ssh", "fail", f"{name} is not reachable over SSH: {why}"))
         for kind in ("release", "tls", "routes") if node.tls else ("release", "routes"):
