@@ -95,6 +95,30 @@ class PkiPolicy:
     renew_before_days: int | None = None
 
 
+@dataclass(frozen=True)
+class WavePolicy:
+    """One explicit wave: node, region or tag names (resolved by lotdeploy.rollout.waves)."""
+
+    name: str
+    select: tuple[str, ...]
+    max_fail_percentage: int | None = None
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """The site's `rollout:` section. Not part of the site digest: how a change is rolled
+    out is not what the nodes run."""
+
+    enabled: bool = False  # the site has a rollout: section
+    canary: str | None = None
+    waves: tuple[WavePolicy, ...] = ()
+    max_fail_percentage: int = 0
+    max_failed_nodes: int | None = None
+    rollback: str = "auto"
+    gate_timeout_sec: int = 30
+    confirm_timeout_sec: int | None = None
+
+
 #: The client id format a site gets when it names none.
 DEFAULT_CLIENT_ID_FORMAT = "{node}-to-{peer}"
 
@@ -170,6 +194,7 @@ class Site:
     templates_dir: Path | None = None
     base_dir: Path = Path(".")  # where relative paths in the spec start; not part of digest
     mesh: Mesh = Mesh()
+    rollout: RolloutPolicy = RolloutPolicy()
 
     def node(self, name: str) -> Node:
         return self._nodes_by_name[name]

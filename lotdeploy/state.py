@@ -185,6 +185,67 @@ class NodeRecord:
         )
 
 
+ROLLOUT_STATUSES = ("running", "paused", "failed", "rolled-back")
+
+
+@dataclass
+class RolloutRecord:
+    """Where a rollout stands (lotdeploy.rollout.run), so a pause survives the process and
+    `apply --continue` knows which wave is next. Holds names and records, no secret."""
+
+    id: str
+    site_digest: str
+    waves: list[dict[str, Any]]  # {"name", "nodes", "max_fail_percentage"} in order
+    done: int = 0  # waves applied and gated
+    status: str = "running"
+    pause_after: str | None = None
+    failed: list[str] = field(default_factory=list)  # failed within the budget
+    #: each node's record before this rollout changed it (what an automatic rollback restores)
+    before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started_at: str = ""
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "site_digest": self.site_digest,
+            "waves": self.waves,
+            "done": self.done,
+            "status": self.status,
+            "pause_after": self.pause_after,
+            "failed": sorted(self.failed),
+            "before": self.before,
+            "started_at": self.started_at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RolloutRecord:
+        doc = _mapping(doc, "rollout")
+        waves = [_mapping(w, "rollout wave") for w in _list(doc.get("waves", []), "waves")]
+        for wave in waves:
+            _str(wave.get("name"), "wave name")
+            [_str(n, "node name") for n in _list(wave.get("nodes"), "wave nodes")]
+        status = _str(doc.get("status"), "rollout status")
+        if status not in ROLLOUT_STATUSES:
+            raise ValueError(f"unknown rollout status {status!r}")
+        before = _mapping(doc.get("before", {}), "rollout before")
+        for name, record in before.items():
+            NodeRecord.from_json(record, str(name))  # validated like any node record
+        return cls(
+            id=_str(doc.get("id"), "rollout id"),
+            site_digest=_str(doc.get("site_digest"), "rollout site_digest"),
+            waves=waves,
+            done=_int(doc.get("done", 0), "rollout done", 0, len(waves)),
+            status=status,
+            pause_after=_optional_str(doc.get("pause_after"), "pause_after"),
+            failed=[_str(n, "node name") for n in _list(doc.get("failed", []), "failed")],
+            before=before,
+            started_at=_str(doc.get("started_at", ""), "started_at"),
+            reason=_str(doc.get("reason", ""), "reason"),
+        )
+
+
 @dataclass
 class State:
     """The whole document, as plain records. Change it only inside a transaction."""
@@ -198,6 +259,7 @@ class State:
     rotations: dict[str, Rotation] = field(default_factory=dict)
     rotation_history: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    rollout: RolloutRecord | None = None
 
     def rotation(self, kind: str) -> Rotation | None:
         return self.rotations.get(kind)
@@ -222,7 +284,7 @@ class State:
                 "history": self.rotation_history[-HISTORY_LIMIT:],
             },
             "nodes": {name: rec.to_json() for name, rec in sorted(self.nodes.items())},
-        }
+        } | ({"rollout": self.rollout.to_json()} if self.rollout is not None else {})
 
     @classmethod
     def from_json(cls, doc: Any) -> State:
@@ -249,6 +311,7 @@ class State:
                 _str(name, "node name"): NodeRecord.from_json(rec, str(name))
                 for name, rec in _mapping(doc.get("nodes", {}), "nodes").items()
             },
+            rollout=None if doc.get("rollout") is None else RolloutRecord.from_json(doc["rollout"]),
         )
         state.check()
         return state

@@ -138,6 +138,18 @@ def _confirm(auto_approve: bool) -> None:
     "route removed or changed on a broker, a file missing or changed on a node (the state "
     "forgets it, so the plan creates it again). Only with a site spec, not a saved plan.",
 )
+@click.option(
+    "--pause-after",
+    metavar="WAVE",
+    help="Roll out wave by wave (docs/rollout.md) and pause once WAVE (name or number) "
+    "passed its gate; `--continue` promotes the rest.",
+)
+@click.option(
+    "--continue",
+    "resume",
+    is_flag=True,
+    help="Go on with the rollout that paused (or was interrupted), from its next wave.",
+)
 @_options(limit_options + ssh_options)
 def apply(
     target: Path | None,
@@ -149,6 +161,8 @@ def apply(
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
     parallelism: int,
+    pause_after: str | None = None,
+    resume: bool = False,
 ) -> None:
     """Make every node run what the site describes: files, broker users, routes.
 
@@ -162,6 +176,7 @@ def apply(
       lotdeploy apply site.yaml --auto-approve --json
       lotdeploy plan site.yaml --out release.plan && lotdeploy apply release.plan
       lotdeploy drift site.yaml || lotdeploy apply site.yaml --refresh --auto-approve
+      lotdeploy apply site.yaml --pause-after canary && lotdeploy apply site.yaml --continue
     """
     from lotdeploy.apply.engine import apply_plan
     from lotdeploy.apply.saved import LATEST, require_fresh
@@ -214,6 +229,26 @@ def apply(
             require_fresh(saved, fresh, source)
         elif not as_json:
             click.echo(scrub(format_text(fresh, colour=interactive())), nl=False)
+        if resume or pause_after or site.rollout.enabled:  # wave by wave: docs/rollout.md
+            from lotdeploy.cli.rolling import apply_rollout
+
+            code = apply_rollout(
+                site,
+                workspace,
+                only,
+                as_json,
+                parallelism,
+                accept_new_host_keys,
+                pause_after,
+                resume,
+                fresh,
+                lambda: _confirm(auto_approve or saved is not None),
+                Progress,
+                live,
+            )
+            if code:
+                sys.exit(code)
+            return
         if not fresh.steps and not _pending(workspace):
             if as_json:
                 click.echo(dumps({"event": "summary", "changed": [], "failed": []}))

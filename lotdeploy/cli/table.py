@@ -68,6 +68,10 @@ COMMANDS = {
         "lotdeploy.cli.deploy:apply",
         "Make every node run what the site describes: files, broker users, routes.",
     ),
+    "rollback": LazyCommand(
+        "lotdeploy.cli.rollout:rollback",
+        "Put nodes back on an earlier release: files, TLS files, routes, users; then check it.",
+    ),
     "drift": LazyCommand(
         "lotdeploy.cli.deploy:drift",
         "Compare what the nodes run with what was applied: exit 0 clean, 2 drift, 1 error.",
@@ -79,6 +83,10 @@ COMMANDS = {
     "status": LazyCommand(
         "lotdeploy.cli.inspect:status",
         "Ask each node's broker which routes it runs, and whether each is connected.",
+    ),
+    "verify": LazyCommand(
+        "lotdeploy.cli.verify:verify",
+        "Prove every node runs what was applied and every link carries messages.",
     ),
     "force-unlock": LazyCommand(
         "lotdeploy.cli.deploy:force_unlock",

@@ -71,13 +71,30 @@ def make_plan(
         desired_state(site, credentials),
         Observed.from_state(state).forget(live[1]) if live else Observed.from_state(state),
         extra,
-        warnings + resume_warnings(state),
+        warnings + resume_warnings(state) + rollout_warnings(state),
     )
     plan.site_file = str(Path(site.source).resolve())
     if live is not None:
         plan.refreshed = True
         plan.drift = {node: found for node, found in sorted(live[0].items()) if found}
     return plan.restricted(only)
+
+
+def rollout_warnings(state: State) -> list[str]:
+    """Say where a rollout stands when one is paused, interrupted or stopped (rollout.md)."""
+    record = state.rollout
+    if record is None:
+        return []
+    names = [str(w.get("name")) for w in record.waves]
+    where = f"after wave {names[record.done - 1]}" if record.done else "before its first wave"
+    what = {"paused": "is paused", "running": "was interrupted", "failed": "stopped"}.get(
+        record.status, record.status
+    )
+    return [
+        f"a rollout {what} {where} ({record.done} of {len(names)} waves done): apply "
+        "--continue goes on, lotdeploy rollback undoes it"
+        + (f"; it stopped because {record.reason}" if record.reason else "")
+    ]
 
 
 def resume_warnings(state: State) -> list[str]:

@@ -109,6 +109,7 @@ def check_resolved(
     indices = indices or Indices.identity(spec)
     index_of = {node.name: indices.nodes[i] for i, node in enumerate(spec.nodes)}
     _check_node_paths(located, spec, site, base_dir, index_of)
+    _check_rollout(located, spec, site)
     if len(site.nodes) == 1 and not partial:
         located.error(
             ("nodes",),
@@ -293,3 +294,29 @@ def _check_node_paths(
                         (block_b, key_b),
                         "name the same file: each needs its own",
                     )
+
+
+def _check_rollout(located: Located, spec: SiteSpec, site: Site) -> None:
+    """Every name a `rollout:` section uses must select something (as --limit would)."""
+    section = getattr(spec, "rollout", None)
+    if section is None:
+        return
+    names = {n.name for n in site.nodes}
+    words = names | {n.region for n in site.nodes} | {t for n in site.nodes for t in n.tags}
+    if section.canary is not None and section.canary not in names:
+        located.error(("rollout", "canary"), f"rollout.canary: no node named '{section.canary}'")
+    seen: dict[str, int] = {}
+    for index, wave in enumerate(section.waves or ()):
+        for position, word in enumerate(wave.select):
+            if word not in words:
+                located.error(
+                    ("rollout", "waves", index, "select", position),
+                    f"rollout.waves[{index}].select: '{word}' is no node, region or tag",
+                )
+        name = wave.name or f"wave{index + 1}"
+        if name in seen:
+            located.error(
+                ("rollout", "waves", index, "name"),
+                f"rollout.waves[{index}]: wave name '{name}' is used by waves[{seen[name]}] too",
+            )
+        seen.setdefault(name, index)

@@ -17,8 +17,10 @@ from lotdeploy.model import (
     Mesh,
     Node,
     PkiPolicy,
+    RolloutPolicy,
     Site,
     SshTarget,
+    WavePolicy,
 )
 from lotdeploy.spec.schema import NodeSpec, Settings, SiteSpec
 
@@ -122,4 +124,25 @@ def resolve(spec: SiteSpec, source_file: Path, base_dir: Path) -> Site:
         templates_dir=templates_dir,
         base_dir=base_dir,
         mesh=mesh,
+        rollout=_rollout(spec),
+    )
+
+
+def _rollout(spec: SiteSpec) -> RolloutPolicy:
+    section = getattr(spec, "rollout", None)  # a partial spec (valid parts) has none
+    if section is None:
+        return RolloutPolicy()
+    waves = tuple(
+        WavePolicy(w.name or f"wave{i + 1}", tuple(w.select), w.max_fail_percentage)
+        for i, w in enumerate(section.waves or ())
+    )
+    return RolloutPolicy(
+        True,
+        section.canary,
+        waves,
+        section.max_fail_percentage,
+        section.max_failed_nodes,
+        section.rollback,
+        section.gate_timeout_sec,
+        section.confirm_timeout_sec,
     )

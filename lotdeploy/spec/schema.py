@@ -275,6 +275,58 @@ class PkiSettings(_Strict):
     )
 
 
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+
+class WaveSpec(_Strict):
+    """One wave of a rollout: the nodes named by node, region or tag (as --limit reads them)."""
+
+    name: Name | None = Field(None, description="wave name (for --pause-after); default wave<N>")
+    select: list[Name] = Field(
+        min_length=1,
+        description="node, region or tag names; a node goes in the first wave that names it",
+    )
+    max_fail_percentage: Percent | None = Field(
+        None,
+        description="failed nodes tolerated in this wave, in percent; default the "
+        "rollout's max_fail_percentage",
+    )
+
+
+class RolloutSpec(_Strict):
+    """How apply rolls a change out: waves, a verify gate after each, rollback on failure."""
+
+    canary: Name | None = Field(
+        None,
+        description="the first wave's node (default waves); default the first node "
+        "by name of the first region",
+    )
+    waves: list[WaveSpec] | None = Field(
+        None,
+        description="explicit waves; default: the canary, the rest of its region, "
+        "then one region at a time",
+    )
+    max_fail_percentage: Percent = Field(
+        0, description="failed nodes tolerated per wave, in percent (like Ansible's)"
+    )
+    max_failed_nodes: Annotated[int, Field(ge=0, le=100000)] | None = Field(
+        None,
+        description="failed nodes tolerated over the whole rollout; default no limit "
+        "beyond each wave's",
+    )
+    rollback: Literal["auto", "manual"] = Field(
+        "auto", description="on a failed gate: restore the wave's nodes (auto) or stop (manual)"
+    )
+    gate_timeout_sec: Seconds = Field(
+        30, description="how long a gate waits for the links to come up"
+    )
+    confirm_timeout_sec: Seconds | None = Field(
+        None,
+        description="arm confirm-or-revert on every node: a node not confirmed within "
+        "this many seconds of its switch restores its previous release by itself",
+    )
+
+
 class SiteSpec(_Strict):
     """A whole cluster of Coreflux brokers."""
 
@@ -299,6 +351,9 @@ class SiteSpec(_Strict):
     nodes: list[NodeSpec] = Field(min_length=1)
     links: list[LinkOverride] = Field(default_factory=list)
     pki: PkiSettings = Field(default_factory=lambda: PkiSettings())
+    rollout: RolloutSpec | None = Field(
+        None, description="roll apply out in waves with a verify gate (docs/rollout.md)"
+    )
 
 
 def json_schema() -> dict[str, object]:
