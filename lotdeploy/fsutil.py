@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import re
 import stat
@@ -179,7 +180,7 @@ class DurableBatch:
 
     def commit(self) -> None:
         try:
-            if len(self.pending) >= SYNCFS_BATCH and _syncfs is not None:
+            if len(self.pending) >= SYNCFS_BATCH and _load_syncfs() is not None:
                 devices: dict[int, Path] = {}
                 for directory in self.directories:
                     devices.setdefault(os.stat(directory).st_dev, directory)
@@ -215,7 +216,11 @@ class DurableBatch:
 SYNCFS_BATCH = 16
 
 
+@functools.cache
 def _load_syncfs() -> Any:
+    """libc's syncfs, or None; loaded on first use (ctypes costs every command ~10 ms)."""
+    if os.name != "posix":
+        return None
     try:
         import ctypes
         import ctypes.util
@@ -228,14 +233,11 @@ def _load_syncfs() -> Any:
         return None
 
 
-_syncfs: Any = _load_syncfs() if os.name == "posix" else None
-
-
 def _sync_file_system(directory: Path) -> None:
     """Flush the file system holding `directory` (every temporary just written to it)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        if _syncfs(fd) != 0:
+        if _load_syncfs()(fd) != 0:
             import ctypes
 
             error = ctypes.get_errno()

@@ -86,14 +86,21 @@ def open_site(site: Path, workspace_dir: Path | None) -> tuple[LoadedSite, Works
 def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
     """Plan fails, naming node and key, when a broker doctor (or a first apply) asked lacks
     a CLUSTER_CONFIG key the site's routes need."""
-    from lotdeploy.doctor import BrokerFacts, key_problems
     from lotdeploy.errors import LotdeployError
     from lotdeploy.state import StateStore
 
+    names = {n.name for n in site.nodes}
+    asked = [
+        (name, record)
+        for name, record in sorted(StateStore(workspace).read().nodes.items())
+        if record.broker and name in names
+    ]
+    if not asked:
+        return  # no broker facts recorded: doctor (and its MQTT client stack) is not loaded
+    from lotdeploy.doctor import BrokerFacts, key_problems
+
     problems: list[str] = []
-    for name, record in sorted(StateStore(workspace).read().nodes.items()):
-        if not record.broker or name not in {n.name for n in site.nodes}:
-            continue
+    for name, record in asked:
         try:
             facts = BrokerFacts.from_json(record.broker)
         except ValueError:

@@ -13,7 +13,6 @@ from typing import Any
 from lotdeploy.compiler.routes import canonical_route_text, node_route_settings, route_tree
 from lotdeploy.compiler.templates import render_template
 from lotdeploy.errors import CompileError, LotSyntaxError
-from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.model import Node, Site
 from lotdeploy.secret import Secret, scrub
@@ -54,7 +53,7 @@ def compile_node(
     site's own template) is parsed back and compared as LOT trees.
     """
     settings = node_route_settings(site, node, credential_version)
-    _check_values(node, settings, password)
+    _check_values(node, settings, password, client_ids_proven=site.client_ids_plain)
     context = {
         "site": {"name": site.name},
         "node": {"name": node.name, "region": node.region, "address": node.address},
@@ -67,6 +66,9 @@ def compile_node(
     canonical = "\n".join(canonical_route_text(s, password) for s in settings)
     if matches_canonical(text, canonical):
         return artifact
+    # Only a site's own template layout gets here: the parser (and lark) load on demand.
+    from lotdeploy.lot.parser import parse
+
     intended = artifact.routes
     filename = f"{node.name}/routes.lot"
     try:
@@ -119,10 +121,14 @@ _ROLES = {
 _repeated_value_problem = functools.lru_cache(maxsize=16384)(problem)
 
 
-def _check_values(node: Node, settings: list[dict[str, Any]], password: Secret) -> None:
-    """Refuse to emit a value that LOT or the command line cannot carry (never shown)."""
+def _check_values(
+    node: Node, settings: list[dict[str, Any]], password: Secret, client_ids_proven: bool = False
+) -> None:
+    """Refuse to emit a value that LOT or the command line cannot carry (never shown).
+    `client_ids_proven`: the site proved every client id plain (Site.client_ids_plain)."""
+    roles = [(k, v) for k, v in _ROLES.items() if not (client_ids_proven and k == "client_id")]
     for route in settings:
-        for key, (role, cap) in _ROLES.items():
+        for key, (role, cap) in roles:
             check = problem if key == "client_id" else _repeated_value_problem
             found = check(str(route[key]), role, cap)
             if found:

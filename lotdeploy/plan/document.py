@@ -18,7 +18,7 @@ from lotdeploy.errors import WorkspaceError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display
 from lotdeploy.plan.desired import DesiredRoute
-from lotdeploy.plan.diff import NodeSteps, Plan
+from lotdeploy.plan.diff import NodeSteps, Plan, ordered_node_changes
 from lotdeploy.secret import SENSITIVE, dumps, scrub
 
 PLAN_FORMAT = "lotdeploy-plan"
@@ -37,7 +37,7 @@ def _payload(value: Any, attrs: dict[str, Any] | None = None) -> dict[str, Any] 
 def _ordered(plan: Plan) -> list[Change]:
     return [
         *(c for c in plan.changes if c.node is None),
-        *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key),
+        *ordered_node_changes(plan.changes),
     ]
 
 
@@ -122,7 +122,7 @@ assert tuple(label for _, label in SHOWN) == (
     "MESSAGE_VALIDITY_SEC",
     "USE_TLS",
 )
-assert DesiredRoute.__slots__ == (
+assert DesiredRoute._fields == (
     "name",
     "peer",
     "peer_region",

@@ -11,7 +11,7 @@ from itertools import groupby
 
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.desired import DesiredRoute
-from lotdeploy.plan.diff import NodeSteps, Plan
+from lotdeploy.plan.diff import NodeSteps, Plan, ordered_node_changes
 from lotdeploy.secret import SENSITIVE
 
 _SGR = {"green": 32, "yellow": 33, "red": 31, "magenta": 35}
@@ -74,7 +74,7 @@ def format_text(plan: Plan, colour: bool = False) -> str:
     )
     out.append(style(head, bold=True) if colour else head)
     site_level = [c for c in plan.changes if c.node is None]
-    node_level = sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key)
+    node_level = ordered_node_changes(plan.changes)
     if site_level:
         out.append("")
         out.append(f"site {plan.site}")
