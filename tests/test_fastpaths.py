@@ -133,3 +133,15 @@ def test_a_change_without_a_node_takes_the_general_path() -> None:
     route = _route()
     change = Change("create", "route", route.name, None, None, "", (), route)
     assert change_line(change) == dumps(_change_document(change))
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [[], ["lotdeploy_a"], ["lotdeploy_b", "lotdeploy_é", 'quo"te', "back\\slash", "x" * 300]],
+)
+def test_manifest_routes_equal_the_indenting_encoder(routes: list[str]) -> None:
+    from lotdeploy.render import _with_routes
+
+    doc = {"format": "f", "node": 'n"ode', "routes": [], "site": "s", "z": {"a": {"b": 1}}}
+    expected = json.dumps({**doc, "routes": routes}, indent=2, sort_keys=True) + "\n"
+    assert _with_routes(json.dumps(doc, indent=2, sort_keys=True), routes) == expected
