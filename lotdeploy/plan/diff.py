@@ -148,17 +148,23 @@ _PLACE = attrgetter("region", "node")
 _KIND_NAME = attrgetter("kind", "name")
 
 
-def ordered_node_changes(changes: Iterable[Change]) -> list[Change]:
-    """The node-level changes in the order plans show them: exactly
-    `sorted(..., key=Change.sort_key)` (stable), but a node's changes are grouped first and
-    only sorted among themselves (sorting 999,000 keys cost a 1,000-node plan a second)."""
+def node_change_groups(changes: Iterable[Change]) -> list[tuple[str, str, list[Change]]]:
+    """The node-level changes as (region, node, its changes) in the order plans show them:
+    exactly `sorted(..., key=Change.sort_key)` (stable), cut at each node. A node's changes
+    are grouped first and only sorted among themselves (sorting 999,000 keys cost a
+    1,000-node plan a second)."""
     groups: dict[tuple[str, str], list[Change]] = {}
     for (region, node), run in groupby((c for c in changes if c.node is not None), key=_PLACE):
         groups.setdefault((region or "", node), []).extend(run)
-    ordered: list[Change] = []
-    for place in sorted(groups):
-        ordered.extend(sorted(groups[place], key=_KIND_NAME))
-    return ordered
+    return [
+        (region, node, sorted(groups[region, node], key=_KIND_NAME))
+        for region, node in sorted(groups)
+    ]
+
+
+def ordered_node_changes(changes: Iterable[Change]) -> list[Change]:
+    """The node-level changes in the order plans show them (see node_change_groups)."""
+    return [c for _, _, group in node_change_groups(changes) for c in group]
 
 
 def _differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
