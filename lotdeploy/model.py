@@ -288,13 +288,15 @@ class Site:
         rest = canonical_json(self._describe_without_links())
         digest = hashlib.sha256(b'{"links":[')
         encode = encode_basestring_ascii
-        routes = {name: encode(route) for name, route in self._link_rules[1].items()}
+        # each peer's `"name","route",` is the same in every row that links to it
+        peers = {
+            name: f"{encode(name)},{encode(route)}," for name, route in self._link_rules[1].items()
+        }
         separator = ""
         for source in self.nodes:
             head = f"[{encode(source.name)},"
             rows = [
-                f"{head}{encode(target.name)},{routes[target.name]},{encode(client)},"
-                f'{_json_int(validity)},"{link_class}"]'
+                f'{head}{peers[target.name]}{encode(client)},{_json_int(validity)},"{link_class}"]'
                 for target, _, client, validity, link_class in self.link_rows(source)
             ]
             if rows:

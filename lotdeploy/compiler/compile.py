@@ -3,7 +3,6 @@ and must equal the intended routes, or nothing is written (a template bug never 
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -158,8 +157,10 @@ _ROLES = {
 
 
 #: Route names, addresses and user names repeat across nodes (each peer's appear on every
-#: other node): checked once each. Client ids are unique per link, so never cached.
-_repeated_value_problem = functools.lru_cache(maxsize=16384)(problem)
+#: other node): each is checked once, then found in its key's set of values known safe (a
+#: set lookup, where a cached call hashed the Role enum in Python for every route). Client
+#: ids are unique per link, so never kept.
+_KNOWN_SAFE: dict[str, set[str]] = {key: set() for key in _ROLES if key != "client_id"}
 
 
 def _check_values(
@@ -168,21 +169,37 @@ def _check_values(
     """Refuse to emit a value that LOT or the command line cannot carry (never shown).
     `client_ids_proven`: the site proved every client id plain (Site.client_ids_plain)."""
     roles = [(k, v) for k, v in _ROLES.items() if not (client_ids_proven and k == "client_id")]
+    for key, (role, cap) in roles:
+        known = _KNOWN_SAFE.get(key)
+        for route in settings:
+            value = str(route[key])
+            if known is not None and value in known:
+                continue
+            if problem(value, role, cap):
+                _refuse_first(node, settings, roles)
+            if known is not None:
+                known.add(value)
+    if not settings:
+        return  # no route carries the password (a one-node site has none)
+    found_password = check_command_token(password.reveal())
+    if found_password:
+        raise CompileError(f"the cluster password {found_password}; it cannot be used")
+
+
+def _refuse_first(
+    node: Node, settings: list[dict[str, Any]], roles: list[tuple[str, tuple[Role, int]]]
+) -> None:
+    """Raise for the first unsafe value in route order, then key order (the one reported)."""
     for route in settings:
         for key, (role, cap) in roles:
-            check = problem if key == "client_id" else _repeated_value_problem
-            found = check(str(route[key]), role, cap)
+            found = problem(str(route[key]), role, cap)
             if found:
                 raise CompileError(
                     f"node {node.name}: {key} of route {route['name']!r} {found}"
                     if key != "name"
                     else f"node {node.name}: a route name {found}"
                 )
-    if not settings:
-        return  # no route carries the password (a one-node site has none)
-    found_password = check_command_token(password.reveal())
-    if found_password:
-        raise CompileError(f"the cluster password {found_password}; it cannot be used")
+    raise CompileError(f"node {node.name}: a route value cannot be carried")  # not reached
 
 
 def compile_site(site: Site, password: Secret, credential_version: int = 1) -> list[NodeArtifact]:
