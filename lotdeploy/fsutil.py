@@ -140,7 +140,7 @@ class DurableBatch:
     Each file goes to a private temporary next to its target; `commit` makes the
     temporaries durable (one syncfs(2) per file system for a large batch, else an fsync
     each), then renames them in the order added (put a manifest last) and makes the renames
-    durable (a large batch: one more syncfs per file system; else an fsync per directory).
+    durable (many directories: one more syncfs per file system; else an fsync each).
     A reader sees each file old or new, never torn, and no rename happens
     before its data is on disk. A file that already has its content and mode is skipped
     (`skip_unchanged`). On any error nothing more is renamed and the temporaries go.
@@ -203,7 +203,7 @@ class DurableBatch:
         except BaseException:
             self.abort()
             raise
-        if file_systems is not None:
+        if file_systems is not None and len(self.directories) >= SYNCFS_DIRECTORIES:
             # One journal commit makes every rename of the batch durable, where an fsync per
             # directory costs about a millisecond each (a node's bundle is one directory).
             for directory in file_systems:
@@ -223,6 +223,9 @@ class DurableBatch:
 
 #: From this many files on, one syncfs(2) makes a batch durable instead of one fsync each.
 SYNCFS_BATCH = 16
+#: From this many directories on, one more syncfs makes the renames durable instead of an
+#: fsync per directory (a syncfs also waits for everything else written to the file system).
+SYNCFS_DIRECTORIES = 16
 
 
 @functools.cache
