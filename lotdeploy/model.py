@@ -16,7 +16,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from lotdeploy import protocol
+from lotdeploy import clientids, protocol
 from lotdeploy.protocol import DEFAULT_PORT as DEFAULT_PORT
 from lotdeploy.protocol import DEFAULT_TLS_PORT as DEFAULT_TLS_PORT
 
@@ -278,6 +278,30 @@ class Site:
             pairs.setdefault(frozenset(between), validity)  # the first one written wins
         return pairs, {node.name: route_name_for(node.name) for node in self.nodes}
 
+    @cached_property
+    def client_ids_unique(self) -> bool:
+        """No two links can share a client id: proven from the format and the names
+        (lotdeploy.clientids), so the spec checks need not hold all the ids at once."""
+        return clientids.unique_by_construction(self.mesh.client_id_format, self._client_id_values)
+
+    @cached_property
+    def client_ids_plain(self) -> bool:
+        """Every link's client id is a plain word that fits (safe wherever it goes):
+        proven once, so neither the spec checks nor the compiler check each id."""
+        return clientids.plain_by_construction(self.mesh.client_id_format, self._client_id_values)
+
+    @property
+    def _client_id_values(self) -> dict[str, list[str]]:
+        names = [node.name for node in self.nodes]
+        regions = sorted({node.region for node in self.nodes})
+        return {
+            "node": names,
+            "peer": names,
+            "site": [self.name],
+            "region": regions,
+            "peer_region": regions,
+        }
+
     @property
     def tls_nodes(self) -> tuple[Node, ...]:
         return tuple(node for node in self.nodes if node.tls)
@@ -289,13 +313,15 @@ class Site:
         rest = canonical_json(self._describe_without_links())
         digest = hashlib.sha256(b'{"links":[')
         encode = encode_basestring_ascii
-        routes = {name: encode(route) for name, route in self._link_rules[1].items()}
+        # each peer's `"name","route",` is the same in every row that links to it
+        peers = {
+            name: f"{encode(name)},{encode(route)}," for name, route in self._link_rules[1].items()
+        }
         separator = ""
         for source in self.nodes:
             head = f"[{encode(source.name)},"
             rows = [
-                f"{head}{encode(target.name)},{routes[target.name]},{encode(client)},"
-                f'{_json_int(validity)},"{link_class}"]'
+                f'{head}{peers[target.name]}{encode(client)},{_json_int(validity)},"{link_class}"]'
                 for target, _, client, validity, link_class in self.link_rows(source)
             ]
             if rows:

@@ -53,6 +53,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.exitstatus",
             "lotdeploy.values",
             "lotdeploy.exitstatus",
+            "lotdeploy.clientids",
         ),
     ),
 ]

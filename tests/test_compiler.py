@@ -257,7 +257,7 @@ def test_a_text_that_matches_canonical_parses_to_the_intended_routes(
 ) -> None:
     """Whatever layout a template produces, `matches_canonical` only ever says yes to text
     that parses to exactly the intended routes."""
-    from lotdeploy.compiler.compile import matches_canonical
+    from lotdeploy.compiler.compile import matches_canonical, matches_canonical_pieces
     from lotdeploy.compiler.routes import canonical_route_text, route_tree
     from lotdeploy.lot import format_routes
 
@@ -268,6 +268,25 @@ def test_a_text_that_matches_canonical_parses_to_the_intended_routes(
     if matches_canonical(text, canonical):
         assert parse(text) == intended
     assert matches_canonical(format_routes(intended), canonical)
+    pieces = [canonical_route_text(r, password) for r in routes]
+    if matches_canonical_pieces(text, pieces):  # the hot path's proof implies the spec's
+        assert matches_canonical(text, canonical)
+    assert matches_canonical_pieces(format_routes(intended), pieces)
+    commented = "// head\n\n" + "".join(f"// route\n{p}\n\n" for p in pieces) + "// end"
+    assert matches_canonical_pieces(commented, pieces)  # the built-in template's layout
+
+
+def test_the_builtin_template_takes_the_cheap_proof(tmp_path: Path) -> None:
+    """Every node of a golden site is verified without the parser (render's speed)."""
+    from lotdeploy.compiler import compile as compile_module
+
+    site = load_site(REPO / "inventories" / "geo.yaml").site
+    password = Secret("Passw0rdForTests")
+    for node in site.nodes:
+        artifact = compile_node(site, node, password)
+        settings = compile_module.node_route_settings(site, node)
+        pieces = [compile_module.canonical_route_text(s, password) for s in settings]
+        assert compile_module.matches_canonical_pieces(artifact.text, pieces)
 
 
 def test_a_one_node_site_renders(tmp_path: Path) -> None:

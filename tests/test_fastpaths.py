@@ -133,3 +133,78 @@ def test_a_change_without_a_node_takes_the_general_path() -> None:
     route = _route()
     change = Change("create", "route", route.name, None, None, "", (), route)
     assert change_line(change) == dumps(_change_document(change))
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [[], ["lotdeploy_a"], ["lotdeploy_b", "lotdeploy_é", 'quo"te', "back\\slash", "x" * 300]],
+)
+def test_manifest_routes_equal_the_indenting_encoder(routes: list[str]) -> None:
+    from lotdeploy.render import _with_routes
+
+    doc = {"format": "f", "node": 'n"ode', "routes": [], "site": "s", "z": {"a": {"b": 1}}}
+    expected = json.dumps({**doc, "routes": routes}, indent=2, sort_keys=True) + "\n"
+    assert _with_routes(json.dumps(doc, indent=2, sort_keys=True), routes) == expected
+
+
+def test_plan_text_lines_equal_the_general_line() -> None:
+    from lotdeploy.plan.text import _line, _node_lines
+
+    changes = [
+        Change(
+            "create",
+            "route",
+            "lotdeploy_n001",
+            "n000",
+            "eu",
+            "in-region link to n001",
+            (),
+            _route(),
+        ),
+        Change("create", "route", "lotdeploy_n002", "n000", "eu", "", (), _route(use_tls=True)),
+        Change("replace", "route", "lotdeploy_n003", "n000", "eu", "why", (), _route()),
+        Change("create", "route", "x", "n000", "eu", "r", (), _route(client_id="a b ")),
+        Change("create", "certificate", "n000", "n000", "eu", "first issue"),
+    ]
+    for colour in (False, True):
+        assert list(_node_lines(changes, colour)) == ["    " + _line(c, colour) for c in changes]
+
+
+def test_grouped_changes_keep_the_sort_order() -> None:
+    from lotdeploy.plan.diff import ordered_node_changes
+
+    changes = [
+        Change("create", kind, name, node, region, reason)
+        for kind, name, node, region, reason in [
+            ("route", "b", "n2", "us", "1"),
+            ("route", "a", "n2", "us", "2"),
+            ("certificate", "n1", "n1", None, "3"),
+            ("route", "a", "n1", "", "4"),
+            ("route", "a", "n1", None, "5"),
+            ("route", "z", "n0", "eu", "6"),
+            ("credential", "p", None, None, "7"),
+            ("route", "a", "n2", "us", "8"),
+        ]
+    ]
+    expected = sorted((c for c in changes if c.node is not None), key=Change.sort_key)
+    assert [c.reason for c in ordered_node_changes(changes)] == [c.reason for c in expected]
+
+
+def test_plan_reference_text_equals_the_encoder() -> None:
+    from lotdeploy.plan.diff import Plan
+    from lotdeploy.plan.document import REFERENCE_FORMAT, _head, _ordered, reference_text
+
+    plan = Plan("si\"te", "d", 2, 1, regions={"n0": "eu", "n1": "eu"})
+    plan.changes = [
+        Change("create", "route", "lotdeploy_n1", "n0", "eu", "in-region link to n1 é"),
+        Change("create", "ca", "site CA", None, None, 'quo"te\\'),
+        Change("delete", "route", "lotdeploy_n0", "n1", "eu", ""),
+    ]
+    for changes in (plan.changes, []):
+        plan.changes = changes
+        doc = {
+            **_head(plan),
+            "format": REFERENCE_FORMAT,
+            "changes": [[c.key, c.action, c.reason] for c in _ordered(plan)],
+        }
+        assert reference_text(plan) == json.dumps(doc, separators=(",", ":")) + "\n"

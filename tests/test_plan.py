@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -132,7 +131,7 @@ def test_route_payload_round_trip() -> None:
     )
     assert DesiredRoute.from_attrs(route.attrs()) == route
     assert route.password.name == "cluster-password-v2"
-    assert replace(route, password_version=1).password.name == "cluster-password-v1"
+    assert route._replace(password_version=1).password.name == "cluster-password-v1"
 
 
 def test_the_latest_plan_reference_reads_back_and_detects_staleness(

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from lotdeploy.cli.common import (
+    collector_paused,
     directory_option,
     load,
     open_workspace,
@@ -168,24 +169,25 @@ def plan(
     only = select_nodes(loaded.site, limit, exclude)
     refuse_missing_broker_keys(loaded.site, workspace)
     live = read_live(loaded.site, workspace, only, accept_new_host_keys)[:2] if refresh else None
-    the_plan = make_plan(loaded.site, workspace, only=only, live=live)
-    if as_json:
-        write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s
-        for piece in iter_json(the_plan):
-            write(piece)
-    else:
-        click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
-    if out_file is not None:
-        write_plan(the_plan, out_file)
+    with collector_paused():
+        the_plan = make_plan(loaded.site, workspace, only=only, live=live)
+        if as_json:
+            write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s
+            for piece in iter_json(the_plan):
+                write(piece)
+        else:
+            click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
+        if out_file is not None:
+            write_plan(the_plan, out_file)
+        # what a bare `lotdeploy apply` applies; a plan without changes too, so an older one
+        # is never what a bare apply finds after `plan` said "No changes"
+        if the_plan.has_changes or workspace.root.exists():
+            with workspace.lock("plan"):
+                write_reference(the_plan, workspace.root / LATEST)
     from lotdeploy.verify.output import plan_advice  # the last verify's validity advice
 
     for line in plan_advice(loaded.site, workspace):
         click.echo(scrub(line), err=True)
-    # what a bare `lotdeploy apply` applies; a plan without changes too, so an older one
-    # is never what a bare apply finds after `plan` said "No changes"
-    if the_plan.has_changes or workspace.root.exists():
-        with workspace.lock("plan"):
-            write_reference(the_plan, workspace.root / LATEST)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(ExitStatus.CHANGES)
 

@@ -3,7 +3,6 @@ and must equal the intended routes, or nothing is written (a template bug never 
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,7 +12,6 @@ from typing import Any
 from lotdeploy.compiler.routes import canonical_route_text, node_route_settings, route_tree
 from lotdeploy.compiler.templates import render_template
 from lotdeploy.errors import CompileError, LotSyntaxError
-from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.model import Node, Site
 from lotdeploy.secret import Secret, scrub
@@ -54,7 +52,7 @@ def compile_node(
     site's own template) is parsed back and compared as LOT trees.
     """
     settings = node_route_settings(site, node, credential_version)
-    _check_values(node, settings, password)
+    _check_values(node, settings, password, client_ids_proven=site.client_ids_plain)
     context = {
         "site": {"name": site.name},
         "node": {"name": node.name, "region": node.region, "address": node.address},
@@ -64,9 +62,11 @@ def compile_node(
     }
     text = render_template(site.templates_dir, context)
     artifact = NodeArtifact(node.name, text, tuple(settings), password)
-    canonical = "\n".join(canonical_route_text(s, password) for s in settings)
-    if matches_canonical(text, canonical):
+    if matches_canonical_pieces(text, [canonical_route_text(s, password) for s in settings]):
         return artifact
+    # Only a site's own template layout gets here: the parser (and lark) load on demand.
+    from lotdeploy.lot.parser import parse
+
     intended = artifact.routes
     filename = f"{node.name}/routes.lot"
     try:
@@ -104,6 +104,48 @@ def matches_canonical(text: str, canonical: str) -> bool:
     return _SKIPPED_RUNS.sub("\n", f"\n{text}\n") == (f"\n{canonical}\n" if canonical else "\n")
 
 
+def _skip_lines(text: str, pos: int) -> int:
+    """Where the first line from `pos` on that the parser does not skip (blank, only
+    spaces, a whole-line comment) starts; len(text) if there is none."""
+    size = len(text)
+    while pos < size:
+        char = text[pos]
+        if char == "\n":
+            pos += 1
+        elif char in "/ ":
+            end = text.find("\n", pos)
+            line = text[pos : end if end >= 0 else size].lstrip(" ")
+            if line and not line.startswith("//"):
+                return pos
+            if end < 0:
+                return size
+            pos = end + 1
+        else:
+            return pos
+    return size
+
+
+def matches_canonical_pieces(text: str, pieces: list[str]) -> bool:
+    """`matches_canonical(text, "\n".join(pieces))` (render's hot path; the whole-text
+    regex cost ~4 µs a route): each route's canonical text must follow, from the start of
+    a line, the skipped lines before it. True only if `matches_canonical` is; it may say
+    False where that says True (a comment inside a route), which only sends the text to
+    the full parse-back (tests/test_compiler.py checks both)."""
+    if " \n" in text or text.endswith(" "):
+        text = _TRAILING_SPACES.sub("", text)
+    pos = 0
+    for piece in pieces:
+        pos = _skip_lines(text, pos)
+        if not text.startswith(piece, pos):
+            return False
+        pos += len(piece)
+        if pos < len(text):
+            if text[pos] != "\n":
+                return False
+            pos += 1
+    return _skip_lines(text, pos) == len(text)
+
+
 #: Route setting -> (role, cap): the same rule the spec applied, checked again on what is
 #: actually emitted (a Site built in code, or a username with a rotation suffix).
 _ROLES = {
@@ -115,27 +157,49 @@ _ROLES = {
 
 
 #: Route names, addresses and user names repeat across nodes (each peer's appear on every
-#: other node): checked once each. Client ids are unique per link, so never cached.
-_repeated_value_problem = functools.lru_cache(maxsize=16384)(problem)
+#: other node): each is checked once, then found in its key's set of values known safe (a
+#: set lookup, where a cached call hashed the Role enum in Python for every route). Client
+#: ids are unique per link, so never kept.
+_KNOWN_SAFE: dict[str, set[str]] = {key: set() for key in _ROLES if key != "client_id"}
 
 
-def _check_values(node: Node, settings: list[dict[str, Any]], password: Secret) -> None:
-    """Refuse to emit a value that LOT or the command line cannot carry (never shown)."""
+def _check_values(
+    node: Node, settings: list[dict[str, Any]], password: Secret, client_ids_proven: bool = False
+) -> None:
+    """Refuse to emit a value that LOT or the command line cannot carry (never shown).
+    `client_ids_proven`: the site proved every client id plain (Site.client_ids_plain)."""
+    roles = [(k, v) for k, v in _ROLES.items() if not (client_ids_proven and k == "client_id")]
+    for key, (role, cap) in roles:
+        known = _KNOWN_SAFE.get(key)
+        for route in settings:
+            value = str(route[key])
+            if known is not None and value in known:
+                continue
+            if problem(value, role, cap):
+                _refuse_first(node, settings, roles)
+            if known is not None:
+                known.add(value)
+    if not settings:
+        return  # no route carries the password (a one-node site has none)
+    found_password = check_command_token(password.reveal())
+    if found_password:
+        raise CompileError(f"the cluster password {found_password}; it cannot be used")
+
+
+def _refuse_first(
+    node: Node, settings: list[dict[str, Any]], roles: list[tuple[str, tuple[Role, int]]]
+) -> None:
+    """Raise for the first unsafe value in route order, then key order (the one reported)."""
     for route in settings:
-        for key, (role, cap) in _ROLES.items():
-            check = problem if key == "client_id" else _repeated_value_problem
-            found = check(str(route[key]), role, cap)
+        for key, (role, cap) in roles:
+            found = problem(str(route[key]), role, cap)
             if found:
                 raise CompileError(
                     f"node {node.name}: {key} of route {route['name']!r} {found}"
                     if key != "name"
                     else f"node {node.name}: a route name {found}"
                 )
-    if not settings:
-        return  # no route carries the password (a one-node site has none)
-    found_password = check_command_token(password.reveal())
-    if found_password:
-        raise CompileError(f"the cluster password {found_password}; it cannot be used")
+    raise CompileError(f"node {node.name}: a route value cannot be carried")  # not reached
 
 
 def compile_site(site: Site, password: Secret, credential_version: int = 1) -> list[NodeArtifact]:

@@ -71,23 +71,38 @@ def route_tree(settings: dict[str, Any], password: Secret) -> Route:
     return Route(settings["name"], ROUTE_TYPE, (Block(CLUSTER_CONFIG_BLOCK, None, tuple(entries)),))
 
 
+def _line_forms() -> list[tuple[str | None, str, str, bool]]:
+    """Per key in emit order: (setting, text before the value, after it, is a flag)."""
+    forms = []
+    for key in CLUSTER_KEY_ORDER:
+        source, form = VALUE_FORMS[key]
+        if form == "flag":
+            forms.append((source, f"        WITH {key} true", "", True))
+        else:
+            quote = "'" if form == "quoted-int" else '"'
+            forms.append((source, f"        WITH {key} {quote}", quote, False))
+    return forms
+
+
+#: VALUE_FORMS read once, not for every key of every route (render makes 999,000 routes).
+_LINE_FORMS = _line_forms()
+
+
 def canonical_route_text(settings: dict[str, Any], password: Secret) -> str:
     """`format_route(route_tree(settings, password))` without its final newline, made by
     string formatting (tests/test_compiler.py checks the two agree for any settings)."""
+    secret = password.reveal()
     lines = [
         f"DEFINE ROUTE {settings['name']} WITH TYPE {ROUTE_TYPE}",
         f"    ADD {CLUSTER_CONFIG_BLOCK}",
     ]
-    for key in CLUSTER_KEY_ORDER:
-        source, form = VALUE_FORMS[key]
-        raw = password.reveal() if source is None else settings[source]
-        if form == "flag":
+    for source, head, tail, flag in _LINE_FORMS:
+        raw = secret if source is None else settings[source]
+        if flag:
             if raw:
-                lines.append(f"        WITH {key} true")
-        elif form == "quoted-int":
-            lines.append(f"        WITH {key} '{raw}'")
+                lines.append(head)
         else:
-            lines.append(f'        WITH {key} "{raw}"')
+            lines.append(f"{head}{raw}{tail}")
     return "\n".join(lines)
 
 

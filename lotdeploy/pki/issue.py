@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from datetime import datetime, timedelta
 
@@ -52,6 +53,44 @@ def _general_name(san: str) -> x509.GeneralName:
     return x509.DNSName(value)
 
 
+#: The parts of a node certificate that are the same for every node (made once, not per
+#: certificate: with them, issuing is mostly the signature).
+_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_SERVER_AND_CLIENT = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _key_usage(key_encipherment: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _issuer(
+    ca_cert: x509.Certificate,
+) -> tuple[x509.Name, x509.AuthorityKeyIdentifier, datetime, datetime]:
+    """What every certificate the CA signs takes from it: subject, key identifier, validity
+    (a rotation batch signs hundreds with the same CA)."""
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        ca_cert.subject,
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+        ca_cert.not_valid_before_utc,
+        ca_cert.not_valid_after_utc,
+    )
+
+
 def issue_node_cert(
     site_name: str,
     node: Node,
@@ -62,9 +101,9 @@ def issue_node_cert(
     now: datetime,
 ) -> x509.Certificate:
     """Sign `key` for `node`; not-after never beyond the CA's own not-after."""
-    not_after = min(now + timedelta(days=lifetime_days), ca_cert.not_valid_after_utc)
-    not_before = max(now - BACKDATE, ca_cert.not_valid_before_utc)
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    issuer, authority_key_id, ca_not_before, ca_not_after = _issuer(ca_cert)
+    not_after = min(now + timedelta(days=lifetime_days), ca_not_after)
+    not_before = max(now - BACKDATE, ca_not_before)
     public = key.public_key()
     return (
         x509.CertificateBuilder()
@@ -76,40 +115,19 @@ def issue_node_cert(
                 ]
             )
         )
-        .issuer_name(ca_cert.subject)
+        .issuer_name(issuer)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(_key_usage(isinstance(key, rsa.RSAPrivateKey)), critical=True)
+        .add_extension(_SERVER_AND_CLIENT, critical=False)
         .add_extension(
             x509.SubjectAlternativeName([_general_name(s) for s in expected_sans(node)]),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
+        .add_extension(authority_key_id, critical=False)
         .sign(ca_key, hashes.SHA256())
     )

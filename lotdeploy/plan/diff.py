@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from lotdeploy.plan.changes import SHOWN, Change
@@ -108,6 +110,21 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
         want: dict[str, DesiredRoute] = {r.name: r for r in node.routes} if node else {}
         have = observed.routes.get(node_name, {})
         region = node.region if node else "(removed)"
+        if not have:  # nothing recorded (a first plan): every route is created
+            changes.extend(
+                Change(
+                    "create",
+                    "route",
+                    name,
+                    node_name,
+                    region,
+                    f"{route.link_class} link to {route.peer}",
+                    (),
+                    route,
+                )
+                for name, route in sorted(want.items())
+            )
+            continue
         for name in sorted(set(want) | set(have)):
             route, before = want.get(name), have.get(name)
             if before is None and route is not None:
@@ -125,6 +142,29 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
                     Change("update", "route", name, node_name, region, "", (), route, before)
                 )
     return changes
+
+
+_PLACE = attrgetter("region", "node")
+_KIND_NAME = attrgetter("kind", "name")
+
+
+def node_change_groups(changes: Iterable[Change]) -> list[tuple[str, str, list[Change]]]:
+    """The node-level changes as (region, node, its changes) in the order plans show them:
+    exactly `sorted(..., key=Change.sort_key)` (stable), cut at each node. A node's changes
+    are grouped first and only sorted among themselves (sorting 999,000 keys cost a
+    1,000-node plan a second)."""
+    groups: dict[tuple[str, str], list[Change]] = {}
+    for (region, node), run in groupby((c for c in changes if c.node is not None), key=_PLACE):
+        groups.setdefault((region or "", node), []).extend(run)
+    return [
+        (region, node, sorted(groups[region, node], key=_KIND_NAME))
+        for region, node in sorted(groups)
+    ]
+
+
+def ordered_node_changes(changes: Iterable[Change]) -> list[Change]:
+    """The node-level changes in the order plans show them (see node_change_groups)."""
+    return [c for _, _, group in node_change_groups(changes) for c in group]
 
 
 def _differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:

@@ -18,7 +18,7 @@ from lotdeploy.errors import WorkspaceError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display
 from lotdeploy.plan.desired import DesiredRoute
-from lotdeploy.plan.diff import NodeSteps, Plan
+from lotdeploy.plan.diff import NodeSteps, Plan, ordered_node_changes
 from lotdeploy.secret import SENSITIVE, dumps, scrub
 
 PLAN_FORMAT = "lotdeploy-plan"
@@ -37,7 +37,7 @@ def _payload(value: Any, attrs: dict[str, Any] | None = None) -> dict[str, Any] 
 def _ordered(plan: Plan) -> list[Change]:
     return [
         *(c for c in plan.changes if c.node is None),
-        *sorted((c for c in plan.changes if c.node is not None), key=Change.sort_key),
+        *ordered_node_changes(plan.changes),
     ]
 
 
@@ -122,7 +122,7 @@ assert tuple(label for _, label in SHOWN) == (
     "MESSAGE_VALIDITY_SEC",
     "USE_TLS",
 )
-assert DesiredRoute.__slots__ == (
+assert DesiredRoute._fields == (
     "name",
     "peer",
     "peer_region",
@@ -236,15 +236,27 @@ def write_reference(plan: Plan, path: Path) -> None:
     digest, state serial, nodes and changes); payloads and display attributes are not
     needed for that, and at 200 nodes they are most of the ~40 MB a full document takes.
     """
-    doc = {
-        **_head(plan),
-        "format": REFERENCE_FORMAT,
-        "changes": [[c.key, c.action, c.reason] for c in _ordered(plan)],
-    }
     try:
-        atomic_write(path, json.dumps(doc, separators=(",", ":")) + "\n", mode=0o600)
+        atomic_write(path, reference_text(plan), mode=0o600)
     except OSError as exc:
         raise WorkspaceError(f"{path}: cannot write the plan: {exc.strerror}") from None
+
+
+def reference_text(plan: Plan) -> str:
+    """The reference document's text: `json.dumps(doc, separators=(",", ":"))` of the head
+    and the changes as [key, action, reason]; the changes (999,000 at 1,000 nodes) written
+    with the C string encoder, five times faster than the encoder walking lists of lists
+    (tests/test_fastpaths.py checks the bytes)."""
+    changes = [[c.key, c.action, c.reason] for c in _ordered(plan)]
+    doc = {**_head(plan), "format": REFERENCE_FORMAT, "changes": []}
+    head = json.dumps(doc, separators=(",", ":"))
+    e = encode_basestring_ascii
+    try:
+        body = ",".join([f"[{e(key)},{e(action)},{e(reason)}]" for key, action, reason in changes])
+    except TypeError:  # a value that is not a str: the encoder decides
+        return json.dumps({**doc, "changes": changes}, separators=(",", ":")) + "\n"
+    # "changes" is the last key: the head ends with its empty list and the closing brace
+    return f"{head[: -len('[]}')]}[{body}]}}\n"
 
 
 def _reference(doc: dict[str, Any]) -> Plan:

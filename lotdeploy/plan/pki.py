@@ -9,8 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from lotdeploy.model import Site
-from lotdeploy.pki.issue import expected_sans
-from lotdeploy.pki.reports import pki_reports, report_warning
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.credentials import credential_changes
 from lotdeploy.rotation import LABELS
@@ -23,6 +21,10 @@ def pki_changes(site: Site, workspace: Workspace, now: datetime) -> tuple[list[C
     changes, warnings = credential_changes(site, workspace)
     if not site.tls_nodes:
         return changes, warnings
+    # Imported here: a site without TLS never loads cryptography (~50 ms of every plan).
+    from lotdeploy.pki.issue import expected_sans
+    from lotdeploy.pki.reports import pki_reports, report_warning
+
     view, reports = pki_reports(site, workspace, now)
     policy = site.pki
     if view.active is None:
