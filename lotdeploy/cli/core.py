@@ -184,10 +184,11 @@ def plan(
         if the_plan.has_changes or workspace.root.exists():
             with workspace.lock("plan"):
                 write_reference(the_plan, workspace.root / LATEST)
-    from lotdeploy.verify.output import plan_advice  # the last verify's validity advice
+    if (workspace.root / "verify").is_dir():  # the last verify's validity advice
+        from lotdeploy.verify.output import plan_advice
 
-    for line in plan_advice(loaded.site, workspace):
-        click.echo(scrub(line), err=True)
+        for line in plan_advice(loaded.site, workspace):
+            click.echo(scrub(line), err=True)
     if detailed_exitcode and the_plan.has_changes:
         sys.exit(ExitStatus.CHANGES)
 
