@@ -152,3 +152,38 @@ def test_the_latest_plan_reference_reads_back_and_detects_staleness(
     reasons = stale_reasons(saved, make_plan(site, ws))
     assert any("state moved on" in r for r in reasons)
     assert path.stat().st_size < len(to_json(plan)) / 4
+
+
+def test_a_certificate_issued_but_not_on_its_node_is_planned(
+    geo: Path, passphrase: str
+) -> None:
+    """Apply issues due certificates for every node; a node an apply left out (--limit, a
+    wave, a failure) must still get its new certificate from the next plan."""
+    from datetime import UTC, datetime
+
+    from lotdeploy.render import iter_bundles, prepare_workspace
+    from lotdeploy.state import NodeRecord, StateStore
+
+    site = load_site(geo).site
+    workspace = Workspace.for_site(geo)
+    now = datetime.now(UTC)
+    prepare_workspace(site, workspace, now)
+    desired = desired_state(site, CredentialFacts(generated=True))
+    with StateStore(workspace).transaction() as state:
+        state.credential_generated = True
+        for bundle in iter_bundles(site, workspace, now):
+            record = state.nodes.setdefault(bundle.node, NodeRecord())
+            record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
+            record.routes = {r.name: r.attrs() for r in desired[bundle.node].routes}
+            record.users = ["cluster"]
+            record.applied_at = now.isoformat()
+    assert not make_plan(site, workspace, now).has_changes
+    cert = site.node("eu1").broker.cert_file
+    with StateStore(workspace).transaction() as state:
+        state.nodes["eu1"].files[cert]["sha256"] = "0" * 64  # the node runs an older one
+    plan = make_plan(site, workspace, now)
+    changed = [c for c in plan.changes if c.kind == "certificate"]
+    assert [(c.node, c.action) for c in changed] == [("eu1", "update")]
+    assert "not yet on the node" in changed[0].reason
+    assert set(plan.steps) == {"eu1"}
+    assert cert in plan.steps["eu1"].files and plan.steps["eu1"].reload

@@ -78,10 +78,8 @@ def apply_rollout(
 ) -> int:
     """`apply` as a rollout; the exit status."""
     from lotdeploy.apply.engine import apply_plan
-    from lotdeploy.errors import SecretStoreError
     from lotdeploy.plan.make import make_plan
     from lotdeploy.render import prepare_workspace
-    from lotdeploy.rollout.catchup import files_behind, with_catchup
     from lotdeploy.rollout.confirm import apply_confirmed
     from lotdeploy.rollout.restore import restore_node
     from lotdeploy.rollout.run import resume_rollout, run_rollout, start_rollout
@@ -93,18 +91,7 @@ def apply_rollout(
     state = StateStore(workspace).read()
     standing = state.rollout
     under_way = standing is not None and standing.status in ("paused", "running")
-    try:
-        chosen = only if only is not None else {n.name for n in site.nodes}
-        behind = files_behind(site, workspace, chosen)
-    except SecretStoreError:  # nothing was ever applied: the plan has it all
-        behind = {}
-    extra = sorted(set(behind) - set(fresh.steps))
-    if extra and not as_json:
-        click.echo(
-            f"Behind on files the workspace already holds (not due any more, not yet on the "
-            f"node): {', '.join(extra)}; the rollout writes them."
-        )
-    idle = not fresh.steps and not extra and not any(r.pending for r in state.nodes.values())
+    idle = not fresh.steps and not any(r.pending for r in state.nodes.values())
     if not resume and not under_way and idle:
         if as_json:
             click.echo(dumps({"event": "summary", "changed": [], "failed": []}))
@@ -126,9 +113,7 @@ def apply_rollout(
     transports = transport_factory(site, accept_new_host_keys)
 
     def plan_for(nodes: set[str]) -> Plan:
-        return with_catchup(
-            make_plan(site, workspace, only=nodes, live=live), files_behind(site, workspace, nodes)
-        )
+        return make_plan(site, workspace, only=nodes, live=live)
 
     def apply_wave(nodes: set[str]) -> Any:
         prepare_workspace(site, workspace, datetime.now(UTC))  # what apply does first

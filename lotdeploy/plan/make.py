@@ -63,13 +63,14 @@ def make_plan(
     state = StateStore(workspace).read()
     credentials = credential_facts(state)
     extra = first_password_change(site, credentials)
-    pki, warnings = pki_changes(site, workspace, now)
+    observed = Observed.from_state(state).forget(live[1]) if live else Observed.from_state(state)
+    pki, warnings = pki_changes(site, workspace, now, observed.files)
     extra.extend(pki)
     plan = build_plan(
         site.name,
         site.digest(),
         desired_state(site, credentials),
-        Observed.from_state(state).forget(live[1]) if live else Observed.from_state(state),
+        observed,
         extra,
         warnings + resume_warnings(state) + rollout_warnings(state),
     )

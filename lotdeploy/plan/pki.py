@@ -6,6 +6,8 @@ Read only public certificates and the state document: plan never needs the passp
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 
 from lotdeploy.model import Site
@@ -15,9 +17,15 @@ from lotdeploy.rotation import LABELS
 from lotdeploy.workspace import Workspace
 
 
-def pki_changes(site: Site, workspace: Workspace, now: datetime) -> tuple[list[Change], list[str]]:
+def pki_changes(
+    site: Site,
+    workspace: Workspace,
+    now: datetime,
+    recorded: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+) -> tuple[list[Change], list[str]]:
     """Changes of kind "ca"/"certificate" (TLS nodes only) and "credential" (rotation phases),
-    plus one-line warnings."""
+    plus one-line warnings. `recorded` (node -> file -> {sha256}, from the state) finds the
+    certificates issued for a node that it does not run yet."""
     changes, warnings = credential_changes(site, workspace)
     if not site.tls_nodes:
         return changes, warnings
@@ -87,4 +95,43 @@ def pki_changes(site: Site, workspace: Workspace, now: datetime) -> tuple[list[C
                 ),
             )
         )
+    changes.extend(_certificates_not_on_node(site, workspace, recorded or {}, changes))
     return changes, warnings
+
+
+def _certificates_not_on_node(
+    site: Site,
+    workspace: Workspace,
+    recorded: Mapping[str, Mapping[str, Mapping[str, str]]],
+    changes: list[Change],
+) -> list[Change]:
+    """A certificate in the workspace that differs from the one state says the node has.
+
+    Apply issues what is due for every node before its first step, so after an apply that
+    left nodes out (--limit, a rollout wave, a failed node) their new certificates are no
+    longer due; without this, the next plan would say "No changes" and they would keep the
+    old ones (through phase 2 of a CA rotation, one the old CA signed)."""
+    from lotdeploy.pki.inventory import Inventory, cert_pem
+
+    planned = {c.node for c in changes if c.kind == "certificate"}
+    inventory = Inventory(workspace)
+    found = []
+    for node in site.tls_nodes:
+        have = recorded.get(node.name, {}).get(node.broker.cert_file, {}).get("sha256")
+        if have is None or node.name in planned:
+            continue
+        cert = inventory.load_node_cert(node.name)
+        if cert is None or hashlib.sha256(cert_pem(cert)).hexdigest() == have:
+            continue
+        found.append(
+            Change(
+                "update",
+                "certificate",
+                node.broker.cert_file,
+                node=node.name,
+                region=node.region,
+                reason=f"issued {cert.not_valid_before_utc:%Y-%m-%d}, not yet on the node",
+                attrs=(Attr("serial", f"{cert.serial_number:x}"),),
+            )
+        )
+    return found
