@@ -38,6 +38,9 @@ from lotdeploy.transport.base import Transport
 from lotdeploy.workspace import Workspace
 
 TransportFactory = Callable[[Node], Transport]
+#: The files phase of a run for its nodes: deliver each bundle, record it, reload where
+#: needed (`ssh_files`: over each node's transport; lotdeploy.ansible.deliver: a playbook).
+FilesPhase = Callable[["_Run", list[str], dict[str, Bundle], dict[str, NodeSteps]], None]
 
 
 @dataclass
@@ -113,34 +116,34 @@ class _Run:
             return
 
         def one(name: str) -> None:
-            outcome = self.result.outcomes[name]
             started = time.monotonic()
             self.report(Event(name, step, "start"))
             try:
                 detail = work(name)
             except (LotdeployError, OSError) as exc:
-                seconds = time.monotonic() - started
-                outcome.ok = False
-                outcome.failed_step = step
-                outcome.error = scrub(str(exc))
-                outcome.seconds += seconds
-                self.report(Event(name, step, "fail", outcome.error, seconds))
+                self.failed(name, step, str(exc), time.monotonic() - started)
                 return
-            seconds = time.monotonic() - started
-            outcome.seconds += seconds
-            outcome.steps.append(step)
-            self.report(
-                Event(
-                    name,
-                    step,
-                    "skip" if detail == "skip" else "ok",
-                    "" if detail in (None, "skip") else detail,
-                    seconds,
-                )
-            )
+            self.done(name, step, detail, time.monotonic() - started)
 
         with ThreadPoolExecutor(max_workers=min(self.parallelism, len(names))) as pool:
             list(pool.map(one, names))
+
+    def failed(self, name: str, step: str, error: str, seconds: float) -> None:
+        """Node `name` failed `step`: it is left out of the later phases."""
+        outcome = self.result.outcomes[name]
+        outcome.ok = False
+        outcome.failed_step = step
+        outcome.error = scrub(error)
+        outcome.seconds += seconds
+        self.report(Event(name, step, "fail", outcome.error, seconds))
+
+    def done(self, name: str, step: str, detail: str | None, seconds: float) -> None:
+        """Node `name` did `step` (`detail` "skip": it had nothing to do)."""
+        outcome = self.result.outcomes[name]
+        outcome.seconds += seconds
+        outcome.steps.append(step)
+        shown = "" if detail in (None, "skip") else detail
+        self.report(Event(name, step, "skip" if detail == "skip" else "ok", shown, seconds))
 
     def record(self, name: str, change: Callable[[NodeRecord], None]) -> None:
         with self.store.transaction() as state:
@@ -156,8 +159,10 @@ def apply_plan(
     parallelism: int = 10,
     now: datetime | None = None,
     only: set[str] | None = None,
+    files_phase: FilesPhase | None = None,
 ) -> ApplyResult:
-    """Do what `plan` says on its nodes (those in `only`, when given)."""
+    """Do what `plan` says on its nodes (those in `only`, when given). `files_phase`
+    delivers the files (default `ssh_files`); everything after it is the same for all."""
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
     pending = {n: set(r.pending) for n, r in state.nodes.items() if r.pending}
@@ -191,7 +196,7 @@ def apply_plan(
                 {*record.pending, "activate", *(["reload"] if steps[name].reload else [])}
             )
     try:
-        run.each("files", targets, lambda n: _files(run, n, bundles[n], steps[n]))
+        (files_phase or ssh_files)(run, targets, bundles, steps)
         run.each(
             "capabilities",
             [n for n in targets if not _known_broker(run, n)],
@@ -222,6 +227,29 @@ def apply_plan(
 # -- the steps ---------------------------------------------------------------------------
 
 
+def ssh_files(
+    run: _Run, targets: list[str], bundles: dict[str, Bundle], steps: dict[str, NodeSteps]
+) -> None:
+    """The files phase over each node's own transport, up to `parallelism` nodes at once."""
+    run.each("files", targets, lambda n: _files(run, n, bundles[n], steps[n]))
+
+
+def record_files(run: _Run, name: str, bundle: Bundle, rid: str, previous: str | None) -> None:
+    """State after a node's files are in place: what it has, and the release before."""
+
+    def files(record: NodeRecord) -> None:
+        record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
+        if previous != rid:
+            record.previous_release = previous
+        record.release = rid
+
+    run.record(name, files)
+
+
+def clear_pending_reload(run: _Run, name: str) -> None:
+    run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
+
+
 def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None:
     node = run.site.node(name)
     if not steps.files and not steps.reload:
@@ -235,18 +263,11 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
     if not facts.has_release or facts.current != rid or changed:
         release.install_release(transport, node, bundle, rid, facts, changed)
     outcome.uploaded = not facts.has_release
-
-    def files(record: NodeRecord) -> None:
-        record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
-        if facts.current != rid:
-            record.previous_release = facts.current
-        record.release = rid
-
-    run.record(name, files)
+    record_files(run, name, bundle, rid, facts.current)
     if changed or steps.reload:
         release.run_reload(transport, node)
         outcome.reloaded = True
-    run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
+    clear_pending_reload(run, name)
     done = "uploaded" if outcome.uploaded else "already on the node"
     return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
 

@@ -122,4 +122,9 @@ def resolve(spec: SiteSpec, source_file: Path, base_dir: Path) -> Site:
         templates_dir=templates_dir,
         base_dir=base_dir,
         mesh=mesh,
+        transport=spec.transport,
+        ansible_python_interpreter=spec.ansible.python_interpreter,
+        ansible_vault_password_file=(
+            Path(spec.ansible.vault_password_file) if spec.ansible.vault_password_file else None
+        ),
     )

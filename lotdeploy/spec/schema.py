@@ -275,6 +275,20 @@ class PkiSettings(_Strict):
     )
 
 
+class AnsibleSettings(_Strict):
+    """The Ansible transport (docs/ansible.md)."""
+
+    vault_password_file: LocalPath | None = Field(
+        None,
+        description="encrypt the secret files handed to Ansible with Ansible Vault, with the "
+        "password in this file (relative to the site file)",
+    )
+    python_interpreter: NodePath = Field(
+        "/usr/bin/python3",
+        description="the nodes' Python for Ansible modules (ansible_python_interpreter)",
+    )
+
+
 class SiteSpec(_Strict):
     """A whole cluster of Coreflux brokers."""
 
@@ -299,6 +313,10 @@ class SiteSpec(_Strict):
     nodes: list[NodeSpec] = Field(min_length=1)
     links: list[LinkOverride] = Field(default_factory=list)
     pki: PkiSettings = Field(default_factory=lambda: PkiSettings())
+    transport: Literal["ssh", "ansible"] = Field(
+        "ssh", description="how apply delivers files: ssh (fabric) or ansible (ansible-runner)"
+    )
+    ansible: AnsibleSettings = Field(default_factory=lambda: AnsibleSettings())
 
 
 def json_schema() -> dict[str, object]:
