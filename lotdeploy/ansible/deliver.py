@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from lotdeploy.ansible.inventory import inventory_text
 from lotdeploy.ansible.runner import PlaybookRun, PrivateDataDir, run_playbook
+from lotdeploy.ansible.vault import vault_file
 from lotdeploy.apply import release
 from lotdeploy.apply.engine import FilesPhase, _Run, clear_pending_reload, record_files
 from lotdeploy.apply.events import Event
@@ -98,6 +99,7 @@ class AnsibleFiles:
             accept_new_host_keys=self.accept_new_host_keys,
             on_event=progress,
             settings=self.settings,
+            vault_password_file=vault_file(site),
             hide_env=[
                 n.broker.admin_password_env for n in site.nodes if n.broker.admin_password_env
             ],

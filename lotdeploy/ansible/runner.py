@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -132,18 +133,14 @@ class PrivateDataDir:
         return self.root / "bundles"
 
     @contextlib.contextmanager
-    def secret_files(self, files: dict[str, list[tuple[str, bytes, int]]]) -> Iterator[Path]:
-        """bundles/<node>/<name> for the run (mode 0600, directories 0700); always removed."""
+    def secret_files(
+        self, files: dict[str, list[tuple[str, bytes, int]]], vault: Path | None = None
+    ) -> Iterator[Path]:
+        """bundles/<node>/<name> for the run (mode 0600, directories 0700; vault-encrypted
+        with `vault`); always removed afterwards."""
         shutil.rmtree(self.bundles, ignore_errors=True)
         try:
-            self.bundles.mkdir(mode=0o700)
-            for node, entries in files.items():
-                directory = self.bundles / node
-                directory.mkdir(mode=0o700)
-                for name, data, _mode in entries:
-                    fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(data)
+            write_secret_files(self.bundles, files, vault)
             yield self.bundles
         finally:
             shutil.rmtree(self.bundles, ignore_errors=True)
@@ -190,6 +187,31 @@ class PrivateDataDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def write_secret_files(
+    directory: Path, files: dict[str, list[tuple[str, bytes, int]]], vault: Path | None = None
+) -> None:
+    """DIR/<node>/<name>, each file 0600 in 0700 directories (Ansible Vault with `vault`)."""
+    password = None
+    if vault is not None:
+        from lotdeploy.ansible.vault import vault_password
+
+        password = vault_password(vault)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for node, entries in files.items():
+        (directory / node).mkdir(mode=0o700, exist_ok=True)
+        for name, data, _mode in entries:
+            if password is not None:
+                from lotdeploy.ansible.vault import encrypt
+
+                data = encrypt(data, password)
+            path = directory / node / name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+
+
 def _close_masters(control_dir: Path) -> None:
     """End the SSH control masters of a run (ControlPersist would keep them a minute)."""
     for socket_path in control_dir.iterdir():
@@ -219,6 +241,7 @@ def run_playbook(
     on_event: EventSink | None = None,
     settings: dict[str, str] | None = None,
     hide_env: list[str] | None = None,
+    vault_password_file: Path | None = None,
 ) -> PlaybookRun:
     """Run `playbook` (one of the shipped ones) on `nodes` and say what it did per host."""
     import ansible_runner
@@ -290,10 +313,14 @@ def run_playbook(
                 on_event(host, task, "unreachable")
         return True
 
-    cmdline = " ".join(x for x in ("--check" if check else "", "--diff" if diff else "") if x)
+    words = ["--check"] if check else []
+    words += ["--diff"] if diff else []
+    if vault_password_file is not None:
+        words += ["--vault-password-file", str(Path(vault_password_file).resolve())]
+    cmdline = shlex.join(words)
     extra = {"lotdeploy_bundles": str(pdd.bundles), **(extravars or {})}
     try:
-        with pdd.secret_files(files or {}):
+        with pdd.secret_files(files or {}, vault_password_file):
             runner = ansible_runner.run(
                 private_data_dir=str(pdd.root),
                 project_dir=str(PLAYBOOKS),

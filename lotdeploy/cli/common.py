@@ -111,8 +111,8 @@ def transport_factory(
     """How every command reaches a node: SSH, strict host keys (opt-in to accept new ones).
     `kind` (else the site's `transport:`) "ansible": OpenSSH with the inventory's options."""
     if (kind or site.transport) == "ansible":
-        from lotdeploy.ansible.hostvars import ssh_options
         from lotdeploy.transport.openssh import OpenSshTransport
+        from lotdeploy.transport.sshopts import ssh_options
 
         def make_openssh(node: Node) -> Transport:
             return OpenSshTransport(

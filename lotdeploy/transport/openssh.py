@@ -3,7 +3,7 @@
 The Ansible transport's command channel: Ansible delivers the files, and lotdeploy's own
 steps (capabilities, users, routes through `lotdeploy.apply.activate.admin_session`, drift,
 doctor) reach the node through this transport, built from exactly the options the generated
-inventory gives Ansible (`lotdeploy.ansible.hostvars`): strict host keys against the site's
+inventory gives Ansible (`lotdeploy.transport.sshopts`): strict host keys against the site's
 known_hosts, the same user, port, key and jump. No paramiko on this path.
 
 One master connection (`ssh -M -N`, ControlPath in a private 0700 directory) per node; every
@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lotdeploy.ansible.hostvars import SshOptions
 from lotdeploy.secret import scrub
 from lotdeploy.transport.base import (
     COMMAND_TIMEOUT,
@@ -33,6 +32,7 @@ from lotdeploy.transport.base import (
     TransportError,
 )
 from lotdeploy.transport.ssh import _tail, command_label
+from lotdeploy.transport.sshopts import SshOptions
 
 _HOST_KEY_WORDS = ("host key verification failed", "remote host identification has changed")
 
