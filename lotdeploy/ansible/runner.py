@@ -104,16 +104,19 @@ EventSink = Callable[[str, str, str], None]  # (node, task, status)
 
 
 def _message(res: dict[str, Any]) -> str:
-    """Ansible's own words for a failure, short."""
+    """Ansible's own words for a failure, short: the last lines of its message (where
+    OpenSSH puts "Host key verification failed.") and of the task's stderr."""
     if res.get("censored"):
         return "a task that handles secrets failed (its output is hidden: no_log)"
-    parts = [str(res.get("msg") or "").strip()]
-    for key in ("stderr", "module_stderr"):
-        text = str(res.get(key) or "").strip()
-        if text:
-            parts.append(" | ".join(text.splitlines()[-3:]))
+    parts = []
+    for key in ("msg", "stderr", "module_stderr"):
+        lines = [line.strip() for line in str(res.get(key) or "").splitlines() if line.strip()]
+        lines = [line for line in lines if not set(line) <= {"@"}]
+        if lines:
+            parts.append(" | ".join(lines[-3:])[-400:])
+        if key != "msg" and lines:
             break
-    return scrub("; ".join(p for p in parts if p)[:600]) or "failed"
+    return scrub("; ".join(parts)) or "failed"
 
 
 class PrivateDataDir:
@@ -265,6 +268,10 @@ def run_playbook(
         "ANSIBLE_HOME": str(pdd.root / ".ansible"),
         "ANSIBLE_LOCAL_TEMP": str(pdd.root / ".ansible" / "tmp"),
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
+        # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless told otherwise; then
+        # Ansible passes StrictHostKeyChecking=no ahead of the inventory's =yes (OpenSSH
+        # takes the first value) and a changed host key is accepted. Never.
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         **(settings or {}),
     }
     # ansible-runner records the environment of the run in its artifacts (`command`): no
