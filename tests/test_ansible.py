@@ -29,7 +29,7 @@ from lotdeploy.lab.hosts import NODE_RELEASE_DIR, Layout
 from lotdeploy.render import iter_bundles
 from lotdeploy.state import StateStore
 from tests.lab_fixtures import lab_cli, skip_unless_root
-from tests.test_apply import Lab, events, lab_up, steps_of, summary
+from tests.test_apply import Lab, lab_up, steps_of, summary
 
 pytestmark = pytest.mark.root
 
@@ -317,7 +317,7 @@ def test_a_cut_node_fails_that_node_only_and_a_rerun_converges(lab: Lab) -> None
 
 def test_rollback_restores_the_previous_release(lab: Lab) -> None:
     before = {n: snapshot(lab, n)["lines"] for n in lab.nodes}
-    lab.cli("apply", _validity(lab, 65), "--auto-approve", "--transport", "ansible")
+    lab.cli("apply", _validity(lab, 65), "--auto-approve", "--transport", "ssh")
     assert {n: snapshot(lab, n)["lines"] for n in lab.nodes} != before
     reloads = {n: lab.reloads(n) for n in lab.nodes}
     run = deploy_direct(lab, playbook="rollback.yml")
@@ -375,11 +375,10 @@ def test_the_export_deploys_with_plain_ansible_playbook(lab: Lab) -> None:
 
 
 def test_no_secret_in_artifacts_events_or_the_private_data_directory(lab: Lab) -> None:
-    proc = lab.cli(
-        "apply", _validity(lab, 85), "--auto-approve", "--transport", "ansible", "--json"
-    )
-    assert events(proc)
-    deploy_direct(lab, _validity(lab, 85), check=True)
+    """Last: every run of the module (applies, --check --diff, rollback, failures) left its
+    artifacts and events in the private data directory; grep them all, and every output."""
+    if not lab.state().nodes:
+        lab.cli("apply", lab.site_file, "--auto-approve", "--transport", "ansible", "--json")
     store = lab.workspace().secrets()
     values = {name: store.get(name).reveal() for name in store.names()}  # type: ignore[union-attr]
     values["admin password"] = Layout(lab.dir).password_file.read_text().strip()
@@ -408,3 +407,31 @@ def test_no_secret_in_artifacts_events_or_the_private_data_directory(lab: Lab) -
     assert oct(pdd.stat().st_mode & 0o777) == "0o700"
     restore(lab)
     shutil.rmtree(lab.dir / "export", ignore_errors=True)
+
+
+# -- the site's `transport:` and `ansible:` settings -----------------------------------------
+
+SITE = """site: s
+nodes:
+  - {name: a, address: 10.0.0.1}
+  - {name: b, address: 10.0.0.2}
+"""
+
+
+def test_the_site_chooses_the_transport_and_a_wrong_one_names_its_line(tmp_path: Path) -> None:
+    from lotdeploy.errors import SpecError
+    from lotdeploy.spec import load_site_text
+
+    assert load_site_text(SITE, "site.yaml", tmp_path).site.transport == "ssh"
+    text = SITE + "transport: ansible\nansible:\n  vault_password_file: vault.txt\n"
+    site = load_site_text(text, "site.yaml", tmp_path).site
+    assert site.transport == "ansible" and site.ansible_vault_password_file == Path("vault.txt")
+    assert site.ansible_python_interpreter == "/usr/bin/python3"
+    # the transport is not part of what the site means: the same digest
+    assert site.digest() == load_site_text(SITE, "site.yaml", tmp_path).site.digest()
+    with pytest.raises(SpecError) as info:
+        load_site_text(SITE + "transport: ftp\n", "site.yaml", tmp_path)
+    assert "site.yaml:5:" in str(info.value) and "transport" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        load_site_text(SITE + "ansible:\n  forks: 3\n", "site.yaml", tmp_path)
+    assert "site.yaml:6:" in str(info.value)
