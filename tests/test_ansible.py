@@ -308,6 +308,7 @@ def test_a_cut_node_fails_that_node_only_and_a_rerun_converges(lab: Lab) -> None
         assert lab_cli(lab.dir, "heal", "us1").returncode == 0
     failed = {f["node"]: f for f in summary(proc)["failed"]}
     assert set(failed) == {"us1"} and "unreachable" in failed["us1"]["error"], failed
+    assert not (lab.workspace().root / "ansible" / "bundles").exists()  # removed on failure
     assert summary(proc)["changed"] == ["eu1", "eu2"]
     proc = lab.cli("apply", changed, "--auto-approve", "--transport", "ansible", "--json")
     assert summary(proc)["failed"] == []

@@ -247,7 +247,13 @@ def run_playbook(
     vault_password_file: Path | None = None,
 ) -> PlaybookRun:
     """Run `playbook` (one of the shipped ones) on `nodes` and say what it did per host."""
-    import ansible_runner
+    try:
+        import ansible_runner
+    except ImportError:
+        raise LotdeployError(
+            "the Ansible transport needs ansible-runner and ansible-core: "
+            "pip install 'lotdeploy[ansible]' (docs/ansible.md)"
+        ) from None
 
     pdd.prepare(forks)
     atomic_write(pdd.root / "inventory" / "hosts.yml", inventory, 0o600)
