@@ -276,7 +276,7 @@ def test_a_host_key_mismatch_fails_that_host_only(lab: Lab) -> None:
 
     def change(doc: dict[str, Any]) -> None:
         doc["defaults"]["ssh"]["known_hosts"] = "known_hosts.bad"
-        doc["defaults"]["message_validity_sec"] = 50
+        doc["defaults"].update(message_validity_sec=50, cross_region_message_validity_sec=110)
 
     proc = lab.cli(
         "apply",

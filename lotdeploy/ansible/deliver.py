@@ -11,6 +11,7 @@ helpers. Each host's failure fails that node only, with Ansible's message.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lotdeploy.ansible.inventory import inventory_text
@@ -19,6 +20,7 @@ from lotdeploy.ansible.vault import vault_file
 from lotdeploy.apply import release
 from lotdeploy.apply.engine import FilesPhase, _Run, clear_pending_reload, record_files
 from lotdeploy.apply.events import Event
+from lotdeploy.errors import LotdeployError
 from lotdeploy.plan.diff import NodeSteps
 from lotdeploy.render import ROUTE_FILE, Bundle
 
@@ -87,23 +89,12 @@ class AnsibleFiles:
             if status == "start":
                 run.report(Event(node, "files", "start", f"ansible: {task}"))
 
-        site = run.site
-        played = run_playbook(
-            PrivateDataDir(run.workspace.root),
-            "deploy.yml",
-            inventory_text(site, [site.node(n) for n in todo]),
-            todo,
-            run_vars={n: run_vars(bundles[n], steps[n].reload) for n in todo},
-            files={n: bundle_files(bundles[n]) for n in todo},
-            forks=run.parallelism,
-            accept_new_host_keys=self.accept_new_host_keys,
-            on_event=progress,
-            settings=self.settings,
-            vault_password_file=vault_file(site),
-            hide_env=[
-                n.broker.admin_password_env for n in site.nodes if n.broker.admin_password_env
-            ],
-        )
+        try:
+            played = self._play(run, todo, bundles, steps, progress)
+        except LotdeployError as exc:  # the runner itself failed: every node of the run
+            for name in todo:
+                run.failed(name, "files", str(exc), time.monotonic() - started)
+            return
         self.last = played
         seconds = time.monotonic() - started
         for name in todo:
@@ -122,6 +113,32 @@ class AnsibleFiles:
             done = "uploaded" if outcome.uploaded else "already on the node"
             detail = f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
             run.done(name, "files", f"{detail}; ansible run {played.ident}", seconds)
+
+    def _play(
+        self,
+        run: _Run,
+        todo: list[str],
+        bundles: dict[str, Bundle],
+        steps: dict[str, NodeSteps],
+        progress: Callable[[str, str, str], None],
+    ) -> PlaybookRun:
+        site = run.site
+        return run_playbook(
+            PrivateDataDir(run.workspace.root),
+            "deploy.yml",
+            inventory_text(site, [site.node(n) for n in todo]),
+            todo,
+            run_vars={n: run_vars(bundles[n], steps[n].reload) for n in todo},
+            files={n: bundle_files(bundles[n]) for n in todo},
+            forks=run.parallelism,
+            accept_new_host_keys=self.accept_new_host_keys,
+            on_event=progress,
+            settings=self.settings,
+            vault_password_file=vault_file(site),
+            hide_env=[
+                n.broker.admin_password_env for n in site.nodes if n.broker.admin_password_env
+            ],
+        )
 
 
 def ansible_files(accept_new_host_keys: bool = False) -> FilesPhase:
