@@ -177,6 +177,10 @@ def plan(
         click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
     if out_file is not None:
         write_plan(the_plan, out_file)
+    from lotdeploy.verify.output import plan_advice  # the last verify's validity advice
+
+    for line in plan_advice(loaded.site, workspace):
+        click.echo(scrub(line), err=True)
     # what a bare `lotdeploy apply` applies; a plan without changes too, so an older one
     # is never what a bare apply finds after `plan` said "No changes"
     if the_plan.has_changes or workspace.root.exists():

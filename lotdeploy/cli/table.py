@@ -80,6 +80,10 @@ COMMANDS = {
         "lotdeploy.cli.inspect:status",
         "Ask each node's broker which routes it runs, and whether each is connected.",
     ),
+    "verify": LazyCommand(
+        "lotdeploy.cli.verify:verify",
+        "Prove every node runs what was applied and every link carries messages.",
+    ),
     "force-unlock": LazyCommand(
         "lotdeploy.cli.deploy:force_unlock",
         "Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).",

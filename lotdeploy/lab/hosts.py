@@ -56,6 +56,8 @@ def nested_mountpoints() -> list[tuple[str, str]]:
             if outer != what and target.startswith(outer_target.rstrip("/") + "/"):
                 found.append((outer, target[len(outer_target.rstrip("/")) + 1 :]))
     return found
+
+
 _MOUNT_SCRIPT = (
     'set -e; while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done; shift; exec "$@"'
 )

@@ -1,0 +1,148 @@
+"""`lotdeploy verify`: prove every node and every link, show it, keep it (docs/verify.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lotdeploy.cli.common import load, open_workspace, transport_factory, workspace_option
+from lotdeploy.cli.deploy import _options, limit_options, ssh_options
+from lotdeploy.exitstatus import ExitStatus
+
+
+@click.command()
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@workspace_option
+@click.option("--json", "as_json", is_flag=True, help="The whole result as JSON on stdout.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.5, 300),
+    default=5.0,
+    show_default=True,
+    help="Seconds a probe may take to arrive (also bounds each connect and handshake).",
+)
+@click.option(
+    "--probes",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="Probes per link; latency is their median.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a self-contained HTML report (heatmap, topology, every failure) here.",
+)
+@click.option(
+    "--prometheus",
+    "prometheus_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write per-link up/latency and certificate expiry for node_exporter's textfile "
+    "collector (atomically).",
+)
+@click.option(
+    "--topic-prefix",
+    default="lotdeploy/probe/",
+    show_default=True,
+    help="Topic space of the probes (the run id follows).",
+)
+@click.option(
+    "--reconnect-allowance",
+    type=click.FloatRange(0, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds your brokers may wait before reconnecting a route (validity advice).",
+)
+@_options(limit_options + ssh_options)
+def verify(
+    site: Path,
+    workspace_dir: Path | None,
+    as_json: bool,
+    timeout: float,
+    probes: int,
+    report_file: Path | None,
+    prometheus_file: Path | None,
+    topic_prefix: str,
+    reconnect_allowance: float,
+    limit: tuple[str, ...],
+    exclude: tuple[str, ...],
+    accept_new_host_keys: bool,
+    parallelism: int,
+) -> None:
+    """Prove every node runs what was applied and every link carries messages.
+
+    Per node: SSH, the release against state, a TLS handshake verifying the site CA and
+    the node's names, the broker's routes. Per link (ordered pair): probes published on
+    the source arrive on the target exactly once; latency, loss, duplicates. Exit 0 only
+    when everything passed, 1 otherwise. With --limit, the chosen nodes' checks and every
+    link into or out of them.
+
+    \b
+    Example:
+      lotdeploy verify site.yaml --report verify.html
+    """
+    from lotdeploy.cli.term import print_table
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.secret import dumps, scrub
+    from lotdeploy.selection import select_nodes
+    from lotdeploy.verify import VerifyOptions, run_verify
+    from lotdeploy.verify.output import (
+        node_rows,
+        save_last,
+        terminal_text,
+        write_prometheus,
+    )
+    from lotdeploy.verify.report import html_report
+
+    if topic_prefix.strip("/") == "" or any(c in topic_prefix for c in "#+\0"):
+        raise click.BadParameter("a topic prefix without wildcards", param_hint="--topic-prefix")
+    loaded = load(site)
+    workspace = open_workspace(site, workspace_dir)
+    only = select_nodes(loaded.site, limit, exclude)
+    options = VerifyOptions(
+        timeout=timeout,
+        probes=probes,
+        topic_prefix=topic_prefix if topic_prefix.endswith("/") else topic_prefix + "/",
+        parallelism=parallelism,
+        reconnect_allowance=reconnect_allowance,
+    )
+    result = run_verify(
+        loaded.site,
+        workspace,
+        transport_factory(loaded.site, accept_new_host_keys),
+        nodes=frozenset(only) if only is not None else None,
+        options=options,
+    )
+    written: list[str] = []
+    try:
+        save_last(workspace, result)
+        if report_file is not None:
+            from lotdeploy.fsutil import atomic_write
+
+            atomic_write(report_file, html_report(result))
+            written.append(f"HTML report: {report_file.resolve()}")
+        if prometheus_file is not None:
+            write_prometheus(result, prometheus_file)
+            written.append(f"Prometheus textfile: {prometheus_file.resolve()}")
+    except OSError as exc:
+        raise LotdeployError(f"cannot write the verify output: {exc.strerror or exc}") from None
+    if as_json:
+        click.echo(dumps(result.to_json()))
+    else:
+        click.echo(
+            f"lotdeploy verify: site {result.site}, run {result.run_id} "
+            f"({len(result.checked)} node(s), {len(result.link_checks())} link(s))"
+        )
+        click.echo("")
+        header, rows = node_rows(result)
+        if rows:
+            print_table(header, rows)
+        for line in terminal_text(result):
+            click.echo(scrub(line))
+        for line in written:
+            click.echo(line)
+    if not result.ok:
+        sys.exit(ExitStatus.ERROR)

@@ -1,0 +1,294 @@
+"""What a verify result looks like outside the process: terminal text (tables and the latency
+matrix grouped by region), the Prometheus textfile, and the last result kept in the
+workspace (`.lotdeploy/verify/last.json`, for `plan`'s advice).
+
+Builders here are pure (result in, text out); only `write_prometheus` and `save_last` touch
+files, atomically. A result holds no secret (reasons are scrubbed when made); every text is
+scrubbed once more on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from lotdeploy.fsutil import atomic_write
+from lotdeploy.model import Site
+from lotdeploy.secret import scrub
+from lotdeploy.verify.result import NODE_KINDS, Check, VerifyResult, link_subject
+from lotdeploy.workspace import Workspace
+
+LAST_FILE = "last.json"
+DASH = "·"
+
+
+def regions(result: VerifyResult) -> dict[str, list[str]]:
+    """region -> its node names, both sorted: the order every matrix and table uses."""
+    found: dict[str, list[str]] = {}
+    for info in sorted(result.nodes.values(), key=lambda n: (n.region, n.name)):
+        found.setdefault(info.region, []).append(info.name)
+    return found
+
+
+def node_rows(result: VerifyResult) -> tuple[list[str], list[list[str]]]:
+    """The node table: one row per checked node, a column per node check."""
+    by = {(c.subject, c.kind): c for c in result.checks if c.link is None}
+    header = ["node", "region", *NODE_KINDS]
+    rows = []
+    for name in sorted(result.checked, key=lambda n: (result.nodes[n].region, n)):
+        row = [name, result.nodes[name].region]
+        for kind in NODE_KINDS:
+            check = by.get((name, kind))
+            if check is None:
+                row.append("-")
+            elif kind == "tls" and check.days_left is not None:
+                row.append(f"{check.status} ({check.days_left} d)")
+            else:
+                row.append(check.status)
+        rows.append(row)
+    return header, rows
+
+
+def link_cell(result: VerifyResult, source: str, target: str) -> str:
+    """One matrix cell: the median latency in ms, or why there is none."""
+    if source == target:
+        return DASH
+    checks = [c for c in result.checks if c.subject == link_subject(source, target)]
+    if not checks:
+        return ""  # not probed (verify was limited to other nodes)
+    link = next((c for c in checks if c.kind == "link"), None)
+    ok = all(c.ok for c in checks)
+    if link is None or link.latency_ms is None:
+        return "FAIL" if not ok else "?"
+    text = f"{link.latency_ms:.1f}"
+    return text if ok else f"{text}!"
+
+
+def matrix_lines(result: VerifyResult) -> list[str]:
+    """The latency matrix, rows = from, columns = to, grouped by region."""
+    groups = regions(result)
+    order = [(r, n) for r, names in groups.items() for n in names]
+    if len(order) < 2 or not result.link_checks():
+        return []
+    cells = {(s, t): link_cell(result, s, t) for _, s in order for _, t in order}
+    width = max(6, *(len(c) for c in cells.values()), *(len(n) for _, n in order))
+    rwidth = max(len(r) for r, _ in order)
+    nwidth = max(len(n) for _, n in order)
+    lead = " " * (rwidth + nwidth + 4)
+    head_regions, head_nodes = lead, lead
+    for region, names in groups.items():
+        span = (width + 2) * len(names)
+        head_regions += region.ljust(span)
+        head_nodes += "".join(n.rjust(width) + "  " for n in names)
+    lines = [head_regions.rstrip(), head_nodes.rstrip()]
+    previous = None
+    for region, source in order:
+        label = region if region != previous else ""
+        previous = region
+        row = f"{label.ljust(rwidth)}  {source.ljust(nwidth)}  "
+        row += "".join(cells[(source, t)].rjust(width) + "  " for _, t in order)
+        lines.append(row.rstrip())
+    return lines
+
+
+def problem_lines(result: VerifyResult) -> list[str]:
+    return [f"{c.subject}: {c.kind}: {c.status}: {c.reason}" for c in result.problems()]
+
+
+def summary_line(result: VerifyResult) -> str:
+    counts = result.counts()
+    links = len(result.link_checks())
+    verdict = "all checks passed" if result.ok else "FAILED"
+    return (
+        f"Verify {verdict}: {counts['pass']} passed, {counts['fail']} failed, "
+        f"{counts['inconclusive']} inconclusive ({len(result.checked)} node(s), {links} link(s), "
+        f"{result.seconds:.1f}s)."
+    )
+
+
+def terminal_text(result: VerifyResult) -> Iterator[str]:
+    """Everything but the node table (which the CLI draws with its table printer)."""
+    matrix = matrix_lines(result)
+    if matrix:
+        yield ""
+        yield (
+            f"latency, ms (median of {result.probes_per_link} probes; row: from, column: to; "
+            "! = the link failed)"
+        )
+        yield from matrix
+    problems = problem_lines(result)
+    if problems:
+        yield ""
+        yield "Failed or inconclusive:"
+        yield from (f"  {line}" for line in problems)
+    if result.advice:
+        yield ""
+        yield "Message-validity advice (docs/verify.md):"
+        yield from (f"  {a.message}" for a in result.advice)
+    yield ""
+    yield summary_line(result)
+
+
+# -- Prometheus --------------------------------------------------------------------------
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(result: VerifyResult) -> str:
+    """Prometheus text format for node_exporter's textfile collector: per link up and
+    latency, per node certificate expiry and check status, and the run itself."""
+    site = _label(result.site)
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{{{labels}}} {value:g}" for labels, value in samples)
+
+    def link_labels(check: Check) -> str:
+        pair = check.link
+        assert pair is not None
+        src, dst = result.nodes[pair[0]], result.nodes[pair[1]]
+        return (
+            f'site="{site}",source="{_label(src.name)}",target="{_label(dst.name)}",'
+            f'source_region="{_label(src.region)}",target_region="{_label(dst.region)}"'
+        )
+
+    links = {c.subject: c for c in result.link_checks()}
+    link_ok = {
+        subject: all(c.ok for c in result.checks if c.subject == subject) for subject in links
+    }
+    metric(
+        "lotdeploy_verify_link_up",
+        "gauge",
+        "1 if probes crossed the link exactly once and its route is connected.",
+        [(link_labels(c), 1.0 if link_ok[s] else 0.0) for s, c in sorted(links.items())],
+    )
+    metric(
+        "lotdeploy_verify_link_latency_seconds",
+        "gauge",
+        "Median one-way probe latency of the link.",
+        [
+            (link_labels(c), c.latency_ms / 1000)
+            for _, c in sorted(links.items())
+            if c.latency_ms is not None
+        ],
+    )
+    metric(
+        "lotdeploy_verify_link_probes_lost",
+        "gauge",
+        "Probes that never arrived.",
+        [(link_labels(c), float(c.loss)) for _, c in sorted(links.items()) if c.loss is not None],
+    )
+    metric(
+        "lotdeploy_verify_link_probes_duplicated",
+        "gauge",
+        "Extra deliveries of probes.",
+        [
+            (link_labels(c), float(c.duplicates))
+            for _, c in sorted(links.items())
+            if c.duplicates is not None
+        ],
+    )
+    metric(
+        "lotdeploy_verify_certificate_expiry_days",
+        "gauge",
+        "Days until the node's broker certificate expires (as served on its TLS port).",
+        [
+            (f'site="{site}",node="{_label(c.subject)}"', float(c.days_left))
+            for c in result.checks
+            if c.kind == "tls" and c.days_left is not None
+        ],
+    )
+    metric(
+        "lotdeploy_verify_check_ok",
+        "gauge",
+        "1 if the node check passed.",
+        [
+            (f'site="{site}",node="{_label(c.subject)}",check="{c.kind}"', 1.0 if c.ok else 0.0)
+            for c in result.checks
+            if c.link is None
+        ],
+    )
+    metric(
+        "lotdeploy_verify_success",
+        "gauge",
+        "1 if every check of the last verify passed.",
+        [(f'site="{site}"', 1.0 if result.ok else 0.0)],
+    )
+    metric(
+        "lotdeploy_verify_duration_seconds",
+        "gauge",
+        "Wall time of the last verify.",
+        [(f'site="{site}"', round(result.seconds, 3))],
+    )
+    metric(
+        "lotdeploy_verify_last_run_timestamp_seconds",
+        "gauge",
+        "When the last verify started (Unix time).",
+        [(f'site="{site}"', _unix(result.started_at))],
+    )
+    return scrub("\n".join(out) + "\n")
+
+
+def _unix(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def write_prometheus(result: VerifyResult, path: Path) -> None:
+    """Atomically (the collector must never read half a file), mode 0644."""
+    atomic_write(path, prometheus_text(result), mode=0o644)
+
+
+# -- the last result, in the workspace ---------------------------------------------------
+
+
+def last_path(workspace: Workspace) -> Path:
+    return workspace.root / "verify" / LAST_FILE
+
+
+def save_last(workspace: Workspace, result: VerifyResult) -> Path:
+    path = last_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, scrub(json.dumps(result.to_json(), indent=1, sort_keys=True)) + "\n")
+    return path
+
+
+def load_last(workspace: Workspace) -> VerifyResult | None:
+    """The last saved result, None when there is none or it cannot be read."""
+    path = last_path(workspace)
+    try:
+        return VerifyResult.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def plan_advice(site: Site, workspace: Workspace) -> list[str]:
+    """The last verify's advice, for `plan`: every link it measured, judged against the
+    validity the site gives the link *now* (a window raised since is no longer advised)."""
+    from lotdeploy.verify.advice import advise
+
+    last = load_last(workspace)
+    if last is None or last.site != site.name:
+        return []
+    measured = last.latency()
+    lines = []
+    for link in site.links:
+        latency = measured.get((link.source, link.target))
+        if latency is None:
+            continue
+        found = advise(
+            link.source,
+            link.target,
+            latency,
+            link.message_validity_sec,
+            last.reconnect_allowance,
+        )
+        if found is not None:
+            lines.append(f"advice (verify {last.run_id}): {found.message}")
+    return lines
