@@ -125,6 +125,16 @@ def deploy_direct(
     return run
 
 
+def verify_over(lab: Lab, transport: str) -> None:
+    """`lotdeploy verify`'s own checks (run_verify) through the given transport's channel."""
+    from lotdeploy.cli.common import transport_factory
+    from lotdeploy.verify import run_verify
+
+    site = lab.site()
+    result = run_verify(site, lab.workspace(), transport_factory(site, False, transport))
+    assert result.ok, json.dumps(result.to_json(), indent=1)[:3000]
+
+
 def restore(lab: Lab) -> None:
     """Back to the site (over SSH), drift clean."""
     lab.cli("apply", lab.site_file, "--auto-approve", "--refresh", "--transport", "ssh")
@@ -212,6 +222,7 @@ def test_apply_via_ansible_makes_a_working_mesh(lab: Lab) -> None:
     for name in lab.nodes:
         assert state.nodes[name].users == ["cluster"] and not state.nodes[name].pending
     lab.cli("drift", lab.site_file, "--transport", "ansible")
+    verify_over(lab, "ansible")
     runs = lab.cli("ansible-runs", lab.site_file).stdout
     assert "successful" in runs and "deploy" in runs
     # a second apply: nothing to do, whichever transport
@@ -255,6 +266,7 @@ def test_parity_with_the_ssh_transport_and_switching_is_a_no_op(lab: Lab) -> Non
     lab.wait_mesh()
     by_ssh = node_states(lab)
     assert by_ssh == by_ansible
+    verify_over(lab, "ssh")
     # switching back: plan finds nothing to do, and Ansible finds every file as it wants it
     assert (
         "No changes"
