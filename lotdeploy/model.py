@@ -195,6 +195,11 @@ class Site:
     base_dir: Path = Path(".")  # where relative paths in the spec start; not part of digest
     mesh: Mesh = Mesh()
     rollout: RolloutPolicy = RolloutPolicy()
+    #: how apply delivers files ("ssh" or "ansible"); not part of the digest: the same site
+    #: means the same node state whichever transport delivers it
+    transport: str = "ssh"
+    ansible_vault_password_file: Path | None = None
+    ansible_python_interpreter: str = "/usr/bin/python3"
 
     def node(self, name: str) -> Node:
         return self._nodes_by_name[name]

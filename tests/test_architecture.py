@@ -26,6 +26,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.verify",
             "lotdeploy.transport",
             "lotdeploy.rollout",
+            "lotdeploy.ansible",
         ),
     ),
     (3, ("lotdeploy.plan", "lotdeploy.render")),

@@ -41,6 +41,9 @@ from lotdeploy.workspace import Workspace
 TransportFactory = Callable[[Node], Transport]
 #: One step of `_Run.chain`: its name, the nodes it is for (None: all), the work on a node.
 Step = tuple[str, set[str] | None, Callable[[str], str | None]]
+#: The files phase of a run for its nodes: deliver each bundle, record it, reload where
+#: needed (None: `_files` over each node's transport; lotdeploy.ansible.deliver: a playbook).
+FilesPhase = Callable[["_Run", list[str], dict[str, Bundle], dict[str, NodeSteps]], None]
 
 
 @dataclass
@@ -131,32 +134,32 @@ class _Run:
             list(pool.map(run_chain, names))
 
     def _one(self, name: str, step: str, work: Callable[[str], str | None]) -> bool:
-        outcome = self.result.outcomes[name]
         started = time.monotonic()
         self.report(Event(name, step, "start"))
         try:
             detail = work(name)
         except (LotdeployError, OSError) as exc:
-            seconds = time.monotonic() - started
-            outcome.ok = False
-            outcome.failed_step = step
-            outcome.error = scrub(str(exc))
-            outcome.seconds += seconds
-            self.report(Event(name, step, "fail", outcome.error, seconds))
+            self.failed(name, step, str(exc), time.monotonic() - started)
             return False
-        seconds = time.monotonic() - started
+        self.done(name, step, detail, time.monotonic() - started)
+        return True
+
+    def failed(self, name: str, step: str, error: str, seconds: float) -> None:
+        """Node `name` failed `step`: it is left out of the later phases."""
+        outcome = self.result.outcomes[name]
+        outcome.ok = False
+        outcome.failed_step = step
+        outcome.error = scrub(error)
+        outcome.seconds += seconds
+        self.report(Event(name, step, "fail", outcome.error, seconds))
+
+    def done(self, name: str, step: str, detail: str | None, seconds: float) -> None:
+        """Node `name` did `step` (`detail` "skip": it had nothing to do)."""
+        outcome = self.result.outcomes[name]
         outcome.seconds += seconds
         outcome.steps.append(step)
-        self.report(
-            Event(
-                name,
-                step,
-                "skip" if detail == "skip" else "ok",
-                "" if detail in (None, "skip") else detail,
-                seconds,
-            )
-        )
-        return True
+        shown = "" if detail in (None, "skip") else detail
+        self.report(Event(name, step, "skip" if detail == "skip" else "ok", shown, seconds))
 
     def record(self, name: str, change: Callable[[NodeRecord], None]) -> None:
         with self.store.transaction() as state:
@@ -172,8 +175,11 @@ def apply_plan(
     parallelism: int = 10,
     now: datetime | None = None,
     only: set[str] | None = None,
+    files_phase: FilesPhase | None = None,
 ) -> ApplyResult:
-    """Do what `plan` says on its nodes (those in `only`, when given)."""
+    """Do what `plan` says on its nodes (those in `only`, when given). `files_phase`
+    delivers the files of all nodes at once (default: `_files` per node, over its own transport,
+    chained with the steps after it); everything after it is the same for all."""
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
     pending = {n: set(r.pending) for n, r in state.nodes.items() if r.pending}
@@ -210,9 +216,7 @@ def apply_plan(
         # files, capabilities and users need nothing of another node: each node goes through
         # them without waiting for the others (the routes, which log in to their targets with
         # the users, wait until every node is through)
-        run.chain(
-            targets,
-            ("files", None, lambda n: _files(run, n, bundles[n], steps[n])),
+        per_node: list[Step] = [
             (
                 "capabilities",
                 {n for n in targets if not _known_broker(run, n)},
@@ -225,7 +229,13 @@ def apply_plan(
                     run, n, {u: users[u] for u in steps[n].users_create if u in users}
                 ),
             ),
-        )
+        ]
+        if files_phase is None:  # over each node's own transport, first in its chain
+            files: Step = ("files", None, lambda n: _files(run, n, bundles[n], steps[n]))
+            run.chain(targets, files, *per_node)
+        else:  # one phase for all the nodes (a playbook run), then the rest per node
+            files_phase(run, targets, bundles, steps)
+            run.chain(targets, *per_node)
         run.each(
             "routes",
             [n for n in targets if steps[n].routes_add or steps[n].routes_remove],
@@ -246,6 +256,27 @@ def apply_plan(
 # -- the steps ---------------------------------------------------------------------------
 
 
+def record_files(
+    run: _Run, name: str, bundle: Bundle, rid: str, previous: str | None, reloaded: bool = False
+) -> None:
+    """State after a node's files are in place: what it has, the release before, and (when
+    the reload rode along in the same command) no reload pending."""
+
+    def files(record: NodeRecord) -> None:
+        record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
+        if previous != rid:
+            record.previous_release = previous
+        record.release = rid
+        if reloaded:
+            record.pending = [p for p in record.pending if p != "reload"]
+
+    run.record(name, files)
+
+
+def clear_pending_reload(run: _Run, name: str) -> None:
+    run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
+
+
 def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None:
     node = run.site.node(name)
     if not steps.files and not steps.reload:
@@ -263,23 +294,15 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
         )
         installed = True
     outcome.uploaded = not facts.has_release
-
-    def files(record: NodeRecord) -> None:
-        record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
-        if facts.current != rid:
-            record.previous_release = facts.current
-        record.release = rid
-        if reload and installed and reload_error is None:  # done in the same command
-            record.pending = [p for p in record.pending if p != "reload"]
-
-    run.record(name, files)
+    rode_along = reload and installed and reload_error is None  # done in the same command
+    record_files(run, name, bundle, rid, facts.current, reloaded=rode_along)
     if reload:
         if reload_error is not None:
             raise reload_error
         if not installed:
             release.run_reload(transport, node)
         outcome.reloaded = True
-    run.record(name, lambda r: setattr(r, "pending", [p for p in r.pending if p != "reload"]))
+    clear_pending_reload(run, name)
     done = "uploaded" if outcome.uploaded else "already on the node"
     return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
 

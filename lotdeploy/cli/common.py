@@ -133,8 +133,21 @@ def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
         )
 
 
-def transport_factory(site: Site, accept_new_host_keys: bool) -> Callable[[Node], Transport]:
-    """How every command reaches a node: SSH, strict host keys (opt-in to accept new ones)."""
+def transport_factory(
+    site: Site, accept_new_host_keys: bool, kind: str | None = None
+) -> Callable[[Node], Transport]:
+    """How every command reaches a node: SSH, strict host keys (opt-in to accept new ones).
+    `kind` (else the site's `transport:`) "ansible": OpenSSH with the inventory's options."""
+    if (kind or site.transport) == "ansible":
+        from lotdeploy.transport.openssh import OpenSshTransport
+        from lotdeploy.transport.sshopts import ssh_options
+
+        def make_openssh(node: Node) -> Transport:
+            return OpenSshTransport(
+                node.name, ssh_options(site, node), accept_new_host_keys=accept_new_host_keys
+            )
+
+        return make_openssh
     from lotdeploy.transport.ssh import SshTransport
 
     def make(node: Node) -> Transport:

@@ -54,6 +54,14 @@ ssh_options = [
     ),
 ]
 
+transport_option = click.option(
+    "--transport",
+    type=click.Choice(["ssh", "ansible"]),
+    default=None,
+    help="How to reach the nodes: ssh (fabric) or ansible (ansible-runner playbooks, OpenSSH "
+    "for the command channel); default: the site's `transport:`, else ssh.",
+)
+
 
 def _options(options: list[Any]) -> Callable[[Any], Any]:
     def apply(function: Any) -> Any:
@@ -150,7 +158,7 @@ def _confirm(auto_approve: bool) -> None:
     is_flag=True,
     help="Go on with the rollout that paused (or was interrupted), from its next wave.",
 )
-@_options(limit_options + ssh_options)
+@_options([*limit_options, *ssh_options, transport_option])
 def apply(
     target: Path | None,
     workspace_dir: Path | None,
@@ -161,6 +169,7 @@ def apply(
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
     parallelism: int,
+    transport: str | None,
     pause_after: str | None = None,
     resume: bool = False,
 ) -> None:
@@ -258,16 +267,25 @@ def apply(
         if saved is None:
             _confirm(auto_approve)
         started = time.monotonic()
+        kind = transport or site.transport
+        files_phase = None
+        if kind == "ansible":
+            from lotdeploy.ansible.deliver import AnsibleFiles
+
+            files_phase = AnsibleFiles(accept_new_host_keys)
         with Progress(as_json, sorted(fresh.steps)) as progress:
             result = apply_plan(
                 site,
                 workspace,
                 fresh,
-                transport_factory(site, accept_new_host_keys),
+                transport_factory(site, accept_new_host_keys, kind),
                 progress,
                 parallelism,
                 only=only,
+                files_phase=files_phase,
             )
+        if files_phase is not None and files_phase.last is not None and not as_json:
+            click.echo(f"ansible-runner artifacts: {files_phase.last.artifact_dir}")
     seconds = time.monotonic() - started
     changed = sorted(n for n, o in result.outcomes.items() if o.ok)
     failed = result.failed
@@ -364,7 +382,7 @@ def force_unlock(lock_id: str, site: Path, workspace_dir: Path | None) -> None:
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
 @workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable findings on stdout.")
-@_options(limit_options + ssh_options)
+@_options([*limit_options, *ssh_options, transport_option])
 def drift(
     site: Path,
     workspace_dir: Path | None,
@@ -373,6 +391,7 @@ def drift(
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
     parallelism: int,
+    transport: str | None,
 ) -> None:
     """Compare what the nodes run with what was applied: exit 0 clean, 2 drift, 1 error.
 
@@ -393,7 +412,7 @@ def drift(
     report = read_drift(
         loaded.site,
         workspace,
-        transport_factory(loaded.site, accept_new_host_keys),
+        transport_factory(loaded.site, accept_new_host_keys, transport),
         parallelism,
         only,
     )
@@ -416,7 +435,7 @@ def drift(
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
 @workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable findings on stdout.")
-@_options(limit_options + ssh_options)
+@_options([*limit_options, *ssh_options, transport_option])
 def doctor(
     site: Path,
     workspace_dir: Path | None,
@@ -425,6 +444,7 @@ def doctor(
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
     parallelism: int,
+    transport: str | None,
 ) -> None:
     """Ask each node's broker which of lotdeploy's assumptions hold for it, and record it.
 
@@ -448,7 +468,7 @@ def doctor(
         results = run_doctor(
             loaded.site,
             workspace,
-            transport_factory(loaded.site, accept_new_host_keys),
+            transport_factory(loaded.site, accept_new_host_keys, transport),
             parallelism,
             only,
         )

@@ -110,6 +110,18 @@ COMMANDS = {
         "lotdeploy.cli.pki:creds",
         "The shared cluster credential (user and password the routes carry).",
     ),
+    "inventory": LazyCommand(
+        "lotdeploy.cli.ansible:inventory",
+        "Print the site as an Ansible YAML inventory: groups per region, site and tag.",
+    ),
+    "export-ansible": LazyCommand(
+        "lotdeploy.cli.ansible:export_ansible",
+        "Write inventory, playbooks, bundles and a README into DIRECTORY for plain Ansible.",
+    ),
+    "ansible-runs": LazyCommand(
+        "lotdeploy.cli.ansible:ansible_runs",
+        "List the ansible-runner runs of this site's workspace and where their artifacts are.",
+    ),
     "lab": LazyCommand(
         "lotdeploy.cli.lab:lab",
         "A real multi-region Coreflux-compatible cluster on this machine, to rehearse on.",

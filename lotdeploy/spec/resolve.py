@@ -125,6 +125,11 @@ def resolve(spec: SiteSpec, source_file: Path, base_dir: Path) -> Site:
         base_dir=base_dir,
         mesh=mesh,
         rollout=_rollout(spec),
+        transport=spec.transport,
+        ansible_python_interpreter=spec.ansible.python_interpreter,
+        ansible_vault_password_file=(
+            Path(spec.ansible.vault_password_file) if spec.ansible.vault_password_file else None
+        ),
     )
 
 

@@ -327,6 +327,20 @@ class RolloutSpec(_Strict):
     )
 
 
+class AnsibleSettings(_Strict):
+    """The Ansible transport (docs/ansible.md)."""
+
+    vault_password_file: LocalPath | None = Field(
+        None,
+        description="encrypt the secret files handed to Ansible with Ansible Vault, with the "
+        "password in this file (relative to the site file)",
+    )
+    python_interpreter: NodePath = Field(
+        "/usr/bin/python3",
+        description="the nodes' Python for Ansible modules (ansible_python_interpreter)",
+    )
+
+
 class SiteSpec(_Strict):
     """A whole cluster of Coreflux brokers."""
 
@@ -354,6 +368,10 @@ class SiteSpec(_Strict):
     rollout: RolloutSpec | None = Field(
         None, description="roll apply out in waves with a verify gate (docs/rollout.md)"
     )
+    transport: Literal["ssh", "ansible"] = Field(
+        "ssh", description="how apply delivers files: ssh (fabric) or ansible (ansible-runner)"
+    )
+    ansible: AnsibleSettings = Field(default_factory=lambda: AnsibleSettings())
 
 
 def json_schema() -> dict[str, object]:

@@ -1,0 +1,251 @@
+"""The OpenSSH transport: the `ssh` command, one control master per node.
+
+The Ansible transport's command channel: Ansible delivers the files, and lotdeploy's own
+steps (capabilities, users, routes through `lotdeploy.apply.activate.admin_session`, drift,
+doctor) reach the node through this transport, built from exactly the options the generated
+inventory gives Ansible (`lotdeploy.transport.sshopts`): strict host keys against the site's
+known_hosts, the same user, port, key and jump. No paramiko on this path.
+
+One master connection (`ssh -M -N`, ControlPath in a private 0700 directory) per node; every
+`run`, `put`, `get` is one multiplexed `ssh` over it, and `forward` asks the master for a
+local forward (`-O forward -L 127.0.0.1:PORT:HOST:PORT`) and cancels it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from lotdeploy.secret import scrub
+from lotdeploy.transport.base import (
+    COMMAND_TIMEOUT,
+    HostKeyError,
+    RunResult,
+    Transport,
+    TransportError,
+)
+from lotdeploy.transport.ssh import _tail, command_label
+from lotdeploy.transport.sshopts import SshOptions
+
+_HOST_KEY_WORDS = ("host key verification failed", "remote host identification has changed")
+
+
+class OpenSshTransport(Transport):
+    def __init__(
+        self,
+        node: str,
+        options: SshOptions,
+        *,
+        accept_new_host_keys: bool = False,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.node = node
+        self.options = options
+        self.accept_new_host_keys = accept_new_host_keys
+        self.connect_timeout = connect_timeout
+        self._dir: Path | None = None
+        self._master: subprocess.Popen[bytes] | None = None
+        self._forwards: list[str] = []
+
+    @property
+    def _socket(self) -> str:
+        assert self._dir is not None
+        return str(self._dir / "m")
+
+    def _base(self, master: bool = False) -> list[str]:
+        argv = self.options.argv()
+        host = argv.pop()
+        extra = ["-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}"]
+        if self.accept_new_host_keys:
+            extra = ["-o", "StrictHostKeyChecking=accept-new", *extra]  # first value wins
+        control = ["-o", f"ControlPath={self._socket}"]
+        control += ["-M", "-N", "-o", "ControlPersist=no"] if master else ["-o", "ControlMaster=no"]
+        return [argv[0], *extra, *control, *argv[1:], host]
+
+    def _fail(self, cause: str) -> TransportError:
+        text = scrub(cause)
+        if any(w in text.lower() for w in _HOST_KEY_WORDS):
+            return HostKeyError(
+                self.node,
+                f"host key for {self.options.host} not verified against known_hosts "
+                f"{self.options.known_hosts}: refusing to connect ({text})",
+            )
+        return TransportError(self.node, text)
+
+    def connect(self) -> None:
+        if self._master is not None and self._master.poll() is None:
+            return
+        self._dir = Path(tempfile.mkdtemp(prefix="ld-os-", dir="/tmp"))
+        self._master = subprocess.Popen(
+            self._base(master=True),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + self.connect_timeout + 2
+        while time.monotonic() < deadline:
+            if self._master.poll() is not None:
+                err = (self._master.stderr.read() if self._master.stderr else b"").decode(
+                    errors="replace"
+                )
+                self._cleanup()
+                where = f"{self.options.host}:{self.options.port}"
+                raise self._fail(f"cannot connect to {where}: {_tail(err) or 'ssh exited'}")
+            if Path(self._socket).exists():
+                check = subprocess.run(
+                    ["ssh", "-o", f"ControlPath={self._socket}", "-O", "check", "x"],
+                    capture_output=True,
+                    timeout=5,
+                    check=False,
+                )
+                if check.returncode == 0:
+                    return
+            time.sleep(0.02)
+        self._cleanup()
+        raise self._fail(
+            f"cannot connect to {self.options.host}:{self.options.port}: timed out after "
+            f"{self.connect_timeout:g} s"
+        )
+
+    def _ssh(
+        self, remote: str, *, timeout: float, data: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        if self._master is None or self._master.poll() is not None:
+            if self._master is not None:
+                raise self._fail(f"the connection to {self.options.host} was lost")
+            self.connect()
+        try:
+            return subprocess.run(
+                [*self._base(), remote],
+                input=data if data is not None else b"",
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise self._fail(
+                f"`{command_label(remote)}` did not finish within {timeout:g} s"
+            ) from None
+
+    def run(
+        self, command: str, *, timeout: float = COMMAND_TIMEOUT, check: bool = True
+    ) -> RunResult:
+        proc = self._ssh(command, timeout=timeout)
+        result = RunResult(
+            command,
+            proc.returncode,
+            scrub(proc.stdout.decode(errors="replace")),
+            scrub(proc.stderr.decode(errors="replace")),
+        )
+        if proc.returncode == 255:
+            raise self._fail(f"`{command_label(command)}`: ssh failed: {_tail(result.stderr)}")
+        if check and not result.ok:
+            tail = _tail(result.stderr) or "no output on stderr"
+            raise self._fail(
+                f"`{command_label(command)}` exited with status {result.exit_status}: {tail}"
+            )
+        return result
+
+    def put(self, data: bytes, path: str, mode: int) -> None:
+        target = shlex.quote(path)
+        tmp = shlex.quote(f"{path}.lotdeploy-{int(time.monotonic_ns()) % 10**8}.tmp")
+        script = (
+            f"umask 077; cat > {tmp} && chmod {mode:04o} {tmp} && sync {tmp} && "
+            f"mv -f {tmp} {target} || {{ s=$?; rm -f {tmp}; exit $s; }}"
+        )
+        proc = self._ssh(f"sh -c {shlex.quote(script)}", timeout=COMMAND_TIMEOUT, data=data)
+        if proc.returncode != 0:
+            tail = _tail(proc.stderr.decode(errors="replace"))
+            raise self._fail(f"cannot write {path}: {tail or f'status {proc.returncode}'}")
+
+    def get(self, path: str, max_bytes: int = 16 * 1024 * 1024) -> bytes | None:
+        p = shlex.quote(path)
+        script = (
+            f"if [ ! -e {p} ]; then exit 3; fi; if [ ! -f {p} ]; then exit 4; fi; "
+            f"head -c {max_bytes + 1} {p}"
+        )
+        proc = self._ssh(f"sh -c {shlex.quote(script)}", timeout=COMMAND_TIMEOUT)
+        if proc.returncode == 3:
+            return None
+        if proc.returncode == 4:
+            raise self._fail(f"cannot read {path}: it is not a regular file")
+        if proc.returncode != 0:
+            tail = _tail(proc.stderr.decode(errors="replace"))
+            raise self._fail(f"cannot read {path}: {tail or f'status {proc.returncode}'}")
+        if len(proc.stdout) > max_bytes:
+            raise self._fail(f"{path} is more than the {max_bytes} bytes allowed")
+        return proc.stdout
+
+    @contextlib.contextmanager
+    def _forward(self, remote_host: str, remote_port: int) -> Iterator[int]:
+        if self._master is None:
+            self.connect()
+        with socket.socket() as probe:  # a free port (the master binds it right after)
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
+        proc = subprocess.run(
+            ["ssh", "-o", f"ControlPath={self._socket}", "-O", "forward", "-L", spec, "x"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        if proc.returncode != 0:
+            tail = _tail(proc.stderr.decode(errors="replace"))
+            raise self._fail(f"cannot forward to {remote_host}:{remote_port}: {tail}")
+        self._forwards.append(spec)
+        try:
+            yield port
+        finally:
+            self._cancel(spec)
+
+    def _cancel(self, spec: str) -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={self._socket}", "-O", "cancel", "-L", spec, "x"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+        with contextlib.suppress(ValueError):
+            self._forwards.remove(spec)
+
+    def forward(self, remote_host: str, remote_port: int) -> contextlib.AbstractContextManager[int]:
+        return self._forward(remote_host, remote_port)
+
+    def close(self) -> None:
+        if self._master is None:
+            return
+        for spec in list(self._forwards):
+            self._cancel(spec)
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={self._socket}", "-O", "exit", "x"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._master is not None:
+            if self._master.poll() is None:
+                self._master.terminate()
+                try:
+                    self._master.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._master.kill()
+                    self._master.wait(5)
+            if self._master.stderr is not None:
+                self._master.stderr.close()
+        self._master = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

@@ -1,0 +1,107 @@
+"""One node's SSH settings as OpenSSH options: shared by the inventory and the OpenSSH
+port forward, so Ansible and lotdeploy's own forward reach a node exactly the same way.
+
+Host keys are checked strictly against the site's known_hosts (StrictHostKeyChecking=yes,
+UserKnownHostsFile=<file>), for the node and for its jump host alike: the jump is a
+ProxyCommand carrying the same options, because OpenSSH's ProxyJump would check the jump
+host against the user's defaults instead. Paths are absolute (resolved from the site file's
+directory) so the inventory works from any directory. No secret is ever part of it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from lotdeploy.errors import LotdeployError
+from lotdeploy.model import Node, Site
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    host: str
+    port: int
+    user: str
+    key: str | None
+    known_hosts: str
+    jump: str | None  # "[user@]host[:port]" as in the spec
+
+    def common_args(self) -> list[str]:
+        """-o options for every ssh to the node (not host, port, user or key)."""
+        args = [
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ]
+        if self.key is not None:
+            args += ["-o", "IdentitiesOnly=yes"]
+        if self.jump is not None:
+            args += ["-o", f"ProxyCommand={shlex.join(self.proxy_command())}"]
+        return args
+
+    def proxy_command(self) -> list[str]:
+        assert self.jump is not None
+        user, _, hostport = self.jump.rpartition("@")
+        host, port = hostport, "22"
+        if hostport.startswith("["):
+            host, _, rest = hostport[1:].partition("]")
+            port = rest.removeprefix(":") or "22"
+        elif hostport.count(":") == 1:
+            host, _, port = hostport.partition(":")
+        command = [
+            "ssh",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-p",
+            port,
+            "-l",
+            user or self.user,
+        ]
+        if self.key is not None:
+            command += ["-o", "IdentitiesOnly=yes", "-i", self.key]
+        return [*command, "-W", "%h:%p", host]
+
+    def argv(self) -> list[str]:
+        """`ssh` with everything up to (not including) the remote command."""
+        args = ["ssh", *self.common_args(), "-p", str(self.port), "-l", self.user]
+        if self.key is not None:
+            args += ["-i", self.key]
+        return [*args, self.host]
+
+
+def _local(site: Site, path: Path) -> str:
+    path = path.expanduser()
+    return str(path if path.is_absolute() else (Path(site.base_dir) / path).resolve())
+
+
+def ssh_options(site: Site, node: Node) -> SshOptions:
+    ssh = node.ssh
+    if ssh.jump is not None and "," in ssh.jump:
+        raise LotdeployError(
+            f"node {node.name}: jump {ssh.jump!r}: only one jump host is supported"
+        )
+    known = (
+        _local(site, ssh.known_hosts)
+        if ssh.known_hosts is not None
+        else str(Path("~/.ssh/known_hosts").expanduser())
+    )
+    return SshOptions(
+        host=ssh.host,
+        port=ssh.port,
+        user=ssh.user,
+        key=_local(site, ssh.key) if ssh.key is not None else None,
+        known_hosts=known,
+        jump=ssh.jump,
+    )
