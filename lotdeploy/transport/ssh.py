@@ -42,6 +42,7 @@ from lotdeploy.transport.base import (
     TransportError,
     command_label,
 )
+from lotdeploy.transport.sshopts import split_jump
 
 # paramiko logs handshake failures with tracebacks; without a handler of its own, Python's
 # last-resort handler would print them on stderr. Errors reach the user as TransportError.
@@ -293,13 +294,7 @@ class SshTransport(Transport):
             jump = str(jump)
             if "," in jump:
                 raise self._fail(f"jump {jump!r}: only one jump host is supported")
-            juser, _, jhostport = jump.rpartition("@")
-            jhost, jport_text = jhostport, ""
-            if jhostport.startswith("["):
-                jhost, _, rest = jhostport[1:].partition("]")
-                jport_text = rest.removeprefix(":")
-            elif jhostport.count(":") == 1:
-                jhost, _, jport_text = jhostport.partition(":")
+            juser, jhost, jport_text = split_jump(jump)
             try:
                 jport = int(jport_text) if jport_text else None
             except ValueError:

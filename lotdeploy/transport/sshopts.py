@@ -18,6 +18,18 @@ from lotdeploy.errors import LotdeployError
 from lotdeploy.model import Node, Site
 
 
+def split_jump(jump: str) -> tuple[str, str, str]:
+    """"[user@]host[:port]" (IPv6 in brackets) -> (user, host, port), "" where not given."""
+    user, _, hostport = jump.rpartition("@")
+    host, port = hostport, ""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif hostport.count(":") == 1:
+        host, _, port = hostport.partition(":")
+    return user, host, port
+
+
 @dataclass(frozen=True)
 class SshOptions:
     host: str
@@ -27,9 +39,9 @@ class SshOptions:
     known_hosts: str
     jump: str | None  # "[user@]host[:port]" as in the spec
 
-    def common_args(self) -> list[str]:
-        """-o options for every ssh to the node (not host, port, user or key)."""
-        args = [
+    def strict_args(self) -> list[str]:
+        """Host keys from the site's known_hosts only, never a prompt (node and jump host)."""
+        return [
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",
@@ -39,6 +51,10 @@ class SshOptions:
             "-o",
             "BatchMode=yes",
         ]
+
+    def common_args(self) -> list[str]:
+        """-o options for every ssh to the node (not host, port, user or key)."""
+        args = self.strict_args()
         if self.key is not None:
             args += ["-o", "IdentitiesOnly=yes"]
         if self.jump is not None:
@@ -47,28 +63,8 @@ class SshOptions:
 
     def proxy_command(self) -> list[str]:
         assert self.jump is not None
-        user, _, hostport = self.jump.rpartition("@")
-        host, port = hostport, "22"
-        if hostport.startswith("["):
-            host, _, rest = hostport[1:].partition("]")
-            port = rest.removeprefix(":") or "22"
-        elif hostport.count(":") == 1:
-            host, _, port = hostport.partition(":")
-        command = [
-            "ssh",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-p",
-            port,
-            "-l",
-            user or self.user,
-        ]
+        user, host, port = split_jump(self.jump)
+        command = ["ssh", *self.strict_args(), "-p", port or "22", "-l", user or self.user]
         if self.key is not None:
             command += ["-o", "IdentitiesOnly=yes", "-i", self.key]
         return [*command, "-W", "%h:%p", host]
