@@ -5,6 +5,7 @@ No clock is read here: every caller passes `now`, so tests and cron runs agree.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from lotdeploy.model import PkiPolicy
+from lotdeploy.pki.inventory import cert_pem
 from lotdeploy.pki.issue import cert_sans
 from lotdeploy.pki.keys import key_type_of
 
@@ -73,6 +75,8 @@ class CertReport:
     days_left: int | None = None
     reissue: bool = False
     reason: str = ""
+    #: sha256 of the certificate as a node's bundle carries it (PEM); what the state records
+    sha256: str = ""
 
     @property
     def needs_action(self) -> bool:
@@ -149,6 +153,7 @@ def node_report(
         "serial": serial_text(cert),
         "not_after": cert.not_valid_after_utc,
         "days_left": left,
+        "sha256": hashlib.sha256(cert_pem(cert)).hexdigest(),
     }
     threshold = renew_threshold_days(policy)
     if not issued_by(cert, issuing_ca):

@@ -6,15 +6,18 @@ Read only public certificates and the state document: plan never needs the passp
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from lotdeploy.model import Site
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.credentials import credential_changes
 from lotdeploy.rotation import LABELS
 from lotdeploy.workspace import Workspace
+
+if TYPE_CHECKING:  # cryptography stays unloaded for sites without TLS
+    from lotdeploy.pki.status import CertReport
 
 
 def pki_changes(
@@ -95,13 +98,13 @@ def pki_changes(
                 ),
             )
         )
-    changes.extend(_certificates_not_on_node(site, workspace, recorded or {}, changes))
+    changes.extend(_certificates_not_on_node(site, reports, recorded or {}, changes))
     return changes, warnings
 
 
 def _certificates_not_on_node(
     site: Site,
-    workspace: Workspace,
+    reports: list[CertReport],
     recorded: Mapping[str, Mapping[str, Mapping[str, str]]],
     changes: list[Change],
 ) -> list[Change]:
@@ -111,17 +114,15 @@ def _certificates_not_on_node(
     left nodes out (--limit, a rollout wave, a failed node) their new certificates are no
     longer due; without this, the next plan would say "No changes" and they would keep the
     old ones (through phase 2 of a CA rotation, one the old CA signed)."""
-    from lotdeploy.pki.inventory import Inventory, cert_pem
-
     planned = {c.node for c in changes if c.kind == "certificate"}
-    inventory = Inventory(workspace)
+    nodes = {n.name: n for n in site.tls_nodes}
     found = []
-    for node in site.tls_nodes:
-        have = recorded.get(node.name, {}).get(node.broker.cert_file, {}).get("sha256")
-        if have is None or node.name in planned:
+    for report in reports:
+        node = nodes.get(report.name) if report.role == "node" else None
+        if node is None or not report.sha256 or node.name in planned:
             continue
-        cert = inventory.load_node_cert(node.name)
-        if cert is None or hashlib.sha256(cert_pem(cert)).hexdigest() == have:
+        have = recorded.get(node.name, {}).get(node.broker.cert_file, {}).get("sha256")
+        if have is None or have == report.sha256:
             continue
         found.append(
             Change(
@@ -130,8 +131,8 @@ def _certificates_not_on_node(
                 node.broker.cert_file,
                 node=node.name,
                 region=node.region,
-                reason=f"issued {cert.not_valid_before_utc:%Y-%m-%d}, not yet on the node",
-                attrs=(Attr("serial", f"{cert.serial_number:x}"),),
+                reason="issued, not yet on the node",
+                attrs=(Attr("serial", report.serial),),
             )
         )
     return found
