@@ -14,26 +14,22 @@ Prints medians and ratios (noisy 2-core machine: compare ratios, not seconds).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_apply import ENV, PASSPHRASE, run
+from bench.bench_apply import ENV, PASSPHRASE, lab, run
 from bench.common import lotdeploy, table
 from lotdeploy.ansible.deliver import bundle_files, run_vars
 from lotdeploy.ansible.inventory import inventory_text
 from lotdeploy.ansible.runner import PrivateDataDir, run_playbook
-from lotdeploy.lab import control, labstate
 from lotdeploy.lab.hosts import Layout
 from lotdeploy.render import iter_bundles
 from lotdeploy.secret import Secret
@@ -50,17 +46,6 @@ VARIANTS = {
     "pipelining off": {**FAST, "ANSIBLE_PIPELINING": "False"},
     "ControlPersist off": {**FAST, "ANSIBLE_SSH_ARGS": "-o ControlMaster=no"},
 }
-
-
-@contextlib.contextmanager
-def lab(size: int) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="lotansible-bench-") as tmp:
-        lab_dir = Path(tmp) / "lab"
-        try:
-            control.up(lab_dir, labstate.parse_shape(size, None))
-            yield lab_dir
-        finally:
-            control.down(lab_dir)
 
 
 def apply(lab_dir: Path, transport: str) -> float:
