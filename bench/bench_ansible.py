@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_apply import ENV, PASSPHRASE, lab, run
-from bench.common import lotdeploy, table
+from bench.common import compile_bytecode, lotdeploy, table
 from lotdeploy.ansible.deliver import bundle_files, run_vars
 from lotdeploy.ansible.inventory import inventory_text
 from lotdeploy.ansible.runner import PrivateDataDir, run_playbook
@@ -125,6 +125,7 @@ def adhoc(lab_dir: Path, module: str) -> float:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="3,10")

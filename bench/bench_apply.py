@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import lotdeploy, table
+from bench.common import compile_bytecode, lotdeploy, table
 from lotdeploy.lab import control, labstate
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_TLS_DIR, Layout
 from lotdeploy.secret import Secret
@@ -171,6 +171,7 @@ def apply_fresh(lab_dir: Path) -> float:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="1,3,10")

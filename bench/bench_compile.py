@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import lotdeploy, median_child, median_seconds, table
+from bench.common import compile_bytecode, lotdeploy, median_child, median_seconds, table
 
 PASSPHRASE = {"LOTDEPLOY_PASSPHRASE": "benchmark passphrase"}
 
@@ -85,6 +85,7 @@ def _render(site_path: Path, verify: bool) -> None:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)

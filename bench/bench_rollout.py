@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import lotdeploy, table
+from bench.common import compile_bytecode, lotdeploy, table
 from lotdeploy.lab import control, labstate
 from lotdeploy.lab.hosts import Layout
 
@@ -61,6 +61,7 @@ def variant(site: Path, name: str, validity: int, rollout: bool) -> Path:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, median_child, table
+from bench.common import REPO, compile_bytecode, median_child, table
 
 HELP_TARGET = 2.5
 
@@ -34,6 +34,7 @@ def entry_point() -> list[str]:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import lotdeploy, table
+from bench.common import compile_bytecode, lotdeploy, table
 from lotdeploy.lab import control, labstate
 
 PASSPHRASE = "bench-verify passphrase, not a secret"
@@ -110,6 +110,7 @@ def naive(lab_dir: Path, nodes: list[str]) -> float:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--naive-repeat", type=int, default=1)

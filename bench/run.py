@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_compile import write_site
-from bench.common import REPO, median_child, run_child, table
+from bench.common import REPO, compile_bytecode, median_child, run_child, table
 
 GROUPS = ("startup", "plan", "render", "certs", "scale")
 PASSPHRASE = "benchmark passphrase 0123456789"
@@ -603,6 +603,7 @@ def replace_block(doc: Path, report: str) -> None:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, no 400/1000 nodes")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"subset of {','.join(GROUPS)}")

@@ -17,6 +17,7 @@ from lotdeploy.lot import parse
 from lotdeploy.model import ROUTE_PREFIX
 from lotdeploy.secret import Secret
 from lotdeploy.spec import load_site, load_site_text
+from lotdeploy.spec.yamlsource import plain_scalar
 from tests.test_lot import _noisy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +114,10 @@ def test_deterministic_whatever_the_spec_order(tmp_path: Path) -> None:
     ]
 
 
-names = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,6}", fullmatch=True)
+# unquoted in the YAML below: leave out words the strict rules refuse there (NO, on, null...)
+names = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,6}", fullmatch=True).filter(
+    lambda name: plain_scalar(name)[1] is None
+)
 
 
 @st.composite

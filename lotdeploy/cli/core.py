@@ -161,7 +161,7 @@ def plan(
     from lotdeploy.cli.term import interactive
     from lotdeploy.plan.document import iter_json, write_plan, write_reference
     from lotdeploy.plan.make import make_plan
-    from lotdeploy.plan.text import format_text
+    from lotdeploy.plan.text import iter_text
     from lotdeploy.selection import select_nodes
 
     loaded = load(site)
@@ -176,7 +176,8 @@ def plan(
             for piece in iter_json(the_plan):
                 write(piece)
         else:
-            click.echo(scrub(format_text(the_plan, colour=interactive())), nl=False)
+            for piece in iter_text(the_plan, colour=interactive()):
+                click.echo(scrub(piece), nl=False)
         if out_file is not None:
             write_plan(the_plan, out_file)
         # what a bare `lotdeploy apply` applies; a plan without changes too, so an older one

@@ -192,7 +192,7 @@ def apply(
     from lotdeploy.cli.term import interactive
     from lotdeploy.plan.document import read_plan
     from lotdeploy.plan.make import make_plan
-    from lotdeploy.plan.text import format_text
+    from lotdeploy.plan.text import iter_text
     from lotdeploy.secret import dumps, scrub
     from lotdeploy.selection import select_nodes
 
@@ -237,7 +237,8 @@ def apply(
         if saved is not None:
             require_fresh(saved, fresh, source)
         elif not as_json:
-            click.echo(scrub(format_text(fresh, colour=interactive())), nl=False)
+            for piece in iter_text(fresh, colour=interactive()):
+                click.echo(scrub(piece), nl=False)
         if resume or pause_after or site.rollout.enabled:  # wave by wave: docs/rollout.md
             from lotdeploy.cli.rolling import apply_rollout
 
