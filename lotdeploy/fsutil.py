@@ -60,11 +60,18 @@ def sweep_temporaries(directory: Path) -> None:
 
 
 def atomic_write(
-    path: Path, data: bytes | str | Iterable[str], mode: int = 0o644, dir_mode: int = 0o755
+    path: Path,
+    data: bytes | str | Iterable[str],
+    mode: int = 0o644,
+    dir_mode: int = 0o755,
+    durable: bool = True,
 ) -> None:
     """Write `data` to `path` via a temp file in the same directory, fsync, rename.
 
     `data` may also be text in pieces (an iterable of str), written as they come.
+    `durable=False` leaves out both fsyncs: the file is still never torn, and survives the
+    writer's own crash, but not the machine's (for the lab broker's state, written on every
+    route change of every lab node, where the machine's crash ends the lab anyway).
 
     The temporary file is private (0600) until it holds the data and gets `mode`; a
     symlink at `path` is replaced, never followed.
@@ -82,13 +89,15 @@ def atomic_write(
             else:
                 _write_pieces(fh, payload)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def _write_pieces(fh: BinaryIO, pieces: Iterable[str], chunk: int = 1 << 20) -> None:

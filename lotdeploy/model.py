@@ -7,10 +7,11 @@ apply, the lab) reads this, never the raw spec.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from functools import cached_property
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -343,9 +344,9 @@ class Site:
     def _describe_without_links(self) -> dict[str, Any]:
         return {
             "site": self.name,
-            "nodes": [asdict(node) for node in self.nodes],
+            "nodes": [plain_data(node) for node in self.nodes],
             "regions": list(self.regions),
-            "pki": asdict(self.pki),
+            "pki": plain_data(self.pki),
             "templates": self.templates_dir.name if self.templates_dir else None,
         }
 
@@ -369,6 +370,24 @@ class Site:
             ],
             **rest,
         }
+
+
+def plain_data(value: Any) -> Any:
+    """`dataclasses.asdict` for what goes into `canonical_json` (the same JSON text), without
+    its deep copy of every leaf: the site's values are immutable, and asdict of 1,000 nodes
+    cost a plan 0.16 ms a node."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {name: plain_data(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain_data(item) for key, item in value.items()}
+    return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _json_int(value: int) -> str:

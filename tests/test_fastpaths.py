@@ -65,6 +65,24 @@ def test_atomic_write_of_pieces(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o600
 
 
+def test_atomic_write_without_fsync_still_replaces_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """durable=False (the lab broker's state) skips the fsyncs, not the temporary + rename."""
+    import os
+
+    from lotdeploy import fsutil
+
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    fsutil.atomic_write(target, "new", mode=0o600, durable=False)
+    assert synced == []
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
+
+
 MESH_SITE = """\
 site: fast
 client_id_format: "{site}.{region}.{node}>{peer}@{peer_region}-é"

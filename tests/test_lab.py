@@ -23,7 +23,7 @@ import yaml
 
 from lotdeploy.errors import LabError
 from lotdeploy.lab import control, hosts, labstate, netns
-from lotdeploy.lab.hosts import Layout
+from lotdeploy.lab.hosts import STOCK_BASHRC, Layout
 from lotdeploy.lab.labstate import LabState, Node
 from lotdeploy.lab.sitefile import site_spec
 from tests.lab_fixtures import (
@@ -176,6 +176,26 @@ def test_nodes_have_separate_files(lab: tuple[Path, LabState]) -> None:
         assert ssh_node(lab_dir, "eu1", f"cat {path}").stdout.strip() == "eu1", path
         assert ssh_node(lab_dir, "eu2", f"test ! -e {path}").returncode == 0, path
         assert not Path(path).exists(), path
+
+
+@pytest.mark.root
+def test_a_node_login_reads_a_stock_bashrc_not_the_hosts(lab: tuple[Path, LabState]) -> None:
+    """sshd runs each remote command through bash, which reads ~/.bashrc: a node's is the
+    stock one (a developer's may start pyenv, 0.19 s of CPU per command), and the host's
+    file is neither changed nor covered outside the nodes."""
+    lab_dir, _ = lab
+    home_rc = Path(os.path.expanduser("~root")) / ".bashrc"
+    if not home_rc.is_file():
+        pytest.skip("root has no ~/.bashrc to cover")
+    before = home_rc.read_bytes()
+    seen = ssh_node(lab_dir, "eu1", "cat ~/.bashrc")
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.encode() == (lab_dir / "node-home" / ".bashrc").read_bytes()
+    if STOCK_BASHRC.is_file():
+        assert seen.stdout == STOCK_BASHRC.read_text()
+    assert home_rc.read_bytes() == before  # the host still sees its own
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert " /root/.bashrc " not in mounts
 
 
 ADMIN_PROBE = """

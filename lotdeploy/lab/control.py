@@ -41,7 +41,7 @@ ROOT_TOOLS = {
 USER_TOOLS = {"sshd": "openssh-server", "ssh-keygen": "openssh-client", "ssh": "openssh-client"}
 USER_PORTS = {"ssh": 2222, "admin": 11883, "tls": 18883}
 MOUNTPOINT_REGISTRY = Path("/run/lotdeploy-lab/created-mountpoints")
-LAB_FILES = ("site.yaml", "known_hosts", "keys", "secrets", "nodes", ".lab")
+LAB_FILES = ("site.yaml", "known_hosts", "keys", "secrets", "nodes", "node-home", ".lab")
 
 
 def _quiet(_msg: str) -> None:
@@ -278,6 +278,8 @@ def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
     _ensure_mountpoints([*hosts.NODE_MOUNTS.values(), "/run/sshd"])
     netns.create_bridge(state)
 
+    shell_files = hosts.shell_startup_mounts(layout, state.user)
+
     def start(node: Node) -> None:
         netns.create_node(state, node)
         binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
@@ -294,7 +296,7 @@ def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
             state,
             node,
             lock,
-            wrap=lambda argv: hosts.in_node(node.ns, binds, argv),
+            wrap=lambda argv: hosts.in_node(node.ns, binds, argv, shell_files),
             listen=listen,
             sshd_port=node.ssh_port,
         )

@@ -97,4 +97,4 @@ class StateStore:
         path = self.path
         if path is None:
             return
-        atomic_write(path, state.to_json(), mode=0o600)
+        atomic_write(path, state.to_json(), mode=0o600, durable=False)
