@@ -105,25 +105,22 @@ class Plan:
 def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
     """Create, update and delete per route, nodes and routes in name order."""
     changes: list[Change] = []
+    # one reason string per (link class, peer), shared by every node's route to that peer
+    reasons: dict[tuple[str, str], str] = {}
     for node_name in sorted(set(desired) | set(observed.routes)):
         node = desired.get(node_name)
         want: dict[str, DesiredRoute] = {r.name: r for r in node.routes} if node else {}
         have = observed.routes.get(node_name, {})
         region = node.region if node else "(removed)"
         if not have:  # nothing recorded (a first plan): every route is created
-            changes.extend(
-                Change(
-                    "create",
-                    "route",
-                    name,
-                    node_name,
-                    region,
-                    f"{route.link_class} link to {route.peer}",
-                    (),
-                    route,
+            for name, route in sorted(want.items()):
+                reason = reasons.get((route.link_class, route.peer))
+                if reason is None:
+                    reason = f"{route.link_class} link to {route.peer}"
+                    reasons[route.link_class, route.peer] = reason
+                changes.append(
+                    Change("create", "route", name, node_name, region, reason, (), route)
                 )
-                for name, route in sorted(want.items())
-            )
             continue
         for name in sorted(set(want) | set(have)):
             route, before = want.get(name), have.get(name)
