@@ -94,16 +94,26 @@ def alternate(
     `cases` gives each case's argv; `before[name]` (untimed) runs before each run of it,
     e.g. to empty an output directory.
     """
+    samples = alternate_samples(cases, runs, before)
+    return {
+        name: (statistics.median(s for s, _ in got), max(r for _, r in got))
+        for name, got in samples.items()
+    }
+
+
+def alternate_samples(
+    cases: dict[str, list[str]],
+    runs: int,
+    before: dict[str, Callable[[], None]] | None = None,
+) -> dict[str, list[tuple[float, int]]]:
+    """Each case's (wall seconds, peak RSS KiB) per run, the cases run in turn (A B A B)."""
     samples: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
     for _ in range(runs):
         for name, argv in cases.items():
             if before and name in before:
                 before[name]()
             samples[name].append(run_child(argv, ENV))
-    return {
-        name: (statistics.median(s for s, _ in got), max(r for _, r in got))
-        for name, got in samples.items()
-    }
+    return samples
 
 
 def emptied(path: Path) -> Callable[[], None]:
@@ -326,8 +336,11 @@ class Bench:
             "all": cli("certs", "rotate", site),
             "one": cli("certs", "rotate", site, "--node", "n000"),
         }
-        got = alternate(cases, self.runs)
-        delta = got["all"][0] - got["one"][0]
+        pairs = 2 * self.runs  # a difference of two ~0.5 s runs: pairs, and more of them
+        got = alternate_samples(cases, pairs)
+        delta = statistics.median(
+            a - o for (a, _), (o, _) in zip(got["all"], got["one"], strict=True)
+        )
         rate = (nodes - 1) / delta if delta > 0 else math.inf
         bare = bare_certs_per_second(nodes, self.runs)
         self.add(
@@ -340,7 +353,8 @@ class Bench:
                 "bare cryptography loop",
                 "≥ 1,500 certs/s",
                 rate >= 1500,
-                f"(rotate all − rotate one node) = {delta:.3f} s for {nodes - 1} certs",
+                f"median over {pairs} pairs of (rotate all − rotate one node, run right "
+                f"after) = {delta:.3f} s for {nodes - 1} certs",
             )
         )
         self.add(
@@ -355,40 +369,52 @@ class Bench:
 
     # -- scale ------------------------------------------------------------------------------
 
+    def growth_pairs(self, nodes: int) -> int:
+        """Pairs (2-node run, N-node run) for the time-per-route rows: the small sizes are
+        short, and their difference from the 2-node run is small beside the noise."""
+        if nodes <= 100:
+            return 3 * self.runs
+        if nodes <= 200:
+            return 2 * self.runs
+        return 3 if nodes <= 400 else 1
+
     def scale(self) -> None:
         sizes = [100, 200] if self.quick else [100, 200, 400, 1000]
         fixed_site = self.site(2)
         fixed_out = fixed_site.parent / "out"
-        fixed = alternate(
-            {
-                "plan": cli("plan", fixed_site),
-                "render": cli("render", fixed_site, "--out", fixed_out),
-            },
-            self.runs,
-            {"render": emptied(fixed_out)},
-        )
+        fixed_argv = {
+            "plan": cli("plan", fixed_site),
+            "render": cli("render", fixed_site, "--out", fixed_out),
+        }
+        fixed = alternate(fixed_argv, self.runs, {"render": emptied(fixed_out)})
+        #: kind -> size -> median over pairs of (N-node run - 2-node run just before it), s
+        above: dict[str, dict[int, float]] = {"plan": {}, "render": {}}
         for n in sizes:
-            runs = self.runs_for(n)
             site = self.site(n)
             out = site.parent / "out-scale"
-            if n not in self.plan_at:
-                self.plan_at[n] = median_child(cli("plan", site), runs, ENV)
-            if n not in self.render_at:
-                got = alternate(
-                    {"render": cli("render", site, "--out", out)},
-                    runs,
-                    {"render": emptied(out)},
+            argv = {"plan": cli("plan", site), "render": cli("render", site, "--out", out)}
+            for kind, at in (("plan", self.plan_at), ("render", self.render_at)):
+                pairs = alternate_samples(
+                    {"fixed": fixed_argv[kind], "sized": argv[kind]},
+                    self.growth_pairs(n),
+                    {"fixed": emptied(fixed_out), "sized": emptied(out)},
                 )
-                self.render_at[n] = got["render"]
-                shutil.rmtree(out, ignore_errors=True)
+                fixed_runs, sized_runs = pairs["fixed"], pairs["sized"]
+                above[kind][n] = statistics.median(
+                    b - a for (a, _), (b, _) in zip(fixed_runs, sized_runs, strict=True)
+                )
+                if n not in at:
+                    at[n] = (
+                        statistics.median(t for t, _ in sized_runs),
+                        max(k for _, k in sized_runs),
+                    )
+            shutil.rmtree(out, ignore_errors=True)
         for kind, at in (("plan", self.plan_at), ("render", self.render_at)):
-            base_s, base_kib = fixed[kind]
             per_route: dict[int, float] = {}
             for n in sizes:
                 seconds, kib = at[n]
                 routes = n * (n - 1)
-                per_route[n] = (seconds - base_s) / routes * 1e6
-                runs = self.runs_for(n)
+                per_route[n] = above[kind][n] / routes * 1e6
                 target, ok = "", None
                 if n == 1000 and kind == "plan":
                     target, ok = "≤ 10 s", seconds <= 10
@@ -402,7 +428,8 @@ class Bench:
                         "s",
                         target=target,
                         ok=ok,
-                        note=f"{runs} run(s); {per_route[n]:.2f} µs/route above the 2-node run",
+                        note=f"{self.growth_pairs(n)} pair(s); {per_route[n]:.2f} µs/route "
+                        "above the 2-node run beside it",
                     )
                 )
                 if n == 1000 and kind == "plan":
@@ -429,7 +456,8 @@ class Bench:
                     target="within ±30% of the median",
                     ok=spread <= 30,
                     note=", ".join(f"{n}: {v:.2f}" for n, v in per_route.items())
-                    + f" µs/route (2-node run {base_s:.3f} s subtracted)",
+                    + " µs/route (each: the median over pairs of the run less the 2-node run "
+                    f"just before it; 2-node run alone {fixed[kind][0]:.3f} s)",
                 )
             )
         base_kib = fixed["render"][1]
