@@ -113,13 +113,13 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
         have = observed.routes.get(node_name, {})
         region = node.region if node else "(removed)"
         if not have:  # nothing recorded (a first plan): every route is created
-            for name, route in sorted(want.items()):
-                reason = reasons.get((route.link_class, route.peer))
+            for name, created in sorted(want.items()):
+                reason = reasons.get((created.link_class, created.peer))
                 if reason is None:
-                    reason = f"{route.link_class} link to {route.peer}"
-                    reasons[route.link_class, route.peer] = reason
+                    reason = f"{created.link_class} link to {created.peer}"
+                    reasons[created.link_class, created.peer] = reason
                 changes.append(
-                    Change("create", "route", name, node_name, region, reason, (), route)
+                    Change("create", "route", name, node_name, region, reason, (), created)
                 )
             continue
         for name in sorted(set(want) | set(have)):
