@@ -189,7 +189,7 @@ def test_plan_text_lines_equal_the_general_line() -> None:
 
 
 def test_grouped_changes_keep_the_sort_order() -> None:
-    from lotdeploy.plan.diff import ordered_node_changes
+    from lotdeploy.plan.diff import node_change_groups
 
     changes = [
         Change("create", kind, name, node, region, reason)
@@ -205,7 +205,8 @@ def test_grouped_changes_keep_the_sort_order() -> None:
         ]
     ]
     expected = sorted((c for c in changes if c.node is not None), key=Change.sort_key)
-    assert [c.reason for c in ordered_node_changes(changes)] == [c.reason for c in expected]
+    ordered = [c for _, _, group in node_change_groups(changes) for c in group]
+    assert [c.reason for c in ordered] == [c.reason for c in expected]
 
 
 def test_plan_reference_text_equals_the_encoder() -> None:

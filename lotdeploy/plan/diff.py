@@ -159,11 +159,6 @@ def node_change_groups(changes: Iterable[Change]) -> list[tuple[str, str, list[C
     ]
 
 
-def ordered_node_changes(changes: Iterable[Change]) -> list[Change]:
-    """The node-level changes in the order plans show them (see node_change_groups)."""
-    return [c for _, _, group in node_change_groups(changes) for c in group]
-
-
 def _differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     return any(before.get(key) != after.get(key) for key, _ in SHOWN)
 

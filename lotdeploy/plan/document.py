@@ -18,7 +18,7 @@ from lotdeploy.errors import WorkspaceError
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display
 from lotdeploy.plan.desired import DesiredRoute
-from lotdeploy.plan.diff import NodeSteps, Plan, node_change_groups, ordered_node_changes
+from lotdeploy.plan.diff import NodeSteps, Plan, node_change_groups
 from lotdeploy.secret import SENSITIVE, dumps, scrub
 
 PLAN_FORMAT = "lotdeploy-plan"
@@ -34,11 +34,16 @@ def _payload(value: Any, attrs: dict[str, Any] | None = None) -> dict[str, Any] 
     return None
 
 
+def _groups(plan: Plan) -> list[list[Change]]:
+    """The changes in the order plans show them: the site-level ones (if any), then each
+    node's."""
+    site_level = [c for c in plan.changes if c.node is None]
+    nodes = [group for _, _, group in node_change_groups(plan.changes)]
+    return [site_level, *nodes] if site_level else nodes
+
+
 def _ordered(plan: Plan) -> list[Change]:
-    return [
-        *(c for c in plan.changes if c.node is None),
-        *ordered_node_changes(plan.changes),
-    ]
+    return [c for group in _groups(plan) for c in group]
 
 
 def _change_document(c: Change) -> dict[str, Any]:
@@ -257,11 +262,8 @@ def reference_pieces(plan: Plan) -> Iterator[str]:
     head = json.dumps(doc, separators=(",", ":"))
     # "changes" is the last key: the head ends with its empty list and the closing brace
     yield head[: -len("[]}")] + "["
-    site_level = [c for c in plan.changes if c.node is None]
-    groups = [site_level] if site_level else []
-    groups += [group for _, _, group in node_change_groups(plan.changes)]
     separator = ""
-    for group in groups:
+    for group in _groups(plan):
         yield separator + _reference_rows(group)
         separator = ","
     yield "]}\n"
