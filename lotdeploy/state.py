@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -119,6 +120,15 @@ class Rotation:
 #: done: an interrupted apply leaves them, and the next run does them first.
 JOURNAL_STEPS = ("reload", "activate")
 
+#: What a live read (refresh) found a recorded resource to be on the node, when it is not
+#: what apply left: the keys of `NodeRecord.drift` are `route/NAME`, `file/NAME`,
+#: `user/NAME`, `release` (where `current` points) and `timer` (a confirm-or-revert timer
+#: of an earlier apply still armed).
+DRIFT_KINDS = ("missing", "changed", "extra", "refused", "armed")
+DRIFT_KEY = re.compile(r"^(release|timer|(route|file|user)/[^\s/]{1,255})$")
+#: The node paths a record's files live under (what `NodePaths` holds).
+PATH_KEYS = ("release_dir", "tls_dir")
+
 
 @dataclass
 class NodeRecord:
@@ -136,11 +146,20 @@ class NodeRecord:
     #: what `doctor` learned about the node's broker (lotdeploy.doctor.BrokerFacts.to_json)
     broker: dict[str, Any] = field(default_factory=dict)
     applied_at: str | None = None
+    #: where `files` were written: {"release_dir", "tls_dir"} (absent in older records)
+    paths: dict[str, str] = field(default_factory=dict)
+    #: what a refresh found differing from this record (DRIFT_KEY -> one of DRIFT_KINDS);
+    #: the plan restores each, and apply clears what it restored
+    drift: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"routes": self.routes}
         if self.files:
             doc["files"] = self.files
+        if self.paths:
+            doc["paths"] = dict(sorted(self.paths.items()))
+        if self.drift:
+            doc["drift"] = dict(sorted(self.drift.items()))
         if self.users:
             doc["users"] = sorted(self.users)
         if self.release is not None:
@@ -173,6 +192,19 @@ class NodeRecord:
         pending = [_str(p, "pending step") for p in _list(doc.get("pending", []), "pending")]
         if any(step not in JOURNAL_STEPS for step in pending):
             raise ValueError(f"node {node}: unknown pending step")
+        paths = {
+            _str(k, "path key"): _str(v, "path")
+            for k, v in _mapping(doc.get("paths", {}), f"node {node} paths").items()
+        }
+        if set(paths) - set(PATH_KEYS) or any(not v.startswith("/") for v in paths.values()):
+            raise ValueError(f"node {node}: paths must be absolute {' and '.join(PATH_KEYS)}")
+        drift = {
+            _str(k, "drift key"): _str(v, "drift kind")
+            for k, v in _mapping(doc.get("drift", {}), f"node {node} drift").items()
+        }
+        for key, kind in drift.items():
+            if not DRIFT_KEY.match(key) or kind not in DRIFT_KINDS:
+                raise ValueError(f"node {node}: unknown drift entry {key!r}: {kind!r}")
         return cls(
             routes,
             files,
@@ -182,6 +214,8 @@ class NodeRecord:
             pending,
             _mapping(doc.get("broker", {}), f"node {node} broker facts"),
             _optional_str(doc.get("applied_at"), "applied_at"),
+            paths,
+            drift,
         )
 
 

@@ -19,8 +19,9 @@ files in tests/golden/plant-a/), inventories/geo.yaml (TLS on: plan only, before
 exists), the same with TLS off (rendered), and a generated 200-node mesh (39,800 routes), for
 which only sha256 digests are stored.
 
-Two differences from 0.1.0 are intended and normalised here, nothing else:
+Three differences from 0.1.0 are intended and normalised here, nothing else:
   * plan text: the warning prefix changed from "Warning:" to "warning:" in this release;
+  * plan text: a second header line says what the plan was made from (offline or refreshed);
   * plan --json: the layout changed (new fields: format, state_serial, node_regions, steps,
     per change key and payload; compact lines); compared as parsed JSON restricted to the
     fields 0.1.0 had, never as bytes.
@@ -101,6 +102,8 @@ def normalise_plan_text(text: str) -> str:
     "Warning: ..." (now "warning: ..."), and had no apply, so no block saying what apply
     does on each node ("On the nodes ...", new with apply): that block is left out."""
     text = re.sub(r"\nOn the nodes \(what apply does there\):\n(?:  .*\n)+", "", text)
+    # the header's second line, new with apply's refresh: what the plan was made from
+    text = re.sub(r"(?m)\A(lotdeploy plan: .*\n)  (?:offline|refreshed): .*\n", r"\1", text)
     return re.sub(r"(?m)^(\s*)Warning: ", r"\1warning: ", text)
 
 

@@ -1,18 +1,20 @@
-"""`lotdeploy drift`: what the nodes really run, against what apply recorded.
+"""Read what the nodes really run (the refresh behind `drift`, `plan --refresh` and `apply`).
 
-Per node, read live: the release `current` points at and its manifest (over SSH), the
-sha256 of the TLS files in the broker's tls_dir, and the broker's routes (`-listRoutes`)
-with the code of each route lotdeploy owns (`$SYS/Coreflux/Routes/<Name>`). Compare with
-the state document. Route code is compared as normalised text with the password masked on
-both sides, so drift needs no passphrase and never shows one.
+Per node, read live: the release `current` points at and the digests of its files, the TLS
+files in the broker's TLS directory (both where apply wrote them), the broker's routes
+(`-listRoutes`) with the code of each route lotdeploy owns (`$SYS/Coreflux/Routes/<Name>`),
+and, when the cluster passwords are at hand, whether the broker accepts each cluster
+user's login. `lotdeploy.plan.live.reconcile` compares that with the state document. Route
+code is compared as normalised text with the password masked on both sides, so a refresh
+without the passphrase still reads everything but the users, and never shows a secret.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lotdeploy.apply import release
@@ -22,6 +24,7 @@ from lotdeploy.compiler.routes import canonical_route_text
 from lotdeploy.lot import normalize
 from lotdeploy.model import ROUTE_PREFIX, Node, Site
 from lotdeploy.plan.desired import DesiredRoute
+from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
@@ -31,19 +34,17 @@ TransportFactory = Callable[[Node], Transport]
 _PASSWORD = re.compile(r'(WITH\s+PASSWORD\s+)"[^"]*"')
 #: How long to wait for a route's code on $SYS (retained, so normally at once).
 ROUTE_CODE_WAIT = 3.0
+#: How long a cluster user's login check may take.
+LOGIN_WAIT = 5.0
 
 
 @dataclass
-class DriftReport:
-    findings: dict[str, list[str]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    #: node -> {"routes": names, "files": names} that no longer hold on the node
-    stale: dict[str, dict[str, set[str]]] = field(default_factory=dict)
-    checked: list[str] = field(default_factory=list)
+class DriftReport(Refresh):
+    """A refresh as `lotdeploy drift` reports it."""
 
     @property
-    def drifted(self) -> bool:
-        return any(self.findings.values())
+    def checked(self) -> list[str]:
+        return sorted(set(self.read) | set(self.findings) | set(self.errors))
 
     def summary(self) -> str:
         nodes = sum(1 for f in self.findings.values() if f)
@@ -54,13 +55,18 @@ class DriftReport:
         total = sum(len(f) for f in self.findings.values())
         return f"drift: {total} difference(s) on {nodes} of {len(self.checked)} node(s)"
 
+    @property
+    def drifted(self) -> bool:
+        return any(self.findings.values())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "drifted": self.drifted,
             "nodes": {
                 name: {"findings": self.findings.get(name, []), "error": self.errors.get(name)}
-                for name in sorted(self.checked)
+                for name in self.checked
             },
+            "notes": self.notes,
         }
 
 
@@ -69,23 +75,25 @@ def masked(code: str) -> str:
     return _PASSWORD.sub(lambda m: f'{m.group(1)}"{SENSITIVE}"', normalize(code))
 
 
-def expected_code(attrs: dict[str, Any]) -> str:
-    route = DesiredRoute.from_attrs(attrs)
+def expected_code(attrs: Mapping[str, Any]) -> str:
+    route = DesiredRoute.from_attrs(dict(attrs))
     return masked(canonical_route_text(route.attrs(), Secret(SENSITIVE)))
 
 
-def node_drift_items(
-    site: Site, node: Node, record: NodeRecord, transport: Transport
-) -> tuple[list[str], dict[str, set[str]]]:
-    """The findings in words, and what no longer holds: {"routes": names, "files": names}
-    (what `plan --refresh` forgets from the record, so the plan restores it).
-
-    One command reads the files (the release, its files' and the TLS files' digests) while
-    the broker is read over the same connection at the same time; the code of every owned
-    route is read at once (one SUBSCRIBE), bounded by ROUTE_CODE_WAIT in all."""
-    tls_names = [n for n in record.files if n != "routes.lot"]
+def node_live(
+    site: Site,
+    node: Node,
+    record: NodeRecord,
+    transport: Transport,
+    logins: dict[str, Secret] | None = None,
+) -> NodeLive:
+    """What `node` runs. One command reads the files while the broker is read over the same
+    connection at the same time; the code of every owned route is read at once (one
+    SUBSCRIBE, bounded by ROUTE_CODE_WAIT in all), and the logins are tried at once."""
+    paths = release.NodePaths.where(record.paths, node)
+    tls_names = [n for n in record.files if n != ROUTE_FILE]
     # the files themselves, not the manifest: a hand edit leaves the manifest as it was
-    release_names = [n for n in record.files if n not in tls_names]
+    release_names = [n for n in record.files if n == ROUTE_FILE]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drift-{node.name}") as pool:
         files = pool.submit(
             release.node_facts,
@@ -94,67 +102,42 @@ def node_drift_items(
             record.release or "0",
             tls_names,
             release_names=release_names,
+            paths=paths,
         )
         # the broker's error, if any, is the one reported (leaving the pool waits for the
         # command, which its own timeout bounds)
-        routes_found, routes_stale = _route_drift(site, node, record, transport)
+        routes, users = _broker_live(site, node, record, transport, logins)
         facts = files.result()
-    found, stale = _file_drift(node, record, facts, tls_names)
-    return found + routes_found, {"files": stale, "routes": routes_stale}
+    return NodeLive(
+        facts.current,
+        facts.release_digests,
+        facts.tls_digests,
+        routes,
+        users,
+        facts.armed + facts.firing,
+    )
 
 
-def _file_drift(
-    node: Node, record: NodeRecord, facts: release.NodeFacts, tls_names: list[str]
-) -> tuple[list[str], set[str]]:
-    found: list[str] = []
-    stale: set[str] = set()
-    paths = release.NodePaths.of(node)
-    current = facts.current
-    if record.release and current != record.release:
-        found.append(f"release: current is {current or 'missing'}, apply left {record.release}")
-        stale |= set(record.files)
-    for name, entry in sorted(record.files.items()):
-        if name in tls_names:
-            have = facts.tls_digests.get(name)
-            where = f"{paths.tls_dir}/{name}"
-        else:
-            have = facts.release_digests.get(name)
-            where = f"{paths.current}/{name}"
-        if have is None:
-            found.append(f"file {where}: missing")
-            stale.add(name)
-        elif have != entry.get("sha256"):
-            found.append(f"file {where}: changed")
-            stale.add(name)
-    return found, stale
-
-
-def _route_drift(
-    site: Site, node: Node, record: NodeRecord, transport: Transport
-) -> tuple[list[str], set[str]]:
-    found: list[str] = []
-    stale: set[str] = set()
+def _broker_live(
+    site: Site,
+    node: Node,
+    record: NodeRecord,
+    transport: Transport,
+    logins: dict[str, Secret] | None,
+) -> tuple[dict[str, str | None], dict[str, bool] | None]:
     with admin_session(site, node, transport) as client:
         listing = client.listed_at_connect()  # the -listRoutes the session sent on connect
         routes = listing if listing is not None else client.list_routes()
-        listed = {str(r.get("name")): r for r in routes if r.get("name")}
-        for name in sorted(set(record.routes) - set(listed)):
-            found.append(f"route {name}: missing on the broker")
-            stale.add(name)
-        for name in sorted(
-            n for n in set(listed) - set(record.routes) if n.startswith(ROUTE_PREFIX)
-        ):
-            found.append(f"route {name}: on the broker, but not applied by lotdeploy")
-        both = sorted(set(record.routes) & set(listed))
-        codes = client.read_route_codes(both, timeout=ROUTE_CODE_WAIT) if both else {}
-        for name in both:
-            code = codes.get(name)
-            if code is None:
-                continue  # this broker does not republish route code: nothing to compare
-            if masked(code) != expected_code(record.routes[name]):
-                found.append(f"route {name}: its code on the broker differs from what was applied")
-                stale.add(name)
-    return found, stale
+        owned = sorted(
+            str(r["name"]) for r in routes if str(r.get("name", "")).startswith(ROUTE_PREFIX)
+        )
+        applied = sorted(n for n in owned if record.routes.get(n))
+        codes = client.read_route_codes(applied, timeout=ROUTE_CODE_WAIT) if applied else {}
+        live: dict[str, str | None] = dict.fromkeys(owned)
+        for name, code in codes.items():
+            live[name] = None if code is None else masked(code)
+        users = client.check_logins(logins, timeout=LOGIN_WAIT) if logins else None
+    return live, users
 
 
 def read_drift(
@@ -163,32 +146,47 @@ def read_drift(
     transports: TransportFactory,
     parallelism: int = 10,
     only: set[str] | None = None,
+    logins: dict[str, Secret] | None = None,
 ) -> DriftReport:
-    """Drift of every chosen node that apply has recorded (concurrently, bounded)."""
+    """Read every chosen node that apply has recorded (concurrently, bounded) and reconcile
+    it with its record. `logins` (cluster user -> password): also check that each broker
+    still accepts the users its record lists (none: users are not checked, and a note says
+    so)."""
     state = StateStore(workspace).read()
     report = DriftReport()
+    chosen = [n for n in site.nodes if only is None or n.name in only]
     nodes = [
         n
-        for n in site.nodes
-        if (only is None or n.name in only)
-        and n.name in state.nodes
-        and (state.nodes[n.name].routes or state.nodes[n.name].files)
+        for n in chosen
+        if n.name in state.nodes
+        and (state.nodes[n.name].routes or state.nodes[n.name].files or state.nodes[n.name].release)
     ]
-    for node in site.nodes:
-        if (only is None or node.name in only) and node not in nodes:
+    for node in chosen:
+        if node not in nodes:
             report.findings[node.name] = ["never applied"]
-            report.checked.append(node.name)
+    if logins is None and nodes:
+        report.notes.append(
+            "users not checked: their logins need the cluster password (set "
+            "LOTDEPLOY_PASSPHRASE, or run apply, which reads them too)"
+        )
 
-    found = on_nodes(
-        nodes,
-        transports,
-        lambda node, t: node_drift_items(site, node, state.nodes[node.name], t),
-        parallelism,
-    )
-    for name, items in found.items():
-        report.checked.append(name)
-        if isinstance(items, str):
-            report.errors[name] = items
-        else:
-            report.findings[name], report.stale[name] = items
+    def job(node: Node, transport: Transport) -> NodeLive:
+        record = state.nodes[node.name]
+        # a record that lists no users predates user records: check every cluster user
+        mine = (
+            {u: p for u, p in logins.items() if u in record.users or not record.users}
+            if logins
+            else None
+        )
+        return node_live(site, node, record, transport, mine)
+
+    found = on_nodes(nodes, transports, job, parallelism)
+    for name, live in found.items():
+        if isinstance(live, str):
+            report.errors[name] = live
+            continue
+        record = state.nodes[name]
+        paths = release.NodePaths.where(record.paths, site.node(name)).to_json()
+        report.drift[name], report.findings[name] = reconcile(record, live, expected_code, paths)
+        report.read.append(name)
     return report

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Literal
 
-from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
+from lotdeploy.broker.mqtt import ConnectRefused, Message, MqttConnection, MqttError
 from lotdeploy.errors import BrokerError
 from lotdeploy.lot import strip_comments
 from lotdeploy.protocol import (
@@ -333,6 +333,38 @@ class BrokerClient:
         if isinstance(data, dict):
             data = data.get("secrets", list(data))
         return [str(x) for x in data] if isinstance(data, list) else []
+
+    async def check_logins(self, users: dict[str, Secret], timeout: float = 5.0) -> dict[str, bool]:
+        """Whether the broker accepts each user's login, tried at once on this session's
+        address (MQTT CONNECT, then DISCONNECT): how a refresh sees a cluster user removed,
+        or given another password, by hand, where no command lists users. A refusal (return
+        code 4 or 5) is False; anything else that stops a login is this node's error."""
+
+        async def one(user: str, password: Secret) -> tuple[str, bool]:
+            conn = MqttConnection(
+                self.host,
+                self.port,
+                client_id=f"lotdeploy-login-{uuid.uuid4().hex[:12]}",
+                username=self._word(user),
+                password=password,
+                tls=self._tls,
+                server_hostname=self._server_hostname,
+                connect_timeout=timeout,
+            )
+            try:
+                await conn.connect()
+            except ConnectRefused as refused:
+                if refused.code in (4, 5):
+                    return user, False
+                raise self._error(f"checking the login of user {user}: {refused}") from None
+            except MqttError as exc:
+                raise self._error(f"checking the login of user {user}: {exc}") from None
+            finally:
+                await conn.close()
+            return user, True
+
+        found = await asyncio.gather(*(one(u, p) for u, p in sorted(users.items())))
+        return dict(found)
 
     async def read_route_code(self, name: str, timeout: float = 10.0) -> str | None:
         """The LOT a broker republishes on `$SYS/Coreflux/Routes/<name>` (None if none in time)."""

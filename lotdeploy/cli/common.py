@@ -17,6 +17,7 @@ import click
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from lotdeploy.apply.drift import DriftReport
     from lotdeploy.model import Node, Site
     from lotdeploy.secret import Secret
     from lotdeploy.spec import LoadedSite
@@ -158,6 +159,36 @@ def transport_factory(
     return make
 
 
+def cluster_logins(site: Site, workspace: Workspace, need: bool) -> dict[str, Secret] | None:
+    """Each cluster user brokers must accept now -> its password, for a refresh's login
+    checks. Without `need` (plan, drift), only when the secret store can be opened without
+    a prompt (LOTDEPLOY_PASSPHRASE set): else None, and the users are not checked."""
+    import os
+
+    from lotdeploy.credentials import password_secret_name
+    from lotdeploy.model import username_for_version
+    from lotdeploy.plan.make import credential_facts
+    from lotdeploy.state import StateStore
+    from lotdeploy.workspace import PASSPHRASE_ENV
+
+    if not site.link_count:
+        return {}
+    if not workspace.secrets_path.exists():
+        return None  # nothing rendered yet: no cluster user exists anywhere
+    if not need and not os.environ.get(PASSPHRASE_ENV):
+        return None
+    store = workspace.secrets()
+    facts = credential_facts(StateStore(workspace).read())
+    logins: dict[str, Secret] = {}
+    for version in facts.accepted_versions:
+        password = store.get(password_secret_name(version))
+        if password is None:
+            continue
+        for base in sorted({n.username for n in site.nodes}):
+            logins[username_for_version(base, version)] = password
+    return logins
+
+
 def read_live(
     site: Any,
     workspace: Any,
@@ -165,22 +196,26 @@ def read_live(
     accept_new_host_keys: bool,
     parallelism: int = 10,
     strict: bool = True,
-) -> tuple[dict[str, list[str]], dict[str, dict[str, set[str]]], dict[str, str]]:
-    """`--refresh`: what the live nodes show: drift findings, what no longer holds, and the
-    nodes that could not be read. `strict`: such a node is an error naming it (a saved
-    plan must not guess)."""
+    transport: str | None = None,
+    need_logins: bool = False,
+) -> DriftReport:
+    """A refresh: what the live nodes show (lotdeploy.apply.drift). `strict`: a node that
+    cannot be read is an error naming it (a saved plan must not guess); else it is said,
+    and planned from its record as it is."""
     from lotdeploy.apply.drift import read_drift
     from lotdeploy.errors import LotdeployError
 
     report = read_drift(
-        site, workspace, transport_factory(site, accept_new_host_keys), parallelism, only
+        site,
+        workspace,
+        transport_factory(site, accept_new_host_keys, transport),
+        parallelism,
+        only,
+        cluster_logins(site, workspace, need_logins),
     )
     if strict and report.errors:
         raise LotdeployError(
             "cannot read the live nodes: "
             + "; ".join(f"node {n}: {e}" for n, e in sorted(report.errors.items()))
         )
-    findings = {
-        n: [f for f in found if f != "never applied"] for n, found in report.findings.items()
-    }
-    return findings, report.stale, report.errors
+    return report

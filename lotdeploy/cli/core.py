@@ -121,8 +121,10 @@ def render(site: Path, out: Path, workspace_dir: Path | None) -> None:
 @click.option(
     "--refresh",
     is_flag=True,
-    help="Also read the live nodes (over SSH and the command channel): show drift apart "
-    "from the changes, and plan to restore what drifted.",
+    help="Also read the live nodes (over SSH and the command channel): plan to restore what "
+    "drifted, and list the drift apart. Without it the plan is made offline, from the "
+    "recorded state (its header says which); apply reads the nodes before it changes "
+    "anything either way.",
 )
 @click.option(
     "--accept-new-host-keys",
@@ -146,9 +148,11 @@ def plan(
 ) -> None:
     """Show what deploying the site would change, grouped site → region → node.
 
-    Never needs the passphrase; secret values show as (sensitive). The plan is also kept
-    as the workspace's latest plan: a bare `lotdeploy apply` in the site's directory
-    applies exactly it (or refuses, saying what moved since).
+    Offline by default: made from the recorded state, no node read, no passphrase needed;
+    secret values show as (sensitive). `--refresh` reads the nodes (users' logins are
+    checked when LOTDEPLOY_PASSPHRASE is set). The plan is also kept as the workspace's
+    latest plan: a bare `lotdeploy apply` in the site's directory applies exactly it (or
+    refuses, saying what moved since).
 
     \b
     Examples:
@@ -168,9 +172,15 @@ def plan(
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
     refuse_missing_broker_keys(loaded.site, workspace)
-    live = read_live(loaded.site, workspace, only, accept_new_host_keys)[:2] if refresh else None
+    live = read_live(loaded.site, workspace, only, accept_new_host_keys) if refresh else None
+    for note in live.notes if live is not None else []:
+        click.echo(f"note: {note}", err=True)
     with collector_paused():
-        the_plan = make_plan(loaded.site, workspace, only=only, live=live)
+        the_plan = make_plan(loaded.site, workspace, only=only, refresh=live)
+        # what the plan is kept as (and --out saves) names this workspace: given once
+        keep = the_plan.has_changes or workspace.root.exists() or out_file is not None
+        if keep:
+            the_plan.workspace_id = workspace.identity(create=True)
         if as_json:
             write = sys.stdout.write  # buffered; 40,000 click.echo calls cost 0.4 s
             for piece in iter_json(the_plan):
@@ -182,7 +192,7 @@ def plan(
             write_plan(the_plan, out_file)
         # what a bare `lotdeploy apply` applies; a plan without changes too, so an older one
         # is never what a bare apply finds after `plan` said "No changes"
-        if the_plan.has_changes or workspace.root.exists():
+        if keep:
             with workspace.lock("plan"):
                 write_reference(the_plan, workspace.root / LATEST)
     if (workspace.root / "verify").is_dir():  # the last verify's validity advice

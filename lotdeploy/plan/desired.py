@@ -9,6 +9,7 @@ the same inputs always give the same desired state and tests need no workspace.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -88,6 +89,28 @@ class NodeDesired:
     users: tuple[DesiredUser, ...]
     #: users to remove from this broker (the last phase of a credential rotation)
     retired_users: tuple[str, ...] = ()
+    #: where the files land: {"release_dir", "tls_dir"} (part of what the node must run)
+    paths: tuple[tuple[str, str], ...] = ()
+
+    def path_of(self, file_name: str) -> str:
+        """Where file `file_name` of the bundle lives on the node."""
+        return file_path(dict(self.paths), file_name)
+
+
+def node_paths(node: Node) -> dict[str, str]:
+    """The node's directories as the state records them (`NodeRecord.paths`)."""
+    return {
+        "release_dir": node.broker.release_dir.rstrip("/") or "/",
+        "tls_dir": node.broker.tls_dir,
+    }
+
+
+def file_path(paths: dict[str, str], file_name: str) -> str:
+    """A bundle file's path on the node: the route file in the `current` release, the TLS
+    files in the broker's TLS directory."""
+    if file_name == ROUTE_FILE:
+        return posixpath.join(paths["release_dir"], "current", file_name)
+    return posixpath.join(paths["tls_dir"], file_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +187,7 @@ def desired_state(site: Site, credentials: CredentialFacts) -> dict[str, NodeDes
             node_files(node),
             users,
             retired,
+            tuple(sorted(node_paths(node).items())),
         )
         for node in site.nodes
     }

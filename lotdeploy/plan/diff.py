@@ -9,14 +9,15 @@ users to create or remove, and whether the node's reload command runs.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
-from lotdeploy.plan.changes import SHOWN, Change
-from lotdeploy.plan.desired import DesiredRoute, NodeDesired
+from lotdeploy.plan.changes import SHOWN, Action, Change
+from lotdeploy.plan.desired import DesiredRoute, NodeDesired, file_path
 from lotdeploy.plan.observed import Observed
 
 #: changes of these kinds touch a node's TLS files
@@ -34,6 +35,11 @@ class NodeSteps:
     users_create: list[str] = field(default_factory=list)
     users_remove: list[str] = field(default_factory=list)
     reload: bool = False
+    #: files lotdeploy wrote at paths the site no longer uses: [path, sha256 it wrote];
+    #: removed after the new ones are in place, and only while they still hold that content
+    files_remove: list[list[str]] = field(default_factory=list)
+    #: a release directory the site moved away from (its releases and `current`, if ours)
+    old_release_dir: str | None = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -43,10 +49,12 @@ class NodeSteps:
             or self.users_create
             or self.users_remove
             or self.reload
+            or self.files_remove
+            or self.old_release_dir
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "files": self.files,
             "routes_remove": self.routes_remove,
             "routes_add": self.routes_add,
@@ -54,6 +62,11 @@ class NodeSteps:
             "users_remove": self.users_remove,
             "reload": self.reload,
         }
+        if self.files_remove:
+            doc["files_remove"] = self.files_remove
+        if self.old_release_dir:
+            doc["old_release_dir"] = self.old_release_dir
+        return doc
 
 
 @dataclass
@@ -77,6 +90,12 @@ class Plan:
     #: made with `--refresh`: live nodes were read, and `drift` is what they showed
     refreshed: bool = False
     drift: dict[str, list[str]] = field(default_factory=dict)
+    #: the workspace the plan was made in (Workspace.identity): a saved plan applies there only
+    workspace_id: str = ""
+    #: the digest a saved plan carried (lotdeploy.plan.document.plan_digest); "" when fresh
+    digest: str = field(default="", compare=False)
+    #: which document it was read from: "plan" (payloads and attributes) or "reference"
+    document: str = field(default="", compare=False)
 
     def restricted(self, only: set[str] | None) -> Plan:
         """This plan for the chosen nodes only (site-level steps stay: they serve all)."""
@@ -111,8 +130,9 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
         node = desired.get(node_name)
         want: dict[str, DesiredRoute] = {r.name: r for r in node.routes} if node else {}
         have = observed.routes.get(node_name, {})
+        drift = observed.drift.get(node_name)
         region = node.region if node else "(removed)"
-        if not have:  # nothing recorded (a first plan): every route is created
+        if not have and not drift:  # nothing recorded (a first plan): every route is created
             for name, created in sorted(want.items()):
                 reason = reasons.get((created.link_class, created.peer))
                 if reason is None:
@@ -126,18 +146,100 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
             route, before = want.get(name), have.get(name)
             if before is None and route is not None:
                 reason = f"{route.link_class} link to {route.peer}"
+                if drift and drift.get(f"route/{name}") == "missing":
+                    reason = f"missing on the broker: put back ({reason})"
                 changes.append(
                     Change("create", "route", name, node_name, region, reason, (), route)
                 )
             elif route is None and before is not None:
                 reason = "node removed from the site" if node is None else "peer removed"
+                if not before:
+                    reason = "on the broker, not in the site (lotdeploy's prefix: removed)"
                 changes.append(
                     Change("delete", "route", name, node_name, region, reason, (), None, before)
                 )
-            elif route is not None and before is not None and _differs(before, route.attrs()):
-                changes.append(
-                    Change("update", "route", name, node_name, region, "", (), route, before)
-                )
+            elif route is not None and before is not None:
+                kind = drift.get(f"route/{name}") if drift else None
+                if not before or kind == "changed":
+                    reason = (
+                        "its code on the broker differs from what lotdeploy applied"
+                        if before
+                        else "on the broker already, with code lotdeploy did not record"
+                    )
+                    changes.append(
+                        Change(
+                            "update", "route", name, node_name, region, reason, (), route, before
+                        )
+                    )
+                elif _differs(before, route.attrs()):
+                    changes.append(
+                        Change("update", "route", name, node_name, region, "", (), route, before)
+                    )
+    return changes
+
+
+def file_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
+    """What differs in the files a node has, by their paths on the node: a file the site
+    now puts elsewhere or names otherwise, a mode, a file a refresh found missing or changed,
+    and a `current` that no longer points at the release apply left. A node never applied
+    gets all its files anyway, shown by its other changes; none of these lines."""
+    changes: list[Change] = []
+    for name in sorted(desired):
+        node = desired[name]
+        recorded = observed.files.get(name)
+        if name not in observed.applied or not recorded:
+            continue
+        paths = observed.paths.get(name) or dict(node.paths)
+        drift = observed.drift.get(name, {})
+        have = {file_path(paths, f): (f, entry) for f, entry in recorded.items()}
+        want = {node.path_of(f.name): (f.name, f"{f.mode:04o}") for f in node.files}
+        moved_from = {posixpath.basename(p): p for p in set(have) - set(want)}
+        for path in sorted(set(want) | set(have)):
+            if path in want and path not in have:
+                file_name = want[path][0]
+                old = moved_from.get(file_name)
+                reason = f"moved from {old}" if old else "new in the site"
+                changes.append(Change("create", "file", path, name, node.region, reason))
+            elif path in have and path not in want:
+                reason = "no longer in the site: removed if it still holds what lotdeploy wrote"
+                changes.append(Change("delete", "file", path, name, node.region, reason))
+            else:
+                file_name, mode = want[path]
+                kind = drift.get(f"file/{file_name}")
+                recorded_mode = have[path][1].get("mode")
+                if kind:
+                    reason = f"{kind} on the node since lotdeploy wrote it"
+                    action: Action = "create" if kind == "missing" else "update"
+                    changes.append(Change(action, "file", path, name, node.region, reason))
+                elif recorded_mode != mode:
+                    reason = f"mode {recorded_mode} -> {mode}"
+                    changes.append(Change("update", "file", path, name, node.region, reason))
+        current = posixpath.join(dict(node.paths)["release_dir"], "current")
+        if "release" in drift:
+            reason = (
+                "`current` points at another release than apply left"
+                if drift["release"] == "changed"
+                else "`current` is missing on the node"
+            )
+            changes.append(Change("update", "release", current, name, node.region, reason))
+        elif "timer" in drift:
+            reason = "an earlier apply's confirm-or-revert timer is still armed: disarmed"
+            changes.append(Change("update", "release", current, name, node.region, reason))
+    return changes
+
+
+def user_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
+    """Cluster users a refresh found the broker refusing: created (or given their password)
+    again. A first apply's users are steps of the node, not changes of their own."""
+    changes: list[Change] = []
+    for name in sorted(desired):
+        node = desired[name]
+        wanted = {u.username for u in node.users}
+        for key, kind in sorted(observed.drift.get(name, {}).items()):
+            what, _, user = key.partition("/")
+            if what == "user" and kind == "refused" and user in wanted:
+                reason = "the broker refuses its login: removed, or given another password"
+                changes.append(Change("create", "user", user, name, node.region, reason))
     return changes
 
 
@@ -196,22 +298,57 @@ def node_steps(
         if node is not None:
             known = name in observed.applied
             tls_changed = site_tls or any(c.kind in TLS_KINDS for c in mine)
+            # a file moved, renamed, changed on the node or `current` moved: the release
+            # goes out again (apply compares each file with what the node has)
+            files_changed = any(c.kind in ("file", "release") for c in mine)
             for file in node.files:
-                if not known or (
-                    (file.role == "routes" and (step.routes_add or step.routes_remove))
+                if (
+                    not known
+                    or files_changed
+                    or (file.role == "routes" and (step.routes_add or step.routes_remove))
                     or (file.role != "routes" and tls_changed)
                 ):
                     step.files.append(file.name)
             step.reload = any(f.broker_reads and f.name in step.files for f in node.files)
             recorded = observed.users.get(name)
+            refused = {c.name for c in mine if c.kind == "user" and c.action == "create"}
             if not known:
                 step.users_create = [u.username for u in node.users]
-            elif recorded is not None:
-                step.users_create = [u.username for u in node.users if u.username not in recorded]
+            elif recorded is not None or refused:
+                step.users_create = [
+                    u.username
+                    for u in node.users
+                    if u.username in refused
+                    or (recorded is not None and u.username not in recorded)
+                ]
             step.users_remove = [u for u in node.retired_users if recorded is None or u in recorded]
+            if known:
+                _removals(step, node, observed, mine)
         if step:
             steps[name] = step
     return steps
+
+
+def _removals(
+    step: NodeSteps, node: NodeDesired, observed: Observed, changes: list[Change]
+) -> None:
+    """What of lotdeploy's own the node keeps at paths the site left: those files (with the
+    digest lotdeploy wrote, so a file changed since is left alone) and the old release
+    directory."""
+    recorded = observed.files.get(node.name, {})
+    paths = observed.paths.get(node.name) or dict(node.paths)
+    by_path = {file_path(paths, f): entry for f, entry in recorded.items()}
+    in_release = paths["release_dir"] + "/"  # those go with the old release directory
+    for change in changes:
+        if (
+            change.kind == "file"
+            and change.action == "delete"
+            and change.name in by_path
+            and not change.name.startswith(in_release)
+        ):
+            step.files_remove.append([change.name, by_path[change.name].get("sha256", "")])
+    if paths["release_dir"] != dict(node.paths)["release_dir"]:
+        step.old_release_dir = paths["release_dir"]
 
 
 def build_plan(
@@ -233,6 +370,8 @@ def build_plan(
     )
     plan.changes.extend(extra_changes)
     plan.changes.extend(route_changes(desired, observed))
+    plan.changes.extend(file_changes(desired, observed))
+    plan.changes.extend(user_changes(desired, observed))
     plan.warnings.extend(warnings)
     plan.steps = node_steps(desired, observed, plan.changes)
     return plan

@@ -13,6 +13,7 @@ from lotdeploy.model import Site
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.desired import CredentialFacts, desired_state
 from lotdeploy.plan.diff import Plan, build_plan
+from lotdeploy.plan.live import Refresh
 from lotdeploy.plan.observed import Observed
 from lotdeploy.plan.pki import pki_changes
 from lotdeploy.secret import SENSITIVE
@@ -52,18 +53,21 @@ def make_plan(
     workspace: Workspace,
     now: datetime | None = None,
     only: set[str] | None = None,
-    live: tuple[dict[str, list[str]], dict[str, dict[str, set[str]]]] | None = None,
+    refresh: Refresh | None = None,
 ) -> Plan:
     """The plan for `site` against the workspace's state (for the nodes in `only`).
 
-    `live` (from `plan --refresh`: the drift findings and what no longer holds on each
-    node) makes the plan restore what drifted, and shows the drift apart from the changes.
+    `refresh` (what the live nodes showed: apply's refresh, `plan --refresh`) replaces what
+    the state recorded as differing on each node read, so the plan restores what drifted;
+    its findings are shown apart from the changes.
     """
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
+    if refresh is not None:
+        apply_refresh(state, refresh)
     credentials = credential_facts(state)
     extra = first_password_change(site, credentials)
-    observed = Observed.from_state(state).forget(live[1]) if live else Observed.from_state(state)
+    observed = Observed.from_state(state)
     pki, warnings = pki_changes(site, workspace, now, observed.files)
     extra.extend(pki)
     plan = build_plan(
@@ -75,10 +79,24 @@ def make_plan(
         warnings + resume_warnings(state) + rollout_warnings(state),
     )
     plan.site_file = str(Path(site.source).resolve())
-    if live is not None:
+    plan.workspace_id = workspace.identity()
+    if refresh is not None:
         plan.refreshed = True
-        plan.drift = {node: found for node, found in sorted(live[0].items()) if found}
+        plan.drift = {
+            node: [f for f in found if f != "never applied"]
+            for node, found in sorted(refresh.findings.items())
+            if any(f != "never applied" for f in found)
+        }
     return plan.restricted(only)
+
+
+def apply_refresh(state: State, refresh: Refresh) -> None:
+    """`state` as the live read showed it: each node read gets the drift found there (a
+    clean node none, whatever an earlier refresh-only recorded)."""
+    for node in refresh.read:
+        record = state.nodes.get(node)
+        if record is not None:
+            record.drift = dict(refresh.drift.get(node, {}))
 
 
 def rollout_warnings(state: State) -> list[str]:

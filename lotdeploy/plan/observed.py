@@ -2,8 +2,10 @@
 
 Route attributes are recorded without the password, only the credential version it came
 from, so `plan` can detect a password change without ever needing the passphrase. Apply
-records what it did after every node step; `plan --refresh` will add live facts read from
-the nodes. Until a node was applied there is no record, and everything is a creation.
+records what it did after every node step. A refresh (lotdeploy.plan.live) adds what the
+live nodes showed: what is missing there is not observed, what differs is marked, so the
+plan restores both. Until a node was applied there is no record, and everything is a
+creation.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lotdeploy.plan.live import corrected
 from lotdeploy.state import NodeRecord, State, StateStore
 from lotdeploy.workspace import Workspace
 
 
 @dataclass
 class Observed:
-    #: node -> route name -> recorded attributes (lotdeploy.plan.desired.DesiredRoute.attrs)
+    #: node -> route name -> recorded attributes (lotdeploy.plan.desired.DesiredRoute.attrs);
+    #: a route a refresh found on the broker but never applied has no attributes ({})
     routes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     site_digest: str | None = None
     #: node -> broker users recorded as created there (None: not recorded)
@@ -28,13 +32,19 @@ class Observed:
     serial: int = 0
     #: nodes an apply has given something (a record made only by `doctor` does not count)
     applied: set[str] = field(default_factory=set)
-    #: nodes whose files a live read found changed or missing (`forget`)
-    refreshed: set[str] = field(default_factory=set)
+    #: node -> {"release_dir", "tls_dir"} its recorded files are under (absent: not recorded)
+    paths: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: node -> what a refresh found differing (lotdeploy.plan.live drift entries)
+    drift: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_state(cls, state: State) -> Observed:
         # A record made only by `doctor` (broker facts, nothing applied) is no applied node.
-        nodes = {n: r for n, r in state.nodes.items() if r.routes or r.files or r.release}
+        nodes = {
+            n: corrected(r, r.drift) if r.drift else r
+            for n, r in state.nodes.items()
+            if r.routes or r.files or r.release
+        }
         return cls(
             routes={name: r.routes for name, r in nodes.items()},
             site_digest=state.site_digest,
@@ -49,27 +59,13 @@ class Observed:
             files={name: r.files for name, r in nodes.items() if r.files},
             serial=state.serial,
             applied=set(nodes),
+            paths={name: r.paths for name, r in nodes.items() if r.paths},
+            drift={name: r.drift for name, r in nodes.items() if r.drift},
         )
 
     @classmethod
     def load(cls, workspace: Workspace) -> Observed:
         return cls.from_state(StateStore(workspace).read())
-
-    def forget(self, stale: dict[str, dict[str, set[str]]]) -> Observed:
-        """This observed state less what live nodes showed no longer holds (`plan
-        --refresh`): the plan then restores it."""
-        from copy import deepcopy
-
-        out = deepcopy(self)
-        for node, gone in stale.items():
-            for name in gone.get("routes", set()):
-                out.routes.get(node, {}).pop(name, None)
-            for name in gone.get("files", set()):
-                out.files.get(node, {}).pop(name, None)
-            if gone.get("files") and node in out.applied:
-                out.applied.discard(node)  # its files are written again
-                out.refreshed.add(node)
-        return out
 
     def __post_init__(self) -> None:
         if not self.applied:  # built by hand (tests, old tools): every recorded node

@@ -25,8 +25,12 @@ def style(text: str, fg: str | None = None, bold: bool = False) -> str:
 
 
 def _route_line(change: Change) -> str:
+    reason = f"({change.reason})" if change.reason else ""
     if change.action == "update":
-        return "  ".join(f"{a.name} {a.before} -> {a.after}" for a in change.shown())
+        moves = [f"{a.name} {a.before} -> {a.after}" for a in change.shown()]
+        return "  ".join([*moves, reason] if reason else moves)
+    if change.action == "delete" and not change.before and not change.attrs:
+        return reason  # a route found on the broker that lotdeploy never applied
     route = change.payload
     if change.action != "delete" and isinstance(route, DesiredRoute) and not change.attrs:
         # The common line, straight from the payload (no attribute tuples built).
@@ -98,7 +102,7 @@ def iter_text(plan: Plan, colour: bool = False) -> Iterator[str]:
         f"lotdeploy plan: site {plan.site} ({plan.node_count} nodes, "
         f"{plan.region_count} region{'s' if plan.region_count != 1 else ''})"
     )
-    yield (style(head, bold=True) if colour else head) + "\n"
+    yield (style(head, bold=True) if colour else head) + "\n" + source_line(plan) + "\n"
     site_level = [c for c in plan.changes if c.node is None]
     if site_level:
         yield f"\nsite {plan.site}\n" + "".join("  " + _line(c, colour) + "\n" for c in site_level)
@@ -131,6 +135,17 @@ def iter_text(plan: Plan, colour: bool = False) -> Iterator[str]:
     out.append("")
     out.append(summary_line(plan))
     yield "\n".join(out) + "\n"
+
+
+def source_line(plan: Plan) -> str:
+    """What the plan was made from (the header's second line): the recorded state only, or
+    the live nodes too."""
+    if plan.refreshed:
+        return "  refreshed: made against what the live nodes run"
+    return (
+        "  offline: made from the recorded state; no node was read (`plan --refresh` reads "
+        "them; apply reads them before it changes anything)"
+    )
 
 
 def steps_text(steps: NodeSteps) -> str:
