@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import stat
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from lotdeploy.errors import SecretStoreError, WorkspaceError
-from lotdeploy.fsutil import LockBusy, atomic_write, break_lock, exclusive_lock, make_dirs
+from lotdeploy.fsutil import (
+    LockBusy,
+    LockHeld,
+    UnreadableFile,
+    atomic_write,
+    break_lock,
+    exclusive_lock,
+    make_dirs,
+    read_regular_file,
+)
 from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
 
 PASSPHRASE_ENV = "LOTDEPLOY_PASSPHRASE"
@@ -246,6 +257,38 @@ class Workspace:
         return self.root / "secrets.enc"
 
     @property
+    def id_path(self) -> Path:
+        return self.root / "workspace-id"
+
+    def identity(self, create: bool = False) -> str:
+        """The workspace's own random id, given once (with `create`; "" if it has none yet):
+        a saved plan carries it and applies only in the workspace it was made in."""
+        path = self.id_path
+        if not path.exists() and not path.is_symlink():
+            if not create:
+                return ""
+            self.ensure()
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                pass  # another run gave it one at the same moment: read that
+            except OSError as exc:
+                raise WorkspaceError(f"{path}: cannot create: {exc.strerror}") from None
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(uuid.uuid4().hex + "\n")
+        try:
+            text = read_regular_file(path, 256).decode("ascii", "replace").strip()
+        except UnreadableFile as exc:
+            raise WorkspaceError(f"{path}: {exc.reason}") from None
+        if not re.fullmatch(r"[0-9a-f]{32}", text):
+            raise WorkspaceError(
+                f"{path}: the workspace id is damaged (32 hex digits expected); remove the file "
+                "to give the workspace a new one (saved plans made before then are refused)"
+            )
+        return text
+
+    @property
     def pki_dir(self) -> Path:
         return self.root / "pki"
 
@@ -319,11 +362,18 @@ class Workspace:
             finally:
                 self._lock_depth = 0
 
-    def force_unlock(self, lock_id: str) -> str:
-        """Break the workspace lock recorded with `lock_id`; the record that was removed."""
+    def force_unlock(self, lock_id: str, force: bool = False) -> str:
+        """Break the workspace lock recorded with `lock_id`; the record that was removed.
+        A holder that is alive is refused unless `force` (fsutil.break_lock)."""
         path = self.root / "lock"
         try:
-            return break_lock(path, lock_id)
+            return break_lock(path, lock_id, force)
+        except LockHeld as held:
+            raise WorkspaceError(
+                f"{path}: the lock is held right now by a running process ({held.holder}): "
+                "breaking it would let another run work beside that one; nothing was "
+                "removed. Stop that run (or wait for it), or pass --force if it hangs"
+            ) from None
         except FileNotFoundError:
             raise WorkspaceError(f"{path}: there is no lock to remove") from None
         except LockBusy:

@@ -211,9 +211,15 @@ def test_grouped_changes_keep_the_sort_order() -> None:
 
 def test_plan_reference_text_equals_the_encoder() -> None:
     from lotdeploy.plan.diff import Plan
-    from lotdeploy.plan.document import REFERENCE_FORMAT, _head, _ordered, reference_text
+    from lotdeploy.plan.document import (
+        REFERENCE_FORMAT,
+        _head,
+        _ordered,
+        reference_digest,
+        reference_text,
+    )
 
-    plan = Plan("si\"te", "d", 2, 1, regions={"n0": "eu", "n1": "eu"})
+    plan = Plan('si"te', "d", 2, 1, regions={"n0": "eu", "n1": "eu"})
     plan.changes = [
         Change("create", "route", "lotdeploy_n1", "n0", "eu", "in-region link to n1 é"),
         Change("create", "ca", "site CA", None, None, 'quo"te\\'),
@@ -225,5 +231,7 @@ def test_plan_reference_text_equals_the_encoder() -> None:
             **_head(plan),
             "format": REFERENCE_FORMAT,
             "changes": [[c.key, c.action, c.reason] for c in _ordered(plan)],
+            "steps": {},
+            "digest": reference_digest(plan),
         }
         assert reference_text(plan) == json.dumps(doc, separators=(",", ":")) + "\n"

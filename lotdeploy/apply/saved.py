@@ -34,6 +34,11 @@ def _line(change: Change) -> str:
 def stale_reasons(saved: Plan, fresh: Plan) -> list[str]:
     """Why `saved` cannot be applied now (empty: it can), in words an operator can act on."""
     reasons = []
+    if saved.workspace_id != fresh.workspace_id:
+        reasons.append(
+            f"the plan was made in another workspace (id {saved.workspace_id or 'none'}), not "
+            f"this one (id {fresh.workspace_id or 'none'})"
+        )
     if saved.site != fresh.site:
         reasons.append(f"the plan is for site {saved.site}, not {fresh.site}")
     if saved.site_digest != fresh.site_digest:
@@ -61,7 +66,41 @@ def stale_reasons(saved: Plan, fresh: Plan) -> list[str]:
             + "; ".join(shown)
             + (f"; and {more} more" if more > 0 else "")
         )
+    if not reasons and saved.digest != _digest(saved, fresh):
+        reasons.append(_what_differs(saved, fresh))
     return reasons
+
+
+def _digest(saved: Plan, fresh: Plan) -> str:
+    """The fresh plan's digest, of the kind the saved one carries."""
+    from lotdeploy.plan.document import plan_digest, reference_digest
+
+    return reference_digest(fresh) if saved.document == "reference" else plan_digest(fresh)
+
+
+def _what_differs(saved: Plan, fresh: Plan) -> str:
+    """The first change (or node's steps) whose details differ, in words."""
+    from lotdeploy.plan.document import change_line
+
+    new = {c.key: c for c in fresh.changes}
+    if saved.document != "reference":
+        for change in saved.changes:
+            other = new.get(change.key)
+            if other is None or change_line(change) == change_line(other):
+                continue
+            was = {a.name: a.after for a in change.shown()}
+            now = {a.name: a.after for a in other.shown()}
+            diffs = [
+                f"{key} {was.get(key)} -> {now.get(key)}"
+                for key in sorted(set(was) | set(now))
+                if was.get(key) != now.get(key)
+            ]
+            what = "; ".join(diffs[:3]) or "its payload"
+            return f"what it would do changed in detail: {_line(change)}: {what}"
+    for name in sorted(set(saved.steps) | set(fresh.steps)):
+        if saved.steps.get(name) != fresh.steps.get(name):
+            return f"what it would do on node {name} changed (its steps differ)"
+    return "what it would do changed in detail (its digest differs from a fresh plan's)"
 
 
 def require_fresh(saved: Plan, fresh: Plan, source: str) -> None:

@@ -8,6 +8,7 @@ refused when either moved since.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii
@@ -159,6 +160,7 @@ def _head(plan: Plan) -> dict[str, Any]:
         "format_version": PLAN_JSON_FORMAT,
         "site": plan.site,
         "site_digest": plan.site_digest,
+        "workspace": plan.workspace_id,
         "state_serial": plan.state_serial,
         "nodes": plan.node_count,
         "regions": plan.region_count,
@@ -170,6 +172,58 @@ def _head(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _identity(plan: Plan) -> str:
+    """What a plan is for, as one line of its digest: site, site digest, workspace, state."""
+    return dumps(
+        [plan.site, plan.site_digest, plan.workspace_id, plan.state_serial, plan.only],
+        sort_keys=True,
+    )
+
+
+def _steps_line(name: str, steps: NodeSteps) -> str:
+    return f"{json.dumps(name)}: {dumps(steps.to_json())}"
+
+
+class _Digest:
+    """sha256 over what apply will do, line by line: the plan's identity, every change as
+    its document line (payload and attributes included; a reference: key, action, reason)
+    and every node's steps. The writer computes it as it writes; a reader recomputes it
+    from what it parsed (an edited document no longer matches); apply computes it of the
+    fresh plan (a stale one no longer matches)."""
+
+    def __init__(self, kind: str, plan: Plan) -> None:
+        self.hash = hashlib.sha256(f"{kind}\n{_identity(plan)}\n".encode())
+
+    def add(self, line: str, end: str = "\n") -> str:
+        self.hash.update((line + end).encode())
+        return line
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest()
+
+
+def plan_digest(plan: Plan, in_order: bool = False) -> str:
+    """The digest a plan document (`plan --out`, `plan --json`) carries. `in_order`: the
+    changes as they stand (a plan read back from its document), else as plans show them."""
+    digest = _Digest(PLAN_FORMAT, plan)
+    for change in plan.changes if in_order else _ordered(plan):
+        digest.add(change_line(change))
+    for name, steps in sorted(plan.steps.items()):
+        digest.add(_steps_line(name, steps))
+    return digest.hexdigest()
+
+
+def reference_digest(plan: Plan, in_order: bool = False) -> str:
+    """The digest the workspace's latest-plan reference carries (`in_order`: as for
+    plan_digest). Its rows are hashed as written: each row and a comma."""
+    digest = _Digest(REFERENCE_FORMAT, plan)
+    for change in plan.changes if in_order else _ordered(plan):
+        digest.add(_reference_rows([change]), end=",")
+    for name, steps in sorted(plan.steps.items()):
+        digest.add(_steps_line(name, steps))
+    return digest.hexdigest()
+
+
 def plan_document(plan: Plan) -> dict[str, Any]:
     return {
         **_head(plan),
@@ -177,6 +231,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "steps": {name: steps.to_json() for name, steps in sorted(plan.steps.items())},
         "warnings": plan.warnings,
         "summary": plan.summary(),
+        "digest": plan_digest(plan),
     }
 
 
@@ -187,23 +242,25 @@ def iter_json(plan: Plan) -> Iterator[str]:
     200-node plan (39,800 changes) is neither held twice in memory nor slowed by the pure
     Python encoder that `indent=` needs; one change per line also diffs well in review.
     """
+    digest = _Digest(PLAN_FORMAT, plan)
     yield "{\n"
     for key, value in _head(plan).items():
         yield f"  {json.dumps(key)}: {dumps(value, sort_keys=True)},\n"
     yield '  "changes": ['
     separator = "\n    "
     for change in _ordered(plan):
-        yield separator + change_line(change)
+        yield separator + digest.add(change_line(change))
         separator = ",\n    "
     yield "\n  ],\n" if separator != "\n    " else "],\n"
     yield '  "steps": {'
     separator = "\n    "
     for name, steps in sorted(plan.steps.items()):
-        yield f"{separator}{json.dumps(name)}: {dumps(steps.to_json())}"
+        yield separator + digest.add(_steps_line(name, steps))
         separator = ",\n    "
     yield "\n  },\n" if separator != "\n    " else "},\n"
     yield f'  "warnings": {dumps(plan.warnings)},\n'
-    yield f'  "summary": {dumps(plan.summary())}\n'
+    yield f'  "summary": {dumps(plan.summary())},\n'
+    yield f'  "digest": {json.dumps(digest.hexdigest())}\n'
     yield "}\n"
 
 
@@ -230,6 +287,11 @@ def read_plan(path: Path) -> Plan:
         ) from None
     try:
         return plan_from_document(json.loads(text))
+    except EditedPlan:
+        raise WorkspaceError(
+            f"{path}: the plan was edited after it was saved (its digest does not match what "
+            "it says); nothing was applied: plan again and review it"
+        ) from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise WorkspaceError(f"{path}: not a lotdeploy plan ({exc})") from None
 
@@ -258,15 +320,23 @@ def reference_pieces(plan: Plan) -> Iterator[str]:
     changes (999,000 at 1,000 nodes) are written with the C string encoder, five times
     faster than the encoder walking lists of lists, and never held as one list or one
     string (tests/test_fastpaths.py checks the bytes)."""
+    digest = _Digest(REFERENCE_FORMAT, plan)
     doc = {**_head(plan), "format": REFERENCE_FORMAT, "changes": []}
     head = json.dumps(doc, separators=(",", ":"))
-    # "changes" is the last key: the head ends with its empty list and the closing brace
+    # "changes" is the last key of the head: it ends with its empty list and the brace
     yield head[: -len("[]}")] + "["
     separator = ""
     for group in _groups(plan):
-        yield separator + _reference_rows(group)
+        yield separator + digest.add(_reference_rows(group), end=",")
         separator = ","
-    yield "]}\n"
+    steps = {}
+    for name, node_steps in sorted(plan.steps.items()):
+        digest.add(_steps_line(name, node_steps))
+        steps[name] = node_steps.to_json()
+    yield (
+        "]," + json.dumps({"steps": steps, "digest": digest.hexdigest()}, separators=(",", ":"))[1:]
+    )
+    yield "\n"
 
 
 def _reference_rows(changes: list[Change]) -> str:
@@ -279,6 +349,39 @@ def _reference_rows(changes: list[Change]) -> str:
         )
 
 
+class EditedPlan(ValueError):
+    """A plan document whose digest no longer matches what it says: edited after saving."""
+
+
+def _steps(doc: Any) -> dict[str, NodeSteps]:
+    return {
+        str(name): NodeSteps(
+            str(name),
+            files=[str(f) for f in s["files"]],
+            routes_remove=[str(r) for r in s["routes_remove"]],
+            routes_add=[str(r) for r in s["routes_add"]],
+            users_create=[str(u) for u in s["users_create"]],
+            users_remove=[str(u) for u in s["users_remove"]],
+            reload=bool(s["reload"]),
+            files_remove=[[str(p), str(d)] for p, d in s.get("files_remove", [])],
+            old_release_dir=None if s.get("old_release_dir") is None else str(s["old_release_dir"]),
+        )
+        for name, s in dict(doc).items()
+    }
+
+
+def _checked(plan: Plan, doc: dict[str, Any], digest: Any) -> Plan:
+    """`plan` (read from `doc`) if the digest it carries is the one of what it says."""
+    stored = doc.get("digest")
+    if not isinstance(stored, str) or len(stored) != 64:
+        raise ValueError("it carries no digest (made by an older lotdeploy: plan again)")
+    plan.digest = stored
+    plan.document = "reference" if digest is reference_digest else "plan"
+    if digest(plan, in_order=True) != stored:
+        raise EditedPlan("its digest does not match what it says")
+    return plan
+
+
 def _reference(doc: dict[str, Any]) -> Plan:
     if doc.get("format_version") != PLAN_JSON_FORMAT:
         raise ValueError(f"unknown plan format version {doc.get('format_version')!r}")
@@ -288,7 +391,7 @@ def _reference(doc: dict[str, Any]) -> Plan:
             raise ValueError(f"unknown action {action!r}")
         kind, node, name = str(key).split("/", 2)
         changes.append(Change(action, kind, name, node or None, None, str(reason)))
-    return Plan(
+    plan = Plan(
         site=str(doc["site"]),
         site_digest=str(doc["site_digest"]),
         node_count=int(doc["nodes"]),
@@ -300,7 +403,10 @@ def _reference(doc: dict[str, Any]) -> Plan:
         only=None if doc.get("only") is None else [str(n) for n in doc["only"]],
         refreshed=bool(doc.get("refreshed", False)),
         drift={str(k): [str(x) for x in v] for k, v in dict(doc.get("drift", {})).items()},
+        steps=_steps(doc.get("steps", {})),
+        workspace_id=str(doc.get("workspace", "")),
     )
+    return _checked(plan, doc, reference_digest)
 
 
 def plan_from_document(doc: Any) -> Plan:
@@ -311,19 +417,8 @@ def plan_from_document(doc: Any) -> Plan:
     if doc.get("format_version") != PLAN_JSON_FORMAT:
         raise ValueError(f"unknown plan format version {doc.get('format_version')!r}")
     changes = [_change(c) for c in doc["changes"]]
-    steps = {
-        str(name): NodeSteps(
-            str(name),
-            files=[str(f) for f in s["files"]],
-            routes_remove=[str(r) for r in s["routes_remove"]],
-            routes_add=[str(r) for r in s["routes_add"]],
-            users_create=[str(u) for u in s["users_create"]],
-            users_remove=[str(u) for u in s["users_remove"]],
-            reload=bool(s["reload"]),
-        )
-        for name, s in dict(doc["steps"]).items()
-    }
-    return Plan(
+    steps = _steps(doc["steps"])
+    plan = Plan(
         site=str(doc["site"]),
         site_digest=str(doc["site_digest"]),
         node_count=int(doc["nodes"]),
@@ -337,7 +432,9 @@ def plan_from_document(doc: Any) -> Plan:
         only=None if doc.get("only") is None else [str(n) for n in doc["only"]],
         refreshed=bool(doc.get("refreshed", False)),
         drift={str(k): [str(x) for x in v] for k, v in dict(doc.get("drift", {})).items()},
+        workspace_id=str(doc.get("workspace", "")),
     )
+    return _checked(plan, doc, plan_digest)
 
 
 def _change(doc: dict[str, Any]) -> Change:
