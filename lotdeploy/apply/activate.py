@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,48 @@ def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
                 raise
         removed.append(name)
     return removed
+
+
+#: How often apply asks a broker whether the routes it added are Connected yet.
+CONNECTED_POLL = 0.5
+
+
+def wait_connected(client: SyncBrokerClient, node: str, names: list[str], timeout: float) -> str:
+    """Wait (bounded by `timeout`) until the broker reports every route in `names`
+    Connected; raise naming those that are not, with the broker's last error for each.
+
+    What it returns says what was seen (for the event). A broker whose listing reports no
+    connection state (1.x text replies) cannot be waited for: that is said, not assumed."""
+    started = time.monotonic()
+    deadline = started + max(timeout, 0.0)
+    while True:
+        listed = {str(r.get("name")): r for r in client.list_routes()}
+        states = {name: listed.get(name, {}).get("connection") for name in names}
+        present = [n for n in names if n in listed]
+        if present and all(states[n] is None for n in present):
+            return "this broker reports no connection state: not waited for"
+        waiting = [n for n in names if states[n] != "Connected"]
+        if not waiting:
+            return f"{len(names)} route(s) Connected after {time.monotonic() - started:.1f}s"
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(CONNECTED_POLL, max(deadline - time.monotonic(), 0.0)))
+    details = []
+    for name in waiting[:5]:
+        last = None
+        if name in listed:
+            with contextlib.suppress(CommandFailed):
+                last = client.check_route_connection(name).get("lastError")
+        state = states[name] or "not on the broker"
+        details.append(f"{name} ({state}{f': {last}' if last else ''})")
+    more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+    raise BrokerError(
+        node,
+        f"{len(waiting)} route(s) not Connected {timeout:g} s after they were added: "
+        + ", ".join(details)
+        + more
+        + " (`lotdeploy status` shows them; --connect-timeout waits longer)",
+    )
 
 
 def apply_routes(

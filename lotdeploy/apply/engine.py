@@ -27,7 +27,7 @@ from lotdeploy.apply import activate, release
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.credentials import broker_users
 from lotdeploy.errors import BrokerError, LotdeployError
-from lotdeploy.model import Node, Site
+from lotdeploy.model import Node, Site, route_name_for
 from lotdeploy.plan.desired import desired_state
 from lotdeploy.plan.diff import NodeSteps, Plan
 from lotdeploy.plan.make import credential_facts
@@ -81,8 +81,14 @@ class _Run:
         transports: TransportFactory,
         reporter: Reporter,
         parallelism: int,
+        connect_timeout: float = 15.0,
+        keep_timers: dict[str, str] | None = None,
     ) -> None:
         self.site = site
+        #: how long a node's routes may take to report Connected after they are added
+        self.connect_timeout = connect_timeout
+        #: node -> the confirm-or-revert timer this run armed there (every other is disarmed)
+        self.keep_timers = keep_timers or {}
         self.workspace = workspace
         self.store = StateStore(workspace)
         self.factory = transports
@@ -176,10 +182,17 @@ def apply_plan(
     now: datetime | None = None,
     only: set[str] | None = None,
     files_phase: FilesPhase | None = None,
+    connect_timeout: float = 15.0,
+    keep_timers: dict[str, str] | None = None,
 ) -> ApplyResult:
     """Do what `plan` says on its nodes (those in `only`, when given). `files_phase`
     delivers the files of all nodes at once (default: `_files` per node, over its own transport,
-    chained with the steps after it); everything after it is the same for all."""
+    chained with the steps after it); everything after it is the same for all.
+
+    A node's routes step ends only when the broker reports every route it added Connected
+    (bounded by `connect_timeout`; 0: not waited for). `keep_timers`: the confirm-or-revert
+    timer each node keeps (lotdeploy.rollout.confirm); any other found there is disarmed
+    before its files change."""
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
     pending = {n: set(r.pending) for n, r in state.nodes.items() if r.pending}
@@ -188,7 +201,7 @@ def apply_plan(
         for name in (set(plan.steps) | set(pending))
         if name in {n.name for n in site.nodes} and (only is None or name in only)
     )
-    run = _Run(site, workspace, transports, reporter, parallelism)
+    run = _Run(site, workspace, transports, reporter, parallelism, connect_timeout, keep_timers)
     if not targets:
         return run.result
     for name in targets:
@@ -217,6 +230,11 @@ def apply_plan(
         # them without waiting for the others (the routes, which log in to their targets with
         # the users, wait until every node is through)
         per_node: list[Step] = [
+            (
+                "cleanup",
+                {n for n in targets if steps[n].files_remove or steps[n].old_release_dir},
+                lambda n: _cleanup(run, n, steps[n]),
+            ),
             (
                 "capabilities",
                 {n for n in targets if not _known_broker(run, n)},
@@ -262,11 +280,18 @@ def record_files(
     """State after a node's files are in place: what it has, the release before, and (when
     the reload rode along in the same command) no reload pending."""
 
+    paths = release.NodePaths.of(run.site.node(name)).to_json()
+
     def files(record: NodeRecord) -> None:
         record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
+        record.paths = paths
         if previous != rid:
             record.previous_release = previous
         record.release = rid
+        # what a refresh found amiss with the files is what this release put right
+        record.drift = {
+            k: v for k, v in record.drift.items() if not (k == "release" or k.startswith("file/"))
+        }
         if reloaded:
             record.pending = [p for p in record.pending if p != "reload"]
 
@@ -285,7 +310,10 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
     outcome = run.result.outcomes[name]
     rid = release.release_id(bundle)
     tls_names = [f.name for f in bundle.files if f.name != ROUTE_FILE]
-    facts = release.node_facts(transport, node, rid, tls_names, bundle, prepare=True)
+    facts = release.node_facts(
+        transport, node, rid, tls_names, bundle, prepare=True, keep_timer=run.keep_timers.get(name)
+    )
+    release.check_timers(name, facts.armed, facts.firing, release.NodePaths.of(node))
     changed = facts.changed_tls(bundle, tls_names)
     reload, installed, reload_error = bool(changed or steps.reload), False, None
     if not facts.has_release or facts.current != rid or changed:  # the reload rides along
@@ -305,6 +333,21 @@ def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None
     clear_pending_reload(run, name)
     done = "uploaded" if outcome.uploaded else "already on the node"
     return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
+
+
+def _cleanup(run: _Run, name: str, steps: NodeSteps) -> str:
+    """What lotdeploy left at paths the site no longer uses: its files there (only while
+    they hold what it wrote) and its old release directory."""
+    kept = release.remove_old(
+        run.transport(name), run.site.node(name), steps.files_remove, steps.old_release_dir
+    )
+    removed = len(steps.files_remove) - len(kept)
+    detail = f"{removed} old file(s) removed"
+    if steps.old_release_dir:
+        detail += f", old release directory {steps.old_release_dir} cleared"
+    if kept:
+        detail += f"; kept (changed since lotdeploy wrote them): {', '.join(kept)}"
+    return detail
 
 
 def _known_broker(run: _Run, name: str) -> bool:
@@ -334,6 +377,7 @@ def _users(run: _Run, name: str, users: dict[str, Secret]) -> str:
 
     def record(r: NodeRecord) -> None:
         r.users = sorted(set(r.users) | set(done))
+        r.drift = {k: v for k, v in r.drift.items() if k.removeprefix("user/") not in done}
 
     run.record(name, record)
     return ", ".join(done)
@@ -347,9 +391,19 @@ def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
     facts = StateStore(run.workspace).read().nodes.get(name, NodeRecord()).broker
     remove_first = facts.get("readd") != "overwrite"
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
+    # apply converged only when the links are up: wait (bounded) for each route it added,
+    # but for those to a peer that failed in this run (that failure is the node's to report)
+    peers = {route_name_for(n.name): n.name for n in run.site.nodes}
+    failed = {n for n, o in run.result.outcomes.items() if not o.ok}
+    wait = sorted(r for r in add if peers.get(r) not in failed)
     with activate.admin_session(run.site, node, run.transport(name)) as client:
         activate.apply_routes(client, name, remove, add, remove_first)
-    return f"{len(add)} added, {len(set(remove) - set(add))} removed"
+        done = f"{len(add)} added, {len(set(remove) - set(add))} removed"
+        if wait and run.connect_timeout > 0:
+            done += "; " + activate.wait_connected(client, name, wait, run.connect_timeout)
+        if len(wait) < len(add):
+            done += f"; {len(add) - len(wait)} to a failed peer not waited for"
+    return done
 
 
 def _retire(run: _Run, name: str, users: list[str]) -> str:
@@ -369,6 +423,8 @@ def _finish(run: _Run, name: str, routes: Iterable[Any], now: datetime) -> str:
         r.routes = {route.name: route.attrs() for route in routes}
         r.pending = [p for p in r.pending if p != "activate"]
         r.applied_at = now.isoformat(timespec="seconds")
+        # every route and user of the node is now what the site says
+        r.drift = {k: v for k, v in r.drift.items() if not k.startswith(("route/", "user/"))}
 
     with run.store.transaction() as state:
         record(state.nodes.setdefault(name, NodeRecord()))

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from lotdeploy.apply import activate
 from lotdeploy.apply.engine import ApplyResult, NodeOutcome, apply_plan
 from lotdeploy.apply.events import Event, Reporter
-from lotdeploy.apply.release import RELEASES, NodePaths, release_id
+from lotdeploy.apply.release import CONFIRM_DIR, RELEASES, NodePaths, disarm_timers, release_id
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import Node, Site
 from lotdeploy.plan.diff import Plan
@@ -45,7 +45,6 @@ from lotdeploy.workspace import Workspace
 
 TransportFactory = Callable[[Node], Transport]
 
-CONFIRM_DIR = ".confirm"
 #: how long (s) the timer waits for apply to switch the node before it gives up (no switch)
 SWITCH_WAIT = 900
 REPORT = "last-revert"
@@ -114,8 +113,11 @@ def revert_script(
 
 
 def arm(transport: Transport, node: Node, previous: str, new: str, timeout: int) -> Armed:
-    """Start the node-side timer before apply switches `node` from `previous` to `new`."""
+    """Start the node-side timer before apply switches `node` from `previous` to `new`.
+    Every older timer there is disarmed first (proven: none is left armed or firing), so
+    one timer belongs to one switch and none of an interrupted run reverts this one."""
     paths = NodePaths.of(node)
+    disarm_timers(transport, node)
     raw = transport.get(posixpath.join(paths.release(previous), MANIFEST))
     if raw is None:
         raise LotdeployError(f"node {node.name}: release {previous} has no manifest to revert to")
@@ -182,6 +184,7 @@ def apply_confirmed(
     parallelism: int,
     only: set[str],
     timeout: int,
+    connect_timeout: float = 15.0,
 ) -> ApplyResult:
     """apply_plan with confirm-or-revert around every node whose release changes.
 
@@ -240,6 +243,8 @@ def apply_confirmed(
             reporter,
             parallelism,
             only=only - set(unarmed),
+            connect_timeout=connect_timeout,
+            keep_timers={name: a.token for name, a in armed.items()},
         )
     else:
         result = ApplyResult()

@@ -157,6 +157,24 @@ def restore_node(
     except (ValueError, KeyError, TypeError, AttributeError):
         raise RestoreError(f"node {name}: release {target} has a damaged manifest") from None
 
+    # 0. the release must be whole before anything switches to it: every file its manifest
+    #    lists, with its digest (a damaged release is refused; nothing changes)
+    sums = "\n".join(
+        f"{entry['sha256']}  {posixpath.join(paths.release(target), file)}"
+        for file, entry in sorted(files.items())
+    )
+    bad = transport.run(
+        f"printf '%s\\n' {_q(sums)} | sha256sum -c --quiet - 2>&1 | sed -n 's/: FAILED.*$//p'",
+        timeout=60,
+        check=False,
+    ).stdout.split()
+    if bad or not files:
+        what = posixpath.basename(bad[0]) if bad else "its manifest lists no file"
+        raise RestoreError(
+            f"node {name}: release {target} on the node is damaged ({what} does not match its "
+            "manifest): nothing was switched"
+        )
+
     # 1. files: the TLS files that differ, then `current` (one command, set -e)
     tls = sorted(f for f in files if f != ROUTE_FILE)
     steps = ["set -e", f"owner=$(stat -c %u:%g {_q(paths.tls_dir)} 2>/dev/null || echo 0:0)"]
