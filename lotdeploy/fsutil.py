@@ -365,12 +365,40 @@ def parse_lock_record(record: str) -> tuple[str, str]:
     return lines[0], lock_id
 
 
-def break_lock(path: Path, lock_id: str) -> str:
+class LockHeld(Exception):
+    """The lock is held right now by a live process (its flock is taken): breaking it would
+    let a second run work beside that one. `holder` is its record."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(holder)
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the flock on `path` now (a dead holder's flock is gone
+    with it, whatever its record still says)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the flock this took, if any
+    return False
+
+
+def break_lock(path: Path, lock_id: str, force: bool = False) -> str:
     """Remove the lock file at `path` if its record has `lock_id`; the record removed.
 
-    A crashed run never needs this (the kernel drops its flock); this is for a holder that
-    hangs, or one on another host sharing the workspace. The next run takes a new lock file,
-    so a holder that still runs may then overlap with it: callers say so.
+    A crashed run never needs this (the kernel drops its flock). A holder that is alive
+    (its flock is taken) is refused unless `force`: the next run takes a new lock file and
+    would overlap with it. `force` is for a holder that hangs, or one on another host
+    sharing the workspace, which no flock here can see.
     """
     try:
         record = read_regular_file(path, 4096).decode(errors="replace").strip()
@@ -379,6 +407,8 @@ def break_lock(path: Path, lock_id: str) -> str:
     _, held_id = parse_lock_record(record)
     if not held_id or held_id != lock_id:
         raise ValueError(" ".join(record.split()))
+    if not force and lock_is_held(path):
+        raise LockHeld(" ".join(record.split()))
     os.unlink(path)
     return " ".join(record.split())
 

@@ -36,6 +36,8 @@ from typing import Any
 from lotdeploy.ansible import PLAYBOOKS
 from lotdeploy.errors import LotdeployError
 from lotdeploy.fsutil import atomic_write
+from lotdeploy.guard import CONTROL_DIR_ENV as GUARD_CONTROL_DIR
+from lotdeploy.guard import shim
 from lotdeploy.secret import dumps, scrub
 
 #: Bound of one whole playbook run, in seconds.
@@ -268,8 +270,14 @@ def run_playbook(
     started = time.monotonic()
     # a short directory: a unix socket path has at most 107 bytes
     control_dir = Path(tempfile.mkdtemp(prefix="ld-cp-", dir="/tmp"))
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    real = shutil.which("ansible-playbook", path=path)
+    if real is not None:  # ansible-playbook (and its SSH masters) stop with lotdeploy
+        shim(str(pdd.root / "guard-bin"), "ansible-playbook", real)
+        path = f"{pdd.root / 'guard-bin'}{os.pathsep}{path}"
     env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": path,
+        GUARD_CONTROL_DIR: str(control_dir),
         "ANSIBLE_CONFIG": str(pdd.root / "ansible.cfg"),
         "ANSIBLE_HOME": str(pdd.root / ".ansible"),
         "ANSIBLE_LOCAL_TEMP": str(pdd.root / ".ansible" / "tmp"),

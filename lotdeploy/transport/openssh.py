@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lotdeploy.guard import guarded
 from lotdeploy.secret import scrub
 from lotdeploy.transport.base import (
     COMMAND_TIMEOUT,
@@ -84,7 +85,7 @@ class OpenSshTransport(Transport):
             return
         self._dir = Path(tempfile.mkdtemp(prefix="ld-os-", dir="/tmp"))
         self._master = subprocess.Popen(
-            self._base(master=True),
+            guarded(self._base(master=True)),  # the master stops with lotdeploy
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
