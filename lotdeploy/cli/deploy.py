@@ -24,6 +24,7 @@ from lotdeploy.exitstatus import ExitStatus
 if TYPE_CHECKING:
     from lotdeploy.apply.events import Event
     from lotdeploy.model import Site
+    from lotdeploy.plan.live import Refresh
 
 limit_options = [
     click.option(
@@ -141,10 +142,31 @@ def _confirm(auto_approve: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON-lines events on stdout.")
 @click.option(
     "--refresh",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=True,
+    show_default=True,
+    metavar="[=BOOL]",
+    help="Read every node before changing anything (files, `current`, TLS files, the "
+    "broker's routes and users) and plan against what it runs, so what drifted is put back "
+    "in the same run. --refresh=false plans from the recorded state only (faster; what "
+    "changed by hand on a node stays as it is).",
+)
+@click.option(
+    "--refresh-only",
     is_flag=True,
-    help="Read every node first, as `lotdeploy drift` does, and put back what drifted: a "
-    "route removed or changed on a broker, a file missing or changed on a node (the state "
-    "forgets it, so the plan creates it again). Only with a site spec, not a saved plan.",
+    help="Read every node and record what it runs into the state (showing each entry it "
+    "records); change nothing on a node. The next plan then shows what putting it back takes.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0, 3600),
+    default=15.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long apply waits for the routes it added or changed to report Connected "
+    "before it calls the node failed (0: do not wait).",
 )
 @click.option(
     "--pause-after",
@@ -158,6 +180,12 @@ def _confirm(auto_approve: bool) -> None:
     is_flag=True,
     help="Go on with the rollout that paused (or was interrupted), from its next wave.",
 )
+@click.option(
+    "--abandon-rollout",
+    is_flag=True,
+    help="Drop the rollout that is paused or was interrupted (its waves stay as applied; "
+    "`lotdeploy rollback` undoes them), then apply as asked.",
+)
 @_options([*limit_options, *ssh_options, transport_option])
 def apply(
     target: Path | None,
@@ -165,6 +193,8 @@ def apply(
     auto_approve: bool,
     as_json: bool,
     refresh: bool,
+    refresh_only: bool,
+    connect_timeout: float,
     limit: tuple[str, ...],
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
@@ -172,19 +202,24 @@ def apply(
     transport: str | None,
     pause_after: str | None = None,
     resume: bool = False,
+    abandon_rollout: bool = False,
 ) -> None:
     """Make every node run what the site describes: files, broker users, routes.
 
+    Reads every node first (refresh) and plans against what it runs; exits 0 only when
+    every node took its changes and every route it added reports Connected.
+
     TARGET is a site spec (plan, show, ask, apply) or a saved plan (`plan --out FILE`),
-    applied exactly or refused when stale. Without TARGET: the latest plan that `lotdeploy
-    plan` saved in ./.lotdeploy/ (run from the site's directory).
+    applied exactly or refused when stale, edited, or made for another workspace. Without
+    TARGET: the latest plan that `lotdeploy plan` saved in ./.lotdeploy/ (run from the
+    site's directory).
 
     \b
     Examples:
       lotdeploy plan site.yaml && lotdeploy apply
       lotdeploy apply site.yaml --auto-approve --json
       lotdeploy plan site.yaml --out release.plan && lotdeploy apply release.plan
-      lotdeploy drift site.yaml || lotdeploy apply site.yaml --refresh --auto-approve
+      lotdeploy apply site.yaml --refresh-only --auto-approve
       lotdeploy apply site.yaml --pause-after canary && lotdeploy apply site.yaml --continue
     """
     from lotdeploy.apply.engine import apply_plan
@@ -211,13 +246,12 @@ def apply(
         site_file = Path(saved.site_file)
         if limit or exclude:
             raise click.UsageError("--limit/--exclude are fixed in a saved plan; plan again")
-        if refresh:
-            raise click.UsageError(
-                "--refresh reads the nodes and changes the plan: give the site spec, not a "
-                "saved plan"
-            )
+        if refresh_only:
+            raise click.UsageError("--refresh-only takes the site spec, not a saved plan")
     else:
         site_file, source = target, str(target)  # type: ignore[assignment]
+    if refresh_only and (resume or pause_after or abandon_rollout):
+        raise click.UsageError("--refresh-only changes no node: no rollout options with it")
     loaded = load(site_file)
     site = loaded.site
     workspace = open_workspace(site_file, workspace_dir)
@@ -228,12 +262,18 @@ def apply(
             else select_nodes(site, limit, exclude)
         )
         refuse_missing_broker_keys(site, workspace)
+        if not refresh_only:
+            _rollout_standing(workspace, resume, abandon_rollout, as_json)
         live = None
-        if saved is not None and saved.refreshed:  # a refreshed plan is checked live again
-            live = read_live(site, workspace, only, accept_new_host_keys)[:2]
-        elif refresh:
-            live = _refresh(site, workspace, accept_new_host_keys, parallelism, only, as_json)
-        fresh = make_plan(site, workspace, only=only, live=live)
+        if refresh or refresh_only:  # what the nodes run, before anything changes
+            live = _refresh(
+                site, workspace, accept_new_host_keys, parallelism, only, as_json, transport
+            )
+        if refresh_only:
+            _record_refresh(workspace, live, as_json, auto_approve)
+            return
+        fresh = make_plan(site, workspace, only=only, refresh=live)
+        fresh.workspace_id = workspace.identity(create=True)
         if saved is not None:
             require_fresh(saved, fresh, source)
         elif not as_json:
@@ -255,6 +295,8 @@ def apply(
                 lambda: _confirm(auto_approve or saved is not None),
                 Progress,
                 live,
+                transport,
+                connect_timeout,
             )
             if code:
                 sys.exit(code)
@@ -262,8 +304,12 @@ def apply(
         if not fresh.steps and not _pending(workspace):
             if as_json:
                 click.echo(dumps({"event": "summary", "changed": [], "failed": []}))
+            elif live is not None:
+                click.echo("No changes. Every node runs what the site says (read live).")
             else:
-                click.echo("No changes. Every node matches the site.")
+                click.echo(
+                    "No changes. Every node matches the recorded state (not read: --refresh=false)."
+                )
             return
         if saved is None:
             _confirm(auto_approve)
@@ -284,6 +330,7 @@ def apply(
                 parallelism,
                 only=only,
                 files_phase=files_phase,
+                connect_timeout=connect_timeout,
             )
         if files_phase is not None and files_phase.last is not None and not as_json:
             click.echo(f"ansible-runner artifacts: {files_phase.last.artifact_dir}")
@@ -317,6 +364,41 @@ def apply(
         sys.exit(ExitStatus.ERROR)
 
 
+def _rollout_standing(workspace: Any, resume: bool, abandon: bool, as_json: bool) -> None:
+    """A rollout that is paused or was interrupted owns the site until it is continued or
+    abandoned: any other apply is refused (it would bypass the waves and their gates)."""
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.state import StateStore
+
+    store = StateStore(workspace)
+    record = store.read().rollout
+    if record is None or record.status not in ("paused", "running"):
+        if abandon:
+            raise click.UsageError("--abandon-rollout: no rollout is paused or under way")
+        return
+    if resume:
+        return
+    names = [str(w.get("name")) for w in record.waves]
+    where = f"after wave {names[record.done - 1]}" if record.done else "before its first wave"
+    what = "paused" if record.status == "paused" else "was interrupted"
+    if not abandon:
+        raise LotdeployError(
+            f"a rollout {what} {where} ({record.done} of {len(names)} waves done; rollout "
+            f"{record.id}): `lotdeploy apply SITE --continue` goes on with it, "
+            "`--abandon-rollout` drops it (`lotdeploy rollback` undoes its waves); any other "
+            "apply would go around its waves and gates, so nothing was applied"
+        )
+    with store.transaction() as state:
+        state.rollout = None
+    message = f"abandoned rollout {record.id} ({what} {where}); its waves stay as applied"
+    from lotdeploy.secret import dumps
+
+    click.echo(
+        dumps({"event": "rollout-abandoned", "rollout": record.id}) if as_json else message,
+        err=not as_json,
+    )
+
+
 def _refresh(
     site: Site,
     workspace: Any,
@@ -324,25 +406,98 @@ def _refresh(
     parallelism: int,
     only: set[str] | None,
     as_json: bool,
-) -> tuple[dict[str, list[str]], dict[str, dict[str, set[str]]]]:
-    """`apply --refresh`: read every node as drift does; what drifted is planned again
-    (the plan forgets it from what was recorded). A node that cannot be read is said, and
-    planned from the state as it is."""
+    transport: str | None = None,
+) -> Refresh:
+    """Read every chosen node, as drift does: what drifted is planned back. A node that
+    cannot be read is said, and planned from its record as it is (its steps then fail
+    there, naming the cause)."""
     from lotdeploy.secret import dumps, scrub
 
-    findings, stale, errors = read_live(
-        site, workspace, only, accept_new_host_keys, parallelism, strict=False
+    live = read_live(
+        site,
+        workspace,
+        only,
+        accept_new_host_keys,
+        parallelism,
+        strict=False,
+        transport=transport,
+        need_logins=True,
     )
+    findings = {
+        node: [f for f in found if f != "never applied"]
+        for node, found in sorted(live.findings.items())
+    }
     if as_json:
-        drifted = [f"{n}: {f}" for n, found in sorted(findings.items()) for f in found]
-        click.echo(dumps({"event": "refresh", "drifted": drifted, "errors": errors}))
+        drifted = [f"{n}: {f}" for n, found in findings.items() for f in found]
+        click.echo(dumps({"event": "refresh", "drifted": drifted, "errors": live.errors}))
     else:
-        for node, found in sorted(findings.items()):
+        read = len(live.read)
+        drifted_nodes = sum(1 for found in findings.values() if found)
+        click.echo(
+            f"refresh: {read} node(s) read, {drifted_nodes} drifted"
+            + (f", {len(live.errors)} could not be read" if live.errors else ""),
+            err=True,
+        )
+        for node, found in findings.items():
             for finding in found:
-                click.echo(scrub(f"refresh: {node}: {finding}: put back by this apply"))
-        for node, error in sorted(errors.items()):
+                click.echo(scrub(f"refresh: {node}: {finding}"), err=True)
+        for node, error in sorted(live.errors.items()):
             click.echo(scrub(f"refresh: {node}: could not be read: {error}"), err=True)
-    return findings, stale
+    return live
+
+
+def _record_refresh(
+    workspace: Any, live: Refresh | None, as_json: bool, auto_approve: bool
+) -> None:
+    """`apply --refresh-only`: record what the nodes run into the state, entry by entry."""
+    from lotdeploy.secret import dumps, scrub
+    from lotdeploy.state import StateStore
+
+    assert live is not None
+    store = StateStore(workspace)
+    state = store.read()
+    entries = [
+        (node, key, kind)
+        for node in sorted(live.read)
+        for key, kind in sorted(live.drift.get(node, {}).items())
+        if state.nodes[node].drift.get(key) != kind
+    ]
+    cleared = [
+        (node, key)
+        for node in sorted(live.read)
+        for key in sorted(state.nodes[node].drift)
+        if key not in live.drift.get(node, {})
+    ]
+    if not entries and not cleared:
+        message = "No changes to record. The state says what every node read runs."
+        click.echo(dumps({"event": "summary", "recorded": []}) if as_json else message)
+        if live.errors:
+            sys.exit(ExitStatus.ERROR)
+        return
+    if not as_json:
+        click.echo("Refresh-only: the state will record, and change no node:")
+        for node, key, kind in entries:
+            click.echo(scrub(f"  ~ node {node}: {key}: {kind}"))
+        for node, key in cleared:
+            click.echo(scrub(f"  ~ node {node}: {key}: as applied again (drift cleared)"))
+    _confirm(auto_approve)
+    with store.transaction() as current:  # the record stays what apply did; drift beside it
+        for node in live.read:
+            record = current.nodes.get(node)
+            if record is not None:
+                record.drift = dict(live.drift.get(node, {}))
+    recorded = [f"{n}: {k}: {v}" for n, k, v in entries] + [
+        f"{n}: {k}: cleared" for n, k in cleared
+    ]
+    if as_json:
+        click.echo(dumps({"event": "summary", "recorded": recorded}))
+    else:
+        click.echo(
+            f"\nRecorded {len(recorded)} entr{'y' if len(recorded) == 1 else 'ies'}: "
+            "`lotdeploy plan` now shows what putting them back takes."
+        )
+    if live.errors:
+        sys.exit(ExitStatus.ERROR)
 
 
 def _looks_like_plan(path: Path) -> bool:
@@ -365,18 +520,26 @@ def _pending(workspace: Any) -> bool:
 @click.argument("lock_id")
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
 @workspace_option
-def force_unlock(lock_id: str, site: Path, workspace_dir: Path | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Break the lock even while its holder runs (a run that hangs; it and the next run "
+    "may then overlap).",
+)
+def force_unlock(lock_id: str, site: Path, workspace_dir: Path | None, force: bool) -> None:
     """Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).
 
-    A run that died needs nothing (the kernel released its lock). If the holder still
-    runs, it and the next run may overlap: stop it first.
+    A run that died needs nothing (the kernel released its lock). A lock whose holder is
+    alive is refused, naming the holder, unless --force: stop that run first.
 
     \b
     Example:
       lotdeploy force-unlock 3f2a9c1b7d4e site.yaml
     """
-    record = open_workspace(site, workspace_dir).force_unlock(lock_id)
-    click.echo(f"removed the lock held as: {record}")
+    from lotdeploy.secret import scrub
+
+    record = open_workspace(site, workspace_dir).force_unlock(lock_id, force)
+    click.echo(scrub(f"removed the lock held as: {record}"))
 
 
 @click.command()
@@ -397,26 +560,30 @@ def drift(
     """Compare what the nodes run with what was applied: exit 0 clean, 2 drift, 1 error.
 
     Reads each node's current release and TLS files over SSH and its broker's routes over
-    the command channel; names every missing, extra or changed route and file.
+    the command channel; names every missing, extra or changed route and file, and (with
+    LOTDEPLOY_PASSPHRASE set) every cluster user the broker no longer lets log in.
 
     \b
     Example:
       lotdeploy drift site.yaml || alert "cluster drifted"
     """
-    from lotdeploy.apply.drift import read_drift
+    from lotdeploy.apply.drift import DriftReport
     from lotdeploy.secret import dumps, scrub
     from lotdeploy.selection import select_nodes
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
-    report = read_drift(
+    report = read_live(
         loaded.site,
         workspace,
-        transport_factory(loaded.site, accept_new_host_keys, transport),
-        parallelism,
         only,
+        accept_new_host_keys,
+        parallelism,
+        strict=False,
+        transport=transport,
     )
+    assert isinstance(report, DriftReport)
     if as_json:
         click.echo(dumps(report.to_json()))
     else:
@@ -425,6 +592,8 @@ def drift(
                 click.echo(scrub(f"{node}: {finding}"))
         for node, error in sorted(report.errors.items()):
             click.echo(scrub(f"{node}: error: {error}"), err=True)
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(report.summary())
     if report.errors:
         sys.exit(ExitStatus.ERROR)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lotdeploy.cli.common import load, transport_factory
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.exitstatus import ExitStatus
+
+if TYPE_CHECKING:
+    from lotdeploy.apply.status import NodeStatus
+    from lotdeploy.model import Site
 
 
 @click.command()
@@ -26,7 +31,8 @@ def status(
 ) -> None:
     """Ask each node's broker which routes it runs, and whether each is connected.
 
-    Exit 1 when a node cannot be asked, 2 when a route is not Connected.
+    Exit 1 when a node cannot be asked, 2 when a route is not Connected or a route the
+    site expects is missing on its broker (listed as `missing`).
 
     \b
     Example:
@@ -42,14 +48,26 @@ def status(
     results = read_status(
         loaded.site, transport_factory(loaded.site, accept_new_host_keys), parallelism, only
     )
+    missing = expected_missing(loaded.site, results)
     down = any(r.get("connection") != "Connected" for s in results.values() for r in s.routes)
     if as_json:
-        click.echo(dumps({name: s.to_json() for name, s in sorted(results.items())}))
+        click.echo(
+            dumps(
+                {
+                    name: {**s.to_json(), "missing": missing.get(name, [])}
+                    for name, s in sorted(results.items())
+                }
+            )
+        )
     else:
         rows = [
             [name, str(r.get("name")), str(r.get("connection")), str(r.get("health"))]
             for name, s in sorted(results.items())
             for r in s.routes
+        ] + [
+            [name, route, "missing", "-"]
+            for name, gone in sorted(missing.items())
+            for route in gone
         ]
         if rows:
             print_table(["node", "route", "connection", "health"], rows)
@@ -58,5 +76,21 @@ def status(
                 click.echo(scrub(f"{name}: error: {s.error}"), err=True)
     if any(s.error for s in results.values()):
         sys.exit(ExitStatus.ERROR)
-    if down:
+    if down or any(missing.values()):
         sys.exit(ExitStatus.CHANGES)
+
+
+def expected_missing(site: Site, results: dict[str, NodeStatus]) -> dict[str, list[str]]:
+    """node -> the routes the site gives it that its broker does not list (nodes that
+    could not be asked are left out: their error says so)."""
+    missing: dict[str, list[str]] = {}
+    for name, status in results.items():
+        if status.error is not None:
+            continue
+        listed = {str(r.get("name")) for r in status.routes}
+        node = site.node(name)
+        wanted = [row[1] for row in site.link_rows(node)]
+        gone = sorted(r for r in wanted if r not in listed)
+        if gone:
+            missing[name] = gone
+    return missing

@@ -75,6 +75,8 @@ def apply_rollout(
     confirm: Callable[[], None],
     progress: Callable[[bool, list[str]], Any],
     live: Any = None,
+    transport: str | None = None,
+    connect_timeout: float = 15.0,
 ) -> int:
     """`apply` as a rollout; the exit status."""
     from lotdeploy.apply.engine import apply_plan
@@ -110,10 +112,10 @@ def apply_rollout(
     if not as_json:
         names = " → ".join(f"{w['name']} ({len(w['nodes'])})" for w in record.waves)
         click.echo(f"Rollout {record.id}: {names}; from wave {record.done + 1}.")
-    transports = transport_factory(site, accept_new_host_keys)
+    transports = transport_factory(site, accept_new_host_keys, transport)
 
     def plan_for(nodes: set[str]) -> Plan:
-        return make_plan(site, workspace, only=nodes, live=live)
+        return make_plan(site, workspace, only=nodes, refresh=live)
 
     def apply_wave(nodes: set[str]) -> Any:
         prepare_workspace(site, workspace, datetime.now(UTC))  # what apply does first
@@ -122,9 +124,26 @@ def apply_rollout(
         with progress(as_json, sorted(set(plan.steps) | (nodes if timeout else set()))) as reporter:
             if timeout:  # confirm or revert: lotdeploy.rollout.confirm
                 return apply_confirmed(
-                    site, workspace, plan_for, transports, reporter, parallelism, nodes, timeout
+                    site,
+                    workspace,
+                    plan_for,
+                    transports,
+                    reporter,
+                    parallelism,
+                    nodes,
+                    timeout,
+                    connect_timeout,
                 )
-            return apply_plan(site, workspace, plan, transports, reporter, parallelism, only=nodes)
+            return apply_plan(
+                site,
+                workspace,
+                plan,
+                transports,
+                reporter,
+                parallelism,
+                only=nodes,
+                connect_timeout=connect_timeout,
+            )
 
     def restore(name: str, before: NodeRecord) -> Any:
         with opened(transports(site.node(name))) as transport:
@@ -140,6 +159,14 @@ def apply_rollout(
         RolloutPrinter(as_json),
         parallelism,
     )
+    if result.status == "complete":  # complete means converged: nothing left to do anywhere
+        left = sorted(make_plan(site, workspace, only=only).steps)
+        if left:
+            result.status = "failed"
+            result.reason = (
+                f"the plan still shows changes on {', '.join(left)} after the last wave "
+                "(`lotdeploy plan` shows them)"
+            )
     if as_json:
         click.echo(dumps({"event": "summary", "rollout": result.to_json()}))
     else:
