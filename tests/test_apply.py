@@ -198,7 +198,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def converged(lab: Lab) -> Lab:
     """The shared lab as the site says (whatever an earlier case left), drift clean."""
     if lab.state().nodes:
-        lab.cli("apply", lab.site_file, "--auto-approve", "--refresh")
+        lab.cli("apply", lab.site_file, "--auto-approve")
         lab.cli("drift", lab.site_file)
     return lab
 
@@ -318,26 +318,32 @@ def test_a_pair_validity_change_touches_exactly_its_routes(converged: Lab) -> No
 # -- 4. a route removed by hand ---------------------------------------------------------------
 
 
-def test_a_route_removed_by_hand_shows_in_drift_and_refresh_restores_it(converged: Lab) -> None:
+def test_a_route_removed_by_hand_is_put_back_by_a_bare_apply(converged: Lab) -> None:
     lab = converged
     site = lab.site()
     with lab.transport("eu2") as t, admin_session(site, site.node("eu2"), t) as client:
         client.remove_route("lotdeploy_us1")
     proc = lab.cli("drift", lab.site_file, expect=2)
     assert "eu2: route lotdeploy_us1: missing on the broker" in proc.stdout
-    # plan compares with state, which still says all is well: a plain apply cannot see it
-    assert "No changes" in lab.cli("apply", lab.site_file, "--auto-approve").stdout
+    # an offline plan says what it is made from; --refresh=false keeps to the record
+    proc = lab.cli("plan", lab.site_file)
+    assert "offline: made from the recorded state" in proc.stdout
+    proc = lab.cli("apply", lab.site_file, "--auto-approve", "--refresh=false")
+    assert "No changes. Every node matches the recorded state (not read" in proc.stdout
     lab.cli("drift", lab.site_file, expect=2)
-    proc = lab.cli("apply", lab.site_file, "--auto-approve", "--refresh")
-    assert "refresh: eu2: route lotdeploy_us1: missing on the broker" in proc.stdout
-    assert "+ route lotdeploy_us1" in proc.stdout
+    # a bare apply reads the nodes first and puts the route back
+    proc = lab.cli("apply", lab.site_file, "--auto-approve")
+    assert "refresh: eu2: route lotdeploy_us1: missing on the broker" in proc.stderr
+    assert (
+        "+ route lotdeploy_us1" in proc.stdout and "missing on the broker: put back" in proc.stdout
+    )
     assert "1 node(s) changed (0 reloaded)" in proc.stdout
     lab.cli("drift", lab.site_file)
     lab.wait_mesh()
-    # --refresh is for a site spec: a saved plan is applied exactly or refused
-    lab.cli("plan", lab.site_file, "--out", lab.dir / "r.plan", expect=None)
-    proc = lab.cli("apply", lab.dir / "r.plan", "--refresh", expect=1)
-    assert "--refresh" in proc.stderr
+    assert (
+        "No changes. Every node runs what the site says"
+        in lab.cli("apply", lab.site_file, "--auto-approve").stdout
+    )
 
 
 # -- 5. a stale saved plan --------------------------------------------------------------------
@@ -447,7 +453,8 @@ def test_a_concurrent_apply_is_refused_by_the_lock(converged: Lab) -> None:
         assert f"pid {holder.pid}" in proc.stderr, proc.stderr
         found = re.search(r"lotdeploy force-unlock (\S+) SITE", proc.stderr)
         assert found, proc.stderr
-        proc = lab.cli("force-unlock", found.group(1), lab.site_file)
+        # its holder is alive: breaking the lock needs --force (tests/test_convergence.py)
+        proc = lab.cli("force-unlock", found.group(1), lab.site_file, "--force")
         assert "removed the lock held as" in proc.stdout
     finally:
         holder.kill()
@@ -487,10 +494,16 @@ def test_a_host_key_mismatch_fails_that_node_only(converged: Lab) -> None:
 
 @contextlib.contextmanager
 def full_release_dir(lab: Lab, name: str) -> Iterator[None]:
-    """The node's release dir on a tiny, full tmpfs (holding its releases), in its sshd's
-    mount namespace; unmounted afterwards whatever happens."""
+    """The node's release dir on a tiny, full tmpfs (holding its releases)."""
+    with full_tmpfs(lab, name, NODE_RELEASE_DIR):
+        yield
+
+
+@contextlib.contextmanager
+def full_tmpfs(lab: Lab, name: str, where: str) -> Iterator[None]:
+    """The node's directory `where` on a tiny, full tmpfs (holding what it held), in its
+    sshd's mount namespace; unmounted afterwards whatever happens."""
     pid = str(lab.sshd_pid(name))
-    where = NODE_RELEASE_DIR
     fill = (
         f"set -e; d=$(mktemp -d); cp -a {where}/. $d/; "
         f"mount -t tmpfs -o size=512k tmpfs {where}; cp -a $d/. {where}/; rm -rf $d; "

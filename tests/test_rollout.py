@@ -214,7 +214,7 @@ def test_rotations_roll_out_wave_by_wave_with_the_gate_passing(converged: Lab) -
 
 
 def test_an_unconfirmed_switch_is_reverted_by_the_node_which_says_why(converged: Lab) -> None:
-    """The node-side timer, for real: eu1 is armed, switched by apply, then cut off so the
+    """The node-side timer, for real: eu1 is switched by apply and armed, then cut off so the
     controller cannot confirm; the node goes back on its own and leaves a report, which the
     next rollout shows before it finishes the revert (routes, state) and applies again."""
     lab = converged
@@ -226,11 +226,14 @@ def test_an_unconfirmed_switch_is_reverted_by_the_node_which_says_why(converged:
     assert previous is not None
     bundle = next(b for b in iter_bundles(site, workspace, datetime.now(UTC)) if b.node == "eu1")
     new = release_id(bundle)
+    # the switch, then the timer as apply_confirmed arms it (an apply disarms every timer it
+    # did not arm itself before it switches: tests/test_convergence.py); armed after the
+    # switch, the timer counts from now
+    lab.cli("apply", plain, "--auto-approve", "--limit", "eu1")
+    assert lab.state().nodes["eu1"].release == new
     with lab.transport("eu1") as transport:
         armed = arm(transport, site.node("eu1"), previous, new, 10)
-    lab.cli("apply", plain, "--auto-approve", "--limit", "eu1")
-    started = time.monotonic()  # the timer counts from the switch
-    assert lab.state().nodes["eu1"].release == new
+    started = time.monotonic()
     assert lab_cli(lab.dir, "cut", "eu1").returncode == 0
     try:
         with pytest.raises(LotdeployError, match="eu1"):
