@@ -219,7 +219,7 @@ def test_plan_shows_updates_and_deletes_against_known_state(tmp_path: Path) -> N
     Observed(routes=desired).save(workspace)
     unchanged = run_cli("plan", site_path, "--detailed-exitcode")
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
-    assert unchanged.stdout.splitlines()[-1] == "No changes. The site matches the known state."
+    assert unchanged.stdout.splitlines()[-1] == "No changes. The site matches the recorded state."
 
     desired["Node1"]["lotdeploy_Node2"]["message_validity_sec"] = 60
     desired["Node1"]["lotdeploy_Node9"] = dict(

@@ -304,6 +304,8 @@ def apply(
         if not fresh.steps and not _pending(workspace):
             if as_json:
                 click.echo(dumps({"event": "summary", "changed": [], "failed": []}))
+            elif saved is None:
+                pass  # the plan just shown ends with "No changes", saying what it read
             elif live is not None:
                 click.echo("No changes. Every node runs what the site says (read live).")
             else:

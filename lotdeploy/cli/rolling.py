@@ -98,7 +98,11 @@ def apply_rollout(
         if as_json:
             click.echo(dumps({"event": "summary", "changed": [], "failed": []}))
         else:
-            click.echo("No changes. Every node matches the site.")
+            click.echo(
+                "No changes. The live nodes run what the site says."
+                if live is not None
+                else "No changes. The site matches the recorded state."
+            )
         return 0
     if resume and only is not None:
         raise click.UsageError(

@@ -173,7 +173,9 @@ def summary_line(plan: Plan) -> str:
                 f"No changes to the site; apply restores what drifted on {len(plan.steps)} "
                 f"node{'s' if len(plan.steps) != 1 else ''}."
             )
-        return "No changes. The site matches the known state."
+        if plan.refreshed:
+            return "No changes. The live nodes run what the site says."
+        return "No changes. The site matches the recorded state."
     counts = plan.summary()
     kinds: dict[str, int] = {}
     for change in plan.changes:
