@@ -91,7 +91,9 @@ def _lab_errors() -> Iterator[None]:
     metavar="NODE=WORDS",
     help="the broker dialect a node (or region) plays, comma-separated: json|text, "
     "echo|no-echo (requestId), reject|overwrite (re-added route), without-KEY (a "
-    "CLUSTER_CONFIG key it lacks); e.g. eu2=text,no-echo,overwrite (repeatable)",
+    "CLUSTER_CONFIG key it lacks), exact-verbs, cluster-seed|cluster-coreflux (monitoring "
+    "topics), no-version, connack-5, no-secrets, named-rights; e.g. "
+    "eu2=text,no-echo,overwrite (repeatable; docs/lab-broker.md)",
 )
 def up(
     nodes: int | None,
