@@ -21,10 +21,14 @@ import pytest
 from lotdeploy.broker.monitoring import read_cluster_topics
 from lotdeploy.broker.mqtt import ConnectRefused, Message
 from lotdeploy.broker.session import _is_reply_to
-from lotdeploy.errors import LabError
+from lotdeploy.errors import LabError, LotSyntaxError
 from lotdeploy.lab import labstate
 from lotdeploy.lab.broker.dialect import Dialect, dialect_from_options
+from lotdeploy.lab.broker.routes import route_template
+from lotdeploy.lot import lint_text
+from lotdeploy.lot.template import parse_template
 from lotdeploy.protocol import (
+    CLUSTER_KEY_ORDER,
     COMMAND_TOPIC,
     OUTPUT_TOPIC,
     Reply,
@@ -307,3 +311,37 @@ def test_dialect_options_and_lab_up_words() -> None:
     }
     with pytest.raises(LabError, match="bad --dialect word 'cluster-sys'"):
         labstate.parse_dialects(["eu1=cluster-sys"], [("eu1", "eu")])
+
+
+# -- templates through lotdeploy's own LOT parser ----------------------------------------------
+
+VENDOR_TEMPLATE = (
+    "DEFINE ROUTE RouteName WITH TYPE MODBUS_TCP\n"
+    "    ADD MODBUS_CONFIG\n"
+    "        WITH IP #IP,string,PLC address,,true#\n"
+    '    ADD METADATA\n        WITH DESCRIPTION "template"\n'
+)
+
+
+def test_templates_parse_and_lint_as_lot_not_as_syntax_errors() -> None:
+    template = parse_template(VENDOR_TEMPLATE, "vendor.lot")
+    (spot,) = template.placeholders
+    assert (spot.line, spot.column, spot.placeholder.regex, spot.placeholder.from_env) == (
+        3,
+        17,
+        "",
+        True,
+    )
+    config = template.routes[0].block("MODBUS_CONFIG")
+    assert config is not None and [s.key for s in config.settings] == ["IP"]
+    found = [(d.line, d.message) for d in lint_text(VENDOR_TEMPLATE, "vendor.lot")]
+    assert (3, "value of IP looks like a template placeholder") in found
+    assert (4, "ADD METADATA is template-only (-routeCode) and must never be deployed") in found
+
+    lab = parse_template(route_template(), "lab.lot")
+    assert lab.routes[0].name == "name" and len(lab.placeholders) == len(CLUSTER_KEY_ORDER) + 1
+    assert lab.placeholders[0].is_route_name
+    lines = {d.line for d in lint_text(route_template(), "lab.lot") if d.severity == "error"}
+    assert 1 in lines  # the route name placeholder, named
+    with pytest.raises(LotSyntaxError, match="4 comma-separated fields"):
+        parse_template(VENDOR_TEMPLATE.replace(",,true#", ",true#"), "bad.lot")
