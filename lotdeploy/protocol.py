@@ -184,9 +184,11 @@ def command_words(text: str) -> list[str]:
 def command_payload(verb: str, argument: str = "", request_id: str | None = None) -> bytes:
     """`-<verb> <argument> [-requestId <id>]`: a command as published on COMMAND_TOPIC.
 
-    For routes the LOT text is the argument, raw (newlines allowed, no wrapping quotes).
+    For routes the LOT text is the argument, raw (newlines allowed, no wrapping quotes). A
+    `--kebab-case` verb is sent as written.
     """
-    text = f"-{verb.lstrip('-')}" + (f" {argument}" if argument else "")
+    head = verb if verb.startswith("--") else f"-{verb.lstrip('-')}"
+    text = head + (f" {argument}" if argument else "")
     if request_id:
         text += f" {REQUEST_ID_OPTION} {request_id}"
     return text.encode()

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 
 _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
+#: The forbidden verbs as a broker that takes any case and kebab aliases reads them.
+_FORBIDDEN_KEYS = frozenset(verb_key(v) for v in FORBIDDEN_VERBS)
 #: Topic filters per SUBSCRIBE packet when reading many routes' code at once.
 _TOPICS_PER_SUBSCRIBE = 100
 
@@ -222,9 +224,13 @@ class BrokerClient:
         Raises BrokerError (naming the node) if not connected, on a lost connection or when no
         reply arrives in time. A failure *answer* is returned as a Reply with success False.
         """
-        verb = verb.lstrip("-")
-        if verb in FORBIDDEN_VERBS:
-            raise self._error(f"-{verb} is never sent: it removes routes lotdeploy does not own")
+        # `--kebab-case` is kept as written (doctor asks whether a broker takes it); a broker
+        # that reads verbs in any case would take `-removeallroutes` too: refused by key
+        verb = verb if verb.startswith("--") else verb.lstrip("-")
+        if verb_key(verb) in _FORBIDDEN_KEYS:
+            raise self._error(
+                f"-{verb.lstrip('-')} is never sent: it removes routes lotdeploy does not own"
+            )
         conn = self._conn
         if conn is None or not conn.connected:
             raise self._error(f"not connected (cannot send -{verb})")
