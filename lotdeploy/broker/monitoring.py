@@ -113,6 +113,30 @@ def read_cluster_topics_sync(
     return from_payloads(client.read_topics(list(CLUSTER_MONITORING_FILTERS), timeout, quiet))
 
 
+def shown_cluster_topics(client: TopicReader, timeout: float = READ_TIMEOUT) -> dict[str, str]:
+    """For `status` and the like over a `SyncBrokerClient`: topic -> text, or {} when the
+    broker publishes none or they cannot be read (never an error: they decide nothing)."""
+    from lotdeploy.errors import LotdeployError
+
+    try:
+        return read_cluster_topics_sync(client, timeout).to_json()
+    except LotdeployError:
+        return {}
+
+
+def topic_lines(by_node: dict[str, dict[str, str]]) -> list[str]:
+    """`node: topic: text` for every node that published monitoring topics, and a heading;
+    [] when none did."""
+    lines = [
+        f"  {node}: {topic}: {text}"
+        for node, topics in sorted(by_node.items())
+        for topic, text in sorted(topics.items())
+    ]
+    if not lines:
+        return []
+    return ["Cluster monitoring topics, as each broker publishes them (informational):", *lines]
+
+
 def _parsed(text: str) -> Any:
     try:
         return json.loads(text)

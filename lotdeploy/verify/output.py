@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from lotdeploy.broker.monitoring import from_payloads
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.model import Site
 from lotdeploy.secret import scrub
@@ -126,8 +127,20 @@ def terminal_text(result: VerifyResult) -> Iterator[str]:
         yield ""
         yield "Message-validity advice (docs/verify.md):"
         yield from (f"  {a.message}" for a in result.advice)
+    yield from monitoring_lines(result)
     yield ""
     yield summary_line(result)
+
+
+def monitoring_lines(result: VerifyResult) -> Iterator[str]:
+    """The cluster monitoring topics brokers published, as published: shown, never judged."""
+    if not result.monitoring:
+        return
+    yield ""
+    yield "Cluster monitoring topics, as each broker publishes them (informational, not checked):"
+    for node, topics in sorted(result.monitoring.items()):
+        for topic, text in sorted(topics.items()):
+            yield f"  {node}: {topic}: {text}"
 
 
 # -- Prometheus --------------------------------------------------------------------------
@@ -211,6 +224,48 @@ def prometheus_text(result: VerifyResult) -> str:
             (f'site="{site}",node="{_label(c.subject)}",check="{c.kind}"', 1.0 if c.ok else 0.0)
             for c in result.checks
             if c.link is None
+        ],
+    )
+    monitored = {
+        node: from_payloads({t: v.encode() for t, v in topics.items()})
+        for node, topics in sorted(result.monitoring.items())
+    }
+    metric(
+        "lotdeploy_verify_broker_cluster_topics",
+        "gauge",
+        "Cluster monitoring topics the node's broker published ($SYS/broker/cluster/#, "
+        "$SYS/Coreflux/Cluster/#); 0: none (informational, never a check).",
+        [
+            (f'site="{site}",node="{_label(name)}"', float(len(result.monitoring.get(name, {}))))
+            for name in sorted(result.checked)
+        ],
+    )
+    metric(
+        "lotdeploy_verify_broker_cluster_value",
+        "gauge",
+        "Each number or boolean in a cluster monitoring topic, as the broker published it.",
+        [
+            (
+                f'site="{site}",node="{_label(node)}",topic="{_label(topic)}",'
+                f'field="{_label(name)}"',
+                value,
+            )
+            for node, topics in monitored.items()
+            for topic, name, value in topics.samples()
+        ],
+    )
+    metric(
+        "lotdeploy_verify_broker_cluster_info",
+        "gauge",
+        "Each short text in a cluster monitoring topic (a status word, a role), as a label.",
+        [
+            (
+                f'site="{site}",node="{_label(node)}",topic="{_label(topic)}",'
+                f'field="{_label(name)}",value="{_label(text)}"',
+                1.0,
+            )
+            for node, topics in monitored.items()
+            for topic, name, text in topics.infos()
         ],
     )
     metric(

@@ -115,6 +115,9 @@ class VerifyResult:
     probes_per_link: int = 0
     timeout: float = 0.0
     reconnect_allowance: float = 5.0
+    #: node -> the cluster monitoring topics its broker published (topic -> payload text):
+    #: shown and exported, never a check (their format is not documented)
+    monitoring: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +182,7 @@ class VerifyResult:
             "failed_nodes": sorted(self.failed_nodes()),
             "checks": [c.to_json() for c in self.checks],
             "advice": [a.to_json() for a in self.advice],
+            "monitoring": {n: dict(sorted(t.items())) for n, t in sorted(self.monitoring.items())},
         }
 
     @classmethod
@@ -199,4 +203,9 @@ class VerifyResult:
             probes_per_link=int(doc.get("probes_per_link", 0)),
             timeout=float(doc.get("timeout", 0.0)),
             reconnect_allowance=float(doc.get("reconnect_allowance", 5.0)),
+            monitoring={
+                str(node): {str(t): str(v) for t, v in topics.items()}
+                for node, topics in (doc.get("monitoring") or {}).items()
+                if isinstance(topics, dict)
+            },
         )

@@ -35,9 +35,11 @@ from typing import Any
 from lotdeploy.apply import activate, release
 from lotdeploy.apply.engine import TransportFactory
 from lotdeploy.apply.events import Event, Reporter, silent
+from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics_sync
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.protocol import parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
@@ -82,6 +84,8 @@ class _Visit:
     probe_unsupported: bool = False
     #: route name -> the broker's listing entry (+ "lastError" when it was asked)
     routes: dict[str, dict[str, Any]] | None = None
+    #: the cluster monitoring topics the broker published (shown, never checked)
+    monitoring: dict[str, str] = field(default_factory=dict)
     routes_error: str | None = None
     #: the node's transport and forwarded port, closed when the probes are done
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -180,6 +184,8 @@ def run_verify(
         _close_all(list(visits.values()), options.parallelism)
     for node in chosen:
         result.checks += visits[node.name].checks
+        if visits[node.name].monitoring:
+            result.monitoring[node.name] = visits[node.name].monitoring
     for link in links:
         source, target = visits[link.source], visits[link.target]
         result.checks.append(_route_check(link.source, link.target, link.route_name, source))
@@ -359,10 +365,14 @@ def _broker_part(
                     None,
                 ):
                     with contextlib.suppress(LotdeployError):
-                        status = client.check_route_connection(route_name)
-                        if isinstance(status.get("lastError"), str):
-                            entry["lastError"] = scrub(status["lastError"])
+                        status = parse_route_status(client.check_route_connection(route_name))
+                        if status.last_error:
+                            entry["lastError"] = status.last_error
             visit.routes = listed
+            with contextlib.suppress(LotdeployError):  # informational: never a reason to fail
+                visit.monitoring = read_cluster_topics_sync(
+                    client, timeout=min(options.timeout, READ_TIMEOUT)
+                ).to_json()
             if password is not None:
                 try:
                     _ensure_probe_user(client, options.probe_user, password)
