@@ -196,6 +196,34 @@ def heal(node: str, lab_dir: Path) -> None:
     click.echo(f"{node} healed")
 
 
+@lab.command("kill")
+@click.argument("node")
+@_dir_option
+def kill(node: str, lab_dir: Path) -> None:
+    """Kill NODE's lab broker at once (SIGKILL), as when a broker host fails.
+
+    Its clients and its peers' routes see their connections drop; sshd stays up.
+
+    Example: lotdeploy lab kill eu2   (back: lotdeploy lab revive eu2)
+    """
+    with _lab_errors():
+        pid = control.kill_broker(lab_dir, node)
+    click.echo(f"{node}: lab broker (pid {pid}) killed")
+
+
+@lab.command("revive")
+@click.argument("node")
+@_dir_option
+def revive(node: str, lab_dir: Path) -> None:
+    """Start NODE's lab broker again after `kill` (its routes come back from its state).
+
+    Example: lotdeploy lab revive eu2
+    """
+    with _lab_errors():
+        pid = control.revive_broker(lab_dir, node)
+    click.echo(f"{node}: lab broker running again (pid {pid})")
+
+
 @lab.command("partition")
 @click.argument("a")
 @click.argument("b")
