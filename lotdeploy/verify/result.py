@@ -18,6 +18,14 @@ STATUSES: tuple[Status, ...] = ("pass", "fail", "inconclusive")
 NODE_KINDS = ("ssh", "release", "tls", "routes")
 #: Link checks: the source's route to the target (connection, health), then the probes.
 LINK_KINDS = ("route", "link")
+#: Exercises beyond the probes (`verify --failover`, `--load`): shown apart, pass or fail.
+EXERCISE_KINDS = (
+    "failover-outage",
+    "failover-clients",
+    "failover-catch-up",
+    "failover-rejoin",
+    "load",
+)
 ARROW = " → "
 
 
@@ -49,6 +57,11 @@ class Check:
     validity_sec: int | None = None
     #: tls checks: days until the node's certificate expires
     days_left: int | None = None
+    #: load checks: offered rate and achieved throughput (messages/s), delay p95 and max (ms)
+    rate: float | None = None
+    throughput: float | None = None
+    p95_ms: float | None = None
+    max_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,6 +146,9 @@ class VerifyResult:
 
     def link_checks(self) -> list[Check]:
         return [c for c in self.checks if c.kind == "link"]
+
+    def exercise_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.kind in EXERCISE_KINDS]
 
     def latency(self) -> dict[tuple[str, str], float]:
         """(source, target) -> median latency in ms, for links where probes arrived."""

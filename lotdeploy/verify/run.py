@@ -26,7 +26,7 @@ import shlex
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,8 +44,9 @@ from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
-from lotdeploy.verify.advice import validity_advice
-from lotdeploy.verify.probe import Endpoint, ProbeOutcome, ProbeRun
+from lotdeploy.verify.advice import load_advice, validity_advice
+from lotdeploy.verify.failover import ExerciseContext
+from lotdeploy.verify.probe import Endpoint, ProbeOutcome, ProbeRun, topic_root
 from lotdeploy.verify.result import Check, NodeInfo, VerifyResult, link_subject
 from lotdeploy.workspace import Workspace
 
@@ -68,6 +69,12 @@ class VerifyOptions:
     parallelism: int = 10
     #: seconds a route may need to reconnect, for the message-validity advice (advice.py)
     reconnect_allowance: float = 5.0
+    #: exercises run after the probes, on the same endpoints (`verify --failover`, `--load`)
+    exercises: tuple[Exercise, ...] = ()
+
+
+#: An exercise beyond the probes: gets the run's endpoints and probe user, gives checks.
+Exercise = Callable[[ExerciseContext], Awaitable[list[Check]]]
 
 
 @dataclass
@@ -168,18 +175,42 @@ def run_verify(
         options,
         reporter,
     )
-    try:
-        outcome = asyncio.run(
-            _check_and_probe(
-                [n for n in site.nodes if n.name in involved],
-                visit,
-                visits,
-                probes,
-                ca_bundle,
-                options.parallelism,
-                reporter,
-            )
+    validity = {(k.source, k.target): int(k.message_validity_sec) for k in site.links}
+
+    async def exercises() -> list[Check]:
+        """Each exercise in turn, on the endpoints phase 1 found (forwards still open)."""
+        if not options.exercises or password is None:
+            return []
+        ctx = ExerciseContext(
+            endpoints={n: v.endpoint for n, v in visits.items() if v.endpoint is not None},
+            username=options.probe_user,
+            password=password,
+            root=topic_root(options.topic_prefix, run_id),
+            run_id=run_id,
+            timeout=options.timeout,
+            reconnect_allowance=options.reconnect_allowance,
+            validity=validity,
         )
+        found: list[Check] = []
+        for exercise in options.exercises:
+            reporter(Event("*", "exercise", "start"))
+            found += await exercise(ctx)
+        return found
+
+    async def everything() -> tuple[ProbeOutcome, list[Check]]:
+        outcome = await _check_and_probe(
+            [n for n in site.nodes if n.name in involved],
+            visit,
+            visits,
+            probes,
+            ca_bundle,
+            options.parallelism,
+            reporter,
+        )
+        return outcome, await exercises()
+
+    try:
+        outcome, extra = asyncio.run(everything())
     finally:
         _close_all(list(visits.values()), options.parallelism)
     for node in chosen:
@@ -190,7 +221,9 @@ def run_verify(
         source, target = visits[link.source], visits[link.target]
         result.checks.append(_route_check(link.source, link.target, link.route_name, source))
         result.checks.append(_link_check(link, source, target, outcome, options.timeout))
+    result.checks += extra
     result.advice = validity_advice(result.checks, options.reconnect_allowance)
+    result.advice += load_advice(result.checks, options.reconnect_allowance)
     result.seconds = time.monotonic() - started
     return result
 
