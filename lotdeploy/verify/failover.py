@@ -167,6 +167,7 @@ class FailoverRun:
                     keepalive=5,
                     connect_timeout=max(0.2, min(remaining, DIRECT_TIMEOUT)),
                     on_message=receiver,
+                    max_inflight=200,
                 )
                 try:
                     await conn.connect()
@@ -345,15 +346,21 @@ class FailoverRun:
         return dropped, time.monotonic(), None
 
     async def _clear(self) -> None:
-        """Clear every retained message of the rehearsal on every node still reachable
-        (an empty retained publish; links carry it to the others too)."""
+        """Clear every retained message of the rehearsal: an empty retained publish on the
+        publisher's connection (its links carry it to every node that got the message), on
+        every other live connection only if that failed; each clear tried twice."""
         live = [c for c in self.conns if c.connected]
-        clears = [
-            conn.publish(Message(topic, b"", 1, True), self.ctx.timeout)
-            for conn in live
-            for topic in sorted(self.topics)
-        ]
-        await asyncio.gather(*clears, return_exceptions=True)
+        for conn in live:
+            failed = sorted(self.topics)
+            for _ in range(2):
+                clears = [
+                    conn.publish(Message(topic, b"", 1, True), 3 * self.ctx.timeout)
+                    for topic in failed
+                ]
+                results = await asyncio.gather(*clears, return_exceptions=True)
+                failed = [t for t, r in zip(failed, results, strict=True) if r is not None]
+                if not failed:
+                    return
 
     # -- the verdicts ---------------------------------------------------------------------
 
