@@ -115,15 +115,25 @@ def advise_load(
     idle_latency_ms: float,
     validity_sec: int,
     reconnect_allowance: float,
+    accepted_rate: float | None = None,
 ) -> Advice | None:
-    """Advice for one link under load: falling behind (no window helps), or a window too
-    short for the delay measured under that load (the vendor: "very large message volumes
-    may require tuning MESSAGE_VALIDITY_SEC")."""
+    """Advice for one link under load: the load held back before the link (the source took
+    less than offered), the link falling behind (no window helps), or a window too short for
+    the delay measured under that load (the vendor: "very large message volumes may require
+    tuning MESSAGE_VALIDITY_SEC")."""
     needed = needed_validity_under_load(idle_latency_ms, max_delay_ms, reconnect_allowance)
-    if throughput < KEEP_UP_SHARE * rate:
+    took = rate if accepted_rate is None else accepted_rate
+    if took < KEEP_UP_SHARE * rate:
         message = (
-            f"{source} → {target}: at {rate:g} msg/s offered the link carried {throughput:g} "
-            f"msg/s: its queue grows by about {rate - throughput:.0f} msg/s, and whatever waits "
+            f"{source} → {target}: at {rate:g} msg/s offered, {source}'s broker took only "
+            f"{took:g} msg/s (the probe waits for its acknowledgements), so the load was held "
+            f"back before the link, which carried {throughput:g} msg/s of it; the source "
+            "broker (or this machine) is the limit here: no MESSAGE_VALIDITY_SEC changes that"
+        )
+    elif throughput < KEEP_UP_SHARE * took:
+        message = (
+            f"{source} → {target}: at {took:g} msg/s the link carried {throughput:g} "
+            f"msg/s: its queue grows by about {took - throughput:.0f} msg/s, and whatever waits "
             f"longer than MESSAGE_VALIDITY_SEC {validity_sec} s is dropped; no window keeps up "
             "with a link that falls behind: lower the rate, or find what slows the link"
         )
@@ -159,6 +169,7 @@ def load_advice(checks: Iterable[Check], reconnect_allowance: float) -> list[Adv
             idle.get(check.subject) or check.latency_ms or 0.0,
             check.validity_sec,
             reconnect_allowance,
+            check.accepted_rate,
         )
         if advice is not None:
             found.append(advice)

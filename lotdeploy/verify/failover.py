@@ -10,10 +10,10 @@ space `<prefix><run-id>/failover/...`):
    the victim too, must get them, or the rehearsal is inconclusive (fix verify first).
 2. the victim's broker is stopped (`BrokerControl.stop`: SIGKILL on a lab, the operator's
    command elsewhere) and stays down `outage` seconds, while P publishes `rate` messages a
-   second, **retained**, one topic each. The remaining nodes must get every one exactly once
-   (`failover-outage`). A client of the victim sees its connection drop, reconnects to
-   another node R and must get every message published after it subscribed there
-   (`failover-clients`).
+   second, **retained**, one topic each, from the failure until the victim has caught up.
+   The remaining nodes must get every one exactly once (`failover-outage`). A client of
+   the victim sees its connection drop, reconnects to another node R and must get every
+   message published after it subscribed there (`failover-clients`).
 3. the victim's broker is started again. What P published meanwhile waits in P's link to
    the victim; the lab delivers, when the link is back, what is younger than the link's
    MESSAGE_VALIDITY_SEC and drops what is older (docs/lab-broker.md). The messages were
@@ -270,19 +270,35 @@ class FailoverRun:
         client = _Receiver()
         roam = asyncio.ensure_future(self._roam(conns[victim], client))
         sent_at: dict[int, float] = {}
-        count = max(1, int(self.plan.outage * self.plan.rate))
-        pending = []
-        for seq in range(count):
-            sent_at[seq] = time.monotonic()
-            pending.append(
-                asyncio.ensure_future(self._publish(conns[pub], "outage", pub, seq, retain=True))
-            )
-            await asyncio.sleep(1 / self.plan.rate)
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        publish_errors = [r for r in results if isinstance(r, BaseException)]
+        enough = asyncio.Event()
+        # P publishes from the failure until the victim has caught up (so that messages
+        # published just before its link came back are there to be judged), bounded
+        limit = self.plan.outage + 3 * self.ctx.reconnect_allowance + 3 * self.ctx.timeout + 10
+        publishing = asyncio.ensure_future(
+            self._keep_publishing(conns[pub], sent_at, enough, limit)
+        )
         rest = killed_at + self.plan.outage - time.monotonic()
         if rest > 0:
             await asyncio.sleep(rest)
+
+        # 3. it comes back; P's link delivers what is still valid, behind it the marker
+        await asyncio.to_thread(self.control.start, victim)
+        ready_at = time.monotonic()
+        await self._publish(conns[pub], "marker", pub, 0, retain=True)
+        reader = _Receiver()
+        try:
+            back = await self._connect(
+                victim, f"{victim}-back", reader, self.ctx.timeout + self.ctx.reconnect_allowance
+            )
+            marker_bound = 2 * self.ctx.reconnect_allowance + self.ctx.timeout + 5
+            marked = await self._await(
+                lambda: reader.first("marker", pub, 0) is not None, [reader], marker_bound
+            )
+            marker_at = reader.first("marker", pub, 0) or time.monotonic()
+        finally:
+            enough.set()
+            publish_errors = await publishing
+        count = len(sent_at)
         dropped, subscribed_at, roam_error = await roam
         remaining = [receivers[n] for n in self.others]
         await self._await(
@@ -290,21 +306,9 @@ class FailoverRun:
             remaining,
             self.ctx.timeout,
         )
-
-        # 3. it comes back; P's link delivers what is still valid, behind it the marker
-        await asyncio.to_thread(self.control.start, victim)
-        ready_at = time.monotonic()
-        await self._publish(conns[pub], "marker", pub, 0, retain=True)
-        reader = _Receiver()
-        back = await self._connect(
-            victim, f"{victim}-back", reader, self.ctx.timeout + self.ctx.reconnect_allowance
+        await self._await(  # what P sent after the marker reaches the victim live
+            lambda: len(reader.seqs("outage", pub)) >= count, [reader], 1.0
         )
-        marker_bound = 2 * self.ctx.reconnect_allowance + self.ctx.timeout + 5
-        marked = await self._await(
-            lambda: reader.first("marker", pub, 0) is not None, [reader], marker_bound
-        )
-        marker_at = reader.first("marker", pub, 0) or time.monotonic()
-        await asyncio.sleep(0.3)  # stragglers
 
         # 4. after: the victim publishes again, and receives again
         for k in range(MARKS):
@@ -328,6 +332,27 @@ class FailoverRun:
             self._rejoin_check(receivers, reader, rejoined),
         ]
         return checks
+
+    async def _keep_publishing(
+        self, conn: MqttConnection, sent_at: dict[int, float], enough: asyncio.Event, limit: float
+    ) -> list[BaseException]:
+        """Publish `rate` retained messages a second until `enough` (or `limit` seconds);
+        returns the publishes that failed."""
+        pending = []
+        began = time.monotonic()
+        for seq in range(int(limit * self.plan.rate) + 1):  # bounded in count and time
+            if enough.is_set() or time.monotonic() - began > limit:
+                break
+            sent_at[seq] = time.monotonic()
+            pending.append(
+                asyncio.ensure_future(
+                    self._publish(conn, "outage", self.publisher, seq, retain=True)
+                )
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(enough.wait(), 1 / self.plan.rate)
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        return [r for r in results if isinstance(r, BaseException)]
 
     async def _roam(
         self, old: MqttConnection, client: _Receiver
@@ -393,10 +418,10 @@ class FailoverRun:
         return self._check(
             "failover-outage",
             "pass",
-            f"{self.victim}'s broker stopped in {stop_seconds * 1000:.0f} ms; for "
-            f"{self.plan.outage:g} s "
-            f"{count} message(s) published on {pub} reached every remaining node ({where}) "
-            "exactly once",
+            f"{self.victim}'s broker stopped in {stop_seconds * 1000:.0f} ms, down for "
+            f"{self.plan.outage:g} s; the {count} message(s) published on {pub} from the "
+            f"failure until {self.victim} had caught up reached every remaining node "
+            f"({where}) exactly once",
         )
 
     def _client_check(

@@ -90,6 +90,9 @@ class LinkLoad:
     lost: int
     duplicates: int
     throughput: float
+    #: messages a second the source's broker took (publishing may have been held back by
+    #: its acknowledgements: then the load was limited before the link)
+    accepted_rate: float
     median_ms: float | None
     p95_ms: float | None
     max_ms: float | None
@@ -263,6 +266,9 @@ class LoadRun:
             delays.append(max(0.0, (times[0] - self.sent_at[(source, seq)]) * 1000))
         span = max(last - began, TICK)
         ordered = sorted(delays)
+        sent_times = [self.sent_at[(source, k)] for k in sent]
+        publishing = max(max(sent_times) - began, TICK) if sent_times else TICK
+        accepted_rate = min(len(accepted), len(sent)) / max(publishing, self.plan.seconds)
         return LinkLoad(
             source=source,
             target=target,
@@ -272,6 +278,7 @@ class LoadRun:
             lost=lost,
             duplicates=dups,
             throughput=round(once / span, 1) if once else 0.0,
+            accepted_rate=round(accepted_rate, 1),
             median_ms=round(statistics.median(ordered), 1) if ordered else None,
             p95_ms=round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
             if ordered
@@ -283,8 +290,8 @@ class LoadRun:
         rate = self.plan.rate
         validity = self.ctx.validity.get((link.source, link.target))
         figures = (
-            f"{rate:g}/s for {self.plan.seconds:g} s: {link.once} of {link.sent} arrived "
-            f"({link.throughput:g}/s)"
+            f"{rate:g}/s for {self.plan.seconds:g} s: {link.source} took {link.accepted_rate:g}/s, "
+            f"{link.once} of {link.sent} arrived ({link.throughput:g}/s)"
         )
         if link.median_ms is not None:
             figures += (
@@ -315,6 +322,7 @@ class LoadRun:
             duplicates=link.duplicates,
             validity_sec=validity,
             rate=rate,
+            accepted_rate=link.accepted_rate,
             throughput=link.throughput,
             p95_ms=link.p95_ms,
             max_ms=link.max_ms,

@@ -59,6 +59,8 @@ class Check:
     days_left: int | None = None
     #: load checks: offered rate and achieved throughput (messages/s), delay p95 and max (ms)
     rate: float | None = None
+    #: load checks: messages a second the source's broker took (<= rate)
+    accepted_rate: float | None = None
     throughput: float | None = None
     p95_ms: float | None = None
     max_ms: float | None = None
