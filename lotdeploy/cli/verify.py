@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lotdeploy.apply.engine import TransportFactory
+    from lotdeploy.model import Site
+    from lotdeploy.verify.run import Exercise
 
 import click
 
@@ -223,9 +228,9 @@ def verify(
 
 
 def _exercises(
-    site: Any,
+    site: Site,
     site_file: Path,
-    transports: Any,
+    transports: TransportFactory,
     failover_node: str | None,
     outage: float,
     load_rate: float | None,
@@ -234,9 +239,9 @@ def _exercises(
     commands: tuple[str, str],
     *,
     limited: bool,
-) -> tuple[Any, ...]:
+) -> tuple[Exercise, ...]:
     """The exercises asked for, each refused (with the way to run it) where it may not run."""
-    from lotdeploy.verify.failover import FailoverPlan, FailoverRun
+    from lotdeploy.verify.failover import BrokerControl, FailoverPlan, FailoverRun
     from lotdeploy.verify.load import LoadPlan, LoadRun
     from lotdeploy.verify.rehearsal import (
         CommandControl,
@@ -245,7 +250,7 @@ def _exercises(
         require_allowed,
     )
 
-    found: list[Any] = []
+    found: list[Exercise] = []
     if (failover_node or load_rate) and limited:
         raise click.UsageError("--failover and --load need every node: drop --limit/--exclude")
     if load_rate is not None:
@@ -262,7 +267,7 @@ def _exercises(
             raise click.BadParameter("a failover needs a second node", param_hint="--failover")
         require_allowed("a failover rehearsal", site, site_file, ("lab",), confirm_site)
         lab_dir = lab_dir_of(site, site_file)
-        control: Any = (
+        control: BrokerControl = (
             LabControl(lab_dir)
             if lab_dir is not None
             else CommandControl(site, transports, commands[0], commands[1])

@@ -11,7 +11,8 @@ space `<prefix><run-id>/failover/...`):
 2. the victim's broker is stopped (`BrokerControl.stop`: SIGKILL on a lab, the operator's
    command elsewhere) and stays down `outage` seconds, while P publishes `rate` messages a
    second, **retained**, one topic each, from the failure until the victim has caught up.
-   The remaining nodes must get every one exactly once (`failover-outage`). A client of
+   The remaining nodes must get every one exactly once, and 3 messages each remaining node
+   publishes mid-outage must reach every other (`failover-outage`). A client of
    the victim sees its connection drop, reconnects to another node R and must get every
    message published after it subscribed there (`failover-clients`).
 3. the victim's broker is started again. What P published meanwhile waits in P's link to
@@ -42,7 +43,7 @@ from typing import Protocol
 from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.verify.probe import DIRECT_TIMEOUT, Endpoint
-from lotdeploy.verify.result import Check
+from lotdeploy.verify.result import Check, Status
 
 #: Messages before and after the outage, per step.
 MARKS = 3
@@ -236,8 +237,8 @@ class FailoverRun:
                 with contextlib.suppress(Exception):
                     await conn.close()
 
-    def _check(self, kind: str, status: str, reason: str) -> Check:
-        return Check(self.victim, kind, status, scrub(reason))  # type: ignore[arg-type]
+    def _check(self, kind: str, status: Status, reason: str) -> Check:
+        return Check(self.victim, kind, status, scrub(reason))
 
     async def _rehearse(self) -> list[Check]:
         victim, pub = self.victim, self.publisher
@@ -276,6 +277,20 @@ class FailoverRun:
         limit = self.plan.outage + 3 * self.ctx.reconnect_allowance + 3 * self.ctx.timeout + 10
         publishing = asyncio.ensure_future(
             self._keep_publishing(conns[pub], sent_at, enough, limit)
+        )
+        # meanwhile every remaining node delivers to every other: each publishes its own
+        await asyncio.sleep(max(0.0, min(self.plan.outage / 2, 1.0)))
+        for node in self.others:
+            for k in range(MARKS):
+                await self._publish(conns[node], "during", node, k)
+        mesh = await self._await(
+            lambda: all(
+                len(receivers[n].seqs("during", src)) == MARKS
+                for n in self.others
+                for src in self.others
+            ),
+            [receivers[n] for n in self.others],
+            self.ctx.timeout,
         )
         rest = killed_at + self.plan.outage - time.monotonic()
         if rest > 0:
@@ -324,7 +339,7 @@ class FailoverRun:
         )
 
         checks = [
-            self._outage_check(receivers, count, stopped_at - killed_at, publish_errors),
+            self._outage_check(receivers, count, stopped_at - killed_at, publish_errors, mesh),
             self._client_check(
                 client, sent_at, count, dropped, subscribed_at, roam_error, killed_at
             ),
@@ -395,9 +410,19 @@ class FailoverRun:
         count: int,
         stop_seconds: float,
         publish_errors: list[BaseException],
+        mesh: bool,
     ) -> Check:
         pub = self.publisher
         words, bad = [], False
+        if not mesh:
+            bad = True
+            silent = [
+                f"{src} → {n}"
+                for src in self.others
+                for n in self.others
+                if len(receivers[n].seqs("during", src)) < MARKS
+            ]
+            words.append(f"the remaining nodes did not deliver to each other: {', '.join(silent)}")
         for node in self.others:
             got = receivers[node].seqs("outage", pub, live_only=True)
             lost = count - len(got)
@@ -421,7 +446,7 @@ class FailoverRun:
             f"{self.victim}'s broker stopped in {stop_seconds * 1000:.0f} ms, down for "
             f"{self.plan.outage:g} s; the {count} message(s) published on {pub} from the "
             f"failure until {self.victim} had caught up reached every remaining node "
-            f"({where}) exactly once",
+            f"({where}) exactly once, and each remaining node's own reached every other",
         )
 
     def _client_check(

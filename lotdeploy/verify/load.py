@@ -34,6 +34,7 @@ import math
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
@@ -117,7 +118,7 @@ class LoadRun:
         self.errors: dict[str, str] = {}
         self.conns: dict[str, MqttConnection] = {}
 
-    def _receiver(self, name: str) -> object:
+    def _receiver(self, name: str) -> Callable[[Message], None]:
         def on_message(msg: Message) -> None:
             now = time.monotonic()
             try:
@@ -149,7 +150,7 @@ class LoadRun:
                 server_hostname=end.server_hostname if direct else None,
                 keepalive=30,
                 connect_timeout=DIRECT_TIMEOUT if direct and len(tries) > 1 else self.ctx.timeout,
-                on_message=self._receiver(name),  # type: ignore[arg-type]
+                on_message=self._receiver(name),
                 max_inflight=INFLIGHT,
             )
             try:
