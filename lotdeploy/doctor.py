@@ -5,9 +5,12 @@ lotdeploy's assumptions about the vendor's broker differ between builds
 admin session, which of them hold: the reply form, whether `-requestId` is echoed, which
 CLUSTER_CONFIG keys its template offers, what re-adding a route does (on a scratch route that
 is always removed), whether route code read back shows passwords and to whom, and whether the
-factory admin login or anonymous logins still work. The answer is a `BrokerFacts` record
-(stored in the state document, read by plan and apply); `findings` turns it into words an
-operator can act on. Each check, and what apply does with it: docs/doctor.md.
+factory admin login or anonymous logins still work; and what builds are known to differ in:
+verbs in any case and as kebab aliases, the cluster monitoring topics, the CONNACK code of a
+refused login, a secret store, the named-rights model. Each of those is asked with a
+read-only command or a login that must fail, never by changing anything. The answer is a
+`BrokerFacts` record (stored in the state document, read by plan and apply); `findings`
+turns it into words an operator can act on. Each check, and what apply does with it: docs/doctor.md.
 
 Pure logic over a `BrokerClient` and short extra MQTT connections to the same host:port (a
 tunnel's local port in production): no SSH, no CLI, no clock (the caller passes the time).
@@ -29,6 +32,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from lotdeploy.broker.monitoring import read_cluster_topics
 from lotdeploy.broker.mqtt import ConnectRefused, MqttConnection, MqttError
 from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.compiler.routes import node_route_settings, route_tree
@@ -53,9 +57,11 @@ log = logging.getLogger(__name__)
 ReplyFormat = Literal["json", "text"]
 Readd = Literal["reject", "overwrite", "unknown"]
 Severity = Literal["ok", "warning", "error"]
+RightsModel = Literal["named", "admin-only"]
 
 REPLY_FORMATS: tuple[str, ...] = get_args(ReplyFormat)
 READD_RESULTS: tuple[str, ...] = get_args(Readd)
+RIGHTS_MODELS: tuple[str, ...] = get_args(RightsModel)
 
 #: The vendor's factory admin login (docs/coreflux-interface.md §4). Public knowledge, not a
 #: secret: it is wrapped in a `Secret` only for the moment of a CONNECT (see `_factory_login`).
@@ -71,8 +77,19 @@ SCRATCH_ADDRESS = "127.0.0.1"
 SCRATCH_PORT = 9
 #: SUBACK return code of a refused subscription.
 SUBSCRIPTION_REFUSED = 0x80
-#: Version of the `to_json` record; a newer record is refused rather than misread.
-FACTS_FORMAT = 1
+#: Version of the `to_json` record; a newer record is refused rather than misread. Format 1
+#: (before the version-difference checks) is read with those checks as "not checked".
+FACTS_FORMAT = 2
+_FORMAT_1_ABSENT = frozenset(
+    {
+        "verbs_any_case",
+        "verbs_kebab",
+        "cluster_topics",
+        "bad_login_code",
+        "secret_store",
+        "rights_model",
+    }
+)
 
 _KEY_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 #: Why a route needs a key, in the site's own words (for findings).
@@ -104,6 +121,19 @@ class BrokerFacts:
     admin_is_factory: bool = False
     #: Whether a template was read at all (False: `cluster_keys` says nothing).
     cluster_keys_read: bool = True
+    # -- what builds differ in (None: not checked, or no answer that tells) ---------------
+    #: `-listroutes` (lower case) answered like `-listRoutes`
+    verbs_any_case: bool | None = None
+    #: `--list-routes` (the kebab alias) answered like `-listRoutes`
+    verbs_kebab: bool | None = None
+    #: the monitoring topics the broker published (sorted); () none, None not checked
+    cluster_topics: tuple[str, ...] | None = None
+    #: CONNACK return code of a login with an unknown user name (4 or 5 seen so far)
+    bad_login_code: int | None = None
+    #: `-listSecrets` exists (the broker has a secret store for `-setSecret`)
+    secret_store: bool | None = None
+    #: "named": `-listUserGroups` exists (per-user rights flags and groups)
+    rights_model: RightsModel | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready record for the state document (`from_json` reads it back)."""
@@ -121,6 +151,14 @@ class BrokerFacts:
             "admin_is_factory": self.admin_is_factory,
             "anonymous_accepted": self.anonymous_accepted,
             "checked_at": self.checked_at,
+            "verbs_any_case": self.verbs_any_case,
+            "verbs_kebab": self.verbs_kebab,
+            "cluster_topics": list(self.cluster_topics)
+            if self.cluster_topics is not None
+            else None,
+            "bad_login_code": self.bad_login_code,
+            "secret_store": self.secret_store,
+            "rights_model": self.rights_model,
         }
 
     @classmethod
@@ -136,11 +174,13 @@ class BrokerFacts:
         fmt = doc.get("format")
         if type(fmt) is not int:
             raise ValueError("broker facts: no record format number")
-        if fmt != FACTS_FORMAT:
+        if fmt not in (1, FACTS_FORMAT):
             raise ValueError(
                 f"broker facts: record format {fmt} is not {FACTS_FORMAT} "
                 "(written by another lotdeploy version: run lotdeploy doctor again)"
             )
+        if fmt == 1:
+            doc = {**dict.fromkeys(_FORMAT_1_ABSENT), **doc, "format": FACTS_FORMAT}
         expected = set(cls(**_SAMPLE).to_json())
         unknown = sorted(set(doc) - expected)
         missing = sorted(expected - set(doc))
@@ -161,6 +201,20 @@ class BrokerFacts:
         version = doc["version"]
         if version is not None and (not isinstance(version, str) or len(version) > 200):
             raise ValueError("broker facts: version must be a short string or null")
+        topics = doc["cluster_topics"]
+        if topics is not None and (
+            not isinstance(topics, list)
+            or not all(isinstance(t, str) and t.startswith("$SYS/") for t in topics)
+        ):
+            raise ValueError("broker facts: cluster_topics must be a list of $SYS topics or null")
+        code = doc["bad_login_code"]
+        if code is not None and (type(code) is not int or not 0 < code < 256):
+            raise ValueError("broker facts: bad_login_code must be a CONNACK code or null")
+        rights = doc["rights_model"]
+        if rights is not None and rights not in RIGHTS_MODELS:
+            raise ValueError(
+                f"broker facts: rights_model must be one of {', '.join(RIGHTS_MODELS)}"
+            )
         return cls(
             reply_format=_choice(doc, "reply_format", REPLY_FORMATS),  # type: ignore[arg-type]
             request_id_echo=_flag(doc, "request_id_echo"),
@@ -176,6 +230,12 @@ class BrokerFacts:
             admin_is_factory=_flag(doc, "admin_is_factory"),
             anonymous_accepted=_maybe_flag(doc, "anonymous_accepted"),
             checked_at=checked_at,
+            verbs_any_case=_maybe_flag(doc, "verbs_any_case"),
+            verbs_kebab=_maybe_flag(doc, "verbs_kebab"),
+            cluster_topics=tuple(topics) if topics is not None else None,
+            bad_login_code=code,
+            secret_store=_maybe_flag(doc, "secret_store"),
+            rights_model=rights,
         )
 
 
@@ -313,7 +373,108 @@ def findings(
     )
     out += [_password_finding(facts), _cluster_user_finding(facts)]
     out += [_factory_finding(facts), _anonymous_finding(facts)]
+    out += [_verbs_finding(facts), _monitoring_finding(facts), _connack_finding(facts)]
+    out += [_secret_store_finding(facts), _rights_finding(facts)]
     return out
+
+
+def _not_checked(check: str, what: str) -> Finding:
+    return Finding("ok", check, f"not checked: {what} (lotdeploy doctor asks, apply does not)")
+
+
+def _verbs_finding(facts: BrokerFacts) -> Finding:
+    any_case, kebab = facts.verbs_any_case, facts.verbs_kebab
+    if any_case is None and kebab is None:
+        return _not_checked("verb-case", "whether verbs work in any case")
+    seen = []
+    if any_case is not None:
+        seen.append(f"lower case {'works' if any_case else 'is refused'}")
+    if kebab is not None:
+        seen.append(f"--kebab-case {'works' if kebab else 'is refused'}")
+    return Finding(
+        "ok",
+        "verb-case",
+        f"verbs: {', '.join(seen)}; lotdeploy always sends the documented spelling "
+        "(-addRoute, -listRoutes, ...), so either way it works",
+    )
+
+
+def _monitoring_finding(facts: BrokerFacts) -> Finding:
+    topics = facts.cluster_topics
+    if topics is None:
+        return _not_checked("cluster-topics", "which cluster monitoring topics it publishes")
+    if not topics:
+        return Finding(
+            "ok",
+            "cluster-topics",
+            "no cluster monitoring topics ($SYS/broker/cluster/#, $SYS/Coreflux/Cluster/#): "
+            "verify and status prove the cluster by probes and -listRoutes alone",
+        )
+    shown = ", ".join(topics[:6]) + (f" (+{len(topics) - 6})" if len(topics) > 6 else "")
+    return Finding(
+        "ok",
+        "cluster-topics",
+        f"publishes {shown}: verify and status show them, and decide nothing on them "
+        "(their format is not documented)",
+    )
+
+
+def _connack_finding(facts: BrokerFacts) -> Finding:
+    code = facts.bad_login_code
+    if code is None:
+        return _not_checked("connack", "how the broker refuses a login")
+    if code in (4, 5):
+        name = "bad user name or password" if code == 4 else "not authorised"
+        return Finding(
+            "ok",
+            "connack",
+            f"a refused login gets CONNACK {code} ({name}): lotdeploy reads 4 and 5 alike as "
+            "wrong credentials and names the node",
+        )
+    return Finding(
+        "warning",
+        "connack",
+        f"a refused login gets CONNACK {code}, neither 4 nor 5: lotdeploy reports the code "
+        "as it is; check the broker's authentication settings",
+    )
+
+
+def _secret_store_finding(facts: BrokerFacts) -> Finding:
+    store = facts.secret_store
+    if store is None:
+        return _not_checked("secret-store", "whether the broker has a secret store")
+    if store:
+        return Finding(
+            "ok",
+            "secret-store",
+            "the broker has a secret store (-setSecret, -listSecrets): lotdeploy does not use "
+            "it yet, routes carry the cluster password in their code (see route-code-password)",
+        )
+    return Finding(
+        "ok",
+        "secret-store",
+        "no secret store (-listSecrets is unknown): routes carry the cluster password in "
+        "their code, so keep $SYS rights to the admin",
+    )
+
+
+def _rights_finding(facts: BrokerFacts) -> Finding:
+    rights = facts.rights_model
+    if rights is None:
+        return _not_checked("rights", "which user rights model the broker has")
+    if rights == "named":
+        return Finding(
+            "ok",
+            "rights",
+            "named user rights (-changeUserSettings, -listUserGroups): lotdeploy sends every "
+            "command as the admin and gives its cluster and probe users no rights flags",
+        )
+    return Finding(
+        "ok",
+        "rights",
+        "no named user rights (-listUserGroups is unknown): only the admin may command; "
+        "lotdeploy's cluster and probe users are plain users",
+    )
 
 
 def _format_finding(facts: BrokerFacts) -> Finding:
@@ -523,6 +684,7 @@ async def probe_broker(
     )
     factory = None if admin_is_factory else await logins.factory_admin()
     anonymous = await logins.accepts(None, None)
+    differences = await _probe_differences(client, logins, timeout)
     return BrokerFacts(
         reply_format=reply_format,
         request_id_echo=echo,
@@ -536,7 +698,51 @@ async def probe_broker(
         admin_is_factory=admin_is_factory,
         anonymous_accepted=anonymous,
         checked_at=now_iso,
+        **differences,
     )
+
+
+async def _probe_differences(
+    client: BrokerClient, logins: _Logins, timeout: float
+) -> dict[str, Any]:
+    """What builds differ in, each asked with a read-only command or a login that must fail:
+    the verb spelling (`-listroutes`, `--list-routes`), the monitoring topics, the CONNACK
+    of a login with an unknown user, `-listSecrets`, `-listUserGroups <admin>`."""
+    lower = await _verb_known(client, Verb.LIST_ROUTES.lower())
+    kebab = await _verb_known(client, "--list-routes")
+    try:
+        topics = await read_cluster_topics(client, timeout=min(timeout, 1.5))
+        seen: tuple[str, ...] | None = tuple(sorted(topics.values))
+    except BrokerError as exc:
+        log.info("broker %s: monitoring topics not read: %s", client.node_name, exc)
+        seen = None
+    store = await _verb_known(client, Verb.LIST_SECRETS)
+    groups = await _verb_known(client, Verb.LIST_USER_GROUPS, client.username)
+    rights: RightsModel | None = None if groups is None else "named" if groups else "admin-only"
+    return {
+        "verbs_any_case": lower,
+        "verbs_kebab": kebab,
+        "cluster_topics": seen,
+        "bad_login_code": await logins.refusal_code(),
+        "secret_store": store,
+        "rights_model": rights,
+    }
+
+
+async def _verb_known(client: BrokerClient, verb: str, argument: str = "") -> bool | None:
+    """Whether the broker knows a verb as written: it answered (even with a failure about
+    the argument) → True; `Unknown command` → False; no telling (denied, lost) → None."""
+    try:
+        reply = await client.command(verb, argument)
+    except BrokerError as exc:
+        log.info("broker %s: -%s not answered: %s", client.node_name, verb, exc)
+        return None
+    words = reply.describe().lower()
+    if "unknown command" in words:
+        return False
+    if "permission denied" in words:
+        return None
+    return True
 
 
 async def probe_for_apply(
@@ -754,6 +960,21 @@ class _Logins:
             return None
         await conn.close()
         return True
+
+    async def refusal_code(self) -> int | None:
+        """The CONNACK return code of a login as a user that does not exist (a throwaway
+        name and password: no real account is ever tried, so none can be locked out)."""
+        name = f"lotdeploy_doctor_{secrets.token_hex(6)}"
+        conn = self._connection(name, Secret(secrets.token_hex(16)))
+        try:
+            await conn.connect()
+        except ConnectRefused as exc:
+            return exc.code
+        except MqttError as exc:
+            log.info("refused-login check on %s:%s inconclusive: %s", self.host, self.port, exc)
+            return None
+        await conn.close()  # the broker let an unknown user in: anonymous-like, see findings
+        return 0
 
     async def factory_admin(self) -> bool | None:
         """Whether root/coreflux still logs in. The Secret lives only for this call: any Secret

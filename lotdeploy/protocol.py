@@ -35,6 +35,17 @@ OUTPUT_TOPIC = "$SYS/Coreflux/Command/Output"
 ROUTES_TOPIC = "$SYS/Coreflux/Routes"
 #: The broker's version string, retained; readable only by users with system rights.
 VERSION_TOPIC = "$SYS/Coreflux/Version"
+#: Cluster monitoring, as the vendor's cluster page names it (`status`, `nodes`, `sync`
+#: below it); formats UNKNOWN (docs/coreflux-interface.md §3).
+SEED_CLUSTER_TOPIC = "$SYS/broker/cluster"
+#: Cluster monitoring as the vendor's newer tooling lists it (`Role`, `IsLeader`, `Leader`,
+#: `Term`, `Members`, `Status` below it, retained); formats UNKNOWN.
+COREFLUX_CLUSTER_TOPIC = "$SYS/Coreflux/Cluster"
+#: The filters that read both, for verify, status and doctor.
+CLUSTER_MONITORING_FILTERS: tuple[str, ...] = (
+    f"{SEED_CLUSTER_TOPIC}/#",
+    f"{COREFLUX_CLUSTER_TOPIC}/#",
+)
 
 
 def route_code_topic(name: str) -> str:
@@ -45,6 +56,20 @@ def route_code_topic(name: str) -> str:
 def route_status_topic(name: str) -> str:
     """`$SYS/Coreflux/Routes/<Name>/status`: the route's status JSON, not retained."""
     return f"{route_code_topic(name)}/status"
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic matching (`+` one level, `#` the rest); a `$` topic never matches a filter
+    that starts with a wildcard (MQTT 3.1.1 §4.7.2)."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    want, have = topic_filter.split("/"), topic.split("/")
+    for index, level in enumerate(want):
+        if level == "#":
+            return True
+        if index >= len(have) or (level != "+" and level != have[index]):
+            return False
+    return len(want) == len(have)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,6 +90,13 @@ class Verb(StrEnum):
     CHANGE_USER_PASSWORD = "changeUserPassword"
     SET_SECRET = "setSecret"
     LIST_SECRETS = "listSecrets"
+    # verbs the vendor's own client uses (docs/coreflux-interface.md §2); lotdeploy sends
+    # the first three only to look, the last two only where doctor found a rights model
+    CONNECTION_STATUS = "connectionStatus"
+    LIST_TEMPLATES = "listTemplates"
+    LOT_DIAGNOSTIC = "lotDiagnostic"
+    LIST_USER_GROUPS = "listUserGroups"
+    CHANGE_USER_SETTINGS = "changeUserSettings"
 
     @property
     def reply_name(self) -> str:
@@ -85,6 +117,11 @@ REPLY_NAMES: Mapping[Verb, str] = MappingProxyType(
         Verb.CHANGE_USER_PASSWORD: "ChangeUserPassword",
         Verb.SET_SECRET: "SetSecret",
         Verb.LIST_SECRETS: "ListSecrets",
+        Verb.CONNECTION_STATUS: "ConnectionStatus",
+        Verb.LIST_TEMPLATES: "ListTemplates",
+        Verb.LOT_DIAGNOSTIC: "LotDiagnostic",
+        Verb.LIST_USER_GROUPS: "ListUserGroups",
+        Verb.CHANGE_USER_SETTINGS: "ChangeUserSettings",
     }
 )
 
@@ -106,12 +143,52 @@ def pascal(verb: str) -> str:
     return verb[:1].upper() + verb[1:]
 
 
+def verb_key(word: str) -> str:
+    """How a broker that takes any case and kebab aliases reads a verb: `-listRoutes`,
+    `-listroutes`, `--list-routes` and `-LIST-ROUTES` are all `listroutes`."""
+    return word.lstrip("-").replace("-", "").lower()
+
+
+#: `verb_key` -> Verb, for the verbs lotdeploy knows (and the forbidden one's key).
+VERBS_BY_KEY: Mapping[str, Verb] = MappingProxyType({verb_key(v): v for v in Verb})
+
+
+def command_words(text: str) -> list[str]:
+    """A command argument split as the vendor's broker splits it: whitespace-separated
+    words, where a double- or single-quoted part keeps its spaces and loses its quotes
+    (`-removeRoute "X"` names route X). No escapes: an unclosed quote runs to the end."""
+    words: list[str] = []
+    current: list[str] = []
+    quote: str | None = None
+    started = False
+    for char in text:
+        if quote is not None:
+            if char == quote:
+                quote = None
+            else:
+                current.append(char)
+        elif char in "\"'":
+            quote, started = char, True
+        elif char.isspace():
+            if started:
+                words.append("".join(current))
+                current, started = [], False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        words.append("".join(current))
+    return words
+
+
 def command_payload(verb: str, argument: str = "", request_id: str | None = None) -> bytes:
     """`-<verb> <argument> [-requestId <id>]`: a command as published on COMMAND_TOPIC.
 
-    For routes the LOT text is the argument, raw (newlines allowed, no wrapping quotes).
+    For routes the LOT text is the argument, raw (newlines allowed, no wrapping quotes). A
+    `--kebab-case` verb is sent as written.
     """
-    text = f"-{verb.lstrip('-')}" + (f" {argument}" if argument else "")
+    head = verb if verb.startswith("--") else f"-{verb.lstrip('-')}"
+    text = head + (f" {argument}" if argument else "")
     if request_id:
         text += f" {REQUEST_ID_OPTION} {request_id}"
     return text.encode()
@@ -420,6 +497,70 @@ def _parse_text(text: str, verb: str) -> Reply:
     return Reply(success, pascal(verb), None, stripped, None, tuple(errors), text)
 
 
+# ---------------------------------------------------------------------------------------------
+# Route status (§3): `$SYS/Coreflux/Routes/<Name>/status` and `-checkRouteConnection` data
+# ---------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(?:(\d+)\.)?(\d+):([0-5]?\d):([0-5]?\d)(?:\.(\d+))?")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a status duration: `HH:MM:SS` (the vendor's `uptime`, hours may pass 24),
+    `D.HH:MM:SS[.fffffff]` (.NET's form for a day or more: ASSUMED, docs §3), or a number
+    of seconds (what the lab sent before). None for anything else (never a guess)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        return None
+    days, hours, minutes, seconds, fraction = match.groups()
+    total = int(days or 0) * 86_400 + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    return total + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def format_duration(seconds: float) -> str:
+    """`HH:MM:SS` (hours unbounded), the vendor's `uptime` form."""
+    whole = max(0, int(seconds))
+    return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    """The fields of a route status document lotdeploy reads; None where a field is absent
+    or not in a known form. Texts from the broker are scrubbed of known secrets."""
+
+    name: str | None
+    connection: str | None
+    health: str | None
+    uptime_sec: float | None
+    last_success: str | None
+    last_error: str | None
+    last_activity: str | None
+
+
+def parse_route_status(doc: Mapping[str, Any]) -> RouteStatus:
+    """Read a status document in any form seen: the vendor's (`uptime` "HH:MM:SS",
+    `lastSuccess`) or the lab's older one (`uptime` in seconds, no `lastSuccess`)."""
+
+    def text(key: str) -> str | None:
+        value = doc.get(key)
+        return scrub(str(value))[:500] if isinstance(value, str) and value else None
+
+    return RouteStatus(
+        name=text("name"),
+        connection=text("connection"),
+        health=text("health"),
+        uptime_sec=parse_duration(doc.get("uptime")),
+        last_success=text("lastSuccess"),
+        last_error=text("lastError"),
+        last_activity=text("lastActivity"),
+    )
+
+
 def _as_int(value: Any) -> int | None:
     try:
         return int(value)
@@ -438,8 +579,14 @@ _TEMPLATE_SETTING = re.compile(r"^\s+WITH\s+(\w+)\s")
 
 @dataclass(frozen=True)
 class Placeholder:
-    """One `#name,type,description,regex,env#` of a route template, as the vendor's tooling
-    parses it: exactly five comma-separated, non-empty fields (so no comma in the regex)."""
+    """One `#name,type,description,regex,env#` of a route template, in the form the vendor's
+    tooling parses (docs/coreflux-interface.md §1): five comma-separated fields; name, type
+    and env never empty, description and regex may be (`#IP,string,PLC address,,true#`).
+
+    `env` is the fifth field as written; the vendor's tooling reads it as a boolean (`true`
+    or not). `from_env` is that boolean, or None where the field is neither `true` nor
+    `false` (an older lab template put a key name there): unknown, not assumed.
+    """
 
     name: str
     type: str
@@ -447,12 +594,25 @@ class Placeholder:
     regex: str
     env: str
 
+    @property
+    def from_env(self) -> bool | None:
+        word = self.env.strip().lower()
+        return True if word == "true" else False if word == "false" else None
+
     def __str__(self) -> str:
         return f"#{self.name},{self.type},{self.description},{self.regex},{self.env}#"
 
 
+#: Placeholder fields that must not be empty (the vendor's tooling requires them).
+_REQUIRED_FIELDS = ("name", "type", "env")
+
+
 def parse_placeholder(text: str) -> Placeholder:
-    """Parse one placeholder (with or without its `#`s); ValueError saying what is wrong."""
+    """Parse one placeholder (with or without its `#`s); ValueError saying what is wrong.
+
+    Exactly five fields: a comma in the regex or description would split it where the
+    vendor's reader splits too, so such a template is refused rather than misread.
+    """
     inner = text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "#" else text
     fields = inner.split(",")
     if len(fields) != 5:
@@ -461,10 +621,11 @@ def parse_placeholder(text: str) -> Placeholder:
             "(name,type,description,regex,env; a comma in the regex or description splits it)"
         )
     labels = ("name", "type", "description", "regex", "env")
-    empty = [label for label, value in zip(labels, fields, strict=True) if not value.strip()]
+    values = dict(zip(labels, (value.strip() for value in fields), strict=True))
+    empty = [label for label in _REQUIRED_FIELDS if not values[label]]
     if empty:
         raise ValueError(f"placeholder #{inner}# has an empty {', '.join(empty)} field")
-    return Placeholder(*(value.strip() for value in fields))
+    return Placeholder(**values)
 
 
 @dataclass(frozen=True)

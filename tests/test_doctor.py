@@ -55,7 +55,25 @@ DIALECTS = [
         readd="overwrite",
         route_code_missing=frozenset({"USE_TLS", "MESSAGE_VALIDITY_SEC"}),
     ),
+    # what builds differ in (issue 21): each knob detected by a read-only look
+    Dialect(verbs="exact", cluster_topics="seed", bad_login_code=5),
+    Dialect(
+        replies="text",
+        cluster_topics="coreflux",
+        version_topic=False,
+        secret_store=False,
+        rights="named",
+    ),
 ]
+#: The monitoring topics each scheme publishes (docs/lab-broker.md).
+MONITORING = {
+    "none": (),
+    "seed": tuple(f"$SYS/broker/cluster/{t}" for t in ("nodes", "status", "sync")),
+    "coreflux": tuple(
+        f"$SYS/Coreflux/Cluster/{t}"
+        for t in ("IsLeader", "Leader", "Members", "Role", "Status", "Term")
+    ),
+}
 
 SITE = """\
 site: doctor-test
@@ -157,7 +175,7 @@ def test_probe_detects_the_dialect_and_touches_no_other_route(
             assert c.request_ids is ids_before  # the caller's setting is kept
             leftover = await c.read_route_code(SCRATCH_ROUTE, timeout=0.5)
             assert not leftover
-            assert (await c.command("listSecrets")).success  # the session still works
+            assert (await c.command("listRoutes")).success  # the session still works
             return facts
 
     facts = run(body())
@@ -166,12 +184,18 @@ def test_probe_detects_the_dialect_and_touches_no_other_route(
         request_id_echo=dialect.echoes_request_id,
         readd=dialect.readd,
         cluster_keys=frozenset(dialect.offered_keys),
-        version=f"lab-{__version__} {dialect.label}",
+        version=f"lab-{__version__} {dialect.label}" if dialect.version_topic else None,
         route_code_shows_password=True,  # the lab republishes the code as sent
         route_code_readable_by_cluster_user=False,  # $SYS refused to non-admins
         factory_admin_accepted=False,
         anonymous_accepted=False,
         checked_at=NOW,
+        verbs_any_case=dialect.verbs == "any",
+        verbs_kebab=dialect.verbs == "any",
+        cluster_topics=MONITORING[dialect.cluster_topics],
+        bad_login_code=dialect.bad_login_code,
+        secret_store=dialect.secret_store,
+        rights_model="named" if dialect.rights == "named" else "admin-only",
     )
     assert needs_remove_before_add(facts) is (dialect.readd != "overwrite")
     assert BrokerFacts.from_json(json.loads(json.dumps(facts.to_json()))) == facts
@@ -414,7 +438,10 @@ def test_facts_round_trip() -> None:
         ({"cluster_keys": ["use tls"]}, "cluster_keys must be a list of key names"),
         ({"checked_at": "yesterday"}, "checked_at is not an ISO 8601 time"),
         ({"version": 2}, "version must be a short string"),
-        ({"format": 2}, "record format 2"),
+        ({"format": 3}, "record format 3"),
+        ({"cluster_topics": ["x/y"]}, "cluster_topics must be a list of \\$SYS topics"),
+        ({"bad_login_code": "4"}, "bad_login_code must be a CONNACK code"),
+        ({"rights_model": "root"}, "rights_model must be one of named, admin-only"),
         ({"format": None}, "no record format number"),
         ({"extra": True}, "unknown field"),
     ],
@@ -434,3 +461,38 @@ def test_damaged_facts_missing_fields_and_non_objects_are_refused() -> None:
     for bad in ("[]", "not json", 3, None):
         with pytest.raises(ValueError, match="broker facts"):
             BrokerFacts.from_json(bad)
+
+
+def test_a_format_1_record_reads_with_the_new_checks_not_checked() -> None:
+    doc = _facts().to_json()
+    for key in ("verbs_any_case", "verbs_kebab", "cluster_topics", "bad_login_code"):
+        del doc[key]
+    for key in ("secret_store", "rights_model"):
+        del doc[key]
+    doc["format"] = 1
+    facts = BrokerFacts.from_json(doc)
+    assert facts == _facts() and facts.cluster_topics is None
+    words = {f.check: f.message for f in findings(facts)}
+    assert words["rights"].startswith("not checked") and words["connack"].startswith("not")
+
+
+def test_findings_say_what_lotdeploy_does_about_each_difference() -> None:
+    facts = _facts(
+        verbs_any_case=False,
+        verbs_kebab=False,
+        cluster_topics=("$SYS/broker/cluster/status",),
+        bad_login_code=5,
+        secret_store=True,
+        rights_model="named",
+    )
+    by_check = {f.check: f for f in findings(facts)}
+    assert "lotdeploy always sends the documented spelling" in by_check["verb-case"].message
+    assert "lower case is refused" in by_check["verb-case"].message
+    assert "verify and status show them" in by_check["cluster-topics"].message
+    assert "CONNACK 5 (not authorised)" in by_check["connack"].message
+    assert "does not use it yet" in by_check["secret-store"].message
+    assert "as the admin" in by_check["rights"].message
+    assert {f.severity for f in by_check.values()} == {"ok"}
+    odd = {f.check: f for f in findings(_facts(bad_login_code=135, cluster_topics=()))}
+    assert odd["connack"].severity == "warning"
+    assert "probes and -listRoutes alone" in odd["cluster-topics"].message

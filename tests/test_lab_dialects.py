@@ -141,7 +141,9 @@ def test_every_placeholder_of_the_lab_template_parses_and_names_the_offered_keys
         assert "," not in placeholder.regex and all(
             (placeholder.name, placeholder.type, placeholder.description, placeholder.env)
         )
+        assert placeholder.from_env in (True, False)  # the vendor's fifth field: a boolean
         assert parse_placeholder(str(placeholder)) == placeholder
+    assert any(not p.regex for p in template.placeholders)  # the vendor's regex may be empty
     for missing in ({"USE_TLS"}, set(OMITTABLE_KEYS)):
         code = route_template(frozenset(missing))
         assert parse_route_template(code).keys == tuple(
@@ -155,7 +157,7 @@ def test_every_placeholder_of_the_lab_template_parses_and_names_the_offered_keys
     [
         ("#port,int,Peer port,^[0-9]{1,5}$,BROKER_PORT#", "6 comma-separated fields"),
         ("#name,string,Route name,^x$,#", "empty env"),
-        ("#,string,,^x$,E#", "empty name, description"),
+        ("#,,,^x$,true#", "empty name, type"),
         ("#a,b,c,d#", "4 comma-separated fields"),
     ],
 )
@@ -171,6 +173,32 @@ def test_placeholder_round_trip() -> None:
     assert placeholder == Placeholder(
         "tls", "bool", "Connect over TLS", "^(true|false)$", "USE_TLS"
     )
+    assert placeholder.from_env is None  # an older lab's key name there: unknown, not false
+
+
+@pytest.mark.parametrize(
+    ("text", "fields", "from_env"),
+    [
+        # the vendor's own example: empty regex, boolean env
+        ("#IP,string,PLC address,,true#", ("IP", "string", "PLC address", ""), True),
+        ("#port,int,,,false#", ("port", "int", "", ""), False),
+        ("# ID , string , Id , ^x$ , TRUE #", ("ID", "string", "Id", "^x$"), True),
+    ],
+)
+def test_the_vendors_placeholder_form_parses(
+    text: str, fields: tuple[str, ...], from_env: bool
+) -> None:
+    placeholder = parse_placeholder(text)
+    assert (placeholder.name, placeholder.type, placeholder.description, placeholder.regex) == (
+        fields
+    )
+    assert placeholder.from_env is from_env
+    template = parse_route_template(
+        f"DEFINE ROUTE RouteName WITH TYPE MODBUS_TCP\n    ADD MODBUS_CONFIG\n"
+        f"        WITH IP {text}\n    ADD METADATA\n        WITH DESCRIPTION \"t\"\n",
+        "MODBUS_CONFIG",
+    )
+    assert template.keys == ("IP",) and template.placeholders == (placeholder,)
 
 
 # -- dialect values -----------------------------------------------------------------------------

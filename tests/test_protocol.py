@@ -151,6 +151,11 @@ def test_every_verb_has_its_pascal_case_reply_name() -> None:
         "changeUserPassword": "ChangeUserPassword",
         "setSecret": "SetSecret",
         "listSecrets": "ListSecrets",
+        "connectionStatus": "ConnectionStatus",
+        "listTemplates": "ListTemplates",
+        "lotDiagnostic": "LotDiagnostic",
+        "listUserGroups": "ListUserGroups",
+        "changeUserSettings": "ChangeUserSettings",
     }
     assert set(REPLY_NAMES) == set(Verb)
     for verb in Verb:

@@ -8,6 +8,7 @@ from typing import Any
 
 from lotdeploy.apply.activate import admin_session
 from lotdeploy.apply.fanout import on_nodes
+from lotdeploy.broker.monitoring import shown_cluster_topics
 from lotdeploy.model import Node, Site
 from lotdeploy.transport.base import Transport
 
@@ -19,9 +20,14 @@ class NodeStatus:
     node: str
     routes: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    #: the cluster monitoring topics the broker published (topic -> text): shown, never judged
+    monitoring: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"routes": self.routes, "error": self.error}
+        doc: dict[str, Any] = {"routes": self.routes, "error": self.error}
+        if self.monitoring:
+            doc["monitoring"] = self.monitoring
+        return doc
 
 
 def read_status(
@@ -29,15 +35,18 @@ def read_status(
 ) -> dict[str, NodeStatus]:
     """`-listRoutes` of every chosen node's broker (concurrently, bounded)."""
     nodes = [n for n in site.nodes if only is None or n.name in only]
+    monitoring: dict[str, dict[str, str]] = {}
 
     def job(node: Node, transport: Transport) -> list[dict[str, Any]]:
         with admin_session(site, node, transport) as client:
-            return sorted(client.list_routes(), key=lambda r: str(r.get("name")))
+            routes = sorted(client.list_routes(), key=lambda r: str(r.get("name")))
+            monitoring[node.name] = shown_cluster_topics(client)
+            return routes
 
     results = on_nodes(nodes, transports, job, parallelism)
     return {
         name: NodeStatus(name, error=found)
         if isinstance(found, str)
-        else NodeStatus(name, routes=found)
+        else NodeStatus(name, routes=found, monitoring=monitoring.get(name, {}))
         for name, found in results.items()
     }

@@ -27,6 +27,7 @@ from lotdeploy.protocol import (
     FORBIDDEN_VERBS,
     OUTPUT_TOPIC,
     REPLY_TIMEOUT_SEC,
+    UNKNOWN_COMMAND_NAME,
     VERSION_TOPIC,
     Reply,
     Verb,
@@ -34,6 +35,8 @@ from lotdeploy.protocol import (
     parse_reply,
     route_code_topic,
     route_status_topic,
+    topic_matches,
+    verb_key,
 )
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.values import check_command_token
@@ -42,8 +45,22 @@ log = logging.getLogger(__name__)
 
 
 _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
+#: The forbidden verbs as a broker that takes any case and kebab aliases reads them.
+_FORBIDDEN_KEYS = frozenset(verb_key(v) for v in FORBIDDEN_VERBS)
 #: Topic filters per SUBSCRIBE packet when reading many routes' code at once.
 _TOPICS_PER_SUBSCRIBE = 100
+
+
+def _is_reply_to(reply: Reply, verb: str, rid: str | None) -> bool:
+    """Whether a reply on the shared Output topic answers our `-verb`: by its requestId when
+    it carries one; otherwise (a broker that echoes none, a 1.x text line, an envelope
+    without the field) by the command it names, as the vendor's own client matches, so
+    another admin's `-listRoutes` answer is not taken for our `-addRoute`'s. A reply that
+    names no command (1.x text: `parse_reply` fills in ours) is taken as ours."""
+    if reply.request_id is not None:
+        return rid is None or reply.request_id == rid
+    named = verb_key(reply.command)
+    return named in (verb_key(verb), verb_key(UNKNOWN_COMMAND_NAME), "")
 
 
 class CommandFailed(BrokerError):
@@ -116,6 +133,8 @@ class BrokerClient:
         self._lock = asyncio.Lock()
         self._replies: asyncio.Queue[Message] = asyncio.Queue(maxsize=1000)
         self._watchers: dict[str, list[asyncio.Queue[Message]]] = {}
+        #: wildcard filters being read (`read_topics`), each with its queue
+        self._filter_watchers: list[tuple[str, asyncio.Queue[Message]]] = []
         #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
         #: connect is one): the routes the broker ran then, with no further round trip.
         self.last_listing: Reply | None = None
@@ -173,6 +192,9 @@ class BrokerClient:
         for queue in self._watchers.get(msg.topic, []):
             if not queue.full():
                 queue.put_nowait(msg)
+        for topic_filter, queue in self._filter_watchers:
+            if topic_matches(topic_filter, msg.topic) and not queue.full():
+                queue.put_nowait(msg)
 
     async def _detect_request_ids(self) -> None:
         await self.probe_request_ids()
@@ -202,9 +224,13 @@ class BrokerClient:
         Raises BrokerError (naming the node) if not connected, on a lost connection or when no
         reply arrives in time. A failure *answer* is returned as a Reply with success False.
         """
-        verb = verb.lstrip("-")
-        if verb in FORBIDDEN_VERBS:
-            raise self._error(f"-{verb} is never sent: it removes routes lotdeploy does not own")
+        # `--kebab-case` is kept as written (doctor asks whether a broker takes it); a broker
+        # that reads verbs in any case would take `-removeallroutes` too: refused by key
+        verb = verb if verb.startswith("--") else verb.lstrip("-")
+        if verb_key(verb) in _FORBIDDEN_KEYS:
+            raise self._error(
+                f"-{verb.lstrip('-')} is never sent: it removes routes lotdeploy does not own"
+            )
         conn = self._conn
         if conn is None or not conn.connected:
             raise self._error(f"not connected (cannot send -{verb})")
@@ -239,7 +265,7 @@ class BrokerClient:
                     raise self._error(f"connection lost while waiting for the reply to -{verb}")
                 break
             reply = parse_reply(get.result().payload, verb)
-            if rid is None or reply.request_id is None or reply.request_id == rid:
+            if _is_reply_to(reply, verb, rid):
                 return reply
         raise self._error(f"no reply to -{verb} within {self.reply_timeout:g}s")
 
@@ -404,6 +430,46 @@ class BrokerClient:
         except ValueError:
             return None
         return doc if isinstance(doc, dict) else None
+
+    async def read_topics(
+        self, filters: list[str], timeout: float = 2.0, quiet: float = 0.3, limit: int = 200
+    ) -> dict[str, bytes]:
+        """What the broker publishes on `filters` right after we subscribe (retained state,
+        or a snapshot it sends a new subscriber): topic -> last payload. Reading stops after
+        `quiet` seconds without a message, at `limit` messages, or at `timeout` in all;
+        a refused filter (SUBACK 0x80) gives nothing, never an error."""
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise self._error("not connected")
+        arrived: asyncio.Queue[Message] = asyncio.Queue(maxsize=limit)
+        watchers = [(f, arrived) for f in filters]
+        self._filter_watchers += watchers
+        found: dict[str, bytes] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            try:
+                await conn.subscribe([(f, 1) for f in filters], timeout)
+            except MqttError as exc:
+                raise self._error(str(exc)) from None
+            try:
+                for _ in range(limit):  # bounded in count as well as in time
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        msg = await asyncio.wait_for(arrived.get(), min(quiet, remaining))
+                    except TimeoutError:
+                        break
+                    found[msg.topic] = msg.payload
+            finally:
+                with contextlib.suppress(MqttError):
+                    if conn.connected:
+                        await conn.unsubscribe(filters, timeout)
+        finally:
+            for watcher in watchers:
+                self._filter_watchers.remove(watcher)
+        return found
 
     def _word(self, value: str) -> str:
         """An argument travels as one word of a command line: the same rule the spec applies

@@ -39,6 +39,7 @@ def status(
       lotdeploy status site.yaml
     """
     from lotdeploy.apply.status import read_status
+    from lotdeploy.broker.monitoring import topic_lines
     from lotdeploy.cli.term import print_table
     from lotdeploy.secret import dumps, scrub
     from lotdeploy.selection import select_nodes
@@ -71,6 +72,8 @@ def status(
         ]
         if rows:
             print_table(["node", "route", "connection", "health"], rows)
+        for line in topic_lines({n: s.monitoring for n, s in results.items()}):
+            click.echo(scrub(line))
         for name, s in sorted(results.items()):
             if s.error:
                 click.echo(scrub(f"{name}: error: {s.error}"), err=True)

@@ -91,7 +91,9 @@ def _lab_errors() -> Iterator[None]:
     metavar="NODE=WORDS",
     help="the broker dialect a node (or region) plays, comma-separated: json|text, "
     "echo|no-echo (requestId), reject|overwrite (re-added route), without-KEY (a "
-    "CLUSTER_CONFIG key it lacks); e.g. eu2=text,no-echo,overwrite (repeatable)",
+    "CLUSTER_CONFIG key it lacks), exact-verbs, cluster-seed|cluster-coreflux (monitoring "
+    "topics), no-version, connack-5, no-secrets, named-rights; e.g. "
+    "eu2=text,no-echo,overwrite (repeatable; docs/lab-broker.md)",
 )
 def up(
     nodes: int | None,
@@ -192,6 +194,34 @@ def heal(node: str, lab_dir: Path) -> None:
     with _lab_errors():
         control.set_cut(lab_dir, node, False)
     click.echo(f"{node} healed")
+
+
+@lab.command("kill")
+@click.argument("node")
+@_dir_option
+def kill(node: str, lab_dir: Path) -> None:
+    """Kill NODE's lab broker at once (SIGKILL), as when a broker host fails.
+
+    Its clients and its peers' routes see their connections drop; sshd stays up.
+
+    Example: lotdeploy lab kill eu2   (back: lotdeploy lab revive eu2)
+    """
+    with _lab_errors():
+        pid = control.kill_broker(lab_dir, node)
+    click.echo(f"{node}: lab broker (pid {pid}) killed")
+
+
+@lab.command("revive")
+@click.argument("node")
+@_dir_option
+def revive(node: str, lab_dir: Path) -> None:
+    """Start NODE's lab broker again after `kill` (its routes come back from its state).
+
+    Example: lotdeploy lab revive eu2
+    """
+    with _lab_errors():
+        pid = control.revive_broker(lab_dir, node)
+    click.echo(f"{node}: lab broker running again (pid {pid})")
 
 
 @lab.command("partition")

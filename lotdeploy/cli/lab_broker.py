@@ -111,6 +111,49 @@ from lotdeploy.lab.extras import require_lab_extra
     "-routeCode MQTT_CLUSTER and refused by -addRoute), e.g. USE_TLS.",
 )
 @click.option(
+    "--verbs",
+    type=click.Choice(["any", "exact"]),
+    default="any",
+    show_default=True,
+    help="Verb spelling: any = any case and --kebab-case aliases (the vendor's docs); "
+    "exact = only as spelled (-listRoutes).",
+)
+@click.option(
+    "--cluster-topics",
+    type=click.Choice(["none", "seed", "coreflux"]),
+    default="none",
+    show_default=True,
+    help="Cluster monitoring topics: none, seed = $SYS/broker/cluster/{status,nodes,sync}, "
+    "coreflux = $SYS/Coreflux/Cluster/{Role,IsLeader,Leader,Term,Members,Status}.",
+)
+@click.option(
+    "--version-topic/--no-version-topic",
+    default=True,
+    show_default=True,
+    help="Publish $SYS/Coreflux/Version (retained); off: an older build without it.",
+)
+@click.option(
+    "--bad-login-code",
+    type=click.Choice(["4", "5"]),
+    default="4",
+    show_default=True,
+    help="CONNACK return code for a wrong user name or password.",
+)
+@click.option(
+    "--secret-store/--no-secret-store",
+    default=True,
+    show_default=True,
+    help="Offer -setSecret/-listSecrets; off: they answer Unknown command.",
+)
+@click.option(
+    "--rights",
+    type=click.Choice(["admin-only", "named"]),
+    default="admin-only",
+    show_default=True,
+    help="admin-only: only the admin commands; named: -changeUserSettings and "
+    "-listUserGroups exist (stored, not enforced).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -137,6 +180,12 @@ def broker(
     echo_request_id: bool,
     readd: str,
     route_code_missing: str,
+    verbs: str,
+    cluster_topics: str,
+    version_topic: bool,
+    bad_login_code: str,
+    secret_store: bool,
+    rights: str,
     log_level: str,
 ) -> None:
     """Run one Coreflux-compatible lab broker in the foreground.
@@ -157,7 +206,18 @@ def broker(
     from lotdeploy.lab.broker.dialect import dialect_from_options
     from lotdeploy.lab.broker.server import LabConfig
 
-    dialect = dialect_from_options(replies, echo_request_id, readd, route_code_missing)
+    dialect = dialect_from_options(
+        replies,
+        echo_request_id,
+        readd,
+        route_code_missing,
+        verbs=verbs,
+        cluster_topics=cluster_topics,
+        version_topic=version_topic,
+        bad_login_code=int(bad_login_code),
+        secret_store=secret_store,
+        rights=rights,
+    )
 
     setup_logging(log_level)
     config = LabConfig(

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lotdeploy.apply.engine import TransportFactory
+    from lotdeploy.model import Site
+    from lotdeploy.verify.run import Exercise
 
 import click
 
@@ -56,6 +62,56 @@ from lotdeploy.exitstatus import ExitStatus
     show_default=True,
     help="Seconds your brokers may wait before reconnecting a route (validity advice).",
 )
+@click.option(
+    "--failover",
+    "failover_node",
+    metavar="NODE",
+    help="After the probes, rehearse a failover: stop NODE's broker while messages flow, "
+    "prove the others keep delivering, its clients move, and it catches up when back "
+    "(lab only unless --confirm-site).",
+)
+@click.option(
+    "--outage",
+    type=click.FloatRange(1, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds the failover keeps NODE's broker down (longer than the link's "
+    "MESSAGE_VALIDITY_SEC to see old messages expire).",
+)
+@click.option(
+    "--load",
+    "load_rate",
+    type=click.FloatRange(1, 5000),
+    metavar="RATE",
+    help="After the probes, a bounded load probe: every node publishes RATE messages a "
+    "second; per link throughput, loss, duplicates, delay (lab and loopback only unless "
+    "--confirm-site).",
+)
+@click.option(
+    "--for",
+    "load_seconds",
+    type=click.FloatRange(1, 300),
+    default=10.0,
+    show_default=True,
+    help="Seconds the load probe publishes.",
+)
+@click.option(
+    "--confirm-site",
+    metavar="NAME",
+    help="Run --failover or --load on a site that is not a lab: give its name to confirm.",
+)
+@click.option(
+    "--stop-command",
+    default="systemctl stop coreflux-broker",
+    show_default=True,
+    help="--failover outside a lab: how to stop the broker on NODE (run over SSH).",
+)
+@click.option(
+    "--start-command",
+    default="systemctl start coreflux-broker",
+    show_default=True,
+    help="--failover outside a lab: how to start it again.",
+)
 @_options(limit_options + ssh_options)
 def verify(
     site: Path,
@@ -67,6 +123,13 @@ def verify(
     prometheus_file: Path | None,
     topic_prefix: str,
     reconnect_allowance: float,
+    failover_node: str | None,
+    outage: float,
+    load_rate: float | None,
+    load_seconds: float,
+    confirm_site: str | None,
+    stop_command: str,
+    start_command: str,
     limit: tuple[str, ...],
     exclude: tuple[str, ...],
     accept_new_host_keys: bool,
@@ -79,6 +142,8 @@ def verify(
     the source arrive on the target exactly once; latency, loss, duplicates. Exit 0 only
     when everything passed, 1 otherwise. With --limit, the chosen nodes' checks and every
     link into or out of them.
+
+    --failover NODE and --load RATE add exercises after the probes (docs/verify.md).
 
     \b
     Example:
@@ -102,17 +167,31 @@ def verify(
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
+    transports = transport_factory(loaded.site, accept_new_host_keys)
+    exercises = _exercises(
+        loaded.site,
+        site,
+        transports,
+        failover_node,
+        outage,
+        load_rate,
+        load_seconds,
+        confirm_site,
+        (stop_command, start_command),
+        limited=only is not None,
+    )
     options = VerifyOptions(
         timeout=timeout,
         probes=probes,
         topic_prefix=topic_prefix if topic_prefix.endswith("/") else topic_prefix + "/",
         parallelism=parallelism,
         reconnect_allowance=reconnect_allowance,
+        exercises=exercises,
     )
     result = run_verify(
         loaded.site,
         workspace,
-        transport_factory(loaded.site, accept_new_host_keys),
+        transports,
         nodes=frozenset(only) if only is not None else None,
         options=options,
     )
@@ -146,3 +225,53 @@ def verify(
             click.echo(line)
     if not result.ok:
         sys.exit(ExitStatus.ERROR)
+
+
+def _exercises(
+    site: Site,
+    site_file: Path,
+    transports: TransportFactory,
+    failover_node: str | None,
+    outage: float,
+    load_rate: float | None,
+    load_seconds: float,
+    confirm_site: str | None,
+    commands: tuple[str, str],
+    *,
+    limited: bool,
+) -> tuple[Exercise, ...]:
+    """The exercises asked for, each refused (with the way to run it) where it may not run."""
+    from lotdeploy.verify.failover import BrokerControl, FailoverPlan, FailoverRun
+    from lotdeploy.verify.load import LoadPlan, LoadRun
+    from lotdeploy.verify.rehearsal import (
+        CommandControl,
+        LabControl,
+        lab_dir_of,
+        require_allowed,
+    )
+
+    found: list[Exercise] = []
+    if (failover_node or load_rate) and limited:
+        raise click.UsageError("--failover and --load need every node: drop --limit/--exclude")
+    if load_rate is not None:
+        require_allowed("the load probe", site, site_file, ("lab", "loopback"), confirm_site)
+        plan = LoadPlan(rate=load_rate, seconds=load_seconds)
+        found.append(lambda ctx: LoadRun(plan, ctx).run())
+    if failover_node is not None:
+        if failover_node not in {n.name for n in site.nodes}:
+            known = ", ".join(n.name for n in site.nodes)
+            raise click.BadParameter(
+                f"no node {failover_node!r} in the site (nodes: {known})", param_hint="--failover"
+            )
+        if len(site.nodes) < 2:
+            raise click.BadParameter("a failover needs a second node", param_hint="--failover")
+        require_allowed("a failover rehearsal", site, site_file, ("lab",), confirm_site)
+        lab_dir = lab_dir_of(site, site_file)
+        control: BrokerControl = (
+            LabControl(lab_dir)
+            if lab_dir is not None
+            else CommandControl(site, transports, commands[0], commands[1])
+        )
+        failover = FailoverPlan(failover_node, outage=outage)
+        found.append(lambda ctx: FailoverRun(failover, control, ctx).run())
+    return tuple(found)

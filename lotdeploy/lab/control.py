@@ -247,21 +247,12 @@ def _start_node_services(
     """Start a node's sshd and lab broker, record their pids, wait until both serve."""
     name = node.name
     sshd_log = layout.node_sub(name, "sshd.log")
-    broker_log = layout.node_sub(name, "broker.log")
-    ready_from = broker_log.stat().st_size if broker_log.exists() else 0
     sshd = [hosts.SSHD, "-D", "-e", "-f", str(layout.node_sub(name, "sshd_config"))]
-    broker = hosts.broker_argv(layout, node, listen)
-    pids = {
-        f"sshd:{name}": hosts.spawn(wrap(sshd), sshd_log, state.lab_id),
-        f"broker:{name}": hosts.spawn(
-            wrap(broker), broker_log, state.lab_id, cwd=layout.node_sub(name, "broker")
-        ),
-    }
+    pid = hosts.spawn(wrap(sshd), sshd_log, state.lab_id)
     with lock:
-        for role, pid in pids.items():
-            hosts.remember(state, role, pid)
+        hosts.remember(state, f"sshd:{name}", pid)
         labstate.save(layout.root, state)
-    atomic_write(layout.node_sub(name, "run") / "broker.pid", f"{pids[f'broker:{name}']}\n")
+    _start_broker(layout, state, node, lock, wrap=wrap, listen=listen)
     hosts.wait_port(
         node.address,
         sshd_port,
@@ -270,7 +261,63 @@ def _start_node_services(
         pid_check=(state, f"sshd:{name}"),
         log=sshd_log,
     )
-    hosts.wait_ready(broker_log, ready_from, node=name, pid_check=(state, f"broker:{name}"))
+
+
+def _start_broker(
+    layout: Layout,
+    state: LabState,
+    node: Node,
+    lock: threading.Lock,
+    *,
+    wrap: Callable[[list[str]], list[str]],
+    listen: hosts.BrokerListen,
+    wait: bool = True,
+) -> None:
+    """Start a node's lab broker (its routes, users and secrets come back from its state
+    directory), record its pid (also in the node's broker.pid, for the SIGHUP reload)."""
+    name = node.name
+    broker_log = layout.node_sub(name, "broker.log")
+    ready_from = broker_log.stat().st_size if broker_log.exists() else 0
+    broker = hosts.broker_argv(layout, node, listen)
+    pid = hosts.spawn(wrap(broker), broker_log, state.lab_id, cwd=layout.node_sub(name, "broker"))
+    with lock:
+        hosts.remember(state, f"broker:{name}", pid)
+        labstate.save(layout.root, state)
+    atomic_write(layout.node_sub(name, "run") / "broker.pid", f"{pid}\n")
+    if wait:
+        hosts.wait_ready(broker_log, ready_from, node=name, pid_check=(state, f"broker:{name}"))
+
+
+def _root_runtime(
+    layout: Layout, state: LabState, node: Node, shell_files: dict[str, Path] | None = None
+) -> tuple[Callable[[list[str]], list[str]], hosts.BrokerListen]:
+    """How a root-mode node's processes run (in its namespace, its directories mounted) and
+    where its broker listens: plain MQTT (the command channel) only on the node's own
+    loopback, TLS for peers on its address."""
+    binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
+    listen = hosts.BrokerListen(
+        protocol.DEFAULT_ADMIN_HOST,
+        node.address,
+        protocol.DEFAULT_ADMIN_PORT,
+        protocol.DEFAULT_TLS_PORT,
+        hosts.NODE_TLS_DIR,
+    )
+    return (lambda argv: hosts.in_node(node.ns, binds, argv, shell_files)), listen
+
+
+def _user_runtime(
+    layout: Layout, node: Node
+) -> tuple[Callable[[list[str]], list[str]], hosts.BrokerListen]:
+    """A user-mode node: plain processes; the real servers sit BACKEND_OFFSET above the
+    ports the proxy offers."""
+    listen = hosts.BrokerListen(
+        node.address,
+        node.address,
+        node.admin_port + BACKEND_OFFSET,
+        node.tls_port + BACKEND_OFFSET,
+        str(layout.node_sub(node.name, "tls")),
+    )
+    return (lambda argv: argv), listen
 
 
 def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
@@ -282,23 +329,9 @@ def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
 
     def start(node: Node) -> None:
         netns.create_node(state, node)
-        binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
-        # plain MQTT (the command channel) only on the node's own loopback; TLS for peers
-        listen = hosts.BrokerListen(
-            protocol.DEFAULT_ADMIN_HOST,
-            node.address,
-            protocol.DEFAULT_ADMIN_PORT,
-            protocol.DEFAULT_TLS_PORT,
-            hosts.NODE_TLS_DIR,
-        )
+        wrap, listen = _root_runtime(layout, state, node, shell_files)
         _start_node_services(
-            layout,
-            state,
-            node,
-            lock,
-            wrap=lambda argv: hosts.in_node(node.ns, binds, argv, shell_files),
-            listen=listen,
-            sshd_port=node.ssh_port,
+            layout, state, node, lock, wrap=wrap, listen=listen, sshd_port=node.ssh_port
         )
 
     _for_each(state.nodes, start, parallel)
@@ -310,20 +343,13 @@ def _up_user(layout: Layout, state: LabState, parallel: bool) -> None:
     lock = threading.Lock()
 
     def start(node: Node) -> None:
-        # the real servers sit BACKEND_OFFSET above the ports the proxy offers
-        listen = hosts.BrokerListen(
-            node.address,
-            node.address,
-            node.admin_port + BACKEND_OFFSET,
-            node.tls_port + BACKEND_OFFSET,
-            str(layout.node_sub(node.name, "tls")),
-        )
+        wrap, listen = _user_runtime(layout, node)
         _start_node_services(
             layout,
             state,
             node,
             lock,
-            wrap=lambda argv: argv,
+            wrap=wrap,
             listen=listen,
             sshd_port=node.ssh_port + BACKEND_OFFSET,
         )
@@ -582,6 +608,50 @@ def partition(lab_dir: Path, a: str, b: str) -> None:
             netns.set_partitions(state, state.node(a))
             netns.set_partitions(state, state.node(b))
         _changed(lab_dir, state)
+
+
+# -- a broker dies, and comes back (failover rehearsals) ---------------------------------------
+
+
+def kill_broker(lab_dir: Path, name: str, timeout: float = 5.0) -> int:
+    """SIGKILL a node's lab broker (no clean shutdown: its clients and its peers' links see
+    the connection drop, as when a broker host fails); returns the pid it had."""
+    lab_dir = lab_dir.resolve()
+    with labstate.locked(lab_dir):
+        state = labstate.require(lab_dir)
+        state.node(name)
+        role = f"broker:{name}"
+        if not hosts.alive(state, role):
+            raise LabError(f"node {name}: its lab broker is not running (lotdeploy lab revive)")
+        pid = state.pids[role]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while hosts.alive(state, role) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if hosts.alive(state, role):
+            raise LabError(f"node {name}: its lab broker (pid {pid}) did not die")
+        return pid  # still recorded: `lab status` shows the broker down until revived
+
+
+def revive_broker(lab_dir: Path, name: str) -> int:
+    """Start a node's lab broker again, as `lab up` started it (same address, ports, dialect,
+    state directory: its routes, users and secrets come back); waits until it serves."""
+    lab_dir = lab_dir.resolve()
+    layout = Layout(lab_dir)
+    with labstate.locked(lab_dir):
+        state = labstate.require(lab_dir)
+        node = state.node(name)
+        if hosts.alive(state, f"broker:{name}"):
+            raise LabError(f"node {name}: its lab broker is running already")
+        if state.mode == "root":
+            if node.ns not in netns.existing_namespaces(state.lab_id):
+                raise LabError(f"node {name}: namespace {node.ns} is gone (lotdeploy lab up)")
+            wrap, listen = _root_runtime(layout, state, node)
+        else:
+            wrap, listen = _user_runtime(layout, node)
+        _start_broker(layout, state, node, threading.Lock(), wrap=wrap, listen=listen)
+        return state.pids[f"broker:{name}"]
 
 
 # -- status / ssh -----------------------------------------------------------------------------

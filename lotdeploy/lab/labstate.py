@@ -122,6 +122,19 @@ DIALECT_WORDS = {
     "no-echo": ["--no-echo-request-id"],
     "reject": ["--readd", "reject"],
     "overwrite": ["--readd", "overwrite"],
+    "any-verbs": ["--verbs", "any"],
+    "exact-verbs": ["--verbs", "exact"],
+    "cluster-none": ["--cluster-topics", "none"],
+    "cluster-seed": ["--cluster-topics", "seed"],
+    "cluster-coreflux": ["--cluster-topics", "coreflux"],
+    "version": ["--version-topic"],
+    "no-version": ["--no-version-topic"],
+    "connack-4": ["--bad-login-code", "4"],
+    "connack-5": ["--bad-login-code", "5"],
+    "secrets": ["--secret-store"],
+    "no-secrets": ["--no-secret-store"],
+    "admin-only": ["--rights", "admin-only"],
+    "named-rights": ["--rights", "named"],
 }
 
 

@@ -15,6 +15,7 @@ from lotdeploy.errors import Diagnostic, LotSyntaxError
 from lotdeploy.fsutil import UnreadableFile, read_regular_file
 from lotdeploy.lot.ast import Block, Bool, EnvRef, Int, Route, SecretRef, Setting, Str
 from lotdeploy.lot.parser import parse
+from lotdeploy.lot.template import has_placeholders, mask_placeholders
 from lotdeploy.protocol import (
     BRIDGE_ONLY_CLUSTER_KEYS,
     CLUSTER_CONFIG_BLOCK,
@@ -78,12 +79,30 @@ def lint_file(path: Path) -> list[Diagnostic]:
 
 
 def lint_text(text: str, filename: str = "<string>") -> list[Diagnostic]:
-    """All diagnostics for one file's text, sorted by position; [] means clean."""
+    """All diagnostics for one file's text, sorted by position; [] means clean.
+
+    A `-routeCode` template (placeholders in the vendor's form) is linted as the LOT it is,
+    its placeholders reported where they stand, instead of failing as a syntax error.
+    """
+    found: list[Diagnostic] = []
     try:
-        routes = parse(text, filename)
+        if has_placeholders(text):
+            masked, spots = mask_placeholders(text, filename)
+            found += [
+                Diagnostic(
+                    filename,
+                    spot.line,
+                    spot.column,
+                    f"route name is a template placeholder ({spot.placeholder})",
+                )
+                for spot in spots
+                if spot.is_route_name
+            ]
+            routes = parse(masked, filename)
+        else:
+            routes = parse(text, filename)
     except LotSyntaxError as exc:
         return [Diagnostic(filename, exc.line, exc.column, exc.message)]
-    found: list[Diagnostic] = []
     _check_layout(text, filename, found)
     first_seen: dict[str, Route] = {}
     for route in routes:

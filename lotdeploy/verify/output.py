@@ -13,10 +13,17 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from lotdeploy.broker.monitoring import from_payloads
 from lotdeploy.fsutil import atomic_write
 from lotdeploy.model import Site
 from lotdeploy.secret import scrub
-from lotdeploy.verify.result import NODE_KINDS, Check, VerifyResult, link_subject
+from lotdeploy.verify.result import (
+    EXERCISE_KINDS,
+    NODE_KINDS,
+    Check,
+    VerifyResult,
+    link_subject,
+)
 from lotdeploy.workspace import Workspace
 
 LAST_FILE = "last.json"
@@ -93,7 +100,24 @@ def matrix_lines(result: VerifyResult) -> list[str]:
 
 
 def problem_lines(result: VerifyResult) -> list[str]:
-    return [f"{c.subject}: {c.kind}: {c.status}: {c.reason}" for c in result.problems()]
+    """Every check that did not pass (exercises have their own section)."""
+    return [
+        f"{c.subject}: {c.kind}: {c.status}: {c.reason}"
+        for c in result.problems()
+        if c.kind not in EXERCISE_KINDS
+    ]
+
+
+def exercise_lines(result: VerifyResult) -> list[str]:
+    """The failover rehearsal's and the load probe's checks, passed or not."""
+    checks = result.exercise_checks()
+    if not checks:
+        return []
+    return [
+        "",
+        "Exercises (docs/verify.md):",
+        *(f"  {c.subject}: {c.kind}: {c.status}: {c.reason}" for c in checks),
+    ]
 
 
 def summary_line(result: VerifyResult) -> str:
@@ -117,6 +141,7 @@ def terminal_text(result: VerifyResult) -> Iterator[str]:
             "! = the link failed)"
         )
         yield from matrix
+    yield from exercise_lines(result)
     problems = problem_lines(result)
     if problems:
         yield ""
@@ -126,8 +151,20 @@ def terminal_text(result: VerifyResult) -> Iterator[str]:
         yield ""
         yield "Message-validity advice (docs/verify.md):"
         yield from (f"  {a.message}" for a in result.advice)
+    yield from monitoring_lines(result)
     yield ""
     yield summary_line(result)
+
+
+def monitoring_lines(result: VerifyResult) -> Iterator[str]:
+    """The cluster monitoring topics brokers published, as published: shown, never judged."""
+    if not result.monitoring:
+        return
+    yield ""
+    yield "Cluster monitoring topics, as each broker publishes them (informational, not checked):"
+    for node, topics in sorted(result.monitoring.items()):
+        for topic, text in sorted(topics.items()):
+            yield f"  {node}: {topic}: {text}"
 
 
 # -- Prometheus --------------------------------------------------------------------------
@@ -193,6 +230,54 @@ def prometheus_text(result: VerifyResult) -> str:
             if c.duplicates is not None
         ],
     )
+    loads = sorted(
+        (c for c in result.checks if c.kind == "load" and c.link), key=lambda c: c.subject
+    )
+    metric(
+        "lotdeploy_verify_load_offered_per_second",
+        "gauge",
+        "Messages a second each node published in the load probe (verify --load).",
+        [(link_labels(c), float(c.rate)) for c in loads if c.rate is not None],
+    )
+    metric(
+        "lotdeploy_verify_load_throughput_per_second",
+        "gauge",
+        "Messages a second the link delivered under the load probe.",
+        [(link_labels(c), float(c.throughput)) for c in loads if c.throughput is not None],
+    )
+    metric(
+        "lotdeploy_verify_load_lost",
+        "gauge",
+        "Load probe messages that never arrived over the link.",
+        [(link_labels(c), float(c.loss)) for c in loads if c.loss is not None],
+    )
+    metric(
+        "lotdeploy_verify_load_duplicated",
+        "gauge",
+        "Extra deliveries of load probe messages over the link.",
+        [(link_labels(c), float(c.duplicates)) for c in loads if c.duplicates is not None],
+    )
+    metric(
+        "lotdeploy_verify_load_delay_seconds",
+        "gauge",
+        "Delay of load probe messages over the link (median, 95th percentile, maximum).",
+        [
+            (f'{link_labels(c)},quantile="{q}"', value / 1000)
+            for c in loads
+            for q, value in (("0.5", c.latency_ms), ("0.95", c.p95_ms), ("1", c.max_ms))
+            if value is not None
+        ],
+    )
+    metric(
+        "lotdeploy_verify_exercise_ok",
+        "gauge",
+        "1 if the failover rehearsal's check passed (verify --failover).",
+        [
+            (f'site="{site}",node="{_label(c.subject)}",check="{c.kind}"', 1.0 if c.ok else 0.0)
+            for c in result.exercise_checks()
+            if c.kind != "load"
+        ],
+    )
     metric(
         "lotdeploy_verify_certificate_expiry_days",
         "gauge",
@@ -210,7 +295,49 @@ def prometheus_text(result: VerifyResult) -> str:
         [
             (f'site="{site}",node="{_label(c.subject)}",check="{c.kind}"', 1.0 if c.ok else 0.0)
             for c in result.checks
-            if c.link is None
+            if c.link is None and c.kind not in EXERCISE_KINDS
+        ],
+    )
+    monitored = {
+        node: from_payloads({t: v.encode() for t, v in topics.items()})
+        for node, topics in sorted(result.monitoring.items())
+    }
+    metric(
+        "lotdeploy_verify_broker_cluster_topics",
+        "gauge",
+        "Cluster monitoring topics the node's broker published ($SYS/broker/cluster/#, "
+        "$SYS/Coreflux/Cluster/#); 0: none (informational, never a check).",
+        [
+            (f'site="{site}",node="{_label(name)}"', float(len(result.monitoring.get(name, {}))))
+            for name in sorted(result.checked)
+        ],
+    )
+    metric(
+        "lotdeploy_verify_broker_cluster_value",
+        "gauge",
+        "Each number or boolean in a cluster monitoring topic, as the broker published it.",
+        [
+            (
+                f'site="{site}",node="{_label(node)}",topic="{_label(topic)}",'
+                f'field="{_label(name)}"',
+                value,
+            )
+            for node, topics in monitored.items()
+            for topic, name, value in topics.samples()
+        ],
+    )
+    metric(
+        "lotdeploy_verify_broker_cluster_info",
+        "gauge",
+        "Each short text in a cluster monitoring topic (a status word, a role), as a label.",
+        [
+            (
+                f'site="{site}",node="{_label(node)}",topic="{_label(topic)}",'
+                f'field="{_label(name)}",value="{_label(text)}"',
+                1.0,
+            )
+            for node, topics in monitored.items()
+            for topic, name, text in topics.infos()
         ],
     )
     metric(

@@ -18,6 +18,14 @@ STATUSES: tuple[Status, ...] = ("pass", "fail", "inconclusive")
 NODE_KINDS = ("ssh", "release", "tls", "routes")
 #: Link checks: the source's route to the target (connection, health), then the probes.
 LINK_KINDS = ("route", "link")
+#: Exercises beyond the probes (`verify --failover`, `--load`): shown apart, pass or fail.
+EXERCISE_KINDS = (
+    "failover-outage",
+    "failover-clients",
+    "failover-catch-up",
+    "failover-rejoin",
+    "load",
+)
 ARROW = " → "
 
 
@@ -49,6 +57,13 @@ class Check:
     validity_sec: int | None = None
     #: tls checks: days until the node's certificate expires
     days_left: int | None = None
+    #: load checks: offered rate and achieved throughput (messages/s), delay p95 and max (ms)
+    rate: float | None = None
+    #: load checks: messages a second the source's broker took (<= rate)
+    accepted_rate: float | None = None
+    throughput: float | None = None
+    p95_ms: float | None = None
+    max_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -115,6 +130,9 @@ class VerifyResult:
     probes_per_link: int = 0
     timeout: float = 0.0
     reconnect_allowance: float = 5.0
+    #: node -> the cluster monitoring topics its broker published (topic -> payload text):
+    #: shown and exported, never a check (their format is not documented)
+    monitoring: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +148,9 @@ class VerifyResult:
 
     def link_checks(self) -> list[Check]:
         return [c for c in self.checks if c.kind == "link"]
+
+    def exercise_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.kind in EXERCISE_KINDS]
 
     def latency(self) -> dict[tuple[str, str], float]:
         """(source, target) -> median latency in ms, for links where probes arrived."""
@@ -179,6 +200,7 @@ class VerifyResult:
             "failed_nodes": sorted(self.failed_nodes()),
             "checks": [c.to_json() for c in self.checks],
             "advice": [a.to_json() for a in self.advice],
+            "monitoring": {n: dict(sorted(t.items())) for n, t in sorted(self.monitoring.items())},
         }
 
     @classmethod
@@ -199,4 +221,9 @@ class VerifyResult:
             probes_per_link=int(doc.get("probes_per_link", 0)),
             timeout=float(doc.get("timeout", 0.0)),
             reconnect_allowance=float(doc.get("reconnect_allowance", 5.0)),
+            monitoring={
+                str(node): {str(t): str(v) for t, v in topics.items()}
+                for node, topics in (doc.get("monitoring") or {}).items()
+                if isinstance(topics, dict)
+            },
         )

@@ -26,7 +26,7 @@ import shlex
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,15 +35,18 @@ from typing import Any
 from lotdeploy.apply import activate, release
 from lotdeploy.apply.engine import TransportFactory
 from lotdeploy.apply.events import Event, Reporter, silent
+from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics_sync
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.protocol import parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
-from lotdeploy.verify.advice import validity_advice
-from lotdeploy.verify.probe import Endpoint, ProbeOutcome, ProbeRun
+from lotdeploy.verify.advice import load_advice, validity_advice
+from lotdeploy.verify.failover import ExerciseContext
+from lotdeploy.verify.probe import Endpoint, ProbeOutcome, ProbeRun, topic_root
 from lotdeploy.verify.result import Check, NodeInfo, VerifyResult, link_subject
 from lotdeploy.workspace import Workspace
 
@@ -66,6 +69,12 @@ class VerifyOptions:
     parallelism: int = 10
     #: seconds a route may need to reconnect, for the message-validity advice (advice.py)
     reconnect_allowance: float = 5.0
+    #: exercises run after the probes, on the same endpoints (`verify --failover`, `--load`)
+    exercises: tuple[Exercise, ...] = ()
+
+
+#: An exercise beyond the probes: gets the run's endpoints and probe user, gives checks.
+Exercise = Callable[[ExerciseContext], Awaitable[list[Check]]]
 
 
 @dataclass
@@ -82,6 +91,8 @@ class _Visit:
     probe_unsupported: bool = False
     #: route name -> the broker's listing entry (+ "lastError" when it was asked)
     routes: dict[str, dict[str, Any]] | None = None
+    #: the cluster monitoring topics the broker published (shown, never checked)
+    monitoring: dict[str, str] = field(default_factory=dict)
     routes_error: str | None = None
     #: the node's transport and forwarded port, closed when the probes are done
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -164,27 +175,55 @@ def run_verify(
         options,
         reporter,
     )
-    try:
-        outcome = asyncio.run(
-            _check_and_probe(
-                [n for n in site.nodes if n.name in involved],
-                visit,
-                visits,
-                probes,
-                ca_bundle,
-                options.parallelism,
-                reporter,
-            )
+    validity = {(k.source, k.target): int(k.message_validity_sec) for k in site.links}
+
+    async def exercises() -> list[Check]:
+        """Each exercise in turn, on the endpoints phase 1 found (forwards still open)."""
+        if not options.exercises or password is None:
+            return []
+        ctx = ExerciseContext(
+            endpoints={n: v.endpoint for n, v in visits.items() if v.endpoint is not None},
+            username=options.probe_user,
+            password=password,
+            root=topic_root(options.topic_prefix, run_id),
+            run_id=run_id,
+            timeout=options.timeout,
+            reconnect_allowance=options.reconnect_allowance,
+            validity=validity,
         )
+        found: list[Check] = []
+        for exercise in options.exercises:
+            reporter(Event("*", "exercise", "start"))
+            found += await exercise(ctx)
+        return found
+
+    async def everything() -> tuple[ProbeOutcome, list[Check]]:
+        outcome = await _check_and_probe(
+            [n for n in site.nodes if n.name in involved],
+            visit,
+            visits,
+            probes,
+            ca_bundle,
+            options.parallelism,
+            reporter,
+        )
+        return outcome, await exercises()
+
+    try:
+        outcome, extra = asyncio.run(everything())
     finally:
         _close_all(list(visits.values()), options.parallelism)
     for node in chosen:
         result.checks += visits[node.name].checks
+        if visits[node.name].monitoring:
+            result.monitoring[node.name] = visits[node.name].monitoring
     for link in links:
         source, target = visits[link.source], visits[link.target]
         result.checks.append(_route_check(link.source, link.target, link.route_name, source))
         result.checks.append(_link_check(link, source, target, outcome, options.timeout))
+    result.checks += extra
     result.advice = validity_advice(result.checks, options.reconnect_allowance)
+    result.advice += load_advice(result.checks, options.reconnect_allowance)
     result.seconds = time.monotonic() - started
     return result
 
@@ -359,10 +398,14 @@ def _broker_part(
                     None,
                 ):
                     with contextlib.suppress(LotdeployError):
-                        status = client.check_route_connection(route_name)
-                        if isinstance(status.get("lastError"), str):
-                            entry["lastError"] = scrub(status["lastError"])
+                        status = parse_route_status(client.check_route_connection(route_name))
+                        if status.last_error:
+                            entry["lastError"] = status.last_error
             visit.routes = listed
+            with contextlib.suppress(LotdeployError):  # informational: never a reason to fail
+                visit.monitoring = read_cluster_topics_sync(
+                    client, timeout=min(options.timeout, READ_TIMEOUT)
+                ).to_json()
             if password is not None:
                 try:
                     _ensure_probe_user(client, options.probe_user, password)

@@ -1,12 +1,16 @@
 """The Coreflux command channel of the lab broker (docs/coreflux-interface.md §2).
 
 A command is a plain-text publish on `$SYS/Coreflux/Command`: `-<verb> <argument>`, with an
-optional trailing `-requestId <id>`. Every command gets exactly one reply document here (a 2.x
-envelope); the node publishes it on `$SYS/Coreflux/Command/Output` in its dialect's form (JSON
-or 1.x text, requestId echoed or not). What the channel itself honours of the dialect: the
-re-add policy and the keys the broker offers. Nothing a client sends here may crash the
-broker: each verb is validated, and any unexpected failure becomes a `success: false` envelope.
-Command payloads are never logged (they carry passwords); only the verb is.
+optional trailing `-requestId <id>`. As on the vendor's broker, a verb may be written in any
+case or as its `--kebab-case` alias (`-listroutes`, `--list-routes`), and arguments other
+than LOT text are quote-aware words whose quotes are stripped (`-removeRoute "X"` removes X).
+Every command gets exactly one reply document here (a 2.x envelope); the node publishes it
+on `$SYS/Coreflux/Command/Output` in its dialect's form (JSON or 1.x text, requestId echoed
+or not). What the channel itself honours of the dialect: the verb spelling, the re-add
+policy, the keys the broker offers, the secret store and the rights model. Nothing a client
+sends here may crash the broker: each verb is validated, and any unexpected failure becomes
+a `success: false` envelope. Command payloads are never logged (they carry passwords); only
+the verb is.
 
 The channel knows the node only through `ChannelNode` (what it reads and changes), so it does
 not depend on the server module that owns the node.
@@ -35,10 +39,13 @@ from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.protocol import (
     ROUTE_TYPE,
+    VERBS_BY_KEY,
     ReplyError,
     Verb,
     build_reply,
+    command_words,
     split_request_id,
+    verb_key,
 )
 from lotdeploy.secret import Secret
 
@@ -46,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Commands larger than this are refused (a route is a few hundred bytes).
 MAX_COMMAND_BYTES = 256 * 1024
-_VERB = re.compile(r"-([A-Za-z][A-Za-z0-9]{0,63})(?:\s+|$)")
+_VERB = re.compile(r"-{1,2}([A-Za-z][A-Za-z0-9-]{0,63})(?:\s+|$)")
 _USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -76,12 +83,18 @@ class ChannelNode(Protocol):
 
     async def set_secret(self, name: str, value: Secret) -> None: ...
 
+    @property
+    def user_settings(self) -> dict[str, dict[str, bool]]: ...
+
 
 @dataclass(frozen=True)
 class Command:
+    #: the verb as the command wrote it, without its dashes (`listroutes`, `list-routes`)
     verb: str
     argument: str
     request_id: str | None
+    #: how it was written, dashes included (`--list-routes`), for `Unknown command` replies
+    spelled: str = ""
 
 
 def parse_command(payload: bytes) -> Command | dict[str, Any]:
@@ -102,7 +115,25 @@ def parse_command(payload: bytes) -> Command | dict[str, Any]:
     if not verb_match:
         shown = text.split(None, 1)[0][:40] if text.strip() else "(empty)"
         return build_reply(False, "", request_id, f"Unknown command: {shown}")
-    return Command(verb_match.group(1), text[verb_match.end() :].strip(), request_id)
+    spelled = verb_match.group(0).strip()
+    return Command(verb_match.group(1), text[verb_match.end() :].strip(), request_id, spelled)
+
+
+def resolve_verb(word: str, dialect: Dialect) -> Verb | None:
+    """The verb a word names on a broker of this dialect: any case and kebab aliases
+    (`verbs="any"`, the vendor's documented behaviour), or only as spelled (`"exact"`)."""
+    if dialect.verbs == "exact":
+        return next((v for v in Verb if v.value == word), None)
+    return VERBS_BY_KEY.get(verb_key(word))
+
+
+#: Verbs that exist only in some dialects.
+_SECRET_VERBS = frozenset({Verb.SET_SECRET, Verb.LIST_SECRETS})
+_RIGHTS_VERBS = frozenset({Verb.LIST_USER_GROUPS, Verb.CHANGE_USER_SETTINGS})
+#: `-changeUserSettings` flags of the vendor's rights model (docs/coreflux-interface.md §4).
+USER_FLAGS = ("AllowedSystemConfiguration", "AllowedUserManagement", "AllowedLogManagement")
+#: `-lotDiagnostic <kind> <name>` kinds the vendor's tooling names.
+DIAGNOSTIC_KINDS = ("model", "action", "route", "rule")
 
 
 Handler = Callable[["CommandChannel", Command], Awaitable[dict[str, Any]]]
@@ -118,10 +149,21 @@ class CommandChannel:
         parsed = parse_command(payload)
         if isinstance(parsed, dict):
             return parsed
-        cmd = parsed
-        handler = _VERBS.get(cmd.verb)
-        if handler is None:
-            return build_reply(False, cmd.verb, cmd.request_id, f"Unknown command: -{cmd.verb}")
+        dialect = self.node.dialect
+        verb = resolve_verb(parsed.verb, dialect)
+        exists = verb is not None and not (
+            (verb in _SECRET_VERBS and not dialect.secret_store)
+            or (verb in _RIGHTS_VERBS and dialect.rights != "named")
+        )
+        handler = _VERBS.get(verb) if exists and verb is not None else None
+        if handler is None or verb is None:
+            return build_reply(
+                False,
+                parsed.verb,
+                parsed.request_id,
+                f"Unknown command: {parsed.spelled or '-' + parsed.verb}",
+            )
+        cmd = Command(verb.value, parsed.argument, parsed.request_id, parsed.spelled)
         if not is_admin:
             who = f"user '{username}'" if username else "anonymous clients"
             return build_reply(
@@ -184,20 +226,29 @@ class CommandChannel:
             data: dict[str, Any] = {"name": names[0]}
             if replaced:
                 data["replaced"] = True
-            return self._ok(cmd, f"Route '{names[0]}' added successfully!", data)
+            return _entity(self._ok(cmd, f"Route '{names[0]}' added successfully!", data), names[0])
         return self._ok(
             cmd,
             f"Routes {', '.join(names)} added successfully!",
             {"names": names, "replaced": replaced} if replaced else {"names": names},
         )
 
+    def _one_name(self, cmd: Command, what: str) -> str | dict[str, Any]:
+        """The single (quote-stripped) word a verb takes, or the failure reply."""
+        words = command_words(cmd.argument)
+        if len(words) != 1 or not words[0]:
+            return self._fail(cmd, f"Usage: -{cmd.verb} <{what}>")
+        return words[0]
+
     async def remove_route(self, cmd: Command) -> dict[str, Any]:
-        name = cmd.argument
-        if not name:
+        if not cmd.argument:
             return self._fail(cmd, "Missing route name after -removeRoute")
+        name = self._one_name(cmd, "route name")
+        if isinstance(name, dict):
+            return name
         if not await self.node.remove_route(name):
             return self._fail(cmd, f"Route '{name[:64]}' not found")
-        return self._ok(cmd, f"Route '{name}' removed successfully!", {"name": name})
+        return _entity(self._ok(cmd, f"Route '{name}' removed successfully!", {"name": name}), name)
 
     async def list_routes(self, cmd: Command) -> dict[str, Any]:
         data = [
@@ -212,21 +263,65 @@ class CommandChannel:
         return self._ok(cmd, f"{len(data)} route(s)", data)
 
     async def route_code(self, cmd: Command) -> dict[str, Any]:
-        if cmd.argument.upper() != ROUTE_TYPE:
-            return self._fail(cmd, f"Route type '{cmd.argument[:64]}' not found")
+        words = command_words(cmd.argument)
+        route_type = words[0] if len(words) == 1 else cmd.argument
+        if route_type.upper() != ROUTE_TYPE:
+            return self._fail(cmd, f"Route type '{route_type[:64]}' not found")
         template = route_template(self.node.dialect.route_code_missing)
         return self._ok(cmd, template, {"type": ROUTE_TYPE, "code": template})
 
     async def check_route_connection(self, cmd: Command) -> dict[str, Any]:
-        link = self.node.routes.links.get(cmd.argument)
+        name = self._one_name(cmd, "route name")
+        if isinstance(name, dict):
+            return name
+        link = self.node.routes.links.get(name)
         if link is None:
-            return self._fail(cmd, f"Route '{cmd.argument[:64]}' not found")
+            return self._fail(cmd, f"Route '{name[:64]}' not found")
         return self._ok(cmd, f"Route '{link.spec.name}' is {link.connection}", link.status())
+
+    async def connection_status(self, cmd: Command) -> dict[str, Any]:
+        """The vendor's client reads this as a text report of every route's connection; the
+        lab puts one line per route in the message (and the same as a list in `data`)."""
+        links = list(self.node.routes.links.values())
+        if not links:
+            return self._ok(cmd, "No active connections found.", [])
+        lines = [f"{k.spec.name}: {k.connection} ({k.health})" for k in links]
+        data = [
+            {"name": k.spec.name, "connection": k.connection, "health": k.health} for k in links
+        ]
+        return self._ok(cmd, "\n".join(lines), data)
+
+    async def list_templates(self, cmd: Command) -> dict[str, Any]:
+        """The route types this build offers: the lab has one."""
+        return self._ok(cmd, "1 template(s)", [ROUTE_TYPE])
+
+    async def lot_diagnostic(self, cmd: Command) -> dict[str, Any]:
+        """`-lotDiagnostic <kind> <name>`: a route's state and what looks wrong with it. The
+        vendor's reply shape is UNKNOWN beyond `data`: the lab's is its own reading."""
+        words = command_words(cmd.argument)
+        if len(words) != 2 or words[0].lower() not in DIAGNOSTIC_KINDS:
+            return self._fail(cmd, f"Usage: -lotDiagnostic {'|'.join(DIAGNOSTIC_KINDS)} <name>")
+        kind, name = words[0].lower(), words[1]
+        link = self.node.routes.links.get(name) if kind == "route" else None
+        if link is None:
+            return self._fail(cmd, f"{kind.capitalize()} '{name[:64]}' not found")
+        status = link.status()
+        issues = []
+        if link.connection != "Connected":
+            issues.append(
+                f"not connected ({link.connection})"
+                + (f": {link.last_error}" if link.last_error else "")
+            )
+        if link.expired:
+            issues.append(f"{link.expired} message(s) expired (MESSAGE_VALIDITY_SEC)")
+        data = {"kind": kind, "name": name, "status": status, "issues": issues}
+        message = f"Route '{name}': " + ("; ".join(issues) if issues else "no issues found")
+        return _entity(self._ok(cmd, message, data), name)
 
     # -- users and secrets ----------------------------------------------------------------
 
     def _user_and_password(self, cmd: Command) -> tuple[str, Secret] | dict[str, Any]:
-        parts = cmd.argument.split()
+        parts = command_words(cmd.argument)
         if len(parts) != 2:
             return self._fail(cmd, f"Usage: -{cmd.verb} <user> <password>")
         user, password = parts
@@ -245,7 +340,9 @@ class CommandChannel:
         return self._ok(cmd, f"User '{user}' added successfully!", {"user": user})
 
     async def remove_user(self, cmd: Command) -> dict[str, Any]:
-        user = cmd.argument
+        user = self._one_name(cmd, "user")
+        if isinstance(user, dict):
+            return user
         if user == self.node.admin_user:
             return self._fail(cmd, "Permission denied: the admin user cannot be removed")
         if user not in self.node.state.users:
@@ -268,7 +365,8 @@ class CommandChannel:
         return self._ok(cmd, f"Password of user '{user}' changed successfully!", {"user": user})
 
     async def set_secret(self, cmd: Command) -> dict[str, Any]:
-        name, sep, value = cmd.argument.partition("=")
+        words = command_words(cmd.argument)
+        name, sep, value = (words[0] if len(words) == 1 else "").partition("=")
         name = name.strip()
         if not sep or not _SECRET_NAME.fullmatch(name) or not value:
             return self._fail(cmd, "Usage: -setSecret NAME=value")
@@ -278,6 +376,47 @@ class CommandChannel:
     async def list_secrets(self, cmd: Command) -> dict[str, Any]:
         names = sorted(self.node.state.secrets)
         return self._ok(cmd, f"{len(names)} secret(s)", names)
+
+    # -- the named rights model (dialect rights="named"): stored, not enforced ----------
+
+    def _known_user(self, user: str) -> bool:
+        return user == self.node.admin_user or user in self.node.state.users
+
+    async def list_user_groups(self, cmd: Command) -> dict[str, Any]:
+        user = self._one_name(cmd, "user")
+        if isinstance(user, dict):
+            return user
+        if not self._known_user(user):
+            return self._fail(cmd, f"User '{user[:64]}' not found")
+        flags = self.node.user_settings.get(user, {})
+        data = {"user": user, "groups": [], "settings": dict(sorted(flags.items()))}
+        return self._ok(cmd, f"User '{user}' is in 0 group(s)", data)
+
+    async def change_user_settings(self, cmd: Command) -> dict[str, Any]:
+        words = command_words(cmd.argument)
+        usage = f"Usage: -changeUserSettings <user> <{'|'.join(USER_FLAGS)}> <true|false>"
+        if (
+            len(words) != 3
+            or words[1] not in USER_FLAGS
+            or words[2].lower()
+            not in (
+                "true",
+                "false",
+            )
+        ):
+            return self._fail(cmd, usage)
+        user, flag, value = words[0], words[1], words[2].lower() == "true"
+        if not self._known_user(user):
+            return self._fail(cmd, f"User '{user[:64]}' not found")
+        self.node.user_settings.setdefault(user, {})[flag] = value
+        return self._ok(
+            cmd, f"Setting {flag} of user '{user}' changed successfully!", {"user": user}
+        )
+
+
+def _entity(reply: dict[str, Any], name: str) -> dict[str, Any]:
+    """The vendor's envelope also names the entity a route command touched."""
+    return {**reply, "entityType": "Route", "entityName": name}
 
 
 def _route_texts(text: str, routes: tuple[Route, ...]) -> list[str]:
@@ -298,4 +437,9 @@ _VERBS: dict[str, Handler] = {
     Verb.CHANGE_USER_PASSWORD: CommandChannel.change_user_password,
     Verb.SET_SECRET: CommandChannel.set_secret,
     Verb.LIST_SECRETS: CommandChannel.list_secrets,
+    Verb.CONNECTION_STATUS: CommandChannel.connection_status,
+    Verb.LIST_TEMPLATES: CommandChannel.list_templates,
+    Verb.LOT_DIAGNOSTIC: CommandChannel.lot_diagnostic,
+    Verb.LIST_USER_GROUPS: CommandChannel.list_user_groups,
+    Verb.CHANGE_USER_SETTINGS: CommandChannel.change_user_settings,
 }

@@ -39,6 +39,7 @@ from lotdeploy.protocol import (
     CLUSTER_KEYS_BY_NAME,
     REQUIRED_CLUSTER_KEYS,
     ROUTE_TYPE,
+    format_duration,
 )
 from lotdeploy.secret import Secret
 
@@ -54,23 +55,25 @@ ACK_TIMEOUT = 30.0
 
 #: The `-routeCode MQTT_CLUSTER` template, line by line: the route line, one line per
 #: offered key, and the template-only METADATA block. Placeholders are in the vendor's
-#: `#name,type,description,regex,env#` form: five non-empty fields, no comma in the regex.
+#: `#name,type,description,regex,env#` form: five fields, no comma in the regex, the regex
+#: may be empty, the fifth field a boolean (docs/coreflux-interface.md §1). Which keys the
+#: vendor marks `true` there (may come from `GET ENV`?) is UNKNOWN: the lab's choice.
 _TEMPLATE_HEAD = (
-    r"DEFINE ROUTE #name,string,Route name,^[A-Za-z]\w*$,ROUTE_NAME# WITH TYPE MQTT_CLUSTER"
+    r"DEFINE ROUTE #name,string,Route name,^[A-Za-z]\w*$,false# WITH TYPE MQTT_CLUSTER"
     "\n    ADD CLUSTER_CONFIG\n"
 )
 #: Each offered key: how its value is quoted, and its placeholder's five fields.
 _TEMPLATE_KEYS: dict[str, tuple[str, str]] = {
-    "BROKER_ADDRESS": ('"', r"address,string,Peer broker host or IP,^\S+$,BROKER_ADDRESS"),
-    "BROKER_PORT": ("'", "port,int,Peer MQTT port,^[0-9]+$,BROKER_PORT"),
-    "CLIENT_ID": ('"', r"clientId,string,Unique client id of this link,^\S+$,CLIENT_ID"),
-    "USERNAME": ('"', r"username,string,Cluster user on the peer,^\S+$,USERNAME"),
-    "PASSWORD": ('"', r"password,password,Cluster user password,^\S+$,PASSWORD"),
+    "BROKER_ADDRESS": ('"', r"address,string,Peer broker host or IP,^\S+$,true"),
+    "BROKER_PORT": ("'", "port,int,Peer MQTT port,^[0-9]+$,true"),
+    "CLIENT_ID": ('"', "clientId,string,Unique client id of this link,,false"),
+    "USERNAME": ('"', "username,string,Cluster user on the peer,,true"),
+    "PASSWORD": ('"', "password,password,Cluster user password,,true"),
     "MESSAGE_VALIDITY_SEC": (
         "'",
-        "validity,int,Seconds a queued message stays valid,^[0-9]+$,MESSAGE_VALIDITY_SEC",
+        "validity,int,Seconds a queued message stays valid,^[0-9]+$,false",
     ),
-    "USE_TLS": ("", "tls,bool,Connect over TLS,^(true|false)$,USE_TLS"),
+    "USE_TLS": ("", "tls,bool,Connect over TLS,^(true|false)$,false"),
 }
 _TEMPLATE_TAIL = (
     '    ADD METADATA\n        WITH DESCRIPTION "Template only: never deploy this block"\n'
@@ -272,6 +275,8 @@ class ClusterLink:
         self.created = time.time()
         self.connected_since: float | None = None
         self.last_activity: float | None = None
+        #: when the peer last took a message (wall clock), for `lastSuccess`
+        self.last_success: float | None = None
         self.last_error: str | None = None
         self.errors_total = 0
         self.errors_consecutive = 0
@@ -311,6 +316,11 @@ class ClusterLink:
         self._wake.set()
 
     @property
+    def queued(self) -> int:
+        """Messages waiting for the peer."""
+        return len(self._queue)
+
+    @property
     def health(self) -> str:
         if self.connection == "Connected":
             return "Green" if self.errors_consecutive == 0 else "Yellow"
@@ -319,7 +329,8 @@ class ClusterLink:
         return "Yellow"
 
     def status(self) -> dict[str, Any]:
-        """The `$SYS/Coreflux/Routes/<Name>/status` document (vendor fields plus queue size)."""
+        """The `$SYS/Coreflux/Routes/<Name>/status` document: the vendor's fields (`uptime`
+        as "HH:MM:SS", `lastSuccess`), plus the lab's `queued` and `expired`."""
         now = time.time()
         minutes = max((now - self.created) / 60.0, 1 / 60)
         return {
@@ -340,8 +351,9 @@ class ClusterLink:
             "queued": len(self._queue),
             "expired": self.expired,
             "lastActivity": _iso(self.last_activity),
+            "lastSuccess": _iso(self.last_success),
             "lastError": self.last_error,
-            "uptime": round(now - self.connected_since, 3) if self.connected_since else 0,
+            "uptime": format_duration(now - self.connected_since if self.connected_since else 0),
             "connectedSince": _iso(self.connected_since),
             "timestamp": _iso(now),
         }
@@ -448,6 +460,7 @@ class ClusterLink:
                     _, task = inflight.popleft()
                     task.result()  # raises MqttError if the connection was lost or no ack came
                     self.sent_ok += 1
+                    self.last_success = time.time()
                 if self._queue and len(inflight) < SEND_WINDOW:
                     continue
                 self._wake.clear()

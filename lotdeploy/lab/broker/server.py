@@ -32,6 +32,7 @@ import json
 import logging
 import ssl
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,16 @@ from lotdeploy.lab.broker.state import BrokerState, StateStore, hash_password, v
 from lotdeploy.lot import parse
 from lotdeploy.protocol import (
     COMMAND_TOPIC,
+    COREFLUX_CLUSTER_TOPIC,
     DEFAULT_ADMIN_USER,
     DEFAULT_PORT,
     OUTPUT_TOPIC,
+    SEED_CLUSTER_TOPIC,
     VERSION_TOPIC,
     encode_reply,
     route_code_topic,
     route_status_topic,
+    topic_matches,
 )
 from lotdeploy.secret import Secret
 
@@ -206,6 +210,9 @@ class LabBroker(Broker):
         holders = self._subscriptions.get(subscription[0], [])
         if any(holder.client_id == session.client_id for holder, _ in holders):
             await super()._publish_retained_messages_for_subscription(subscription, session)
+            handler = self._get_handler(session)
+            if handler is not None:
+                self.node.send_snapshots(subscription, handler)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -273,6 +280,10 @@ class LabNode:
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._stopping = False
+        self._user_settings: dict[str, dict[str, bool]] = {}
+        #: monitoring topic -> the payload last retained there (republished only on change)
+        self._monitoring: dict[str, bytes] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def admin_user(self) -> str:
@@ -283,6 +294,12 @@ class LabNode:
     def dialect(self) -> Dialect:
         """The broker variant this node plays."""
         return self.config.dialect
+
+    @property
+    def user_settings(self) -> dict[str, dict[str, bool]]:
+        """`-changeUserSettings` flags per user (rights="named"): kept in memory, never
+        enforced (docs/lab-broker.md)."""
+        return self._user_settings
 
     @property
     def version(self) -> str:
@@ -323,9 +340,11 @@ class LabNode:
             cfg.node_name = f"{cfg.bind}:{self.port}"
         if cfg.tls_port is not None:
             await self.reload_tls(initial=True)
-        await self.broker.retain_message(None, VERSION_TOPIC, self.version.encode(), 1)
+        if self.dialect.version_topic:
+            await self.broker.retain_message(None, VERSION_TOPIC, self.version.encode(), 1)
         for name, code in list(self.state.routes.items()):
             await self._restore_route(name, code)
+        await self._publish_monitoring()
         self._status_task = asyncio.create_task(self._status_loop())
 
     async def _restore_route(self, name: str, code: str) -> None:
@@ -425,9 +444,12 @@ class LabNode:
         return stored is not None and verify_password(password or "", stored)
 
     def refusal_code(self, username: str | None) -> int:
-        """CONNACK code of a refused CONNECT: 4 for a wrong user name or password (the
-        vendor's answer), 5 (not authorised) for an anonymous client when those are off."""
-        return NOT_AUTHORIZED if username is None else BAD_USERNAME_PASSWORD
+        """CONNACK code of a refused CONNECT: for a wrong user name or password 4 (the
+        vendor's answer, as observed) or 5 (the dialect's `bad_login_code`); 5 (not
+        authorised) for an anonymous client when those are off."""
+        if username is None:
+            return NOT_AUTHORIZED
+        return BAD_USERNAME_PASSWORD if self.dialect.bad_login_code == 4 else NOT_AUTHORIZED
 
     def is_admin(self, session: Session) -> bool:
         return session.username is not None and session.username == self.config.admin_user
@@ -478,6 +500,7 @@ class LabNode:
         self._save()
         if self.broker is not None:
             await self.broker.retain_message(None, route_code_topic(name), b"")
+        await self._publish_monitoring()
         return True
 
     async def _publish_code(self, name: str, code: str) -> None:
@@ -501,6 +524,7 @@ class LabNode:
         names, self._dirty = self._dirty, set()
         for name in names:
             await self._publish_status(name)
+        await self._publish_monitoring()
 
     async def _publish_status(self, name: str) -> None:
         link = self.routes.links.get(name)
@@ -516,6 +540,88 @@ class LabNode:
             for name in list(self.routes.links):
                 with contextlib.suppress(Exception):
                     await self._publish_status(name)
+            with contextlib.suppress(Exception):
+                await self._publish_monitoring()
+
+    def send_snapshots(self, subscription: tuple[str, int], handler: BrokerProtocolHandler) -> None:
+        """A new subscriber to a route's status topic gets its current status at once, not
+        retained (as the vendor's broker delivers it; the vendor's client waits 1.5 s)."""
+        topic_filter, qos = subscription
+        if self._stopping or not topic_filter.startswith("$SYS/"):
+            return
+        for name, link in list(self.routes.links.items()):
+            topic = route_status_topic(name)
+            if topic_matches(topic_filter, topic):
+                payload = json.dumps(link.status()).encode()
+                task = asyncio.ensure_future(
+                    handler.mqtt_publish(topic, payload, min(qos, 1), retain=False)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _publish_monitoring(self) -> None:
+        """The cluster monitoring topics of the dialect (`cluster_topics`), retained, each
+        republished only when its content changed. Their format is the lab's reading
+        (docs/lab-broker.md): the vendor's is UNKNOWN."""
+        scheme = self.dialect.cluster_topics
+        if scheme == "none" or self.broker is None or self._stopping:
+            return
+        links = list(self.routes.links.values())
+        connected = sum(1 for k in links if k.connection == "Connected")
+        state = (
+            "alone"
+            if not links
+            else "ok"
+            if connected == len(links)
+            else "isolated"
+            if connected == 0
+            else "degraded"
+        )
+        status = {
+            "status": state,
+            "node": self.config.name,
+            "peers": len(links),
+            "connected": connected,
+        }
+        members = [
+            {
+                "route": k.spec.name,
+                "peer": f"{k.spec.address}:{k.spec.port}",
+                "connection": k.connection,
+                "health": k.health,
+            }
+            for k in links
+        ]
+        successes = [k.last_success for k in links if k.last_success]
+        sync = {
+            "queued": sum(k.queued for k in links),
+            "sent": sum(k.sent_ok for k in links),
+            "failed": sum(k.failed for k in links),
+            "expired": sum(k.expired for k in links),
+            "lastSync": _iso_time(max(successes)) if successes else None,
+        }
+        if scheme == "seed":
+            topics: dict[str, Any] = {
+                f"{SEED_CLUSTER_TOPIC}/status": status,
+                f"{SEED_CLUSTER_TOPIC}/nodes": members,
+                f"{SEED_CLUSTER_TOPIC}/sync": sync,
+            }
+        else:
+            topics = {
+                f"{COREFLUX_CLUSTER_TOPIC}/Role": "Member",
+                f"{COREFLUX_CLUSTER_TOPIC}/IsLeader": "false",
+                f"{COREFLUX_CLUSTER_TOPIC}/Leader": "none",
+                f"{COREFLUX_CLUSTER_TOPIC}/Term": "0",
+                f"{COREFLUX_CLUSTER_TOPIC}/Members": members,
+                f"{COREFLUX_CLUSTER_TOPIC}/Status": status,
+            }
+        for topic, value in topics.items():
+            data = (value if isinstance(value, str) else json.dumps(value)).encode()
+            if self._monitoring.get(topic) == data:
+                continue
+            self._monitoring[topic] = data
+            await self.broker.retain_message(None, topic, data, 1)
+            await self.broker.internal_message_broadcast(topic, data)
 
     # -- the command channel --------------------------------------------------------------
 
@@ -527,6 +633,10 @@ class LabNode:
             await self.broker.internal_message_broadcast(
                 OUTPUT_TOPIC, encode_reply(reply, self.dialect.replies)
             )
+
+
+def _iso_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _host(bind: str) -> str:
