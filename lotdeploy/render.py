@@ -22,7 +22,7 @@ from pathlib import Path
 from lotdeploy.compiler import ROUTE_FILE, compile_node
 from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
-from lotdeploy.fsutil import DurableBatch, make_dirs
+from lotdeploy.fsutil import DurableBatch, UnreadableFile, make_dirs, read_json
 from lotdeploy.model import Site
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.workspace import Workspace
@@ -31,6 +31,8 @@ MANIFEST = "manifest.json"
 #: Files staged before a batch is made durable and renamed (about 50 nodes' bundles).
 RENDER_BATCH_FILES = 256
 MANIFEST_FORMAT = "lotdeploy-bundle/1"
+#: A manifest lists one node's files and route names: under a MB at 1,000 nodes.
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,8 @@ def write_bundles(
 def _owner(directory: Path) -> str | None:
     """The site whose bundle `directory` holds (from its manifest), or None if not ours."""
     try:
-        doc = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+        doc = read_json(directory / MANIFEST, MANIFEST_MAX_BYTES)
+    except UnreadableFile:
         return None
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         return None

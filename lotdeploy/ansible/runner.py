@@ -35,7 +35,7 @@ from typing import Any
 
 from lotdeploy.ansible import PLAYBOOKS
 from lotdeploy.errors import LotdeployError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import UnreadableFile, atomic_write, parse_json, read_regular_file
 from lotdeploy.secret import dumps, scrub
 
 #: Bound of one whole playbook run, in seconds.
@@ -148,16 +148,28 @@ class PrivateDataDir:
         finally:
             shutil.rmtree(self.bundles, ignore_errors=True)
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every recorded run, oldest first (what `lotdeploy ansible-runs` lists)."""
-        path = self.root / "runs.jsonl"
-        if not path.exists():
-            return []
-        found = []
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
-        return found
+    def runs(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every recorded run, oldest first (what `lotdeploy ansible-runs` lists), and one
+        line per record that is not one (a torn last line, an edit), naming file and line.
+        The log is read by fsutil's bounded reader: never a hang, never a traceback."""
+        path = self.root / RUN_LOG
+        try:
+            raw = read_regular_file(path, RUN_LOG_MAX_BYTES)
+        except UnreadableFile as exc:
+            if exc.missing:
+                return [], []
+            raise LotdeployError(f"{path}: {exc.about('the run log')}") from None
+        found: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                found.append(_run_record(parse_json(line)))
+            except (UnreadableFile, ValueError) as exc:
+                why = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
+                skipped.append(f"{path}:{number}: skipped: the line {why}")
+        return found, skipped
 
     def _record(self, run: PlaybookRun, nodes: list[str]) -> None:
         line = dumps(
@@ -180,7 +192,7 @@ class PrivateDataDir:
                 },
             }
         )
-        fd = os.open(self.root / "runs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.root / RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(line + "\n")
         kept = sorted(
@@ -188,6 +200,27 @@ class PrivateDataDir:
         )
         for old in kept[:-KEEP_ARTIFACTS]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+#: One line per run (`PrivateDataDir.runs`); a year of runs is a few MB.
+RUN_LOG = "runs.jsonl"
+RUN_LOG_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _run_record(doc: Any) -> dict[str, Any]:
+    """A run record as `_record` writes it, checked field by field (ValueError: what is
+    wrong), so a listing never trips over a hand-edited or torn line."""
+    if not isinstance(doc, dict):
+        raise ValueError("is not a JSON object")
+    for key in ("ident", "status", "artifacts"):
+        if not isinstance(doc.get(key), str):
+            raise ValueError(f"has no text {key!r}")
+    nodes, hosts = doc.get("nodes", []), doc.get("hosts", {})
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise ValueError("has no list of node names")
+    if not isinstance(hosts, dict) or not all(isinstance(h, dict) for h in hosts.values()):
+        raise ValueError("has no host results")
+    return doc
 
 
 def write_secret_files(

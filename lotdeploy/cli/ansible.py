@@ -84,7 +84,10 @@ def ansible_runs(site: Path, workspace_dir: Path | None) -> None:
     from lotdeploy.workspace import Workspace
 
     workspace = Workspace.for_site(site, workspace_dir)
-    for run in PrivateDataDir(workspace.root).runs():
+    runs, skipped = PrivateDataDir(workspace.root).runs()
+    for line in skipped:
+        click.echo(f"warning: {line}", err=True)
+    for run in runs:
         failed = sorted(n for n, h in run.get("hosts", {}).items() if not h.get("ok"))
         click.echo(
             f"{run['ident']}  {run['status']:<10} {len(run.get('nodes', []))} node(s)"
