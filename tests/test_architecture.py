@@ -55,6 +55,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.values",
             "lotdeploy.exitstatus",
             "lotdeploy.clientids",
+            "lotdeploy.terminal",
         ),
     ),
 ]

@@ -2,7 +2,8 @@
 
 Exit statuses are `lotdeploy.exitstatus.ExitStatus`; every error a user can cause is one line
 `lotdeploy: error: ...` (a spec error: one `file:line:col` line per problem), never a
-traceback.
+traceback. Everything printed goes through `lotdeploy.terminal`'s guard (secrets scrubbed,
+control characters shown as escapes), installed first thing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     output never gets an empty stream. Output that cannot be written (a full disk, a closed
     pipe) is an error too: a truncated `plan --json` must not exit 0.
     """
+    from lotdeploy import terminal
+
+    terminal.install()  # every print path from here on: secrets scrubbed, escapes shown
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
     if args[:1] != ["lab"]:
