@@ -7,6 +7,11 @@ how to reach the node (`ansible_host`, `ansible_port`, `ansible_user`,
 against the site's known_hosts, with the jump host as a ProxyCommand checked the same way)
 and the node's broker paths (`lotdeploy_*`). No secret value: the admin password stays a
 reference lotdeploy resolves, and the inventory only names files.
+
+Data, never code: Ansible templates every string variable it reads (Jinja, on the
+controller), so a site value such as `reload_command: '{{ lookup("pipe", "...") }}'` would run
+a command on the controller. Every string written here, and every per-run variable, is
+tagged `!unsafe` (`vars_text`): Ansible then uses it as it is and never templates it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from lotdeploy.errors import LotdeployError
 from lotdeploy.model import Node, Site
 from lotdeploy.transport.sshopts import ssh_options
 
@@ -65,6 +71,20 @@ def inventory(site: Site, nodes: list[Node] | None = None) -> dict[str, Any]:
     children: dict[str, Any] = {}
     site_group = group_name("site", site.name)
     children[site_group] = {"hosts": {n.name: host_vars(site, n) for n in chosen}}
+    named: dict[str, str] = {site_group: site.name}  # group -> the name it was made from
+    for kind, values in (
+        ("region", sorted({n.region for n in site.nodes})),
+        ("tag", sorted({t for n in site.nodes for t in n.tags})),
+    ):
+        for value in values:
+            group = group_name(kind, value)
+            if named.setdefault(group, value) != value:
+                # one group for both would hold the nodes of either (a limit selecting
+                # more than asked), or, written twice, only the last one's
+                raise LotdeployError(
+                    f"{kind}s {named[group]!r} and {value!r} would both be the Ansible group "
+                    f"{group} (group names keep only letters, digits and _): rename one"
+                )
     for region in sorted({n.region for n in chosen}):
         children[group_name("region", region)] = {
             "hosts": {n.name: None for n in chosen if n.region == region}
@@ -80,5 +100,38 @@ def inventory(site: Site, nodes: list[Node] | None = None) -> dict[str, Any]:
     return {"all": {"vars": top, "children": children}}
 
 
+class Unsafe(str):
+    """A string Ansible must use as it is: written as `!unsafe '...'`, never templated."""
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """YAML with every string value tagged !unsafe (mapping keys stay plain: host, group
+    and variable names, which Ansible does not template)."""
+
+
+def _represent_unsafe(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
+    return dumper.represent_scalar("!unsafe", str(value))
+
+
+_UnsafeDumper.add_representer(Unsafe, _represent_unsafe)
+
+
+def unsafe(value: Any) -> Any:
+    """`value` with every string in it (not the keys) an Unsafe."""
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, dict):
+        return {k: unsafe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unsafe(v) for v in value]
+    return value
+
+
+def vars_text(doc: Any) -> str:
+    """Variables (an inventory, a run's host vars) as YAML Ansible reads as data only: the one
+    place every value lotdeploy hands to Ansible is written."""
+    return yaml.dump(unsafe(doc), Dumper=_UnsafeDumper, sort_keys=False, width=1000)
+
+
 def inventory_text(site: Site, nodes: list[Node] | None = None) -> str:
-    return HEADER + yaml.safe_dump(inventory(site, nodes), sort_keys=False, width=1000)
+    return HEADER + vars_text(inventory(site, nodes))

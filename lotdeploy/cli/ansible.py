@@ -25,13 +25,17 @@ def inventory(site: Path, out: Path | None) -> None:
       lotdeploy inventory site.yaml --out hosts.yml && ansible-inventory -i hosts.yml --list
     """
     from lotdeploy.ansible.inventory import inventory_text
-    from lotdeploy.fsutil import atomic_write
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.fsutil import write_output
 
     text = inventory_text(load(site).site)
     if out is None:
         click.echo(text, nl=False)
     else:
-        atomic_write(out, text, 0o644)
+        try:
+            write_output(out, text, 0o644)
+        except OSError as exc:
+            raise LotdeployError(f"{out}: cannot write the inventory: {exc.strerror}") from None
         click.echo(f"inventory: {out}")
 
 
