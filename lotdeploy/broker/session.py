@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import ssl
@@ -19,8 +18,9 @@ import uuid
 from dataclasses import replace
 from typing import Any, Literal
 
-from lotdeploy.broker.mqtt import Message, MqttConnection, MqttError
+from lotdeploy.broker.mqtt import BoundedQueue, Message, MqttConnection, MqttError
 from lotdeploy.errors import BrokerError
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.lot import strip_comments
 from lotdeploy.protocol import (
     COMMAND_TOPIC,
@@ -114,8 +114,9 @@ class BrokerClient:
         self._server_hostname = server_hostname
         self._conn: MqttConnection | None = None
         self._lock = asyncio.Lock()
-        self._replies: asyncio.Queue[Message] = asyncio.Queue(maxsize=1000)
-        self._watchers: dict[str, list[asyncio.Queue[Message]]] = {}
+        # bounded in count and bytes: a broker flooding replies costs at most MAX_QUEUED_BYTES
+        self._replies: BoundedQueue = BoundedQueue(maxsize=1000)
+        self._watchers: dict[str, list[BoundedQueue]] = {}
         #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
         #: connect is one): the routes the broker ran then, with no further round trip.
         self.last_listing: Reply | None = None
@@ -167,11 +168,11 @@ class BrokerClient:
 
     def _on_message(self, msg: Message) -> None:
         if msg.topic == OUTPUT_TOPIC:
-            if not self._replies.full():
+            if self._replies.fits(msg):
                 self._replies.put_nowait(msg)
             return
         for queue in self._watchers.get(msg.topic, []):
-            if not queue.full():
+            if queue.fits(msg):
                 queue.put_nowait(msg)
 
     async def _detect_request_ids(self) -> None:
@@ -368,8 +369,8 @@ class BrokerClient:
         if msg is None:
             return None
         try:
-            doc = json.loads(msg.payload)
-        except ValueError:
+            doc = parse_json(msg.payload)
+        except UnreadableFile:
             return None
         return doc if isinstance(doc, dict) else None
 
@@ -390,7 +391,7 @@ class BrokerClient:
             raise self._error("not connected")
         if not topics:
             return {}
-        arrived: asyncio.Queue[Message] = asyncio.Queue(maxsize=len(topics) * 4)
+        arrived = BoundedQueue(maxsize=len(topics) * 4)
         for topic in topics:
             self._watchers.setdefault(topic, []).append(arrived)
         found: dict[str, Message] = {}
@@ -426,7 +427,7 @@ class BrokerClient:
         conn = self._conn
         if conn is None or not conn.connected:
             raise self._error("not connected")
-        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=100)
+        queue = BoundedQueue(maxsize=100)
         self._watchers.setdefault(topic, []).append(queue)
         try:
             try:
