@@ -29,8 +29,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-#: `.<name>.<random>.tmp`, what tempfile.mkstemp makes for atomic_write below.
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+#: `.<name>.lotdeploy-<random>.tmp`, what tempfile.mkstemp makes for atomic_write below. The
+#: word `lotdeploy` in it is what lets the sweep remove only what lotdeploy made: these
+#: directories may be the user's own (`--report ~/reports/x.html`), with their own `.tmp`s.
+_TEMPORARY_PREFIX = ".lotdeploy-"
+_TEMPORARY = re.compile(r"^\..+\.lotdeploy-[a-z0-9_]{8}\.tmp$")
 _swept: set[Path] = set()
 
 
@@ -87,7 +90,9 @@ def atomic_write(
     make_dirs(path.parent, dir_mode)
     sweep_temporaries(path.parent)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}{_TEMPORARY_PREFIX}", suffix=".tmp", dir=path.parent
+    )
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -182,7 +187,9 @@ class DurableBatch:
                 target = directory / name
                 if skip_unchanged and _unchanged(target, payload, mode):
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{name}{_TEMPORARY_PREFIX}", suffix=".tmp", dir=directory
+                )
                 self.pending.append((tmp, target))
                 os.fchmod(fd, mode)
                 with os.fdopen(fd, "wb") as fh:
