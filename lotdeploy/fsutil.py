@@ -56,6 +56,11 @@ def make_dirs(directory: Path, mode: int = 0o755) -> None:
         raise NotADirectoryError(20, "Not a directory", str(directory))
 
 
+def is_temporary(name: str) -> bool:
+    """Whether `name` is one of atomic_write's temporaries (what a sweep may remove)."""
+    return _TEMPORARY.match(name) is not None
+
+
 def sweep_temporaries(directory: Path) -> None:
     """Remove atomic_write's temporaries left in `directory` by a killed run (once a run)."""
     directory = Path(directory)
