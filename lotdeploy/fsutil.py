@@ -440,6 +440,20 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     path may have been swapped in between). The cap is checked on what is read, not on
     st_size, which a growing file or /proc entry does not honour.
     """
+    data = _read_regular(path, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"is larger than {_size_text(max_bytes)}")
+    return data
+
+
+def read_prefix(path: Path, size: int) -> bytes:
+    """At most the first `size` bytes of `path`, by read_regular_file's rules (a FIFO or a
+    device is refused, never opened for reading): to tell what kind of file it is."""
+    return _read_regular(path, size)
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of the regular file `path` (UnreadableFile otherwise)."""
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
@@ -452,8 +466,8 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
                 raise UnreadableFile(f"is {_kind(mode)}, not a regular file")
             chunks: list[bytes] = []
             size = 0
-            while size <= max_bytes:
-                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            while size < limit:
+                chunk = os.read(fd, min(1 << 20, limit - size))
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -464,8 +478,6 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
         raise UnreadableFile(
             f"cannot read: {exc.strerror or exc}", missing=exc.errno == errno.ENOENT
         ) from None
-    if size > max_bytes:
-        raise UnreadableFile(f"is larger than {_size_text(max_bytes)}")
     return b"".join(chunks)
 
 

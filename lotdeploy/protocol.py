@@ -409,7 +409,7 @@ def _parse_text(text: str, verb: str) -> Reply:
     match = _TEXT_POSITION.search(stripped)
     if stripped.lower().startswith("parsing error") or match:
         errors.append(
-            ReplyError(stripped, int(match.group(1)), int(match.group(2)))
+            ReplyError(stripped, _as_int(match.group(1)), _as_int(match.group(2)))
             if match
             else ReplyError(stripped)
         )

@@ -10,8 +10,9 @@ reference lotdeploy resolves, and the inventory only names files.
 
 Data, never code: Ansible templates every string variable it reads (Jinja, on the
 controller), so a site value such as `reload_command: '{{ lookup("pipe", "...") }}'` would run
-a command on the controller. Every string written here, and every per-run variable, is
-tagged `!unsafe` (`vars_text`): Ansible then uses it as it is and never templates it.
+a command on the controller. Every string written here, and every per-run variable, that
+Jinja could read as a template is tagged `!unsafe` (`vars_text`): Ansible then uses it as it
+is and never templates it.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class Unsafe(str):
 
 
 class _UnsafeDumper(yaml.SafeDumper):
-    """YAML with every string value tagged !unsafe (mapping keys stay plain: host, group
-    and variable names, which Ansible does not template)."""
+    """YAML with Unsafe strings tagged !unsafe (mapping keys stay plain: host, group and
+    variable names, which Ansible does not template)."""
 
 
 def _represent_unsafe(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
@@ -117,9 +118,12 @@ _UnsafeDumper.add_representer(Unsafe, _represent_unsafe)
 
 
 def unsafe(value: Any) -> Any:
-    """`value` with every string in it (not the keys) an Unsafe."""
+    """`value` with every string in it (not the keys) that Jinja could read as a template
+    (it holds `{`: `{{`, `{%`, `{#` start one) an Unsafe. Only those: Ansible's `!unsafe`
+    re-reads a quoted scalar as if it were plain, so `!unsafe '0600'` would load as the
+    number 384 and `!unsafe 'true'` as a boolean. A string without `{` is never templated."""
     if isinstance(value, str):
-        return Unsafe(value)
+        return Unsafe(value) if "{" in value else value
     if isinstance(value, dict):
         return {k: unsafe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -351,11 +351,13 @@ def _refresh(
 
 
 def _looks_like_plan(path: Path) -> bool:
-    """A saved plan is JSON with our format marker; a site spec is YAML."""
+    """A saved plan is JSON with our format marker; a site spec is YAML. Anything but a
+    regular file is neither (fsutil: a FIFO is never opened), and loading it says so."""
+    from lotdeploy.fsutil import UnreadableFile, read_prefix
+
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(200)
-    except OSError:
+        head = read_prefix(path, 200)
+    except UnreadableFile:
         return False
     return head.lstrip().startswith(b"{") and b"lotdeploy-plan" in head
 

@@ -25,10 +25,17 @@ PROG = "lotdeploy"
 
 
 def error_line(message: str) -> str:
-    """The one shape of an error message, whatever the command."""
+    """The one shape of an error message, whatever the command: one line, even when the
+    message quotes something from outside (a name in a damaged file) that holds a line
+    break; the break is shown as `\\n` (the terminal guard shows other controls)."""
     from lotdeploy.secret import scrub
 
-    return f"{PROG}: error: {scrub(message)}"
+    return f"{PROG}: error: {one_line(scrub(message))}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks shown, not made."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _show_usage_error(exc: click.UsageError) -> None:
@@ -112,7 +119,7 @@ def report(exc: BaseException) -> int:
 
     if isinstance(exc, SpecError):
         for diagnostic in exc.diagnostics:
-            click.echo(scrub(str(diagnostic)), err=True)
+            click.echo(one_line(scrub(str(diagnostic))), err=True)
         return ExitStatus.ERROR
     if isinstance(exc, LotdeployError):
         click.echo(error_line(str(exc)), err=True)

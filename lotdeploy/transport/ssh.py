@@ -33,6 +33,7 @@ from fabric.runners import Remote, RemoteShell
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import NoValidConnectionsError
 
+from lotdeploy.fsutil import UnreadableFile, read_prefix
 from lotdeploy.model import Node, SshTarget
 from lotdeploy.secret import scrub
 from lotdeploy.transport.base import (
@@ -318,6 +319,10 @@ class SshTransport(Transport):
         }
         if self.target.key is not None:
             path = self._local(self.target.key)
+            try:  # a regular file (fsutil's rule: a FIFO named as the key never hangs)
+                read_prefix(path, 0)
+            except UnreadableFile as exc:
+                raise self._fail(f"{path}: {exc.about('the key')}") from None
             try:
                 kwargs["pkey"] = paramiko.PKey.from_path(str(path))
             except (paramiko.PasswordRequiredException, TypeError) as exc:
