@@ -7,6 +7,8 @@ the node side (secrets private from creation, output caps) is tests/test_safety_
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import os
@@ -532,3 +534,117 @@ def test_colour_and_the_guard_on_a_real_terminal(tmp_path: Path) -> None:
     assert (
         b"x\\x1b]0;pwned\\x07" in outputs["ansible-runs"] and b"\x07" not in outputs["ansible-runs"]
     )
+
+
+# -- broker replies are bounded --------------------------------------------------------------
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, await reader.readexactly(length)
+
+
+def test_a_broker_reply_of_hundreds_of_mb_costs_no_memory() -> None:
+    """A 'broker' on loopback answers the subscription, then starts a 256 MB reply: the
+    session refuses it by its announced length, the connection ends saying why, and the
+    process's peak memory does not grow by the reply (paho would read it whole)."""
+    import resource
+
+    from lotdeploy.broker.session import BrokerClient
+    from lotdeploy.errors import BrokerError
+    from lotdeploy.secret import Secret
+
+    sent = 0
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await _read_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK: accepted
+        _, body = await _read_packet(reader)  # SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK, QoS 1
+        topic = b"$SYS/Coreflux/Command/Output"
+        writer.write(b"\x30\xff\xff\xff\x7f" + len(topic).to_bytes(2, "big") + topic)
+        chunk = b"x" * (1 << 20)
+        with contextlib.suppress(OSError):
+            while sent < 300 * (1 << 20):  # bounded, whatever the client does
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+        writer.close()
+
+    async def scenario() -> str:
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = BrokerClient(
+            "n1", "127.0.0.1", port, "root", Secret("x"), reply_timeout=5.0, request_ids=False
+        )
+        try:
+            await client.connect()
+            with pytest.raises(BrokerError) as info:
+                await client.command("listRoutes")
+            return str(info.value)
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    message = asyncio.run(asyncio.wait_for(scenario(), 30))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert time.monotonic() - started < 15
+    assert "268435455 bytes, more than the 16777216 accepted" in message, message
+    assert grown_mib < 48, f"peak memory grew by {grown_mib:.0f} MiB"
+    assert sent < 300 * (1 << 20)  # the client hung up, it did not read it all
+
+
+def test_ssh_percent_tokens_in_site_values_stay_literal(tmp_path: Path) -> None:
+    """ssh expands %-tokens in ProxyCommand, then a shell runs it: a jump user `%r` would
+    become the node's user (a spec value) inside that shell command. The real ssh runs our
+    options; the ProxyCommand's `ssh` is a stand-in that records the words it got."""
+    from lotdeploy.transport.sshopts import SshOptions
+
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh")
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    record = tmp_path / "words"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nexit 1\n')
+    fake.chmod(0o755)
+    options = SshOptions(
+        host="127.0.0.1",
+        port=9,
+        user="node-user",
+        key=str(tmp_path / "k%d"),
+        known_hosts=str(tmp_path / "kh%u"),
+        jump="%r@127.0.0.1:9",
+    )
+    argv = [shutil.which("ssh") or "ssh", *options.argv()[1:], "true"]
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(argv, capture_output=True, timeout=30, env=env, check=False)
+    words = record.read_text().splitlines()
+    assert words[words.index("-l") + 1] == "%r"  # not "node-user"
+    assert f"UserKnownHostsFile={tmp_path}/kh%u" in words and f"{tmp_path}/k%d" in words
+
+
+def test_the_runs_secret_directory_is_never_followed(tmp_path: Path) -> None:
+    from lotdeploy.ansible.runner import PrivateDataDir
+    from lotdeploy.errors import LotdeployError
+
+    pdd = PrivateDataDir(tmp_path)
+    pdd.root.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "theirs").write_text("keep\n")
+    pdd.bundles.symlink_to(elsewhere)
+    files = {"n1": [("server.key", b"secret", 0o600)]}
+    with pytest.raises(LotdeployError, match="refusing to remove it"), pdd.secret_files(files):
+        pass
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["theirs"]

@@ -133,10 +133,14 @@ def test_site_values_are_data_on_every_path(lab: Lab, shared: Path) -> None:
     shlex) and twice over Ansible (real ansible-runner; values !unsafe): the reload fails on
     the node (its text is not a command), nothing runs the lookup anywhere. Meanwhile an
     unprivileged reader polls the release and TLS directories (others may list them): it
-    opens no key, no routes, no archive, no temporary."""
+    opens no key, no routes, no archive, no temporary. Pruning old releases (four entries
+    in releases/ by the end) removes releases only, not a directory someone put there."""
     pwned = Path(f"/tmp/lotdeploy-pwned-{secrets.token_hex(4)}")
     hostile = f'{{{{ lookup("pipe", "touch {pwned}") }}}}'
     opened_secrets: list[str] = []
+    theirs = shared / "release" / "releases" / "notes"  # not a release: pruning keeps it
+    theirs.mkdir(parents=True)
+    (theirs / "todo.txt").write_text("mine\n")
     try:
         for number, transport in enumerate(("ssh", "ansible", "ansible")):
             tls = shared / f"tls-{number}"  # new TLS files each time: the reload always runs
@@ -166,6 +170,7 @@ def test_site_values_are_data_on_every_path(lab: Lab, shared: Path) -> None:
                 p for p in seen["opened"] if any(w in Path(p).name for w in SECRET_WORDS)
             ]
         assert opened_secrets == [], opened_secrets
+        assert (theirs / "todo.txt").read_text() == "mine\n"
         upload = shared / "release" / "releases" / ".lotdeploy-upload"  # deploy.yml's
         assert stat.S_IMODE(upload.stat().st_mode) == 0o700 and not upload.is_symlink()
     finally:

@@ -251,7 +251,7 @@ def install_release(
     patterns = " ".join(f"-e {_q(x)}" for x in keep)
     older = max(KEEP_RELEASES - len(keep), 0)  # how many older releases stay for rollback
     steps.append(
-        f"cd {_q(paths.releases)} && ls -1t | grep -v -x {patterns} "
+        f"cd {_q(paths.releases)} && ls -1t | grep -x '[0-9a-f]\\{{16\\}}' | grep -v -x {patterns} "
         f"| tail -n +{older + 1} | xargs -r rm -rf --"
     )
     if reload:

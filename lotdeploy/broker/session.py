@@ -134,6 +134,11 @@ class BrokerClient:
     def _error(self, cause: str) -> BrokerError:
         return BrokerError(self.node_name, scrub(cause))
 
+    @staticmethod
+    def _why(conn: MqttConnection | None) -> str:
+        """`: <why the connection ended>` (a packet too large, a lost link), when it did."""
+        return f": {conn.close_reason}" if conn is not None and conn.close_reason else ""
+
     async def connect(self) -> None:
         """Connect, authenticate, subscribe to the Output topic (before any publish)."""
         conn = MqttConnection(
@@ -208,7 +213,7 @@ class BrokerClient:
             raise self._error(f"-{verb} is never sent: it removes routes lotdeploy does not own")
         conn = self._conn
         if conn is None or not conn.connected:
-            raise self._error(f"not connected (cannot send -{verb})")
+            raise self._error(f"not connected{self._why(conn)} (cannot send -{verb})")
         async with self._lock:
             while not self._replies.empty():  # stale replies of other admins or timed-out calls
                 self._replies.get_nowait()
@@ -388,7 +393,7 @@ class BrokerClient:
         topic had one or `timeout` passed; topics with none are left out."""
         conn = self._conn
         if conn is None or not conn.connected:
-            raise self._error("not connected")
+            raise self._error(f"not connected{self._why(conn)}")
         if not topics:
             return {}
         arrived = BoundedQueue(maxsize=len(topics) * 4)
@@ -426,7 +431,7 @@ class BrokerClient:
     async def _watch_once(self, topic: str, timeout: float) -> Message | None:
         conn = self._conn
         if conn is None or not conn.connected:
-            raise self._error("not connected")
+            raise self._error(f"not connected{self._why(conn)}")
         queue = BoundedQueue(maxsize=100)
         self._watchers.setdefault(topic, []).append(queue)
         try:
