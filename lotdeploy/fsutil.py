@@ -407,16 +407,23 @@ class UnreadableFile(Exception):
     safe to print and says what is wrong, callers put the file's name in front of it.
     `missing`: the file does not exist (some callers treat that as "none yet")."""
 
-    def __init__(self, reason: str, missing: bool = False) -> None:
+    def __init__(self, reason: str, missing: bool = False, malformed: bool = False) -> None:
         self.reason = reason
         self.missing = missing
+        #: the file was read, its content is what is wrong (not JSON, too deep, NaN...)
+        self.malformed = malformed
         super().__init__(reason)
 
     def about(self, what: str) -> str:
-        """The reason as words about `what` ("the plan"): `the plan is a FIFO, not a regular
-        file`, `cannot read the plan: Permission denied`."""
+        """The reason as words about `what` ("the plan"): `cannot read the plan: Permission
+        denied`, `cannot read the plan: it is a FIFO, not a regular file`, `the plan is not
+        JSON (line 1, column 2: ...)`."""
         cause = self.reason.removeprefix("cannot read: ")
-        return f"cannot read {what}: {cause}" if cause != self.reason else f"{what} {cause}"
+        if cause != self.reason:
+            return f"cannot read {what}: {cause}"
+        if self.reason.endswith("not a regular file"):
+            return f"cannot read {what}: it {self.reason}"
+        return f"{what} {self.reason}"
 
 
 _KINDS = (
@@ -543,19 +550,20 @@ def parse_json(data: bytes | str, max_depth: int = JSON_MAX_DEPTH) -> Any:
     """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if _too_deep(raw, max_depth):
-        raise UnreadableFile(f"nests deeper than {max_depth} levels")
+        raise UnreadableFile(f"nests deeper than {max_depth} levels", malformed=True)
     try:
         text = data if isinstance(data, str) else data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"is not valid UTF-8 (byte {exc.start})") from None
+        raise UnreadableFile(f"is not valid UTF-8 (byte {exc.start})", malformed=True) from None
     try:
         return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise UnreadableFile(
-            f"is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            f"is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", malformed=True
         ) from None
     except (ValueError, RecursionError) as exc:  # NaN, 1e999, an int of 5,000 digits
-        raise UnreadableFile(f"is not valid JSON ({str(exc).split(':')[0][:120]})") from None
+        why = str(exc).split(":")[0][:120]
+        raise UnreadableFile(f"is not valid JSON ({why})", malformed=True) from None
 
 
 def read_json(path: Path, max_bytes: int, max_depth: int = JSON_MAX_DEPTH) -> Any:

@@ -369,9 +369,10 @@ class StateStore:
         except UnreadableFile as exc:
             if exc.missing:
                 return migrate_legacy(self.workspace)
+            damaged = f"the state is damaged: it {exc.reason}"
+            why = damaged if exc.malformed else exc.about("the state")
             raise StateError(
-                f"{self.path}: {exc.about('the state')}; restore it from a backup "
-                "(nothing was changed)"
+                f"{self.path}: {why}; restore it from a backup (nothing was changed)"
             ) from None
         try:
             return State.from_json(doc)

@@ -187,7 +187,7 @@ def test_a_last_verify_result_that_is_a_fifo_is_a_warning_not_a_hang(tmp_path: P
     fifo(last)
     result = cli("plan", site_file)
     assert result.returncode == 0, result.stderr
-    assert f"warning: {last}: the last verify result is a FIFO" in result.stderr
+    assert f"warning: {last}: cannot read the last verify result: it is a FIFO" in result.stderr
 
 
 def test_a_lab_state_that_is_a_fifo_is_one_line(tmp_path: Path) -> None:
@@ -221,7 +221,9 @@ def test_read_json_rules() -> None:
             parse_json(data)
     with pytest.raises(UnreadableFile, match="is a character device") as info:
         read_json(Path("/dev/zero"), 100)
-    assert info.value.about("the plan") == "the plan is a character device, not a regular file"
+    assert info.value.about("the plan") == (
+        "cannot read the plan: it is a character device, not a regular file"
+    )
 
 
 # -- one output writer -------------------------------------------------------------------------
