@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import re
 import secrets
@@ -37,6 +36,7 @@ from lotdeploy.broker.mqtt import ConnectRefused, MqttConnection, MqttError
 from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.compiler.routes import node_route_settings, route_tree
 from lotdeploy.errors import BrokerError, CompileError
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.lot.ast import Block, Route
 from lotdeploy.lot.emit import format_route
 from lotdeploy.model import Node, Site
@@ -166,8 +166,8 @@ class BrokerFacts:
         """Read a `to_json` record back; ValueError saying what is damaged."""
         if isinstance(doc, str | bytes):
             try:
-                doc = json.loads(doc)
-            except ValueError:
+                doc = parse_json(doc)
+            except UnreadableFile:
                 raise ValueError("broker facts: not JSON") from None
         if not isinstance(doc, Mapping):
             raise ValueError("broker facts: not a JSON object")
@@ -795,8 +795,8 @@ async def probe_for_apply(
 def reply_form(reply: Reply) -> ReplyFormat:
     """How a reply came: a 2.x JSON envelope, or anything else (read as 1.x text)."""
     try:
-        doc = json.loads(reply.raw)
-    except ValueError:
+        doc = parse_json(reply.raw)
+    except UnreadableFile:
         return "text"
     return "json" if isinstance(doc, dict) and "success" in doc else "text"
 

@@ -4,7 +4,12 @@ A reader sees the old file or the new one, never a torn one. Directories lotdepl
 get exactly the mode asked for, whatever the umask; directories it did not create are never
 changed. Temporary files that a killed run left behind are removed by the next write into
 the same directory (one of them may hold a private key).
-The one safe way to read a file a user names is `read_regular_file`.
+
+The one safe way to read a file back is `read_regular_file` (bytes) or `read_json` (a JSON
+document: also a depth cap and no NaN/Infinity); `parse_json` is the same rule for JSON that
+came from elsewhere (a broker, a node). The one way to write a path a user names (`--out`,
+`--report`...) is `write_output`. Destructive commands act only where `read_marker` finds the
+marker they wrote (`write_marker`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import contextlib
 import errno
 import fcntl
 import functools
+import json
+import math
 import os
 import re
 import stat
@@ -22,8 +29,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-#: `.<name>.<random>.tmp`, what tempfile.mkstemp makes for atomic_write below.
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+#: `.<name>.lotdeploy-<random>.tmp`, what tempfile.mkstemp makes for atomic_write below. The
+#: word `lotdeploy` in it is what lets the sweep remove only what lotdeploy made: these
+#: directories may be the user's own (`--report ~/reports/x.html`), with their own `.tmp`s.
+_TEMPORARY_PREFIX = ".lotdeploy-"
+_TEMPORARY = re.compile(r"^\..+\.lotdeploy-[a-z0-9_]{8}\.tmp$")
 _swept: set[Path] = set()
 
 
@@ -44,6 +54,11 @@ def make_dirs(directory: Path, mode: int = 0o755) -> None:
         os.chmod(path, mode)
     if not directory.is_dir():
         raise NotADirectoryError(20, "Not a directory", str(directory))
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is one of atomic_write's temporaries (what a sweep may remove)."""
+    return _TEMPORARY.match(name) is not None
 
 
 def sweep_temporaries(directory: Path) -> None:
@@ -80,7 +95,9 @@ def atomic_write(
     make_dirs(path.parent, dir_mode)
     sweep_temporaries(path.parent)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}{_TEMPORARY_PREFIX}", suffix=".tmp", dir=path.parent
+    )
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -175,7 +192,9 @@ class DurableBatch:
                 target = directory / name
                 if skip_unchanged and _unchanged(target, payload, mode):
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{name}{_TEMPORARY_PREFIX}", suffix=".tmp", dir=directory
+                )
                 self.pending.append((tmp, target))
                 os.fchmod(fd, mode)
                 with os.fdopen(fd, "wb") as fh:
@@ -414,11 +433,27 @@ def break_lock(path: Path, lock_id: str, force: bool = False) -> str:
 
 
 class UnreadableFile(Exception):
-    """A user-named file was refused or could not be read; `reason` is safe to print."""
+    """A file (or a document from elsewhere) was refused or could not be read; `reason` is
+    safe to print and says what is wrong, callers put the file's name in front of it.
+    `missing`: the file does not exist (some callers treat that as "none yet")."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, missing: bool = False, malformed: bool = False) -> None:
         self.reason = reason
+        self.missing = missing
+        #: the file was read, its content is what is wrong (not JSON, too deep, NaN...)
+        self.malformed = malformed
         super().__init__(reason)
+
+    def about(self, what: str) -> str:
+        """The reason as words about `what` ("the plan"): `cannot read the plan: Permission
+        denied`, `cannot read the plan: it is a FIFO, not a regular file`, `the plan is not
+        JSON (line 1, column 2: ...)`."""
+        cause = self.reason.removeprefix("cannot read: ")
+        if cause != self.reason:
+            return f"cannot read {what}: {cause}"
+        if self.reason.endswith("not a regular file"):
+            return f"cannot read {what}: it {self.reason}"
+        return f"{what} {self.reason}"
 
 
 _KINDS = (
@@ -442,6 +477,20 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     path may have been swapped in between). The cap is checked on what is read, not on
     st_size, which a growing file or /proc entry does not honour.
     """
+    data = _read_regular(path, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"is larger than {_size_text(max_bytes)}")
+    return data
+
+
+def read_prefix(path: Path, size: int) -> bytes:
+    """At most the first `size` bytes of `path`, by read_regular_file's rules (a FIFO or a
+    device is refused, never opened for reading): to tell what kind of file it is."""
+    return _read_regular(path, size)
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of the regular file `path` (UnreadableFile otherwise)."""
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
@@ -454,8 +503,8 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
                 raise UnreadableFile(f"is {_kind(mode)}, not a regular file")
             chunks: list[bytes] = []
             size = 0
-            while size <= max_bytes:
-                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            while size < limit:
+                chunk = os.read(fd, min(1 << 20, limit - size))
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -463,11 +512,252 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from None
-    if size > max_bytes:
-        raise UnreadableFile(f"is larger than {_size_text(max_bytes)}")
+        raise UnreadableFile(
+            f"cannot read: {exc.strerror or exc}", missing=exc.errno == errno.ENOENT
+        ) from None
     return b"".join(chunks)
 
 
 def _size_text(count: int) -> str:
     return f"{count // (1 << 20)} MiB" if count % (1 << 20) == 0 else f"{count} bytes"
+
+
+#: How deep a JSON document lotdeploy reads may nest (its own documents nest < 10 levels). A
+#: deeper one is refused before it is parsed: the parser would recurse, and so would every
+#: later walk over it (a copy, a dump), ending in RecursionError, an internal error.
+JSON_MAX_DEPTH = 64
+_JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+#: bytes.translate's delete table: everything but the quotes and the brackets
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+def _too_deep(data: bytes, limit: int) -> bool:
+    """True when brackets nest more than `limit` deep (strings do not count).
+
+    In C-speed passes, whatever the size: escapes out; then everything but quotes and
+    brackets; then the strings (an empty-looking `""` in that skeleton is a string without
+    brackets: if no quote is left after removing those, no string held a bracket, else the
+    exact split on quotes); then, braces read as brackets, one pass per level removing the
+    innermost pairs. A document that is not JSON may be called deep; it is refused anyway.
+    """
+    if b"\\" in data:
+        data = _JSON_ESCAPE.sub(b"", data)
+    skeleton = data.translate(None, _NOT_STRUCTURE)
+    if b'"' in skeleton:
+        brackets = skeleton.replace(b'""', b"")
+        if b'"' in brackets:  # some string holds a bracket: pair the quotes exactly
+            brackets = b"".join(skeleton.split(b'"')[0::2])
+        skeleton = brackets
+    skeleton = skeleton.translate(_BRACES_AS_BRACKETS)  # the same depth; a mismatch is not JSON
+    for _ in range(limit):
+        if not skeleton:
+            return False
+        shorter = skeleton.replace(b"[]", b"")  # the innermost pairs: exactly one level
+        if len(shorter) == len(skeleton):  # unbalanced: not JSON; json.loads says where,
+            return len(skeleton) > limit  # unless that many brackets would make it recurse
+        skeleton = shorter
+    return bool(skeleton)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range for a number")
+    return value
+
+
+def parse_json(data: bytes | str, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """A JSON document as Python values, or UnreadableFile saying why it is refused.
+
+    Strict where Python's json is lenient: NaN, Infinity and numbers that overflow to them
+    are refused (they are not JSON, and a NaN compares unequal to itself); nesting beyond
+    `max_depth` is refused before parsing (no RecursionError); bytes must be UTF-8.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _too_deep(raw, max_depth):
+        raise UnreadableFile(f"nests deeper than {max_depth} levels", malformed=True)
+    try:
+        text = data if isinstance(data, str) else data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(f"is not valid UTF-8 (byte {exc.start})", malformed=True) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise UnreadableFile(
+            f"is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", malformed=True
+        ) from None
+    except (ValueError, RecursionError) as exc:  # NaN, 1e999, an int of 5,000 digits
+        why = str(exc).split(":")[0][:120]
+        raise UnreadableFile(f"is not valid JSON ({why})", malformed=True) from None
+
+
+def read_json(path: Path, max_bytes: int, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """The JSON document in `path`: `read_regular_file`'s rules (regular files only, opened
+    without blocking, at most `max_bytes`) and `parse_json`'s. Any problem is one
+    UnreadableFile whose reason the caller prints after the file's name."""
+    return parse_json(read_regular_file(path, max_bytes), max_depth)
+
+
+# -- output files a user names ----------------------------------------------------------------
+
+#: How long writing into a FIFO waits for its reader before giving up.
+FIFO_WAIT = 10.0
+
+
+def _refused(path: Path, code: int, why: str) -> OSError:
+    return OSError(code, why, str(path))
+
+
+def _may_follow(path: Path, link: os.stat_result) -> bool:
+    """The kernel's fs.protected_symlinks rule, applied before lotdeploy resolves a link
+    itself: a link in a sticky world-writable directory (/tmp) is followed only when it is
+    ours or its directory's owner's (else a stranger's link could aim our write anywhere)."""
+    try:
+        parent = os.stat(path.parent)
+    except OSError:
+        return False
+    sticky_shared = parent.st_mode & stat.S_ISVTX and parent.st_mode & stat.S_IWOTH
+    return not sticky_shared or link.st_uid in (os.geteuid(), parent.st_uid)
+
+
+def _standard_stream(info: os.stat_result) -> int | None:
+    """1 or 2 when `info` is the file our stdout or stderr already writes to (/dev/stdout,
+    /proc/self/fd/1, or the very file stdout is redirected to): written through that
+    descriptor, so nothing opens it a second time at another offset."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            other = os.fstat(fd)
+            if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                return fd
+    return None
+
+
+def _write_fd(fd: int, payload: bytes | Iterable[str]) -> None:
+    pieces = [payload] if isinstance(payload, bytes) else (p.encode() for p in payload)
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+def _write_in_place(path: Path, payload: bytes | Iterable[str], fifo: bool) -> None:
+    """A device or a FIFO: opened for writing as it is (never replaced, never truncated
+    beyond what opening does); a FIFO waits at most FIFO_WAIT seconds for a reader."""
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK
+    deadline = time.monotonic() + FIFO_WAIT
+    while True:
+        try:
+            fd = os.open(path, flags)
+            break
+        except OSError as exc:
+            if not (fifo and exc.errno == errno.ENXIO):  # ENXIO: a FIFO with no reader yet
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            if time.monotonic() >= deadline:
+                raise _refused(
+                    path, errno.ENXIO, f"is a FIFO no one reads (waited {FIFO_WAIT:g} s)"
+                ) from None
+            time.sleep(0.05)
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            raise _refused(path, errno.EINVAL, "changed while it was being opened")
+        os.set_blocking(fd, True)
+        _write_fd(fd, payload)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def write_output(path: Path, data: bytes | str | Iterable[str], mode: int = 0o644) -> None:
+    """Write a file the user named (`--out`, `--report`, `--prometheus`...), never destroying
+    what is there in a way they did not ask for:
+
+    - nothing there: created atomically with `mode` (missing parent directories 0755);
+    - a regular file: replaced atomically (readers see the old or the new content);
+    - a character device (/dev/null, a terminal) or a FIFO: written in place, never
+      replaced by a regular file; a FIFO waits at most FIFO_WAIT seconds for a reader;
+    - a symbolic link: never replaced. What it points to is written by these same rules,
+      as a shell's `>` would (a regular file atomically, in its own directory); a link to
+      nothing is refused, and so is a stranger's link in a sticky shared directory (/tmp);
+    - /dev/stdout and the like (the file our stdout or stderr writes to): through that
+      descriptor;
+    - a directory, a socket, a block device: refused.
+
+    Errors are OSError carrying the path; nothing is left half-written.
+    """
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        atomic_write(path, payload, mode)
+        return
+    if stat.S_ISLNK(link.st_mode):
+        if not _may_follow(path, link):
+            raise _refused(
+                path,
+                errno.EPERM,
+                "is another user's symbolic link in a shared directory; refusing to follow it",
+            )
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise _refused(
+                path, errno.ENOENT, "is a symbolic link to nothing; refusing to create its target"
+            ) from None
+    else:
+        info = link
+    kind = info.st_mode
+    stream = _standard_stream(info) if not stat.S_ISDIR(kind) else None
+    if stream is not None:
+        with contextlib.suppress(OSError, ValueError):
+            import sys
+
+            (sys.stdout if stream == 1 else sys.stderr).flush()
+        _write_fd(stream, payload)
+    elif stat.S_ISREG(kind):
+        target = Path(os.path.realpath(path)) if stat.S_ISLNK(link.st_mode) else path
+        atomic_write(target, payload, mode)
+    elif stat.S_ISCHR(kind) or stat.S_ISFIFO(kind):
+        _write_in_place(path, payload, fifo=stat.S_ISFIFO(kind))
+    else:
+        why = "a directory" if stat.S_ISDIR(kind) else _kind(kind)
+        raise _refused(path, errno.EISDIR if stat.S_ISDIR(kind) else errno.EINVAL, f"is {why}")
+
+
+# -- markers: what a destructive command may remove ----------------------------------------------
+
+MARKER_FORMAT = "lotdeploy-marker/1"
+#: A marker lists files, so it may be long; no more than this.
+MARKER_MAX_BYTES = 16 * 1024 * 1024
+
+
+def write_marker(path: Path, kind: str, **fields: Any) -> None:
+    """Record that lotdeploy made what `path`'s directory holds (`kind`: "lab",
+    "export-ansible"...); `fields` say what exactly (files written, an id)."""
+    doc = {"format": MARKER_FORMAT, "kind": kind, **fields}
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n", 0o644)
+
+
+def read_marker(path: Path, kind: str) -> dict[str, Any] | None:
+    """The marker at `path` if it is lotdeploy's marker of `kind`; None when there is none.
+    Anything else there (not ours, another kind, unreadable) is UnreadableFile: a command
+    must then refuse to remove anything."""
+    try:
+        doc = read_json(path, MARKER_MAX_BYTES)
+    except UnreadableFile as exc:
+        if exc.missing:
+            return None
+        raise
+    if not isinstance(doc, dict) or doc.get("format") != MARKER_FORMAT:
+        raise UnreadableFile("is not a lotdeploy marker")
+    if doc.get("kind") != kind:
+        raise UnreadableFile(f"marks a {doc.get('kind')!s:.40} directory, not a {kind} one")
+    return doc

@@ -21,6 +21,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Literal
 
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.secret import scrub
 
 # ---------------------------------------------------------------------------------------------
@@ -441,9 +442,9 @@ def parse_reply(payload: bytes | str, verb: str) -> Reply:
     Never raises: anything that is not an envelope is read as text.
     """
     text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
-    try:
-        doc = json.loads(text)
-    except ValueError:
+    try:  # fsutil's strict JSON: no NaN, no nesting deep enough to recurse
+        doc = parse_json(text)
+    except UnreadableFile:
         doc = None
     if isinstance(doc, dict) and "success" in doc:
         return _parse_envelope(doc, verb, text)
@@ -485,7 +486,7 @@ def _parse_text(text: str, verb: str) -> Reply:
     match = _TEXT_POSITION.search(stripped)
     if stripped.lower().startswith("parsing error") or match:
         errors.append(
-            ReplyError(stripped, int(match.group(1)), int(match.group(2)))
+            ReplyError(stripped, _as_int(match.group(1)), _as_int(match.group(2)))
             if match
             else ReplyError(stripped)
         )

@@ -4,25 +4,29 @@ Two explicit steps. `prepare_workspace` performs what the plan reports as worksp
 generate the first cluster password, create the site CA, issue the certificates that are
 due. `iter_bundles` then only reads what exists and builds typed bundles in memory; it
 creates nothing. `write_bundles` writes them, each file atomically, secret-bearing files
-0600. A node directory left over from a node that is no longer in the site is removed, but
-only if lotdeploy made it (it holds our manifest): nothing else in the output is touched.
+0600. A node directory left over from a node that is no longer in the site is emptied of the
+files its manifest lists (then removed if empty), but only if lotdeploy made it (it holds our
+manifest, of this site): nothing else in the output is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import shutil
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
+from typing import Any
 
 from lotdeploy.compiler import ROUTE_FILE, compile_node
 from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
-from lotdeploy.fsutil import DurableBatch, make_dirs
+from lotdeploy.fsutil import DurableBatch, UnreadableFile, is_temporary, make_dirs, read_json
 from lotdeploy.model import Site
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.workspace import Workspace
@@ -31,6 +35,8 @@ MANIFEST = "manifest.json"
 #: Files staged before a batch is made durable and renamed (about 50 nodes' bundles).
 RENDER_BATCH_FILES = 256
 MANIFEST_FORMAT = "lotdeploy-bundle/1"
+#: A manifest lists one node's files and route names: under a MB at 1,000 nodes.
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -181,15 +187,21 @@ def write_bundles(
     return RenderResult(len(site.nodes), site.link_count, files, removed, written)
 
 
-def _owner(directory: Path) -> str | None:
-    """The site whose bundle `directory` holds (from its manifest), or None if not ours."""
+def _manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest lotdeploy wrote into `directory`, or None if there is none of ours."""
     try:
-        doc = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+        doc = read_json(directory / MANIFEST, MANIFEST_MAX_BYTES)
+    except UnreadableFile:
         return None
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         return None
-    site = doc.get("site")
+    return doc
+
+
+def _owner(directory: Path) -> str | None:
+    """The site whose bundle `directory` holds (from its manifest), or None if not ours."""
+    doc = _manifest(directory)
+    site = doc.get("site") if doc is not None else None
     return site if isinstance(site, str) else None
 
 
@@ -210,13 +222,30 @@ def _check_node_dir(directory: Path, site: str) -> None:
 
 
 def _remove_stale(out: Path, keep: set[str], site: str) -> list[str]:
-    """Remove bundles of nodes this site no longer has: only directories (not symlinks)
-    whose manifest says they are this site's."""
+    """Remove bundles of nodes this site no longer has: in directories (not symlinks) whose
+    manifest says they are this site's, only the files that manifest lists (regular files,
+    then the manifest, then the directory if that left it empty). A file someone put beside
+    a bundle stays, and so does its directory."""
     removed = []
     for child in sorted(out.iterdir()):
         if child.name in keep or child.is_symlink() or not child.is_dir():
             continue
-        if _owner(child) == site:
-            shutil.rmtree(child)
-            removed.append(child.name)
+        doc = _manifest(child)
+        if doc is None or doc.get("site") != site:
+            continue
+        listed = doc.get("files")
+        names = [n for n in listed if isinstance(n, str)] if isinstance(listed, dict) else []
+        for name in [*names, MANIFEST]:
+            if "/" in name or name in ("", ".", ".."):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(child / name).st_mode):
+                    os.unlink(child / name)
+        sweep = [e for e in os.scandir(child) if is_temporary(e.name)]
+        for entry in sweep:  # temporaries of a killed render of this bundle
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        with contextlib.suppress(OSError):
+            child.rmdir()
+        removed.append(child.name)
     return removed

@@ -19,10 +19,17 @@ def select_nodes(
     a tag (comma-separated lists allowed); a word that matches nothing is an error, so a
     typo never silently selects nothing or everything."""
 
-    def words(values: Iterable[str]) -> list[str]:
-        return [w.strip() for v in values for w in v.split(",") if w.strip()]
+    def words(flag: str, values: Iterable[str]) -> list[str]:
+        found = [w.strip() for v in values for w in v.split(",")]
+        if "" in found:
+            # `--limit ""` (an unset variable) would otherwise mean "no limit": every node
+            raise LotdeployError(
+                f"{flag}: an empty name selects nothing; name nodes, regions or tags "
+                "(comma-separated, no empty item)"
+            )
+        return found
 
-    include, leave_out = words(limit), words(exclude)
+    include, leave_out = words("--limit", limit), words("--exclude", exclude)
     if not include and not leave_out:
         return None
     chosen = set() if include else {n.name for n in site.nodes}

@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from lotdeploy.errors import WorkspaceError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import UnreadableFile, atomic_write, read_json
 from lotdeploy.workspace import Workspace
 
 STATE_FORMAT = "lotdeploy-state"
 STATE_VERSION = 1
 STATE_FILE = "state.json"
+#: The state of a 1,000-node site is tens of MB; nothing bigger is read (fsutil.read_json).
+STATE_MAX_BYTES = 512 * 1024 * 1024
 ROTATION_KINDS = ("ca", "creds")
 LAST_PHASE = 3
 #: How many finished rotations the document keeps.
@@ -397,15 +399,17 @@ class StateStore:
 
     def _read_file(self) -> State:
         try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return migrate_legacy(self.workspace)
-        except (OSError, UnicodeDecodeError) as exc:
+            doc = read_json(self.path, STATE_MAX_BYTES)
+        except UnreadableFile as exc:
+            if exc.missing:
+                return migrate_legacy(self.workspace)
+            damaged = f"the state is damaged: it {exc.reason}"
+            why = damaged if exc.malformed else exc.about("the state")
             raise StateError(
-                f"{self.path}: cannot read the state: {getattr(exc, 'strerror', None) or exc}"
+                f"{self.path}: {why}; restore it from a backup (nothing was changed)"
             ) from None
         try:
-            return State.from_json(json.loads(text))
+            return State.from_json(doc)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise StateError(
                 f"{self.path}: the state is damaged ({exc}); restore it from a backup "
@@ -476,12 +480,12 @@ def migrate_legacy(workspace: Workspace) -> State:
     state = State()
     for what, path in legacy_paths(workspace).items():
         try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as exc:
+            doc = read_json(path, STATE_MAX_BYTES)
+        except UnreadableFile as exc:
+            if exc.missing:
+                continue
             raise StateError(
-                f"{path}: cannot read the old-format {what} state ({exc}); restore it from a "
+                f"{path}: {exc.about(f'the old-format {what} state')}; restore it from a "
                 "backup (nothing was changed)"
             ) from None
         try:

@@ -32,6 +32,8 @@ from lotdeploy.fsutil import (
     break_lock,
     exclusive_lock,
     make_dirs,
+    parse_json,
+    read_json,
     read_regular_file,
 )
 from lotdeploy.secret import MIN_SCRUB_LENGTH, Secret
@@ -49,6 +51,9 @@ SCRYPT_P = 1
 SCRYPT_N_RANGE = (2**14, 2**17)
 SCRYPT_R_RANGE = (1, 8)
 SCRYPT_P_RANGE = (1, 4)
+
+#: A store holds a few passwords and keys: kilobytes. Nothing bigger is read.
+STORE_MAX_BYTES = 64 * 1024 * 1024
 
 #: How long a second writing run waits for the workspace before giving up.
 LOCK_TIMEOUT = 10.0
@@ -113,13 +118,15 @@ class SecretStore:
                 )
             return cls(path, passphrase, {}, os.urandom(16))
         try:
-            raw = path.read_bytes()
-        except OSError as exc:
+            doc = read_json(path, STORE_MAX_BYTES)
+        except UnreadableFile as exc:
+            if exc.reason.startswith("cannot read"):
+                raise SecretStoreError(f"{path}: {exc.about('the secret store')}") from None
             raise SecretStoreError(
-                f"{path}: cannot read the secret store: {exc.strerror}"
+                f"{path}: the secret store is damaged or truncated ({exc.reason}); restore it "
+                "from a backup (nothing was changed)"
             ) from None
         try:
-            doc = json.loads(raw)
             header = doc["header"]
             if header.get("format") != STORE_FORMAT or header.get("version") != STORE_VERSION:
                 raise ValueError("unknown format")
@@ -148,12 +155,12 @@ class SecretStore:
                 f"({hint}; nothing was changed)"
             ) from None
         try:
-            values = json.loads(plaintext)
+            values = parse_json(plaintext)
             if not isinstance(values, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in values.items()
             ):
                 raise ValueError
-        except ValueError:
+        except (ValueError, UnreadableFile):
             raise SecretStoreError(f"{path}: the secret store content is malformed") from None
         return cls(path, passphrase, values, salt)
 

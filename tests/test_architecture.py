@@ -56,6 +56,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.exitstatus",
             "lotdeploy.clientids",
             "lotdeploy.guard",
+            "lotdeploy.terminal",
         ),
     ),
 ]

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from lotdeploy.errors import LabError
+from lotdeploy.fsutil import write_marker
 from lotdeploy.lab import control, hosts, labstate, netns
 from lotdeploy.lab.hosts import STOCK_BASHRC, Layout
 from lotdeploy.lab.labstate import LabState, Node
@@ -495,6 +496,7 @@ def test_down_refuses_root_lab_for_non_root(
 ) -> None:
     monkeypatch.setattr(control.os, "geteuid", lambda: 1000)
     labstate.save(tmp_path, LabState(lab_id="x", mode="root", nodes=[]))
+    write_marker(tmp_path / control.MARKER, "lab", lab_id="x")  # what `lab up` writes first
     with pytest.raises(LabError, match="made as root"):
         control.down(tmp_path)
     with contextlib.suppress(FileNotFoundError):

@@ -18,11 +18,12 @@ never leave `bundles/`. Host failures are mapped to their node with Ansible's ow
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
 import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from typing import Any
 
 from lotdeploy.ansible import PLAYBOOKS
 from lotdeploy.errors import LotdeployError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import UnreadableFile, atomic_write, parse_json, read_regular_file
 from lotdeploy.guard import CONTROL_DIR_ENV as GUARD_CONTROL_DIR
 from lotdeploy.guard import shim
 from lotdeploy.secret import dumps, scrub
@@ -142,24 +143,49 @@ class PrivateDataDir:
         self, files: dict[str, list[tuple[str, bytes, int]]], vault: Path | None = None
     ) -> Iterator[Path]:
         """bundles/<node>/<name> for the run (mode 0600, directories 0700; vault-encrypted
-        with `vault`); always removed afterwards."""
-        shutil.rmtree(self.bundles, ignore_errors=True)
+        with `vault`); always removed afterwards. A `bundles` that is a symbolic link (only
+        the workspace's owner could plant one) is refused, never followed or emptied."""
+        self._remove_bundles()
         try:
             write_secret_files(self.bundles, files, vault)
             yield self.bundles
         finally:
-            shutil.rmtree(self.bundles, ignore_errors=True)
+            self._remove_bundles()
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every recorded run, oldest first (what `lotdeploy ansible-runs` lists)."""
-        path = self.root / "runs.jsonl"
-        if not path.exists():
-            return []
-        found = []
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
-        return found
+    def _remove_bundles(self) -> None:
+        try:
+            info = os.lstat(self.bundles)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):  # a link or a file: not what a run leaves
+            raise LotdeployError(
+                f"{self.bundles}: is not the directory runs write; refusing to remove it "
+                "or to write secret files there (remove it by hand)"
+            )
+        shutil.rmtree(self.bundles, ignore_errors=True)
+
+    def runs(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every recorded run, oldest first (what `lotdeploy ansible-runs` lists), and one
+        line per record that is not one (a torn last line, an edit), naming file and line.
+        The log is read by fsutil's bounded reader: never a hang, never a traceback."""
+        path = self.root / RUN_LOG
+        try:
+            raw = read_regular_file(path, RUN_LOG_MAX_BYTES)
+        except UnreadableFile as exc:
+            if exc.missing:
+                return [], []
+            raise LotdeployError(f"{path}: {exc.about('the run log')}") from None
+        found: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                found.append(_run_record(parse_json(line)))
+            except (UnreadableFile, ValueError) as exc:
+                why = exc.reason if isinstance(exc, UnreadableFile) else str(exc)
+                skipped.append(f"{path}:{number}: skipped: the line {why}")
+        return found, skipped
 
     def _record(self, run: PlaybookRun, nodes: list[str]) -> None:
         line = dumps(
@@ -182,7 +208,7 @@ class PrivateDataDir:
                 },
             }
         )
-        fd = os.open(self.root / "runs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.root / RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(line + "\n")
         kept = sorted(
@@ -192,18 +218,54 @@ class PrivateDataDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
+#: One line per run (`PrivateDataDir.runs`); a year of runs is a few MB.
+RUN_LOG = "runs.jsonl"
+RUN_LOG_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _run_record(doc: Any) -> dict[str, Any]:
+    """A run record as `_record` writes it, checked field by field (ValueError: what is
+    wrong), so a listing never trips over a hand-edited or torn line."""
+    if not isinstance(doc, dict):
+        raise ValueError("is not a JSON object")
+    for key in ("ident", "status", "artifacts"):
+        if not isinstance(doc.get(key), str):
+            raise ValueError(f"has no text {key!r}")
+    nodes, hosts = doc.get("nodes", []), doc.get("hosts", {})
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise ValueError("has no list of node names")
+    if not isinstance(hosts, dict) or not all(isinstance(h, dict) for h in hosts.values()):
+        raise ValueError("has no host results")
+    return doc
+
+
+def plain_directory(path: Path, mode: int) -> None:
+    """`path` as a directory of its own: created with `mode`, or one that is there (never a
+    symbolic link, which would send what is written into it elsewhere)."""
+    try:
+        path.mkdir(mode=mode)
+        os.chmod(path, mode)
+    except FileExistsError:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            why = f"is {what}; refusing to write into it"
+            raise OSError(errno.ENOTDIR, why, str(path)) from None
+
+
 def write_secret_files(
     directory: Path, files: dict[str, list[tuple[str, bytes, int]]], vault: Path | None = None
 ) -> None:
-    """DIR/<node>/<name>, each file 0600 in 0700 directories (Ansible Vault with `vault`)."""
+    """DIR/<node>/<name>, each file created 0600 (O_EXCL: never through a link planted
+    there) in 0700 directories that are no symbolic links (Ansible Vault with `vault`)."""
     password = None
     if vault is not None:
         from lotdeploy.ansible.vault import vault_password
 
         password = vault_password(vault)
-    directory.mkdir(mode=0o700, exist_ok=True)
+    plain_directory(directory, 0o700)
     for node, entries in files.items():
-        (directory / node).mkdir(mode=0o700, exist_ok=True)
+        plain_directory(directory / node, 0o700)
         for name, data, _mode in entries:
             if password is not None:
                 from lotdeploy.ansible.vault import encrypt
@@ -212,7 +274,7 @@ def write_secret_files(
             path = directory / node / name
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
 
@@ -238,7 +300,6 @@ def run_playbook(
     *,
     run_vars: dict[str, dict[str, Any]] | None = None,
     files: dict[str, list[tuple[str, bytes, int]]] | None = None,
-    extravars: dict[str, Any] | None = None,
     forks: int = 10,
     check: bool = False,
     diff: bool = False,
@@ -257,14 +318,17 @@ def run_playbook(
             "pip install 'lotdeploy[ansible]' (docs/ansible.md)"
         ) from None
 
+    from lotdeploy.ansible.inventory import vars_text
+
     pdd.prepare(forks)
     atomic_write(pdd.root / "inventory" / "hosts.yml", inventory, 0o600)
-    per_host = {"all": {"hosts": run_vars or {}}}
-    atomic_write(
-        pdd.root / "inventory" / "run.yml",
-        json.dumps(per_host, indent=1, sort_keys=True) + "\n",
-        0o600,
-    )
+    # The run's variables, lotdeploy_bundles included, as inventory variables tagged
+    # !unsafe: ansible-runner's extravars would be templated (a workspace path holding
+    # `{{ ... }}` would run on the controller).
+    per_host = {
+        "all": {"vars": {"lotdeploy_bundles": str(pdd.bundles)}, "hosts": run_vars or {}}
+    }
+    atomic_write(pdd.root / "inventory" / "run.yml", vars_text(per_host), 0o600)
     ident = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{Path(playbook).stem}-{secrets.token_hex(3)}"
     hosts = {n: HostResult(n) for n in nodes}
     started = time.monotonic()
@@ -339,7 +403,6 @@ def run_playbook(
     if vault_password_file is not None:
         words += ["--vault-password-file", str(Path(vault_password_file).resolve())]
     cmdline = shlex.join(words)
-    extra = {"lotdeploy_bundles": str(pdd.bundles), **(extravars or {})}
     try:
         with pdd.secret_files(files or {}, vault_password_file):
             runner = ansible_runner.run(
@@ -348,7 +411,6 @@ def run_playbook(
                 playbook=playbook,
                 inventory=str(pdd.root / "inventory"),
                 limit=",".join(nodes),
-                extravars=extra,
                 envvars=env,
                 ident=ident,
                 artifact_dir=str(pdd.root / "artifacts"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -43,6 +44,12 @@ _CONNACK: dict[int, tuple[int, str]] = {
 _CONNACK_BY_CODE = {code: text for code, text in _CONNACK.values()}
 #: What completes a publish, by QoS (paho calls QoS 0 published once written).
 _ACK = ("write", "PUBACK", "PUBCOMP")
+#: The largest packet a connection accepts by default. MQTT allows 256 MB, and paho reads a
+#: packet whole before anyone sees it: a broker could make a client hold gigabytes. Every
+#: reply lotdeploy expects is far smaller (a 1,000-route listing is ~150 KB).
+MAX_PACKET_BYTES = 16 * 1024 * 1024
+#: What the `messages` queue (and a BoundedQueue by default) holds at most, in payload bytes.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 class MqttError(Exception):
@@ -124,6 +131,49 @@ def _inbox(deliver: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aio
     return Inbox
 
 
+class BoundedQueue(asyncio.Queue[Message]):
+    """A message queue bounded in count and in payload bytes; `fits` says whether one more
+    message may go in (callers drop it otherwise, as they do for a full queue)."""
+
+    def __init__(self, maxsize: int = 0, max_bytes: int = MAX_QUEUED_BYTES) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def fits(self, msg: Message) -> bool:
+        return not self.full() and self.bytes + len(msg.payload) <= self.max_bytes
+
+    def _put(self, item: Message) -> None:
+        self.bytes += len(item.payload)
+        super()._put(item)
+
+    def _get(self) -> Message:
+        item: Message = super()._get()
+        self.bytes -= len(item.payload)
+        return item
+
+
+def _cap_packets(paho: Any, max_bytes: int, oversize: Callable[[int], None]) -> None:
+    """Refuse, before reading it, any incoming packet longer than `max_bytes`.
+
+    paho-mqtt (which aiomqtt wraps) reads a packet's remaining length, then the whole packet
+    into memory, asking the socket for all of it at once. Its receive call is wrapped: once
+    the length is known and too large, the call fails and paho drops the connection
+    (`oversize` is told the length first, for the close reason). paho's `_sock_recv` and
+    `_in_packet` are its own; the versions are pinned.
+    """
+    receive = paho._sock_recv
+
+    def bounded(size: int) -> bytes:
+        packet = paho._in_packet
+        if packet.get("have_remaining") and packet.get("remaining_length", 0) > max_bytes:
+            oversize(int(packet["remaining_length"]))
+            raise OSError(errno.EMSGSIZE, "packet too large")
+        return bytes(receive(size))
+
+    paho._sock_recv = bounded
+
+
 def _hang_up(client: aiomqtt.Client) -> None:
     """Drop a connection aiomqtt left half-open (no CONNACK in time, or connect cancelled).
 
@@ -161,6 +211,7 @@ class MqttConnection:
         on_message: Callable[[Message], None] | None = None,
         max_inflight: int = 20,
         source_address: str = "",
+        max_packet: int = MAX_PACKET_BYTES,
     ) -> None:
         self.host = host
         self.port = port
@@ -175,7 +226,9 @@ class MqttConnection:
         self._on_message = on_message
         self._max_inflight = max_inflight
         self._source_address = source_address
-        self.messages: asyncio.Queue[Message] = asyncio.Queue(maxsize=10_000)
+        self._max_packet = max_packet
+        self._oversize: int | None = None
+        self.messages: BoundedQueue = BoundedQueue(maxsize=10_000)
         self._client: aiomqtt.Client | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] | None = None
@@ -225,6 +278,7 @@ class MqttConnection:
         # paho bounds the TCP connect and the TLS handshake by its own timeout (default 5 s);
         # aiomqtt does not expose it, the paho Client it wraps does.
         client._client.connect_timeout = self._connect_timeout
+        _cap_packets(client._client, self._max_packet, self._note_oversize)
         entering = asyncio.ensure_future(client.__aenter__())
         try:
             await asyncio.shield(entering)
@@ -264,6 +318,9 @@ class MqttConnection:
             return MqttError(f"cannot connect to {self.where}: {cause.strerror or cause}")
         return MqttError(f"cannot connect to {self.where}: {type(exc).__name__}: {exc}")
 
+    def _note_oversize(self, length: int) -> None:
+        self._oversize = length
+
     def _deliver(self, item: aiomqtt.Message) -> None:
         payload = item.payload if isinstance(item.payload, bytes) else bytes(item.payload or b"")
         msg = Message(item.topic.value, payload, item.qos, bool(item.retain))
@@ -272,7 +329,7 @@ class MqttConnection:
                 self._on_message(msg)
             except Exception:  # a consumer's bug must not tear the connection down
                 log.exception("message handler failed on %s", self.where)
-        elif self.messages.full():
+        elif not self.messages.fits(msg):
             log.warning("dropping a message from %s: receive queue full", self.where)
         else:
             self.messages.put_nowait(msg)
@@ -283,7 +340,13 @@ class MqttConnection:
             async for _ in client.messages:  # never yields: the Inbox hands messages over
                 pass
         except aiomqtt.MqttError as exc:
-            self._fail(_lost_reason(exc.__cause__))
+            if self._oversize is not None:
+                self._fail(
+                    f"closed: it sent a packet of {self._oversize} bytes, more than the "
+                    f"{self._max_packet} accepted"
+                )
+            else:
+                self._fail(_lost_reason(exc.__cause__))
 
     def _fail(self, reason: str) -> None:
         """Mark closed once and wake every waiter."""

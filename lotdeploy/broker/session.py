@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import ssl
@@ -19,8 +18,9 @@ import uuid
 from dataclasses import replace
 from typing import Any, Literal
 
-from lotdeploy.broker.mqtt import ConnectRefused, Message, MqttConnection, MqttError
+from lotdeploy.broker.mqtt import BoundedQueue, ConnectRefused, Message, MqttConnection, MqttError
 from lotdeploy.errors import BrokerError
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.lot import strip_comments
 from lotdeploy.protocol import (
     COMMAND_TOPIC,
@@ -131,10 +131,11 @@ class BrokerClient:
         self._server_hostname = server_hostname
         self._conn: MqttConnection | None = None
         self._lock = asyncio.Lock()
-        self._replies: asyncio.Queue[Message] = asyncio.Queue(maxsize=1000)
-        self._watchers: dict[str, list[asyncio.Queue[Message]]] = {}
+        # bounded in count and bytes: a broker flooding replies costs at most MAX_QUEUED_BYTES
+        self._replies: BoundedQueue = BoundedQueue(maxsize=1000)
+        self._watchers: dict[str, list[BoundedQueue]] = {}
         #: wildcard filters being read (`read_topics`), each with its queue
-        self._filter_watchers: list[tuple[str, asyncio.Queue[Message]]] = []
+        self._filter_watchers: list[tuple[str, BoundedQueue]] = []
         #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
         #: connect is one): the routes the broker ran then, with no further round trip.
         self.last_listing: Reply | None = None
@@ -151,6 +152,11 @@ class BrokerClient:
 
     def _error(self, cause: str) -> BrokerError:
         return BrokerError(self.node_name, scrub(cause))
+
+    @staticmethod
+    def _why(conn: MqttConnection | None) -> str:
+        """`: <why the connection ended>` (a packet too large, a lost link), when it did."""
+        return f": {conn.close_reason}" if conn is not None and conn.close_reason else ""
 
     async def connect(self) -> None:
         """Connect, authenticate, subscribe to the Output topic (before any publish)."""
@@ -186,14 +192,14 @@ class BrokerClient:
 
     def _on_message(self, msg: Message) -> None:
         if msg.topic == OUTPUT_TOPIC:
-            if not self._replies.full():
+            if self._replies.fits(msg):
                 self._replies.put_nowait(msg)
             return
         for queue in self._watchers.get(msg.topic, []):
-            if not queue.full():
+            if queue.fits(msg):
                 queue.put_nowait(msg)
         for topic_filter, queue in self._filter_watchers:
-            if topic_matches(topic_filter, msg.topic) and not queue.full():
+            if topic_matches(topic_filter, msg.topic) and queue.fits(msg):
                 queue.put_nowait(msg)
 
     async def _detect_request_ids(self) -> None:
@@ -233,7 +239,7 @@ class BrokerClient:
             )
         conn = self._conn
         if conn is None or not conn.connected:
-            raise self._error(f"not connected (cannot send -{verb})")
+            raise self._error(f"not connected{self._why(conn)} (cannot send -{verb})")
         async with self._lock:
             while not self._replies.empty():  # stale replies of other admins or timed-out calls
                 self._replies.get_nowait()
@@ -426,8 +432,8 @@ class BrokerClient:
         if msg is None:
             return None
         try:
-            doc = json.loads(msg.payload)
-        except ValueError:
+            doc = parse_json(msg.payload)
+        except UnreadableFile:
             return None
         return doc if isinstance(doc, dict) else None
 
@@ -441,7 +447,7 @@ class BrokerClient:
         conn = self._conn
         if conn is None or not conn.connected:
             raise self._error("not connected")
-        arrived: asyncio.Queue[Message] = asyncio.Queue(maxsize=limit)
+        arrived = BoundedQueue(maxsize=limit)
         watchers = [(f, arrived) for f in filters]
         self._filter_watchers += watchers
         found: dict[str, bytes] = {}
@@ -485,10 +491,10 @@ class BrokerClient:
         topic had one or `timeout` passed; topics with none are left out."""
         conn = self._conn
         if conn is None or not conn.connected:
-            raise self._error("not connected")
+            raise self._error(f"not connected{self._why(conn)}")
         if not topics:
             return {}
-        arrived: asyncio.Queue[Message] = asyncio.Queue(maxsize=len(topics) * 4)
+        arrived = BoundedQueue(maxsize=len(topics) * 4)
         for topic in topics:
             self._watchers.setdefault(topic, []).append(arrived)
         found: dict[str, Message] = {}
@@ -523,8 +529,8 @@ class BrokerClient:
     async def _watch_once(self, topic: str, timeout: float) -> Message | None:
         conn = self._conn
         if conn is None or not conn.connected:
-            raise self._error("not connected")
-        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=100)
+            raise self._error(f"not connected{self._why(conn)}")
+        queue = BoundedQueue(maxsize=100)
         self._watchers.setdefault(topic, []).append(queue)
         try:
             try:

@@ -25,13 +25,17 @@ def inventory(site: Path, out: Path | None) -> None:
       lotdeploy inventory site.yaml --out hosts.yml && ansible-inventory -i hosts.yml --list
     """
     from lotdeploy.ansible.inventory import inventory_text
-    from lotdeploy.fsutil import atomic_write
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.fsutil import write_output
 
     text = inventory_text(load(site).site)
     if out is None:
         click.echo(text, nl=False)
     else:
-        atomic_write(out, text, 0o644)
+        try:
+            write_output(out, text, 0o644)
+        except OSError as exc:
+            raise LotdeployError(f"{out}: cannot write the inventory: {exc.strerror}") from None
         click.echo(f"inventory: {out}")
 
 
@@ -84,7 +88,10 @@ def ansible_runs(site: Path, workspace_dir: Path | None) -> None:
     from lotdeploy.workspace import Workspace
 
     workspace = Workspace.for_site(site, workspace_dir)
-    for run in PrivateDataDir(workspace.root).runs():
+    runs, skipped = PrivateDataDir(workspace.root).runs()
+    for line in skipped:
+        click.echo(f"warning: {line}", err=True)
+    for run in runs:
         failed = sorted(n for n, h in run.get("hosts", {}).items() if not h.get("ok"))
         click.echo(
             f"{run['ident']}  {run['status']:<10} {len(run.get('nodes', []))} node(s)"

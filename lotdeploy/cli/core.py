@@ -38,14 +38,14 @@ def init(directory: Path, force: bool) -> None:
       lotdeploy init plant-a && lotdeploy validate plant-a/site.yaml
     """
     from lotdeploy.compiler.templates import builtin_templates_dir
-    from lotdeploy.fsutil import atomic_write
+    from lotdeploy.fsutil import write_output
 
     target = directory / "site.yaml"
-    if target.exists() and not force:
+    if (target.exists() or target.is_symlink()) and not force:
         raise LotdeployError(f"{target} already exists (use --force to overwrite)")
     example = (builtin_templates_dir() / "example-site.yaml").read_text()
     try:
-        atomic_write(target, example)
+        write_output(target, example)
     except OSError as exc:
         raise LotdeployError(f"{target}: cannot write: {exc.strerror}") from None
     click.echo(f"wrote {target}; next: lotdeploy plan {target}")

@@ -87,17 +87,22 @@ class Progress:
         if not as_json and interactive() and nodes:
             from rich.live import Live
 
-            self.live = Live(self._table(), refresh_per_second=8, transient=False)
+            from lotdeploy.terminal import rich_console
+
+            self.live = Live(
+                self._table(), refresh_per_second=8, transient=False, console=rich_console()
+            )
 
     def _table(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("node", "step", "status", "detail"):
             table.add_column(column)
         styles = {"ok": "green", "fail": "red", "start": "yellow", "skip": "dim"}
-        for node, (step, status, detail) in self.rows.items():
-            table.add_row(node, step, f"[{styles.get(status, '')}]{status}[/]", detail)
+        for node, (step, status, detail) in self.rows.items():  # Text: never markup
+            table.add_row(node, step, Text(status, style=styles.get(status, "")), Text(detail))
         return table
 
     def __enter__(self) -> Progress:
@@ -503,11 +508,13 @@ def _record_refresh(
 
 
 def _looks_like_plan(path: Path) -> bool:
-    """A saved plan is JSON with our format marker; a site spec is YAML."""
+    """A saved plan is JSON with our format marker; a site spec is YAML. Anything but a
+    regular file is neither (fsutil: a FIFO is never opened), and loading it says so."""
+    from lotdeploy.fsutil import UnreadableFile, read_prefix
+
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(200)
-    except OSError:
+        head = read_prefix(path, 200)
+    except UnreadableFile:
         return False
     return head.lstrip().startswith(b"{") and b"lotdeploy-plan" in head
 

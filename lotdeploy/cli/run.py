@@ -2,7 +2,8 @@
 
 Exit statuses are `lotdeploy.exitstatus.ExitStatus`; every error a user can cause is one line
 `lotdeploy: error: ...` (a spec error: one `file:line:col` line per problem), never a
-traceback.
+traceback. Everything printed goes through `lotdeploy.terminal`'s guard (secrets scrubbed,
+control characters shown as escapes), installed first thing.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ PROG = "lotdeploy"
 
 
 def error_line(message: str) -> str:
-    """The one shape of an error message, whatever the command."""
+    """The one shape of an error message, whatever the command: one line, even when the
+    message quotes something from outside (a name in a damaged file) that holds a line
+    break; the break is shown as `\\n` (the terminal guard shows other controls)."""
     from lotdeploy.secret import scrub
 
-    return f"{PROG}: error: {scrub(message)}"
+    return f"{PROG}: error: {one_line(scrub(message))}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks shown, not made."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _show_usage_error(exc: click.UsageError) -> None:
@@ -49,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     output never gets an empty stream. Output that cannot be written (a full disk, a closed
     pipe) is an error too: a truncated `plan --json` must not exit 0.
     """
+    from lotdeploy import terminal
+
+    terminal.install()  # every print path from here on: secrets scrubbed, escapes shown
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
     if args[:1] != ["lab"]:
@@ -108,7 +119,7 @@ def report(exc: BaseException) -> int:
 
     if isinstance(exc, SpecError):
         for diagnostic in exc.diagnostics:
-            click.echo(scrub(str(diagnostic)), err=True)
+            click.echo(one_line(scrub(str(diagnostic))), err=True)
         return ExitStatus.ERROR
     if isinstance(exc, LotdeployError):
         click.echo(error_line(str(exc)), err=True)

@@ -2,7 +2,8 @@
 
 On a terminal, tables are drawn by rich with status words coloured; piped or in CI they are
 plain aligned columns (stable, grep- and awk-friendly). rich is imported only to draw on a
-terminal. Nothing here ever sees a secret.
+terminal, through `lotdeploy.terminal.rich_console` (every cell's text cleaned of escape
+sequences). Nothing here ever sees a secret.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def _rich_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from lotdeploy.terminal import rich_console
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in header:
         table.add_column(column)
-    for row in rows:
+    for row in rows:  # Text, not markup: a cell from a broker cannot pick its own style
         table.add_row(*(Text(str(c), style=STATUS_STYLES.get(str(c), "")) for c in row))
-    Console().print(table)
+    rich_console().print(table)

@@ -199,15 +199,18 @@ def verify(
     try:
         save_last(workspace, result)
         if report_file is not None:
-            from lotdeploy.fsutil import atomic_write
+            from lotdeploy.fsutil import write_output
 
-            atomic_write(report_file, html_report(result))
+            write_output(report_file, html_report(result))
             written.append(f"HTML report: {report_file.resolve()}")
         if prometheus_file is not None:
             write_prometheus(result, prometheus_file)
             written.append(f"Prometheus textfile: {prometheus_file.resolve()}")
     except OSError as exc:
-        raise LotdeployError(f"cannot write the verify output: {exc.strerror or exc}") from None
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise LotdeployError(
+            f"{where}cannot write the verify output: {exc.strerror or exc}"
+        ) from None
     if as_json:
         click.echo(dumps(result.to_json()))
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lotdeploy import protocol
 from lotdeploy.errors import LabError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import UnreadableFile, atomic_write, read_marker, write_marker
 from lotdeploy.lab import hosts, labstate, netns
 from lotdeploy.lab.extras import require_lab_extra
 from lotdeploy.lab.hosts import Layout
@@ -42,6 +42,40 @@ USER_TOOLS = {"sshd": "openssh-server", "ssh-keygen": "openssh-client", "ssh": "
 USER_PORTS = {"ssh": 2222, "admin": 11883, "tls": 18883}
 MOUNTPOINT_REGISTRY = Path("/run/lotdeploy-lab/created-mountpoints")
 LAB_FILES = ("site.yaml", "known_hosts", "keys", "secrets", "nodes", "node-home", ".lab")
+#: What `up` writes into the lab directory before anything else: `down` removes files only
+#: where it finds it (a directory that merely looks like a lab keeps its site.yaml, keys/...).
+MARKER = Path(".lab") / "marker.json"
+
+
+def is_lab(lab_dir: Path) -> bool:
+    """True when `lab_dir` holds a lab `up` made: its marker, or (a lab made before markers
+    existed) a lab state recorded for this very directory."""
+    try:
+        if read_marker(lab_dir / MARKER, "lab") is not None:
+            return True
+    except UnreadableFile as exc:
+        raise LabError(f"{lab_dir / MARKER}: {exc.reason}; refusing to touch {lab_dir}") from None
+    try:
+        state = labstate.load(lab_dir)
+    except LabError:
+        return False
+    return state is not None and state.lab_id == labstate.lab_id_for(lab_dir)
+
+
+def _claim(lab_dir: Path) -> None:
+    """Make `lab_dir` a lab directory: a new or empty one, or a lab's; never someone's
+    project directory (up would write site.yaml, keys/ and secrets/ over theirs)."""
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    if is_lab(lab_dir):
+        if not (lab_dir / MARKER).exists():
+            write_marker(lab_dir / MARKER, "lab", lab_id=labstate.lab_id_for(lab_dir))
+        return
+    if any(lab_dir.iterdir()):
+        raise LabError(
+            f"{lab_dir} is not empty and holds no lab (no {MARKER}): lab up writes site.yaml, "
+            "keys/ and secrets/ only into a new or empty directory"
+        )
+    write_marker(lab_dir / MARKER, "lab", lab_id=labstate.lab_id_for(lab_dir))
 
 
 def _quiet(_msg: str) -> None:
@@ -78,7 +112,7 @@ def up(
     mode = detect_mode(mode)
     require_tools(ROOT_TOOLS if mode == "root" else USER_TOOLS)
     lab_dir = lab_dir.resolve()
-    lab_dir.mkdir(parents=True, exist_ok=True)
+    _claim(lab_dir)
     layout = Layout(lab_dir)
     with labstate.locked(lab_dir):
         existing = labstate.load(lab_dir)
@@ -404,10 +438,15 @@ def problems(state: LabState) -> list[str]:
 def down(lab_dir: Path, echo: Echo = _quiet) -> list[str]:
     """Remove everything the lab made, from its state and by its naming (after a crash too)."""
     lab_dir = lab_dir.resolve()
-    state = labstate.load(lab_dir) if lab_dir.exists() else None
+    ours = lab_dir.is_dir() and is_lab(lab_dir)
+    if lab_dir.exists() and not ours and (not lab_dir.is_dir() or any(lab_dir.iterdir())):
+        raise LabError(
+            f"{lab_dir} holds no lab made by `lotdeploy lab up` (no {MARKER}): nothing removed"
+        )
+    state = labstate.load(lab_dir) if ours else None
     if state is not None and state.mode == "root" and os.geteuid() != 0:
         raise LabError(f"the lab in {lab_dir} was made as root; run `lab down` as root")
-    if not lab_dir.exists():
+    if not ours:  # nothing of ours on disk: what the lab's naming finds (a crashed up's)
         removed = _teardown(lab_dir, None, echo=echo, keep_files=True)
     else:
         with labstate.locked(lab_dir):
@@ -442,8 +481,10 @@ def _teardown(lab_dir: Path, state: LabState | None, *, echo: Echo, keep_files: 
         netns.delete_host_rules(lab_id)
         _remove_mountpoints()
     if not keep_files and lab_dir.exists():
-        for name in LAB_FILES:
+        for name in LAB_FILES:  # `.lab` (the marker) last, and only when the rest went
             path = lab_dir / name
+            if name == ".lab" and any((lab_dir / n).exists() for n in LAB_FILES[:-1]):
+                break
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lotdeploy import protocol
 from lotdeploy.errors import LabError
-from lotdeploy.fsutil import LockBusy, atomic_write, exclusive_lock
+from lotdeploy.fsutil import LockBusy, UnreadableFile, atomic_write, exclusive_lock, read_json
 
 REGION_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAX_NODES = 60
@@ -188,6 +188,10 @@ def parse_ms(text: str) -> int:
     return int(text)
 
 
+#: A lab's state names its nodes and processes: kilobytes. Nothing bigger is read.
+LAB_STATE_MAX_BYTES = 16 * 1024 * 1024
+
+
 def state_path(directory: Path) -> Path:
     return directory / ".lab" / "state.json"
 
@@ -196,15 +200,15 @@ def load(directory: Path) -> LabState | None:
     """The lab's state, None when no lab was ever started here; LabError when unreadable."""
     path = state_path(directory)
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise LabError(f"cannot read lab state {path}: {exc}") from None
+        raw = read_json(path, LAB_STATE_MAX_BYTES)
+    except UnreadableFile as exc:
+        if exc.missing:
+            return None
+        raise LabError(f"{path}: {exc.about('the lab state')}") from None
     try:
         nodes = [Node(**n) for n in raw.pop("nodes")]
         return LabState(nodes=nodes, **raw)
-    except (TypeError, KeyError) as exc:
+    except (TypeError, KeyError, AttributeError) as exc:
         raise LabError(f"lab state {path} is not from this lotdeploy version: {exc}") from None
 
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from lotdeploy.errors import PkiError, WorkspaceError
-from lotdeploy.fsutil import atomic_write, atomic_write_many
+from lotdeploy.fsutil import UnreadableFile, atomic_write, atomic_write_many, read_regular_file
 from lotdeploy.pki.ca import ca_id
 from lotdeploy.state import Rotation, StateStore
 from lotdeploy.workspace import Workspace
@@ -35,13 +35,18 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+#: A certificate or a CRL file of the workspace: kilobytes. Nothing bigger is read.
+PKI_FILE_MAX_BYTES = 16 * 1024 * 1024
+
+
 def _read(path: Path) -> bytes | None:
+    """fsutil's bounded reader: a FIFO or device planted in the workspace never hangs."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise WorkspaceError(f"{path}: cannot read: {exc.strerror}") from None
+        return read_regular_file(path, PKI_FILE_MAX_BYTES)
+    except UnreadableFile as exc:
+        if exc.missing:
+            return None
+        raise WorkspaceError(f"{path}: {exc.about('the file')}") from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lotdeploy.errors import WorkspaceError
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import UnreadableFile, atomic_write, read_json, write_output
 from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display
 from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.diff import NodeSteps, Plan, node_change_groups
@@ -272,28 +272,31 @@ def write_plan(plan: Plan, path: Path) -> None:
     """Save the plan document, written piece by piece (a 1,000-node plan's document is
     most of a gigabyte: never held whole in memory)."""
     try:
-        atomic_write(path, iter_json(plan), mode=0o600)
+        write_output(path, iter_json(plan), mode=0o600)
     except OSError as exc:
         raise WorkspaceError(f"{path}: cannot write the plan: {exc.strerror}") from None
 
 
+#: A saved 1,000-node plan (999,000 changes) is about 0.9 GB; nothing bigger is read.
+PLAN_MAX_BYTES = 2 * 1024**3
+
+
 def read_plan(path: Path) -> Plan:
-    """A saved plan, validated; a file that is not one is a clear error."""
+    """A saved plan, validated; a file that is not one is a clear error (one line naming
+    the file; fsutil.read_json: a FIFO or a device is never opened for reading)."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkspaceError(
-            f"{path}: cannot read the plan: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
+        doc = read_json(path, PLAN_MAX_BYTES)
+    except UnreadableFile as exc:
+        raise WorkspaceError(f"{path}: {exc.about('the plan')}") from None
     try:
-        return plan_from_document(json.loads(text))
+        return plan_from_document(doc)
     except EditedPlan:
         raise WorkspaceError(
             f"{path}: the plan was edited after it was saved (its digest does not match what "
             "it says); nothing was applied: plan again and review it"
         ) from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise WorkspaceError(f"{path}: not a lotdeploy plan ({exc})") from None
+        raise WorkspaceError(f"{path}: not a lotdeploy plan ({scrub(str(exc))[:200]})") from None
 
 
 def write_reference(plan: Plan, path: Path) -> None:

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from lotdeploy import terminal
 from lotdeploy.plan.changes import Attr, Change
 from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.diff import NodeSteps, Plan, node_change_groups
 from lotdeploy.secret import SENSITIVE
 
-_SGR = {"green": 32, "yellow": 33, "red": 31, "magenta": 35}
 _COLOURS = {"create": "green", "update": "yellow", "delete": "red", "replace": "magenta"}
 
 
 def style(text: str, fg: str | None = None, bold: bool = False) -> str:
-    """`text` in ANSI colour (the same escapes click.style writes)."""
-    codes = (f"\x1b[{_SGR[fg]}m" if fg else "") + ("\x1b[1m" if bold else "")
-    return f"{codes}{text}\x1b[0m" if codes else text
+    """`text` in colour, by the terminal sanitiser's rule (lotdeploy.terminal.style)."""
+    return terminal.style(text, fg, bold)
 
 
 def _route_line(change: Change) -> str:

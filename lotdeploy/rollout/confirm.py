@@ -22,7 +22,6 @@ firewall, the address).
 
 from __future__ import annotations
 
-import json
 import posixpath
 import secrets
 import shlex
@@ -35,6 +34,7 @@ from lotdeploy.apply.engine import ApplyResult, NodeOutcome, apply_plan
 from lotdeploy.apply.events import Event, Reporter
 from lotdeploy.apply.release import CONFIRM_DIR, RELEASES, NodePaths, disarm_timers, release_id
 from lotdeploy.errors import LotdeployError
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.model import Node, Site
 from lotdeploy.plan.diff import Plan
 from lotdeploy.render import MANIFEST, ROUTE_FILE, iter_bundles
@@ -121,9 +121,14 @@ def arm(transport: Transport, node: Node, previous: str, new: str, timeout: int)
     raw = transport.get(posixpath.join(paths.release(previous), MANIFEST))
     if raw is None:
         raise LotdeployError(f"node {node.name}: release {previous} has no manifest to revert to")
-    files = json.loads(raw)["files"]
-    tls = sorted(name for name in files if name != ROUTE_FILE)
-    modes = {name: str(files[name]["mode"]) for name in tls}
+    try:  # from the node: read as strictly as any file lotdeploy reads back
+        files = parse_json(raw)["files"]
+        tls = sorted(str(name) for name in files if name != ROUTE_FILE)
+        modes = {name: str(files[name]["mode"]) for name in tls}
+    except (UnreadableFile, KeyError, TypeError, AttributeError):
+        raise LotdeployError(
+            f"node {node.name}: release {previous} has a damaged manifest to revert to"
+        ) from None
     token = secrets.token_hex(8)
     directory = posixpath.join(paths.release_dir, CONFIRM_DIR)
     script = posixpath.join(directory, f"{token}.sh")

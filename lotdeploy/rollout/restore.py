@@ -16,7 +16,6 @@ Both the automatic rollback of a rollout and `lotdeploy rollback` use `restore_n
 
 from __future__ import annotations
 
-import json
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from lotdeploy.apply import activate
 from lotdeploy.apply.release import RELEASES, NodePaths, run_reload
 from lotdeploy.credentials import password_secret_name
 from lotdeploy.errors import LotdeployError
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.lot import format_route, parse
 from lotdeploy.model import ROUTE_PREFIX, Site, route_name_for, username_for_version
 from lotdeploy.protocol import CLUSTER_CONFIG_BLOCK
@@ -148,13 +148,13 @@ def restore_node(
     if manifest_raw is None or routes_raw is None:
         raise RestoreError(f"node {name}: release {target} on the node is incomplete")
     try:
-        manifest = json.loads(manifest_raw)
+        manifest = parse_json(manifest_raw)
         files: dict[str, dict[str, str]] = {
             str(k): {"sha256": str(v["sha256"]), "mode": str(v["mode"])}
             for k, v in manifest["files"].items()
         }
         version = int(manifest.get("credential_version", 1))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnreadableFile):
         raise RestoreError(f"node {name}: release {target} has a damaged manifest") from None
 
     # 0. the release must be whole before anything switches to it: every file its manifest

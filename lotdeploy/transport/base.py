@@ -18,6 +18,18 @@ from lotdeploy.errors import NodeError
 
 #: Default bound of one remote command, in seconds.
 COMMAND_TIMEOUT = 60.0
+#: What a remote command may write, per stream (stdout, stderr): every command lotdeploy
+#: runs prints a few lines. Beyond this the command is stopped and its step fails: a node
+#: (or a reload command) that floods its output must not cost the controller memory.
+MAX_OUTPUT_BYTES = 4 * 1024 * 1024
+
+
+def output_overflow(command: str) -> str:
+    """The one wording of that failure."""
+    return (
+        f"`{command_label(command)}` wrote more than {MAX_OUTPUT_BYTES // (1 << 20)} MiB of "
+        "output; it was stopped"
+    )
 
 
 def command_label(command: str) -> str:

@@ -14,28 +14,91 @@ local forward (`-O forward -L 127.0.0.1:PORT:HOST:PORT`) and cancels it afterwar
 from __future__ import annotations
 
 import contextlib
+import os
+import selectors
 import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lotdeploy.guard import guarded
 from lotdeploy.secret import scrub
 from lotdeploy.transport.base import (
     COMMAND_TIMEOUT,
+    MAX_OUTPUT_BYTES,
     HostKeyError,
     RunResult,
     Transport,
     TransportError,
+    output_overflow,
 )
 from lotdeploy.transport.ssh import _tail, command_label
 from lotdeploy.transport.sshopts import SshOptions
 
 _HOST_KEY_WORDS = ("host key verification failed", "remote host identification has changed")
+
+
+def bounded_run(
+    argv: list[str], data: bytes, timeout: float, max_output: int
+) -> subprocess.CompletedProcess[bytes]:
+    """subprocess.run(argv, input=data, capture_output=True, timeout=timeout), keeping at
+    most `max_output` bytes of each stream: past that the process is killed and the result
+    has `stdout=None`. subprocess.run would hold whatever the node sends."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    def feed(stdin: Any) -> None:
+        with contextlib.suppress(OSError):  # the process may end without reading it all
+            stdin.write(data)
+        with contextlib.suppress(OSError):
+            stdin.close()
+
+    writer = threading.Thread(target=feed, args=(proc.stdin,), daemon=True)
+    writer.start()
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    kept = {out_fd: bytearray(), err_fd: bytearray()}
+    deadline = time.monotonic() + timeout
+    overflow = False
+    with selectors.DefaultSelector() as selector:
+        for stream in (proc.stdout, proc.stderr):
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map() and not overflow:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(argv, timeout)
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif len(kept[key.fd]) + len(chunk) > max_output:
+                    overflow = True
+                    proc.kill()
+                    break
+                else:
+                    kept[key.fd] += chunk
+    try:
+        status = proc.wait(max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    writer.join(1.0)
+    if overflow:
+        return subprocess.CompletedProcess(argv, status, None, None)
+    return subprocess.CompletedProcess(argv, status, bytes(kept[out_fd]), bytes(kept[err_fd]))
 
 
 class OpenSshTransport(Transport):
@@ -123,17 +186,14 @@ class OpenSshTransport(Transport):
                 raise self._fail(f"the connection to {self.options.host} was lost")
             self.connect()
         try:
-            return subprocess.run(
-                [*self._base(), remote],
-                input=data if data is not None else b"",
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
+            proc = bounded_run([*self._base(), remote], data or b"", timeout, MAX_OUTPUT_BYTES)
         except subprocess.TimeoutExpired:
             raise self._fail(
                 f"`{command_label(remote)}` did not finish within {timeout:g} s"
             ) from None
+        if proc.stdout is None:  # bounded_run's mark: more output than allowed
+            raise self._fail(output_overflow(remote))
+        return proc
 
     def run(
         self, command: str, *, timeout: float = COMMAND_TIMEOUT, check: bool = True
@@ -155,13 +215,16 @@ class OpenSshTransport(Transport):
         return result
 
     def put(self, data: bytes, path: str, mode: int) -> None:
-        target = shlex.quote(path)
-        tmp = shlex.quote(f"{path}.lotdeploy-{int(time.monotonic_ns()) % 10**8}.tmp")
+        """Write atomically: `mktemp` creates the temporary beside `path` owner-only and
+        exclusively (an unguessable name, never a file or link planted there), the data and
+        then `mode` go in, sync, rename over `path` (`mv -T`: never into a directory)."""
         script = (
-            f"umask 077; cat > {tmp} && chmod {mode:04o} {tmp} && sync {tmp} && "
-            f"mv -f {tmp} {target} || {{ s=$?; rm -f {tmp}; exit $s; }}"
+            'umask 077; t=$(mktemp "$(dirname -- "$1")/.$(basename -- "$1").lotdeploy-XXXXXXXX'
+            '.tmp") || exit $?; if cat > "$t" && chmod "$2" "$t" && sync "$t" && '
+            'mv -Tf "$t" "$1"; then exit 0; fi; s=$?; rm -f "$t"; exit $s'
         )
-        proc = self._ssh(f"sh -c {shlex.quote(script)}", timeout=COMMAND_TIMEOUT, data=data)
+        args = shlex.join(["put", path, f"{mode:04o}"])
+        proc = self._ssh(f"sh -c {shlex.quote(script)} {args}", timeout=COMMAND_TIMEOUT, data=data)
         if proc.returncode != 0:
             tail = _tail(proc.stderr.decode(errors="replace"))
             raise self._fail(f"cannot write {path}: {tail or f'status {proc.returncode}'}")

@@ -29,18 +29,22 @@ from typing import Any
 
 import paramiko
 from fabric import Config, Connection
+from fabric.runners import Remote, RemoteShell
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import NoValidConnectionsError
 
+from lotdeploy.fsutil import UnreadableFile, read_prefix
 from lotdeploy.model import Node, SshTarget
 from lotdeploy.secret import scrub
 from lotdeploy.transport.base import (
     COMMAND_TIMEOUT,
+    MAX_OUTPUT_BYTES,
     HostKeyError,
     RunResult,
     Transport,
     TransportError,
     command_label,
+    output_overflow,
 )
 from lotdeploy.transport.sshopts import split_jump
 
@@ -315,6 +319,10 @@ class SshTransport(Transport):
         }
         if self.target.key is not None:
             path = self._local(self.target.key)
+            try:  # a regular file (fsutil's rule: a FIFO named as the key never hangs)
+                read_prefix(path, 0)
+            except UnreadableFile as exc:
+                raise self._fail(f"{path}: {exc.about('the key')}") from None
             try:
                 kwargs["pkey"] = paramiko.PKey.from_path(str(path))
             except (paramiko.PasswordRequiredException, TypeError) as exc:
@@ -344,7 +352,11 @@ class SshTransport(Transport):
     ) -> Connection:
         # An empty SSHConfig and lazy: precedence is decided in _resolve, not again by fabric
         # (whose ProxyJump gateways would accept any host key), and no ~/.fabric.yaml applies.
-        config = Config(ssh_config=paramiko.SSHConfig(), lazy=True)
+        config = Config(
+            ssh_config=paramiko.SSHConfig(),
+            lazy=True,
+            overrides={"runners": {"remote": _BoundedRemote, "remote_shell": RemoteShell}},
+        )
         conn = Connection(
             hop.host,
             user=hop.user,
@@ -483,6 +495,8 @@ class SshTransport(Transport):
             raise self._fail(
                 f"`{label}` failed: the connection to {self._label()} broke ({_os_cause(exc)})"
             ) from None
+        if getattr(result, "output_overflow", False):
+            raise self._fail(output_overflow(command))
         if result.exited == -1 and not conn.is_connected:
             raise self._fail(f"`{label}`: the connection to {self._label()} was lost")
         run = RunResult(
@@ -509,15 +523,17 @@ class SshTransport(Transport):
         return self._sftp
 
     def put(self, data: bytes, path: str, mode: int) -> None:
-        """Write atomically: a temporary file beside `path`, its mode set before any byte is
-        written (a key is never readable by others, not even briefly), then renamed over
-        `path`. The owner of a file replaced is kept where the login may set it (root)."""
+        """Write atomically: a temporary file beside `path`, then renamed over `path`. The
+        temporary is *created* owner-only and exclusively (`_create_private`: never a
+        moment readable by others, never through a file or link planted at its name), and
+        gets `mode` before any byte is written. The owner of a file replaced is kept where
+        the login may set it (root)."""
         sftp = self._sftp_client()
         target = PurePosixPath(path)
         tmp = str(target.with_name(f".{target.name}.lotdeploy-{secrets.token_hex(4)}.tmp"))
         created = False
         try:
-            with sftp.open(tmp, "wb") as fh:
+            with _create_private(sftp, tmp) as fh:
                 created = True
                 fh.chmod(mode)
                 fh.set_pipelined(True)  # fast over latency, but write errors go unseen:
@@ -669,6 +685,60 @@ class SshTransport(Transport):
                     conn.close()
         self._conn = None
         self._gateway = None
+
+
+class _BoundedRemote(Remote):
+    """fabric's remote runner, keeping at most MAX_OUTPUT_BYTES of each output stream.
+
+    invoke keeps all of a command's output in memory (and joins it all again for every
+    chunk, for its watchers). Past the bound this runner stops reading and closes the
+    channel, which ends the command; the result says so (`output_overflow`)."""
+
+    overflow = False
+
+    def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Any) -> None:
+        kept = 0
+        for data in self.read_proc_output(reader):
+            kept += len(data)
+            if kept > MAX_OUTPUT_BYTES:
+                self.overflow = True
+                with contextlib.suppress(Exception):
+                    self.channel.close()
+                return
+            buffer_.append(data)  # no watchers, so nothing to respond to
+
+    def generate_result(self, **kwargs: Any) -> Any:
+        result = super().generate_result(**kwargs)
+        result.output_overflow = self.overflow
+        return result
+
+
+def _create_private(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
+    """Open a new file for writing whose permissions are owner-only from its creation.
+
+    paramiko's `SFTPClient.open` sends no permissions, so the server creates the file with
+    its default (0666 less its umask: 0644, readable by every user of the node) until a
+    chmod follows. SFTP's OPEN carries the permissions to create with (OpenSSH's
+    sftp-server passes them to open(2)), and EXCL refuses a name that is already there.
+    This is `open(path, "xb")` with those attributes (paramiko's own request, one round
+    trip, like `open`).
+    """
+    from paramiko.sftp import (
+        CMD_HANDLE,
+        CMD_OPEN,
+        SFTP_FLAG_CREATE,
+        SFTP_FLAG_EXCL,
+        SFTP_FLAG_WRITE,
+        SFTPError,
+    )
+
+    attributes = paramiko.SFTPAttributes()
+    attributes.st_mode = 0o600
+    flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+    kind, message = sftp._request(CMD_OPEN, path, flags, attributes)
+    if kind != CMD_HANDLE or message is None:
+        raise SFTPError("Expected handle")
+    return paramiko.SFTPFile(sftp, message.get_binary(), "wb", -1)
 
 
 class _Forward:

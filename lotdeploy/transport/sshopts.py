@@ -18,6 +18,15 @@ from lotdeploy.errors import LotdeployError
 from lotdeploy.model import Node, Site
 
 
+def literal(value: str) -> str:
+    """`value` as ssh reads it literally where it expands %-tokens (ProxyCommand, whose
+    result a shell runs; UserKnownHostsFile; IdentityFile): `%` doubled. Without it a jump
+    user `%r` becomes the node's user name inside ProxyCommand's shell command: a site
+    value would choose code to run on the controller (older OpenSSH did not refuse such
+    user names)."""
+    return value.replace("%", "%%")
+
+
 def split_jump(jump: str) -> tuple[str, str, str]:
     """"[user@]host[:port]" (IPv6 in brackets) -> (user, host, port), "" where not given."""
     user, _, hostport = jump.rpartition("@")
@@ -45,7 +54,7 @@ class SshOptions:
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
+            f"UserKnownHostsFile={literal(self.known_hosts)}",
             "-o",
             "GlobalKnownHostsFile=/dev/null",
             "-o",
@@ -64,16 +73,17 @@ class SshOptions:
     def proxy_command(self) -> list[str]:
         assert self.jump is not None
         user, host, port = split_jump(self.jump)
-        command = ["ssh", *self.strict_args(), "-p", port or "22", "-l", user or self.user]
+        command = ["ssh", *self.strict_args(), "-p", literal(port or "22")]
+        command += ["-l", literal(user or self.user)]
         if self.key is not None:
-            command += ["-o", "IdentitiesOnly=yes", "-i", self.key]
-        return [*command, "-W", "%h:%p", host]
+            command += ["-o", "IdentitiesOnly=yes", "-i", literal(self.key)]
+        return [*command, "-W", "%h:%p", literal(host)]
 
     def argv(self) -> list[str]:
         """`ssh` with everything up to (not including) the remote command."""
         args = ["ssh", *self.common_args(), "-p", str(self.port), "-l", self.user]
         if self.key is not None:
-            args += ["-i", self.key]
+            args += ["-i", literal(self.key)]
         return [*args, self.host]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lotdeploy.broker.monitoring import from_payloads
-from lotdeploy.fsutil import atomic_write
+from lotdeploy.fsutil import UnreadableFile, atomic_write, read_json, write_output
 from lotdeploy.model import Site
 from lotdeploy.secret import scrub
 from lotdeploy.verify.result import (
@@ -368,8 +368,9 @@ def _unix(iso: str) -> float:
 
 
 def write_prometheus(result: VerifyResult, path: Path) -> None:
-    """Atomically (the collector must never read half a file), mode 0644."""
-    atomic_write(path, prometheus_text(result), mode=0o644)
+    """Atomically (the collector must never read half a file), mode 0644; a path the user
+    names, so by fsutil.write_output's rules (a symlink is written through, never replaced)."""
+    write_output(path, prometheus_text(result), mode=0o644)
 
 
 # -- the last result, in the workspace ---------------------------------------------------
@@ -386,13 +387,30 @@ def save_last(workspace: Workspace, result: VerifyResult) -> Path:
     return path
 
 
+#: A 1,000-node verify records a million links: hundreds of MB. Nothing bigger is read.
+LAST_MAX_BYTES = 1024 * 1024 * 1024
+
+
+class LastUnreadable(Exception):
+    """The last result is there but cannot be used; the text says why (one line)."""
+
+
 def load_last(workspace: Workspace) -> VerifyResult | None:
-    """The last saved result, None when there is none or it cannot be read."""
+    """The last saved result, None when there is none; LastUnreadable naming the file when
+    it is there and cannot be read (fsutil.read_json: never a hang, never a traceback)."""
     path = last_path(workspace)
     try:
-        return VerifyResult.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        doc = read_json(path, LAST_MAX_BYTES)
+    except UnreadableFile as exc:
+        if exc.missing:
+            return None
+        raise LastUnreadable(f"{path}: {exc.about('the last verify result')}") from None
+    try:
+        return VerifyResult.from_json(doc)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LastUnreadable(
+            f"{path}: the last verify result is damaged ({scrub(str(exc))[:200]})"
+        ) from None
 
 
 def plan_advice(site: Site, workspace: Workspace) -> list[str]:
@@ -400,7 +418,10 @@ def plan_advice(site: Site, workspace: Workspace) -> list[str]:
     validity the site gives the link *now* (a window raised since is no longer advised)."""
     from lotdeploy.verify.advice import advise
 
-    last = load_last(workspace)
+    try:
+        last = load_last(workspace)
+    except LastUnreadable as exc:  # advice only: say so, and plan as usual
+        return [f"warning: {exc}; no validity advice (run lotdeploy verify again)"]
     if last is None or last.site != site.name:
         return []
     measured = last.latency()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lotdeploy.broker.mqtt import ConnectRefused, Message, MqttConnection, MqttError
+from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.secret import Secret, scrub
 
 #: Seconds the direct connection may take before the SSH fallback is tried.
@@ -136,12 +137,12 @@ class ProbeRun:
     def _receiver(self, name: str) -> Callable[[Message], None]:
         def on_message(msg: Message) -> None:
             now = time.monotonic()
-            try:
-                doc = json.loads(msg.payload)
+            try:  # whatever arrives on the probe topics: fsutil's strict JSON
+                doc = parse_json(msg.payload)
                 if doc.get("run") != self.run_id:
                     return
                 key = (name, str(doc["src"]), int(doc["seq"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (UnreadableFile, ValueError, KeyError, TypeError, AttributeError):
                 return
             times = self.arrivals[key]
             times.append(now)
