@@ -259,6 +259,12 @@ def apply_plan(
             [n for n in targets if steps[n].routes_add or steps[n].routes_remove],
             lambda n: _routes(run, n, bundles[n], steps[n]),
         )
+        if run.connect_timeout > 0:
+            run.each(
+                "connected",
+                [n for n in targets if steps[n].routes_add],
+                lambda n: _connected(run, n, steps[n].routes_add),
+            )
         run.each(
             "retire",
             [n for n in targets if steps[n].users_remove],
@@ -391,19 +397,28 @@ def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
     facts = StateStore(run.workspace).read().nodes.get(name, NodeRecord()).broker
     remove_first = facts.get("readd") != "overwrite"
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
-    # apply converged only when the links are up: wait (bounded) for each route it added,
-    # but for those to a peer that failed in this run (that failure is the node's to report)
-    peers = {route_name_for(n.name): n.name for n in run.site.nodes}
-    failed = {n for n, o in run.result.outcomes.items() if not o.ok}
-    wait = sorted(r for r in add if peers.get(r) not in failed)
     with activate.admin_session(run.site, node, run.transport(name)) as client:
         activate.apply_routes(client, name, remove, add, remove_first)
-        done = f"{len(add)} added, {len(set(remove) - set(add))} removed"
-        if wait and run.connect_timeout > 0:
-            done += "; " + activate.wait_connected(client, name, wait, run.connect_timeout)
-        if len(wait) < len(add):
-            done += f"; {len(add) - len(wait)} to a failed peer not waited for"
-    return done
+    return f"{len(add)} added, {len(set(remove) - set(add))} removed"
+
+
+def _connected(run: _Run, name: str, added: list[str]) -> str:
+    """Apply converged only when the links are up: wait (bounded) until the broker reports
+    each route this run added Connected, once every node's routes are in. Routes to a peer
+    that failed in this run are not waited for (that failure is the peer's to report)."""
+    peers = {route_name_for(n.name): n.name for n in run.site.nodes}
+    failed = {n for n, o in run.result.outcomes.items() if not o.ok}
+    wait = sorted(r for r in added if peers.get(r) not in failed)
+    skipped = (
+        f"; {len(added) - len(wait)} to a failed peer not waited for"
+        if len(wait) < len(added)
+        else ""
+    )
+    if not wait:
+        return "skip" if not skipped else skipped.lstrip("; ")
+    node = run.site.node(name)
+    with activate.admin_session(run.site, node, run.transport(name)) as client:
+        return activate.wait_connected(client, name, wait, run.connect_timeout) + skipped
 
 
 def _retire(run: _Run, name: str, users: list[str]) -> str:

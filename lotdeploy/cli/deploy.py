@@ -227,7 +227,7 @@ def apply(
       lotdeploy apply site.yaml --refresh-only --auto-approve
       lotdeploy apply site.yaml --pause-after canary && lotdeploy apply site.yaml --continue
     """
-    from lotdeploy.apply.engine import apply_plan
+    from lotdeploy.apply.engine import ApplyResult, NodeOutcome, apply_plan
     from lotdeploy.apply.saved import LATEST, require_fresh
     from lotdeploy.cli.term import interactive
     from lotdeploy.plan.document import read_plan
@@ -306,7 +306,9 @@ def apply(
             if code:
                 sys.exit(code)
             return
-        if not fresh.steps and not _pending(workspace):
+        # a node the refresh could not read is never reported as converged
+        unread = {n: e for n, e in (live.errors if live is not None else {}).items()}
+        if not fresh.steps and not _pending(workspace) and not unread:
             if as_json:
                 click.echo(dumps({"event": "summary", "changed": [], "failed": []}))
             elif saved is None:
@@ -318,27 +320,34 @@ def apply(
                     "No changes. Every node matches the recorded state (not read: --refresh=false)."
                 )
             return
-        if saved is None:
-            _confirm(auto_approve)
         started = time.monotonic()
-        kind = transport or site.transport
+        result = ApplyResult()
         files_phase = None
-        if kind == "ansible":
-            from lotdeploy.ansible.deliver import AnsibleFiles
+        if fresh.steps or _pending(workspace):
+            if saved is None:
+                _confirm(auto_approve)
+            kind = transport or site.transport
+            if kind == "ansible":
+                from lotdeploy.ansible.deliver import AnsibleFiles
 
-            files_phase = AnsibleFiles(accept_new_host_keys)
-        with Progress(as_json, sorted(fresh.steps)) as progress:
-            result = apply_plan(
-                site,
-                workspace,
-                fresh,
-                transport_factory(site, accept_new_host_keys, kind),
-                progress,
-                parallelism,
-                only=only,
-                files_phase=files_phase,
-                connect_timeout=connect_timeout,
-            )
+                files_phase = AnsibleFiles(accept_new_host_keys)
+            with Progress(as_json, sorted(fresh.steps)) as progress:
+                result = apply_plan(
+                    site,
+                    workspace,
+                    fresh,
+                    transport_factory(site, accept_new_host_keys, kind),
+                    progress,
+                    parallelism,
+                    only=only,
+                    files_phase=files_phase,
+                    connect_timeout=connect_timeout,
+                )
+        for node, error in sorted(unread.items()):
+            if node not in result.outcomes:
+                result.outcomes[node] = NodeOutcome(
+                    node, False, f"could not be read: {error}", "refresh"
+                )
         if files_phase is not None and files_phase.last is not None and not as_json:
             click.echo(f"ansible-runner artifacts: {files_phase.last.artifact_dir}")
     seconds = time.monotonic() - started

@@ -90,6 +90,8 @@ class Plan:
     #: made with `--refresh`: live nodes were read, and `drift` is what they showed
     refreshed: bool = False
     drift: dict[str, list[str]] = field(default_factory=dict)
+    #: nodes the refresh could not read (planned from their records as they are)
+    unread: list[str] = field(default_factory=list)
     #: the workspace the plan was made in (Workspace.identity): a saved plan applies there only
     workspace_id: str = ""
     #: the digest a saved plan carried (lotdeploy.plan.document.plan_digest); "" when fresh

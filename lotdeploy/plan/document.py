@@ -169,6 +169,7 @@ def _head(plan: Plan) -> dict[str, Any]:
         "only": plan.only,
         "refreshed": plan.refreshed,
         "drift": plan.drift,
+        "unread": plan.unread,
     }
 
 

@@ -82,6 +82,7 @@ def make_plan(
     plan.workspace_id = workspace.identity()
     if refresh is not None:
         plan.refreshed = True
+        plan.unread = sorted(refresh.errors)
         plan.drift = {
             node: [f for f in found if f != "never applied"]
             for node, found in sorted(refresh.findings.items())

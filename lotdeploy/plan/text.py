@@ -139,6 +139,11 @@ def iter_text(plan: Plan, colour: bool = False) -> Iterator[str]:
 def source_line(plan: Plan) -> str:
     """What the plan was made from (the header's second line): the recorded state only, or
     the live nodes too."""
+    if plan.refreshed and plan.unread:
+        return (
+            "  refreshed: made against what the live nodes run; could not read "
+            f"{', '.join(plan.unread)} (planned from the recorded state)"
+        )
     if plan.refreshed:
         return "  refreshed: made against what the live nodes run"
     return (
@@ -172,6 +177,8 @@ def summary_line(plan: Plan) -> str:
                 f"No changes to the site; apply restores what drifted on {len(plan.steps)} "
                 f"node{'s' if len(plan.steps) != 1 else ''}."
             )
+        if plan.refreshed and plan.unread:
+            return f"No changes on the nodes read; could not read {', '.join(plan.unread)}."
         if plan.refreshed:
             return "No changes. The live nodes run what the site says."
         return "No changes. The site matches the recorded state."
