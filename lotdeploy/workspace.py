@@ -55,8 +55,25 @@ SCRYPT_P_RANGE = (1, 4)
 #: A store holds a few passwords and keys: kilobytes. Nothing bigger is read.
 STORE_MAX_BYTES = 64 * 1024 * 1024
 
-#: How long a second writing run waits for the workspace before giving up.
+#: How long a second writing run waits for the workspace before giving up; the environment
+#: variable LOCK_WAIT_ENV sets another wait (0 to 3600 s: CI that should fail at once).
 LOCK_TIMEOUT = 10.0
+LOCK_WAIT_ENV = "LOTDEPLOY_LOCK_WAIT"
+
+
+def lock_wait() -> float:
+    """The wait for a busy workspace: LOTDEPLOY_LOCK_WAIT if it is a number of seconds."""
+    text = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    if not text:
+        return LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise WorkspaceError(f"{LOCK_WAIT_ENV}={text[:20]!r}: not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise WorkspaceError(f"{LOCK_WAIT_ENV}: must be from 0 to 3600 seconds")
+    return value
+
 
 PassphraseProvider = Callable[[bool], Secret]
 #: Asks the operator: (prompt text, ask twice to confirm) -> what was typed. The CLI has one.
@@ -331,7 +348,7 @@ class Workspace:
             raise WorkspaceError(f"{self.root}: workspace is not writable")
 
     @contextmanager
-    def lock(self, purpose: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    def lock(self, purpose: str, timeout: float | None = None) -> Iterator[None]:
         """Hold the workspace for one writing command (render, certs, creds, later apply).
 
         An advisory `flock` on `.lotdeploy/lock`: the kernel drops it when the process ends,
@@ -348,6 +365,7 @@ class Workspace:
             return
         self.ensure()
         path = self.root / "lock"
+        timeout = lock_wait() if timeout is None else timeout
         with ExitStack() as held:
             try:  # only taking the lock is translated; errors of the command pass through
                 held.enter_context(exclusive_lock(path, purpose, timeout))

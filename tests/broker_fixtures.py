@@ -207,10 +207,14 @@ async def subscriber(
     return conn
 
 
-async def drain(conn: MqttConnection, quiet: float = 0.5, limit: int = 100_000) -> list[Message]:
-    """Collect what arrives until nothing came for `quiet` seconds (bounded in count)."""
+async def drain(
+    conn: MqttConnection, quiet: float = 0.5, limit: int = 100_000, total: float = 60.0
+) -> list[Message]:
+    """Collect what arrives until nothing came for `quiet` seconds (bounded in count, and
+    in time by `total`: a topic a broker keeps publishing on never goes quiet)."""
     out: list[Message] = []
-    while len(out) < limit:
+    deadline = time.monotonic() + total
+    while len(out) < limit and time.monotonic() < deadline:
         try:
             out.append(await asyncio.wait_for(conn.messages.get(), quiet))
         except TimeoutError:

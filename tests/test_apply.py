@@ -44,6 +44,8 @@ from tests.lab_fixtures import lab_cli, leftovers, skip_unless_root
 pytestmark = pytest.mark.root
 
 ENV = {"LOTDEPLOY_PASSPHRASE": TEST_PASSPHRASE}
+#: a run that meets a held workspace gives up after 1 s instead of 10 (LOTDEPLOY_LOCK_WAIT)
+QUICK_LOCK = {"LOTDEPLOY_LOCK_WAIT": "1"}
 ROUTES_WAIT = 20.0
 #: Everything the module's commands printed, for the secret check at the end.
 OUTPUTS: list[str] = []
@@ -74,9 +76,11 @@ class Lab:
     def state(self) -> State:
         return StateStore(self.workspace()).read()
 
-    def cli(self, *args: str | Path, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str | Path, expect: int | None = 0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """The real `lotdeploy ARGS`, from the lab directory; output kept for the secret check."""
-        proc = run_cli(*args, env=ENV, cwd=self.dir)
+        proc = run_cli(*args, env={**ENV, **(env or {})}, cwd=self.dir)
         self.outputs += [proc.stdout, proc.stderr]
         if expect is not None:
             assert proc.returncode == expect, (
@@ -447,7 +451,7 @@ def test_a_concurrent_apply_is_refused_by_the_lock(converged: Lab) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
-        proc = lab.cli("apply", lab.site_file, "--auto-approve", expect=1)
+        proc = lab.cli("apply", lab.site_file, "--auto-approve", expect=1, env=QUICK_LOCK)
         assert time.monotonic() - started < 15
         assert "is in use by another lotdeploy run" in proc.stderr
         assert f"pid {holder.pid}" in proc.stderr, proc.stderr

@@ -80,7 +80,12 @@ def test_remove_all_routes_is_never_sent() -> None:
     """It would wipe routes lotdeploy does not own: refused before anything is published."""
     client = BrokerClient("n1", "127.0.0.40", 1, "root", Secret("pw-pw-pw"))
     # a broker that takes any case and --kebab-case aliases would read these the same
-    for spelled in ("-removeAllRoutes", "removeallroutes", "--remove-all-routes", "-REMOVEALLROUTES"):
+    for spelled in (
+        "-removeAllRoutes",
+        "removeallroutes",
+        "--remove-all-routes",
+        "-REMOVEALLROUTES",
+    ):
         with pytest.raises(BrokerError, match="never sent"):
             asyncio.run(client.command(spelled))
 

@@ -289,8 +289,10 @@ def test_usage_errors_exit_1_so_they_never_look_like_changes(tmp_path: Path) -> 
 def test_certs_list_exit_2_reaches_the_shell(tmp_path: Path) -> None:
     """Through the real entry point, not CliRunner: `action needed` must be exit 2 for cron."""
     site = tmp_path / "site.yaml"
-    site.write_text("site: s\ndefaults: {tls: true}\nnodes:\n  - {name: a, address: 10.0.0.1}\n"
-                    "  - {name: b, address: 10.0.0.2}\n")
+    site.write_text(
+        "site: s\ndefaults: {tls: true}\nnodes:\n  - {name: a, address: 10.0.0.1}\n"
+        "  - {name: b, address: 10.0.0.2}\n"
+    )
     missing = run_cli("certs", "list", site)
     assert missing.returncode == 2, missing.stderr
     assert run_cli("render", site, "--out", tmp_path / "out", env=ENV).returncode == 0

@@ -39,7 +39,7 @@ from lotdeploy.apply.activate import admin_password, admin_session
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_TLS_DIR
 from lotdeploy.rollout.confirm import arm
 from tests.lab_fixtures import skip_unless_root
-from tests.test_apply import ENV, Lab, full_tmpfs, lab_up, summary, wait_for
+from tests.test_apply import ENV, QUICK_LOCK, Lab, full_tmpfs, lab_up, summary, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -186,9 +186,7 @@ def test_refresh_only_records_what_the_nodes_run_and_the_next_plan_puts_it_back(
     proc = lab.cli("apply", lab.site_file, "--refresh-only", "--auto-approve")
     assert "~ node us1: route/lotdeploy_eu1: missing" in proc.stdout
     record = lab.state().nodes["us1"]
-    assert "lotdeploy_eu1" in record.routes and record.drift == {
-        "route/lotdeploy_eu1": "missing"
-    }
+    assert "lotdeploy_eu1" in record.routes and record.drift == {"route/lotdeploy_eu1": "missing"}
     assert lab.state().serial == serial + 1
     # an offline plan now knows, and says what it takes
     plan = lab.cli("plan", lab.site_file, "--detailed-exitcode", expect=2)
@@ -384,7 +382,9 @@ def test_a_failed_tls_install_leaves_the_old_release_current(converged: Lab) -> 
 
 def test_a_rollback_to_a_damaged_release_is_refused_before_it_switches(converged: Lab) -> None:
     lab = converged
-    lab.cli("apply", _site(lab, "prev.yaml", cross_region_message_validity_sec=148), "--auto-approve")
+    lab.cli(
+        "apply", _site(lab, "prev.yaml", cross_region_message_validity_sec=148), "--auto-approve"
+    )
     lab.cli("apply", lab.site_file, "--auto-approve")
     record = lab.state().nodes["us1"]
     assert record.previous_release
@@ -465,7 +465,7 @@ def test_force_unlock_refuses_a_live_holder(converged: Lab) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        refused = lab.cli("apply", lab.site_file, "--auto-approve", expect=1)
+        refused = lab.cli("apply", lab.site_file, "--auto-approve", expect=1, env=QUICK_LOCK)
         lock_id = re.search(r"force-unlock (\S+) SITE", refused.stderr)
         assert lock_id, refused.stderr
         proc = lab.cli("force-unlock", lock_id.group(1), lab.site_file, expect=1)

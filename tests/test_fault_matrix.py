@@ -37,7 +37,7 @@ from lotdeploy.lab import labstate
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_TLS_DIR
 from lotdeploy.state import StateStore
 from tests.lab_fixtures import lab_cli, skip_unless_root
-from tests.test_apply import ENV, Lab, full_tmpfs, lab_up, summary
+from tests.test_apply import ENV, QUICK_LOCK, Lab, full_tmpfs, lab_up, summary
 
 pytestmark = pytest.mark.root
 
@@ -57,8 +57,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture
 def converged(lab: Lab) -> Lab:
-    """The lab on its own site (every case ends converged on some site: drift says which)."""
-    if lab.cli("drift", lab.site_file, expect=None).returncode != 0:
+    """The lab on its own site (every case ends converged on some site: the offline plan
+    says whether it is this one, drift whether the nodes still run it)."""
+    plan = lab.cli("plan", lab.site_file, "--detailed-exitcode", expect=None)
+    if plan.returncode != 0 or lab.cli("drift", lab.site_file, expect=None).returncode != 0:
         lab.cli("apply", lab.site_file, "--auto-approve")
         lab.cli("drift", lab.site_file)
     return lab
@@ -388,7 +390,7 @@ def test_a_concurrent_apply_is_refused_naming_the_holder(converged: Lab) -> None
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        proc = lab.cli("apply", site, "--auto-approve", expect=None)
+        proc = lab.cli("apply", site, "--auto-approve", expect=None, env=QUICK_LOCK)
         _failed(proc, None, f"pid {holder.pid}")
     finally:
         holder.kill()

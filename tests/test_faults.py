@@ -207,6 +207,7 @@ def test_an_edited_credential_version_does_not_mint_a_password(tmp_path: Path) -
     doc = json.loads(state_file.read_text())
     doc["credentials"]["active_version"] = 5
     state_file.write_text(json.dumps(doc))
+
     def snapshot() -> tuple[dict[str, tuple[int, bytes]], ...]:
         workspace = _tree(tmp_path / ".lotdeploy")
         workspace.pop("lock")  # records the last holder's pid

@@ -243,9 +243,7 @@ def test_cluster_monitoring_topics_by_dialect(scheme: str) -> None:
 
 def test_dialects_without_version_secrets_or_connack_4_and_with_named_rights() -> None:
     async def body() -> None:
-        dialect = Dialect(
-            version_topic=False, bad_login_code=5, secret_store=False, rights="named"
-        )
+        dialect = Dialect(version_topic=False, bad_login_code=5, secret_store=False, rights="named")
         assert dialect.label == "2.x-json+no-version+connack-5+no-secrets+named-rights"
         async with lab_node(dialect) as node, admin_client(node) as c:
             assert await c.read_version(timeout=0.5) is None
@@ -255,9 +253,7 @@ def test_dialects_without_version_secrets_or_connack_4_and_with_named_rights() -
             listed = await c.command("listSecrets")
             assert not listed.success and "Unknown command: -listSecrets" in listed.message
             await c.add_user("alice", Secret("alice-pass-1"))
-            changed = await c.command(
-                "changeUserSettings", "alice AllowedSystemConfiguration true"
-            )
+            changed = await c.command("changeUserSettings", "alice AllowedSystemConfiguration true")
             assert changed.success, changed.describe()
             groups = await c.command("listUserGroups", "alice")
             assert groups.success and groups.data["groups"] == []
@@ -270,7 +266,6 @@ def test_dialects_without_version_secrets_or_connack_4_and_with_named_rights() -
             assert "Unknown command" in (await c.command("listUserGroups", "root")).message
 
     run(body())
-
 
 
 def test_dialect_options_and_lab_up_words() -> None:

@@ -154,9 +154,7 @@ def test_the_latest_plan_reference_reads_back_and_detects_staleness(
     assert path.stat().st_size < len(to_json(plan)) / 4
 
 
-def test_a_certificate_issued_but_not_on_its_node_is_planned(
-    geo: Path, passphrase: str
-) -> None:
+def test_a_certificate_issued_but_not_on_its_node_is_planned(geo: Path, passphrase: str) -> None:
     """Apply issues due certificates for every node; a node an apply left out (--limit, a
     wave, a failure) must still get its new certificate from the next plan."""
     from datetime import UTC, datetime
@@ -173,7 +171,9 @@ def test_a_certificate_issued_but_not_on_its_node_is_planned(
         state.credential_generated = True
         for bundle in iter_bundles(site, workspace, now):
             record = state.nodes.setdefault(bundle.node, NodeRecord())
-            record.files = {f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files}
+            record.files = {
+                f.name: {"sha256": f.sha256, "mode": f"{f.mode:04o}"} for f in bundle.files
+            }
             record.routes = {r.name: r.attrs() for r in desired[bundle.node].routes}
             record.users = ["cluster"]
             record.applied_at = now.isoformat()

@@ -90,8 +90,9 @@ def test_failover_rehearsal_on_the_lab(rlab: Lab, tmp_path: Path) -> None:
         "failover-rejoin",
     }
     assert all(c["subject"] == "us1" and c["status"] == "pass" for c in rehearsed.values())
-    assert "reached every remaining node (eu1, eu2) exactly once" in (
-        rehearsed["failover-outage"]["reason"]
+    assert (
+        "reached every remaining node (eu1, eu2) exactly once"
+        in (rehearsed["failover-outage"]["reason"])
     )
     assert 'lotdeploy_verify_exercise_ok{site="lab",node="us1",check="failover-rejoin"} 1' in (
         prom.read_text()

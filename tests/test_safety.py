@@ -158,7 +158,8 @@ def test_secret_store_that_is_no_store_is_one_line(tmp_path: Path, kind: str) ->
 def test_run_log_lines_that_are_no_runs_are_warnings_naming_the_line(tmp_path: Path) -> None:
     site_file = site(tmp_path)
     log = tmp_path / ".lotdeploy" / "ansible" / "runs.jsonl"
-    log.parent.mkdir(parents=True)
+    (tmp_path / ".lotdeploy").mkdir(mode=0o700)  # a workspace is private
+    log.parent.mkdir()
     good = {"ident": "run-1", "status": "successful", "artifacts": "/a", "nodes": [], "hosts": {}}
     hostile = {**good, "ident": "run-2\x1b]52;c;cHduZWQ=\x07", "hosts": {"eu1": {}}}
     lines = [
@@ -519,7 +520,8 @@ def test_colour_and_the_guard_on_a_real_terminal(tmp_path: Path) -> None:
 
     site_file = site(tmp_path)
     log = tmp_path / ".lotdeploy" / "ansible" / "runs.jsonl"
-    log.parent.mkdir(parents=True)
+    (tmp_path / ".lotdeploy").mkdir(mode=0o700)  # a workspace is private
+    log.parent.mkdir()
     log.write_text(
         json.dumps({"ident": "x\x1b]0;pwned\x07", "status": "s", "artifacts": "/a", "nodes": []})
         + "\n"
