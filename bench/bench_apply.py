@@ -53,6 +53,7 @@ ENV = {"LOTDEPLOY_PASSPHRASE": PASSPHRASE}
 #: forwarded port. The admin and cluster passwords come in the environment, never in argv.
 BROKER_SCRIPT = """
 import os, sys
+from lotdeploy.broker.session import CommandFailed
 from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.lot import format_route, parse_file
 from lotdeploy.secret import Secret
@@ -61,7 +62,10 @@ client = SyncBrokerClient("n", "127.0.0.1", port, "root", Secret(os.environ["ADM
                           request_ids="auto")
 client.connect()
 try:
-    client.add_user("cluster", Secret(os.environ["CLUSTER_PW"]))
+    try:
+        client.add_user("cluster", Secret(os.environ["CLUSTER_PW"]))
+    except CommandFailed:  # there already (a lab lotdeploy applied first): set its password
+        client.change_user_password("cluster", Secret(os.environ["CLUSTER_PW"]))
     for route in parse_file(routes):
         client.remove_route(route.name)
         client.add_route(format_route(route))

@@ -127,7 +127,7 @@ def deploy_direct(
 
 def verify_over(lab: Lab, transport: str) -> None:
     """`lotdeploy verify`'s own checks (run_verify) through the given transport's channel."""
-    from lotdeploy.cli.common import transport_factory
+    from lotdeploy.transport import transport_factory
     from lotdeploy.verify import run_verify
 
     site = lab.site()
@@ -373,7 +373,7 @@ def test_the_export_deploys_with_plain_ansible_playbook(lab: Lab) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     site = lab.site(changed)
     bundles = {b.node: b for b in iter_bundles(site, lab.workspace(), datetime.now(UTC))}
-    from lotdeploy.apply.release import release_id
+    from lotdeploy.node.release import release_id
 
     for name in lab.nodes:
         assert snapshot(lab, name)["lines"][0] == f"current=releases/{release_id(bundles[name])}"

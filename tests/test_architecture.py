@@ -22,6 +22,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.lab",
             "lotdeploy.broker",
             "lotdeploy.apply",
+            "lotdeploy.node",
             "lotdeploy.doctor",
             "lotdeploy.verify",
             "lotdeploy.transport",

@@ -478,9 +478,37 @@ def test_force_unlock_refuses_a_live_holder(converged: Lab) -> None:
     assert "removed the lock" in lab.cli("force-unlock", lock_id.group(1), lab.site_file).stdout
 
 
-def _children_of_run(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
+    found = {}
+    for line in out.stdout.splitlines():
+        pid, ppid, *args = line.split(None, 2)
+        found[int(pid)] = (int(ppid), args[0] if args else "")
+    return found
+
+
+def _descendants(root: int) -> dict[int, str]:
+    table = _processes()
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, args) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = args
+                frontier.append(pid)
+    return found
+
+
+def _masters_to(lab: Lab) -> list[str]:
+    """SSH control masters (Ansible's ControlPersist) to this lab's nodes."""
+    addresses = [n.address for n in lab.site().nodes]
+    return [
+        args
+        for _, args in _processes().values()
+        if "ControlPersist" in args and any(a in args for a in addresses)
+    ]
 
 
 def test_a_killed_apply_takes_ansible_playbook_and_ssh_masters_with_it(converged: Lab) -> None:
@@ -505,18 +533,22 @@ def test_a_killed_apply_takes_ansible_playbook_and_ssh_masters_with_it(converged
         start_new_session=True,
     )
     try:
-        wait_for(lambda: _children_of_run("ansible-playbook"), 60, "ansible-playbook to start")
+        wait_for(
+            lambda: any("ansible-playbook" in a for a in _descendants(proc.pid).values()),
+            60,
+            "ansible-playbook to start",
+        )
+        started = _descendants(proc.pid)  # what this run started: it must all go with it
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         wait_for(
-            lambda: not _children_of_run("ansible-playbook") and not _children_of_run("ld-os-"),
+            lambda: not set(started) & set(_processes()) and not _masters_to(lab),
             15,
-            "ansible-playbook and the SSH masters to stop",
+            "ansible-playbook, its processes and the SSH masters to stop",
         )
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not _children_of_run("ControlPersist"), _children_of_run("ControlPersist")
     # the next apply takes over (the kernel dropped the lock) and converges
     lab.cli("apply", changed, "--auto-approve")
     lab.cli("drift", changed)

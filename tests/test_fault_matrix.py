@@ -179,11 +179,15 @@ def _finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
 def test_a_node_cut_during_apply_fails_alone_and_a_rerun_converges(converged: Lab) -> None:
     lab = converged
     site = _change(lab)
+    # us1 300 ms away, so its apply is still under way when the cut lands (an apply of a
+    # near node is over before `lab cut` has run)
+    assert lab_cli(lab.dir, "delay", "us1", "300").returncode == 0
     try:
-        with _apply_until(lab, site, "us1", "routes") as proc:
+        with _apply_until(lab, site, "us1", "files") as proc:
             assert lab_cli(lab.dir, "cut", "us1").returncode == 0
     finally:
         assert lab_cli(lab.dir, "heal", "us1").returncode == 0
+        assert lab_cli(lab.dir, "delay", "us1", "0").returncode == 0
     result = _finished(proc)
     assert result.returncode == 1
     failed = {f["node"]: f for f in summary(result)["failed"]}

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from lotdeploy.apply.release import release_id
 from lotdeploy.errors import LotdeployError
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, Layout
+from lotdeploy.node.release import release_id
 from lotdeploy.render import iter_bundles
 from lotdeploy.rollout.confirm import arm, confirm
 from lotdeploy.transport.ssh import SshTransport

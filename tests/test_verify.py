@@ -25,10 +25,10 @@ import pytest
 
 from lotdeploy.apply.activate import admin_password, admin_session
 from lotdeploy.broker.mqtt import MqttConnection
-from lotdeploy.cli.common import transport_factory
 from lotdeploy.credentials import cluster_password
 from lotdeploy.lab import labstate
 from lotdeploy.lab.hosts import Layout
+from lotdeploy.transport import transport_factory
 from lotdeploy.verify import VerifyOptions, run_verify
 from lotdeploy.verify.result import VerifyResult
 from lotdeploy.verify.run import PROBE_SECRET

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from lotdeploy.ansible.inventory import inventory_text
 from lotdeploy.ansible.runner import PlaybookRun, PrivateDataDir, run_playbook
 from lotdeploy.ansible.vault import vault_file
-from lotdeploy.apply import release
 from lotdeploy.apply.engine import FilesPhase, _Run, clear_pending_reload, record_files
 from lotdeploy.apply.events import Event
 from lotdeploy.errors import LotdeployError
+from lotdeploy.model import Node, Site
+from lotdeploy.node import release
 from lotdeploy.plan.diff import NodeSteps
 from lotdeploy.render import ROUTE_FILE, Bundle
+from lotdeploy.transport import TransportKind
+from lotdeploy.transport.base import Transport, TransportFactory
 
 READ_TASK = "Read what the node has"
 RELOAD_TASK = "Reload the broker"
@@ -143,3 +146,21 @@ class AnsibleFiles:
 
 def ansible_files(accept_new_host_keys: bool = False) -> FilesPhase:
     return AnsibleFiles(accept_new_host_keys)
+
+
+def transport_kind() -> TransportKind:
+    """`transport: ansible`: the files through one ansible-runner playbook run for all the
+    nodes of a run (a wave's nodes in a rollout), everything else over OpenSSH with the
+    inventory's options (the same connection Ansible uses)."""
+    from lotdeploy.transport.openssh import OpenSshTransport
+    from lotdeploy.transport.sshopts import ssh_options
+
+    def factory(site: Site, accept_new_host_keys: bool) -> TransportFactory:
+        def make(node: Node) -> Transport:
+            return OpenSshTransport(
+                node.name, ssh_options(site, node), accept_new_host_keys=accept_new_host_keys
+            )
+
+        return make
+
+    return TransportKind("ansible", factory, files_phase=ansible_files)

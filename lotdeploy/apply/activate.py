@@ -16,54 +16,32 @@ message, line and column.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
-from lotdeploy.fsutil import UnreadableFile, read_regular_file
 from lotdeploy.lot import format_route, parse
 from lotdeploy.model import ROUTE_PREFIX, Node, Site
+from lotdeploy.node.session import admin_password
 from lotdeploy.secret import Secret
 from lotdeploy.transport.base import Transport
-
-
-def admin_password(site: Site, node: Node) -> Secret:
-    """The broker admin password, from the file or environment variable the site names."""
-    broker = node.broker
-    if broker.admin_password_env:
-        value = os.environ.get(broker.admin_password_env)
-        if not value:
-            raise BrokerError(
-                node.name, f"the admin password variable {broker.admin_password_env} is not set"
-            )
-        return Secret(value)
-    if broker.admin_password_file is not None:
-        path = broker.admin_password_file
-        path = path if path.is_absolute() else Path(site.base_dir) / path
-        try:
-            text = read_regular_file(path, 64 * 1024).decode("utf-8").strip()
-        except (UnreadableFile, UnicodeDecodeError) as exc:
-            why = exc.reason if isinstance(exc, UnreadableFile) else "not valid UTF-8"
-            raise BrokerError(node.name, f"admin password file {path}: {why}") from None
-        if not text:
-            raise BrokerError(node.name, f"admin password file {path} is empty")
-        return Secret(text)
-    raise BrokerError(
-        node.name,
-        "no admin password for the command channel: set broker.admin_password_file or "
-        "broker.admin_password_env in the site",
-    )
 
 
 @contextlib.contextmanager
 def admin_session(
     site: Site, node: Node, transport: Transport, password: Secret | None = None
 ) -> Iterator[SyncBrokerClient]:
-    """An admin session on the node's broker, through a port forwarded over `transport`."""
+    """An admin session on the node's broker, through a port forwarded over `transport`.
+    Over a run's NodeSession, the session it keeps open for every phase (one per node)."""
+    from lotdeploy.node.session import NodeSession
+
+    if isinstance(transport, NodeSession):
+        with transport.admin(password) as kept:
+            yield kept
+        return
     secret = password if password is not None else admin_password(site, node)
     with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
         client = SyncBrokerClient(
@@ -82,28 +60,14 @@ def route_texts(route_file: str) -> dict[str, str]:
 
 
 def ensure_users(client: SyncBrokerClient, users: dict[str, Secret]) -> list[str]:
-    """Create each user, or set its password when it exists already; the names handled."""
-    done = []
-    for name, password in sorted(users.items()):
-        try:
-            client.add_user(name, password)
-        except CommandFailed as failed:
-            if "exist" not in failed.reply.describe().lower():
-                raise
-            client.change_user_password(name, password)
-        done.append(name)
+    """Create each user, or set its password when it exists already; the names handled
+    (all sent at once to a broker that echoes requestIds: BrokerClient.ensure_users)."""
+    done: list[str] = client.ensure_users(users)
     return done
 
 
 def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
-    removed = []
-    for name in names:
-        try:
-            client.remove_user(name)
-        except CommandFailed as failed:
-            if "not found" not in failed.reply.describe().lower():
-                raise
-        removed.append(name)
+    removed: list[str] = client.remove_users(names)
     return removed
 
 
@@ -156,7 +120,9 @@ def apply_routes(
     add: dict[str, str],
     remove_before_add: bool = True,
 ) -> None:
-    """Remove, then add, one route at a time. Only lotdeploy's own routes are touched.
+    """Remove, then add. Only lotdeploy's own routes are touched. The removals are sent
+    together, then the adds together (one round trip each with a broker that echoes
+    requestIds; one command at a time otherwise).
 
     A route is removed before it is added again only where it exists: as the `-listRoutes`
     the session sent on connect showed (no extra round trip), and, should that listing have
@@ -170,19 +136,20 @@ def apply_routes(
             )
     listed = client.listed_at_connect()
     present = None if listed is None else {str(r.get("name")) for r in listed if r.get("name")}
-    removed = set()
-    for name in remove:
-        client.remove_route(name)
-        removed.add(name)
-    for name, text in add.items():
-        exists = present is None or name in present
-        if remove_before_add and name not in removed and exists:
-            client.remove_route(name)
-            removed.add(name)
-        try:
-            client.add_route(text)
-        except CommandFailed as failed:
-            if name in removed or "already exist" not in failed.reply.describe().lower():
-                raise
-            client.remove_route(name)  # it was there after all (the listing missed it)
-            client.add_route(text)
+    # removals first (all at once), then the adds (all at once): a route is never added
+    # before its own removal is done, whatever order the broker answers a batch in
+    removing = list(remove)
+    if remove_before_add:
+        removing += [n for n in add if n not in remove and (present is None or n in present)]
+    if removing:
+        client.remove_routes(removing)
+    results: dict[str, Any] = client.add_routes(add) if add else {}
+    for name, result in results.items():
+        if not isinstance(result, BrokerError):
+            continue
+        if not isinstance(result, CommandFailed):
+            raise result
+        if name in removing or "already exist" not in result.reply.describe().lower():
+            raise result
+        client.remove_route(name)  # it was there after all (the listing missed it)
+        client.add_route(add[name])

@@ -8,13 +8,11 @@ them: apply removes a route before re-adding it unless the broker overwrites on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lotdeploy.apply.activate import admin_password
-from lotdeploy.apply.fanout import on_nodes
+from lotdeploy.apply.activate import admin_password, admin_session
 from lotdeploy.broker.session import BrokerClient
 from lotdeploy.doctor import (
     BrokerFacts,
@@ -25,12 +23,11 @@ from lotdeploy.doctor import (
     probe_for_apply,
 )
 from lotdeploy.model import Node, Site, username_for_version
+from lotdeploy.node.session import on_nodes
 from lotdeploy.secret import Secret
 from lotdeploy.state import NodeRecord, StateStore
-from lotdeploy.transport.base import Transport
+from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
-
-TransportFactory = Callable[[Node], Transport]
 
 
 @dataclass
@@ -102,18 +99,11 @@ def doctor_node(site: Site, workspace: Workspace, node: Node, transport: Transpo
 def capabilities_node(site: Site, node: Node, transport: Transport) -> BrokerFacts:
     """Apply's check before its first activation on a node: `probe_for_apply` (what
     activation needs, a few round trips) rather than doctor's full probe."""
-    secret = admin_password(site, node)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
-
-        async def probe() -> BrokerFacts:
-            client = BrokerClient(
-                node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
-            )
-            async with client:
-                return await probe_for_apply(client, now_iso=now)
-
-        return asyncio.run(probe())
+    # the node's admin session (kept for the users and routes that come next)
+    with admin_session(site, node, transport) as client:
+        facts: BrokerFacts = client.call(lambda raw: probe_for_apply(raw, now_iso=now))
+    return facts
 
 
 def run_doctor(

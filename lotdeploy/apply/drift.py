@@ -11,26 +11,28 @@ without the passphrase still reads everything but the users, and never shows a s
 
 from __future__ import annotations
 
+import asyncio
+import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from lotdeploy.apply import release
 from lotdeploy.apply.activate import admin_session
-from lotdeploy.apply.fanout import on_nodes
+from lotdeploy.broker.session import BrokerClient
 from lotdeploy.compiler.routes import canonical_route_text
 from lotdeploy.lot import normalize
 from lotdeploy.model import ROUTE_PREFIX, Node, Site
+from lotdeploy.node import facts, release
+from lotdeploy.node.session import on_nodes
 from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.state import NodeRecord, StateStore
-from lotdeploy.transport.base import Transport
+from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
 
-TransportFactory = Callable[[Node], Transport]
 _PASSWORD = re.compile(r'(WITH\s+PASSWORD\s+)"[^"]*"')
 #: How long to wait for a route's code on $SYS (retained, so normally at once).
 ROUTE_CODE_WAIT = 3.0
@@ -91,31 +93,22 @@ def node_live(
     connection at the same time; the code of every owned route is read at once (one
     SUBSCRIBE, bounded by ROUTE_CODE_WAIT in all), and the logins are tried at once."""
     paths = release.NodePaths.where(record.paths, node)
-    tls_names = [n for n in record.files if n != ROUTE_FILE]
     # the files themselves, not the manifest: a hand edit leaves the manifest as it was
-    release_names = [n for n in record.files if n == ROUTE_FILE]
+    in_release = {n: posixpath.join(paths.current, n) for n in record.files if n == ROUTE_FILE}
+    in_tls = {n: posixpath.join(paths.tls_dir, n) for n in record.files if n != ROUTE_FILE}
+    asked: list[facts.Fact[Any]] = [
+        facts.current_release(paths.current),
+        facts.digests("rsum", in_release),
+        facts.digests("sum", in_tls),
+        facts.timers("timer", paths.timers),
+    ]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drift-{node.name}") as pool:
-        files = pool.submit(
-            release.node_facts,
-            transport,
-            node,
-            record.release or "0",
-            tls_names,
-            release_names=release_names,
-            paths=paths,
-        )
+        read = pool.submit(facts.read, transport, asked)
         # the broker's error, if any, is the one reported (leaving the pool waits for the
         # command, which its own timeout bounds)
         routes, users = _broker_live(site, node, record, transport, logins)
-        facts = files.result()
-    return NodeLive(
-        facts.current,
-        facts.release_digests,
-        facts.tls_digests,
-        routes,
-        users,
-        facts.armed + facts.firing,
-    )
+        current, release_digests, tls_digests, (armed, firing) = read.result()
+    return NodeLive(current, release_digests, tls_digests, routes, users, (*armed, *firing))
 
 
 def _broker_live(
@@ -132,11 +125,25 @@ def _broker_live(
             str(r["name"]) for r in routes if str(r.get("name", "")).startswith(ROUTE_PREFIX)
         )
         applied = sorted(n for n in owned if record.routes.get(n))
-        codes = client.read_route_codes(applied, timeout=ROUTE_CODE_WAIT) if applied else {}
+
+        async def read(raw: BrokerClient) -> tuple[dict[str, str | None], dict[str, bool] | None]:
+            # the route codes and the logins at once: one wait, not two
+            async def no_codes() -> dict[str, str | None]:
+                return {}
+
+            async def no_logins() -> None:
+                return None
+
+            codes, users = await asyncio.gather(
+                raw.read_route_codes(applied, timeout=ROUTE_CODE_WAIT) if applied else no_codes(),
+                raw.check_logins(logins, timeout=LOGIN_WAIT) if logins else no_logins(),
+            )
+            return codes, users
+
+        codes, users = client.call(read)
         live: dict[str, str | None] = dict.fromkeys(owned)
         for name, code in codes.items():
             live[name] = None if code is None else masked(code)
-        users = client.check_logins(logins, timeout=LOGIN_WAIT) if logins else None
     return live, users
 
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lotdeploy.apply import activate, release
+from lotdeploy.apply import activate
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.credentials import broker_users
 from lotdeploy.errors import BrokerError, LotdeployError
-from lotdeploy.model import Node, Site, route_name_for
+from lotdeploy.model import Site, route_name_for
+from lotdeploy.node import release
 from lotdeploy.plan.desired import desired_state
 from lotdeploy.plan.diff import NodeSteps, Plan
 from lotdeploy.plan.make import credential_facts
@@ -35,10 +36,9 @@ from lotdeploy.render import ROUTE_FILE, Bundle, iter_bundles, prepare_workspace
 from lotdeploy.rotation import mark_phase_applied
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
-from lotdeploy.transport.base import Transport
+from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
 
-TransportFactory = Callable[[Node], Transport]
 #: One step of `_Run.chain`: its name, the nodes it is for (None: all), the work on a node.
 Step = tuple[str, set[str] | None, Callable[[str], str | None]]
 #: The files phase of a run for its nodes: deliver each bundle, record it, reload where
@@ -309,36 +309,30 @@ def clear_pending_reload(run: _Run, name: str) -> None:
 
 
 def _files(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str | None:
+    """The node's release, TLS files and reload: one command (lotdeploy.node.release.deploy),
+    the release on its stdin."""
     node = run.site.node(name)
     if not steps.files and not steps.reload:
         return "skip"
-    transport = run.transport(name)
     outcome = run.result.outcomes[name]
     rid = release.release_id(bundle)
-    tls_names = [f.name for f in bundle.files if f.name != ROUTE_FILE]
-    facts = release.node_facts(
-        transport, node, rid, tls_names, bundle, prepare=True, keep_timer=run.keep_timers.get(name)
+    done = release.deploy(
+        run.transport(name),
+        node,
+        bundle,
+        rid,
+        force_reload=steps.reload,
+        keep_timer=run.keep_timers.get(name),
     )
-    release.check_timers(name, facts.armed, facts.firing, release.NodePaths.of(node))
-    changed = facts.changed_tls(bundle, tls_names)
-    reload, installed, reload_error = bool(changed or steps.reload), False, None
-    if not facts.has_release or facts.current != rid or changed:  # the reload rides along
-        reload_error = release.install_release(
-            transport, node, bundle, rid, facts, changed, reload=reload
-        )
-        installed = True
-    outcome.uploaded = not facts.has_release
-    rode_along = reload and installed and reload_error is None  # done in the same command
-    record_files(run, name, bundle, rid, facts.current, reloaded=rode_along)
-    if reload:
-        if reload_error is not None:
-            raise reload_error
-        if not installed:
-            release.run_reload(transport, node)
-        outcome.reloaded = True
+    outcome.uploaded = done.uploaded
+    # the files are in place: recorded before a failed reload is reported
+    record_files(run, name, bundle, rid, done.previous, reloaded=done.reload_error is None)
+    if done.reload_error is not None:
+        raise done.reload_error
+    outcome.reloaded = done.reloaded
     clear_pending_reload(run, name)
-    done = "uploaded" if outcome.uploaded else "already on the node"
-    return f"release {rid} ({done}{', reloaded' if outcome.reloaded else ''})"
+    said = "uploaded" if outcome.uploaded else "already on the node"
+    return f"release {rid} ({said}{', reloaded' if outcome.reloaded else ''})"
 
 
 def _cleanup(run: _Run, name: str, steps: NodeSteps) -> str:

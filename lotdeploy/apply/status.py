@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lotdeploy.apply.activate import admin_session
-from lotdeploy.apply.fanout import on_nodes
 from lotdeploy.broker.monitoring import shown_cluster_topics
 from lotdeploy.model import Node, Site
-from lotdeploy.transport.base import Transport
-
-TransportFactory = Callable[[Node], Transport]
+from lotdeploy.node.session import on_nodes
+from lotdeploy.transport.base import Transport, TransportFactory
 
 
 @dataclass
@@ -39,7 +36,9 @@ def read_status(
 
     def job(node: Node, transport: Transport) -> list[dict[str, Any]]:
         with admin_session(site, node, transport) as client:
-            routes = sorted(client.list_routes(), key=lambda r: str(r.get("name")))
+            listing = client.listed_at_connect()  # the -listRoutes sent on connect
+            listed = listing if listing is not None else client.list_routes()
+            routes = sorted(listed, key=lambda r: str(r.get("name")))
             monitoring[node.name] = shown_cluster_topics(client)
             return routes
 

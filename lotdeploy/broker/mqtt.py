@@ -31,6 +31,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)
+#: paho's and aiomqtt's messages: silenced (every failure reaches callers as an MqttError)
+_LIBRARY_LOG = logging.getLogger(f"{__name__}.library")
+_LIBRARY_LOG.setLevel(logging.CRITICAL + 1)
+_LIBRARY_LOG.propagate = False
 
 #: paho-mqtt 2.x reports an MQTT 3.1.1 CONNACK return code as an MQTT 5 reason code; this maps
 #: it back to the 3.1.1 code and says what to check.
@@ -272,6 +276,9 @@ class MqttConnection:
             bind_address=self._source_address,
             # small request/answer packets: without this, Nagle and delayed ACKs cost ~40 ms each
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            # paho's own log lines ("Socket exception: ...") would reach the terminal beside
+            # the clear error this class raises for the same event: only that one is said
+            logger=_LIBRARY_LOG,
         )
         # aiomqtt warns about "pending calls" above 10; a window of publishes is normal here
         client.pending_calls_threshold = max(100, 2 * self._max_inflight)

@@ -15,8 +15,9 @@ import logging
 import re
 import ssl
 import uuid
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from lotdeploy.broker.mqtt import BoundedQueue, ConnectRefused, Message, MqttConnection, MqttError
 from lotdeploy.errors import BrokerError
@@ -42,6 +43,7 @@ from lotdeploy.secret import Secret, scrub
 from lotdeploy.values import check_command_token
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
@@ -71,7 +73,7 @@ class CommandFailed(BrokerError):
         super().__init__(node, f"-{verb} failed: {reply.describe() or 'no message'}")
 
 
-RequestIds = bool | Literal["auto"]
+RequestIds = bool | Literal["auto", "probing"]
 
 
 def routes_of(reply: Reply) -> list[dict[str, Any]]:
@@ -136,6 +138,11 @@ class BrokerClient:
         self._watchers: dict[str, list[BoundedQueue]] = {}
         #: wildcard filters being read (`read_topics`), each with its queue
         self._filter_watchers: list[tuple[str, BoundedQueue]] = []
+        #: requestId -> the reply's future, for commands in flight together (`command`)
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        #: the broker echoed our requestId (the connect probe saw it): replies can be matched
+        #: by id alone, so commands may be in flight together
+        self.echoes_ids = False
         #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
         #: connect is one): the routes the broker ran then, with no further round trip.
         self.last_listing: Reply | None = None
@@ -174,16 +181,44 @@ class BrokerClient:
         )
         try:
             await conn.connect()
-            codes = await conn.subscribe([(OUTPUT_TOPIC, 1)], self._connect_timeout)
         except MqttError as exc:
             await conn.close()
             raise self._error(str(exc)) from None
+        # the SUBSCRIBE and the request-id probe leave together (one round trip, not two):
+        # a broker handles one client's packets in order, so the probe's reply finds the
+        # subscription in place
+        subscribed = asyncio.ensure_future(
+            conn.subscribe([(OUTPUT_TOPIC, 1)], self._connect_timeout)
+        )
+        await asyncio.sleep(0)  # the SUBSCRIBE is handed to paho first
+        self._conn = conn
+        probe = (
+            asyncio.ensure_future(self._detect_request_ids())
+            if self.request_ids == "auto"
+            else None
+        )
+        try:
+            codes = await subscribed
+        except MqttError as exc:
+            self._conn = None
+            if probe is not None:
+                probe.cancel()
+            await conn.close()
+            raise self._error(str(exc)) from None
         if codes and codes[0] == 0x80:
+            self._conn = None
+            if probe is not None:
+                probe.cancel()
             await conn.close()
             raise self._error(f"subscription to {OUTPUT_TOPIC} refused")
-        self._conn = conn
-        if self.request_ids == "auto":
-            await self._detect_request_ids()
+        if probe is not None:
+            await probe
+
+    @property
+    def connected(self) -> bool:
+        """The session is open and its connection alive (a phase that comes much later may
+        find it dropped: then it opens a new one)."""
+        return self._conn is not None and self._conn.connected
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -192,6 +227,13 @@ class BrokerClient:
 
     def _on_message(self, msg: Message) -> None:
         if msg.topic == OUTPUT_TOPIC:
+            if self._pending:  # a reply carrying one of our requestIds goes to its waiter
+                rid = parse_reply(msg.payload, "").request_id
+                waiter = self._pending.pop(rid, None) if rid is not None else None
+                if waiter is not None:
+                    if not waiter.done():
+                        waiter.set_result(msg)
+                    return
             if self._replies.fits(msg):
                 self._replies.put_nowait(msg)
             return
@@ -213,9 +255,13 @@ class BrokerClient:
         reply's form (`raw`: JSON envelope or 1.x text) too. Afterwards the session sends ids
         only if this one came back.
         """
-        self.request_ids = True
-        reply = await self.command(Verb.LIST_ROUTES)
+        self.request_ids = "probing"  # one at a time, matched by id or by command name
+        try:
+            reply = await self.command(Verb.LIST_ROUTES)
+        finally:
+            self.request_ids = False
         self.request_ids = reply.request_id is not None
+        self.echoes_ids = self.request_ids
         self.last_listing = reply
         return reply
 
@@ -240,16 +286,65 @@ class BrokerClient:
         conn = self._conn
         if conn is None or not conn.connected:
             raise self._error(f"not connected{self._why(conn)} (cannot send -{verb})")
+        if self.request_ids is True and self.echoes_ids:  # by id: many in flight at once
+            return await self._command_by_id(conn, verb, argument)
         async with self._lock:
             while not self._replies.empty():  # stale replies of other admins or timed-out calls
                 self._replies.get_nowait()
-            rid = uuid.uuid4().hex if self.request_ids else None
+            rid = uuid.uuid4().hex if self.request_ids in (True, "probing") else None
             payload = command_payload(verb, argument, rid)
             try:
                 await conn.publish(Message(COMMAND_TOPIC, payload, 1), self.reply_timeout)
             except MqttError as exc:
                 raise self._error(f"-{verb}: {exc}") from None
             return await self._await_reply(conn, verb, rid)
+
+    async def _command_by_id(self, conn: MqttConnection, verb: str, argument: str) -> Reply:
+        """One command of a broker that echoes requestIds: its reply comes to a future of its
+        own, so commands sent together (`together`) wait one round trip between them, not
+        one each. Publishes leave in the order the calls start (MqttConnection.publish)."""
+        rid = uuid.uuid4().hex
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = waiter
+        try:
+            try:
+                await conn.publish(
+                    Message(COMMAND_TOPIC, command_payload(verb, argument, rid), 1),
+                    self.reply_timeout,
+                )
+            except MqttError as exc:
+                raise self._error(f"-{verb}: {exc}") from None
+            lost: asyncio.Future[Any] = asyncio.ensure_future(conn.closed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {waiter, lost}, timeout=self.reply_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                lost.cancel()
+            if waiter not in done:
+                if lost in done:
+                    raise self._error(f"connection lost while waiting for the reply to -{verb}")
+                raise self._error(f"no reply to -{verb} within {self.reply_timeout:g}s")
+            return parse_reply(waiter.result().payload, verb)
+        finally:
+            self._pending.pop(rid, None)
+
+    async def together(self, calls: list[Awaitable[T]]) -> list[T | BrokerError]:
+        """Run several commands (typed helpers) at once: with a broker that echoes
+        requestIds they are all sent, then all replies awaited (one round trip in all);
+        without, one after another. Each result is its value or the BrokerError it raised.
+        Only commands that do not depend on each other belong in one call: the broker may
+        answer them in any order."""
+
+        async def one(call: Awaitable[T]) -> T | BrokerError:
+            try:
+                return await call
+            except BrokerError as exc:
+                return exc
+
+        if self.request_ids is True and self.echoes_ids:
+            return list(await asyncio.gather(*(one(c) for c in calls)))
+        return [await one(c) for c in calls]
 
     async def _await_reply(self, conn: MqttConnection, verb: str, rid: str | None) -> Reply:
         loop = asyncio.get_running_loop()
@@ -397,6 +492,46 @@ class BrokerClient:
 
         found = await asyncio.gather(*(one(u, p) for u, p in sorted(users.items())))
         return dict(found)
+
+    # -- several at once (`together`: one round trip with a broker that echoes ids) --------
+
+    async def ensure_users(self, users: dict[str, Secret]) -> list[str]:
+        """Create each user, or set its password where it exists already; the names done."""
+        names = sorted(users)
+        added = await self.together([self.add_user(n, users[n]) for n in names])
+        again = []
+        for name, result in zip(names, added, strict=True):
+            if isinstance(result, CommandFailed) and "exist" in result.reply.describe().lower():
+                again.append(name)
+            elif isinstance(result, BrokerError):
+                raise result
+        changed = await self.together([self.change_user_password(n, users[n]) for n in again])
+        for result in changed:
+            if isinstance(result, BrokerError):
+                raise result
+        return names
+
+    async def remove_users(self, names: list[str]) -> list[str]:
+        """Remove each user; "not found" counts as done."""
+        results = await self.together([self.remove_user(n) for n in names])
+        for result in results:
+            if isinstance(result, CommandFailed) and "not found" in result.reply.describe().lower():
+                continue
+            if isinstance(result, BrokerError):
+                raise result
+        return list(names)
+
+    async def remove_routes(self, names: list[str]) -> None:
+        """Remove each route ("not found" counts as done: remove_route)."""
+        for result in await self.together([self.remove_route(n) for n in names]):
+            if isinstance(result, BrokerError):
+                raise result
+
+    async def add_routes(self, texts: dict[str, str]) -> dict[str, Reply | BrokerError]:
+        """Add each route; name -> its reply, or the error the broker answered."""
+        names = list(texts)
+        results = await self.together([self.add_route(texts[n]) for n in names])
+        return dict(zip(names, results, strict=True))
 
     async def read_route_code(self, name: str, timeout: float = 10.0) -> str | None:
         """The LOT a broker republishes on `$SYS/Coreflux/Routes/<name>` (None if none in time)."""

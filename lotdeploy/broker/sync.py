@@ -38,6 +38,14 @@ class SyncBrokerClient:
         finally:
             self._runner.close()
 
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    def call(self, work: Callable[[BrokerClient], Awaitable[_T]]) -> _T:
+        """Run async `work` on the session (several of its commands at once, say)."""
+        return self._run(_await(work(self._client)))
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._client, name)
 

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from lotdeploy.apply.drift import DriftReport
-    from lotdeploy.model import Node, Site
+    from lotdeploy.model import Site
+    from lotdeploy.node.session import Sessions
     from lotdeploy.secret import Secret
     from lotdeploy.spec import LoadedSite
-    from lotdeploy.transport.base import Transport
     from lotdeploy.workspace import Workspace
 
 site_argument = click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
@@ -134,29 +132,15 @@ def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
         )
 
 
-def transport_factory(
-    site: Site, accept_new_host_keys: bool, kind: str | None = None
-) -> Callable[[Node], Transport]:
-    """How every command reaches a node: SSH, strict host keys (opt-in to accept new ones).
-    `kind` (else the site's `transport:`) "ansible": OpenSSH with the inventory's options."""
-    if (kind or site.transport) == "ansible":
-        from lotdeploy.transport.openssh import OpenSshTransport
-        from lotdeploy.transport.sshopts import ssh_options
+def node_sessions(site: Site, accept_new_host_keys: bool, kind: str | None = None) -> Sessions:
+    """How this command reaches the nodes: the chosen transport (`--transport`, else the
+    site's `transport:`; strict host keys, opt-in to accept new ones), each node's
+    connection and admin session opened once and shared by every phase. Use it as a context
+    manager: leaving it closes them."""
+    from lotdeploy.node.session import Sessions
+    from lotdeploy.transport import transport_factory
 
-        def make_openssh(node: Node) -> Transport:
-            return OpenSshTransport(
-                node.name, ssh_options(site, node), accept_new_host_keys=accept_new_host_keys
-            )
-
-        return make_openssh
-    from lotdeploy.transport.ssh import SshTransport
-
-    def make(node: Node) -> Transport:
-        return SshTransport.for_node(
-            node, accept_new_host_keys=accept_new_host_keys, base_dir=site.base_dir
-        )
-
-    return make
+    return Sessions(site, transport_factory(site, accept_new_host_keys, kind))
 
 
 def cluster_logins(site: Site, workspace: Workspace, need: bool) -> dict[str, Secret] | None:
@@ -198,21 +182,26 @@ def read_live(
     strict: bool = True,
     transport: str | None = None,
     need_logins: bool = False,
+    sessions: Sessions | None = None,
 ) -> DriftReport:
     """A refresh: what the live nodes show (lotdeploy.apply.drift). `strict`: a node that
     cannot be read is an error naming it (a saved plan must not guess); else it is said,
-    and planned from its record as it is."""
+    and planned from its record as it is. `sessions`: the command's, so the phases after
+    the refresh reuse its connections (else its own, closed afterwards)."""
     from lotdeploy.apply.drift import read_drift
     from lotdeploy.errors import LotdeployError
 
-    report = read_drift(
-        site,
-        workspace,
-        transport_factory(site, accept_new_host_keys, transport),
-        parallelism,
-        only,
-        cluster_logins(site, workspace, need_logins),
-    )
+    with contextlib.ExitStack() as stack:
+        if sessions is None:
+            sessions = stack.enter_context(node_sessions(site, accept_new_host_keys, transport))
+        report = read_drift(
+            site,
+            workspace,
+            sessions,
+            parallelism,
+            only,
+            cluster_logins(site, workspace, need_logins),
+        )
     if strict and report.errors:
         raise LotdeployError(
             "cannot read the live nodes: "

@@ -13,10 +13,10 @@ import click
 
 from lotdeploy.cli.common import (
     load,
+    node_sessions,
     open_workspace,
     read_live,
     refuse_missing_broker_keys,
-    transport_factory,
     workspace_option,
 )
 from lotdeploy.exitstatus import ExitStatus
@@ -24,6 +24,7 @@ from lotdeploy.exitstatus import ExitStatus
 if TYPE_CHECKING:
     from lotdeploy.apply.events import Event
     from lotdeploy.model import Site
+    from lotdeploy.node.session import Sessions
     from lotdeploy.plan.live import Refresh
 
 limit_options = [
@@ -235,6 +236,7 @@ def apply(
     from lotdeploy.plan.text import iter_text
     from lotdeploy.secret import dumps, scrub
     from lotdeploy.selection import select_nodes
+    from lotdeploy.transport import chosen
 
     saved = None
     if target is None:
@@ -260,7 +262,10 @@ def apply(
     loaded = load(site_file)
     site = loaded.site
     workspace = open_workspace(site_file, workspace_dir)
-    with workspace.lock("apply"):
+    kind = chosen(site, transport)
+    # one session per node for the whole command: the refresh, every phase of the apply
+    # and, in a rollout, every wave and gate reuse its connection and admin session
+    with workspace.lock("apply"), node_sessions(site, accept_new_host_keys, transport) as sessions:
         only = (
             set(saved.only)
             if saved is not None and saved.only
@@ -271,9 +276,7 @@ def apply(
             _rollout_standing(workspace, resume, abandon_rollout, as_json)
         live = None
         if refresh or refresh_only:  # what the nodes run, before anything changes
-            live = _refresh(
-                site, workspace, accept_new_host_keys, parallelism, only, as_json, transport
-            )
+            live = _refresh(site, workspace, sessions, parallelism, only, as_json)
         if refresh_only:
             _record_refresh(workspace, live, as_json, auto_approve)
             return
@@ -300,7 +303,8 @@ def apply(
                 lambda: _confirm(auto_approve or saved is not None),
                 Progress,
                 live,
-                transport,
+                sessions,
+                kind,
                 connect_timeout,
             )
             if code:
@@ -326,17 +330,14 @@ def apply(
         if fresh.steps or _pending(workspace):
             if saved is None:
                 _confirm(auto_approve)
-            kind = transport or site.transport
-            if kind == "ansible":
-                from lotdeploy.ansible.deliver import AnsibleFiles
-
-                files_phase = AnsibleFiles(accept_new_host_keys)
+            if kind.files_phase is not None:
+                files_phase = kind.files_phase(accept_new_host_keys)
             with Progress(as_json, sorted(fresh.steps)) as progress:
                 result = apply_plan(
                     site,
                     workspace,
                     fresh,
-                    transport_factory(site, accept_new_host_keys, kind),
+                    sessions,
                     progress,
                     parallelism,
                     only=only,
@@ -418,11 +419,10 @@ def _rollout_standing(workspace: Any, resume: bool, abandon: bool, as_json: bool
 def _refresh(
     site: Site,
     workspace: Any,
-    accept_new_host_keys: bool,
+    sessions: Sessions,
     parallelism: int,
     only: set[str] | None,
     as_json: bool,
-    transport: str | None = None,
 ) -> Refresh:
     """Read every chosen node, as drift does: what drifted is planned back. A node that
     cannot be read is said, and planned from its record as it is (its steps then fail
@@ -430,14 +430,7 @@ def _refresh(
     from lotdeploy.secret import dumps, scrub
 
     live = read_live(
-        site,
-        workspace,
-        only,
-        accept_new_host_keys,
-        parallelism,
-        strict=False,
-        transport=transport,
-        need_logins=True,
+        site, workspace, only, False, parallelism, strict=False, need_logins=True, sessions=sessions
     )
     findings = {
         node: [f for f in found if f != "never applied"]
@@ -652,14 +645,11 @@ def doctor(
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
-    with workspace.lock("doctor"):
-        results = run_doctor(
-            loaded.site,
-            workspace,
-            transport_factory(loaded.site, accept_new_host_keys, transport),
-            parallelism,
-            only,
-        )
+    with (
+        workspace.lock("doctor"),
+        node_sessions(loaded.site, accept_new_host_keys, transport) as sessions,
+    ):
+        results = run_doctor(loaded.site, workspace, sessions, parallelism, only)
     bad = False
     if as_json:
         click.echo(dumps({name: r.to_json() for name, r in sorted(results.items())}))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from lotdeploy.cli.common import load, transport_factory
+from lotdeploy.cli.common import load, node_sessions
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.exitstatus import ExitStatus
 
@@ -46,9 +46,8 @@ def status(
 
     loaded = load(site)
     only = select_nodes(loaded.site, limit, exclude)
-    results = read_status(
-        loaded.site, transport_factory(loaded.site, accept_new_host_keys), parallelism, only
-    )
+    with node_sessions(loaded.site, accept_new_host_keys) as sessions:
+        results = read_status(loaded.site, sessions, parallelism, only)
     missing = expected_missing(loaded.site, results)
     down = any(r.get("connection") != "Connected" for s in results.values() for r in s.routes)
     if as_json:

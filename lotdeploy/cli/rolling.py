@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lotdeploy.cli.common import transport_factory
 from lotdeploy.exitstatus import ExitStatus
 
 if TYPE_CHECKING:
@@ -75,7 +74,8 @@ def apply_rollout(
     confirm: Callable[[], None],
     progress: Callable[[bool, list[str]], Any],
     live: Any = None,
-    transport: str | None = None,
+    sessions: Any = None,
+    kind: Any = None,
     connect_timeout: float = 15.0,
 ) -> int:
     """`apply` as a rollout; the exit status."""
@@ -116,7 +116,10 @@ def apply_rollout(
     if not as_json:
         names = " → ".join(f"{w['name']} ({len(w['nodes'])})" for w in record.waves)
         click.echo(f"Rollout {record.id}: {names}; from wave {record.done + 1}.")
-    transports = transport_factory(site, accept_new_host_keys, transport)
+    # every wave, gate, confirmation and rollback reuses the command's node sessions, and
+    # the chosen transport delivers the files (Ansible's playbook for `transport: ansible`)
+    transports = sessions
+    files_phase = kind.files_phase(accept_new_host_keys) if kind and kind.files_phase else None
 
     def plan_for(nodes: set[str]) -> Plan:
         return make_plan(site, workspace, only=nodes, refresh=live)
@@ -137,6 +140,7 @@ def apply_rollout(
                     nodes,
                     timeout,
                     connect_timeout,
+                    files_phase,
                 )
             return apply_plan(
                 site,
@@ -146,6 +150,7 @@ def apply_rollout(
                 reporter,
                 parallelism,
                 only=nodes,
+                files_phase=files_phase,
                 connect_timeout=connect_timeout,
             )
 

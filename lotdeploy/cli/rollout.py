@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import click
 
-from lotdeploy.cli.common import load, open_workspace, transport_factory, workspace_option
+from lotdeploy.cli.common import load, node_sessions, open_workspace, workspace_option
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.cli.rolling import _gate_line, make_gate
 from lotdeploy.exitstatus import ExitStatus
@@ -47,9 +48,9 @@ def rollback(
       lotdeploy rollback site.yaml --limit us
       lotdeploy rollback site.yaml --limit eu1 --to 3f2a9c1b7d4e5f60
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     from lotdeploy.errors import LotdeployError
+    from lotdeploy.node.session import for_each_name
     from lotdeploy.rollout.restore import RestoreOutcome, restore_node, safe_error
     from lotdeploy.rollout.run import changed_since
     from lotdeploy.secret import dumps, scrub
@@ -62,7 +63,7 @@ def rollback(
     loaded = load(site)
     the_site = loaded.site
     workspace = open_workspace(site, workspace_dir)
-    with workspace.lock("rollback"):
+    with workspace.lock("rollback"), contextlib.ExitStack() as stack:
         only = select_nodes(the_site, limit, exclude)
         state = StateStore(workspace).read()
         standing = state.rollout
@@ -77,7 +78,7 @@ def rollback(
             )
         else:
             chosen = sorted(n.name for n in the_site.nodes if n.name in state.nodes)
-        transports = transport_factory(the_site, accept_new_host_keys)
+        transports = stack.enter_context(node_sessions(the_site, accept_new_host_keys))
 
         def one(name: str) -> RestoreOutcome:
             snapshot = before.get(name) if release is None else None
@@ -89,14 +90,11 @@ def rollback(
             except (LotdeployError, OSError) as exc:
                 return RestoreOutcome(name, ok=False, to_release=release, error=safe_error(exc))
 
-        outcomes: list[RestoreOutcome] = []
-        if chosen:
-            with ThreadPoolExecutor(max_workers=min(parallelism, len(chosen))) as pool:
-                outcomes = list(pool.map(one, chosen))
+        outcomes = list(for_each_name(chosen, one, parallelism).values())
         restored = frozenset(o.node for o in outcomes if o.ok)
         lost = frozenset(o.node for o in outcomes if not o.ok)
         checked = None
-        if restored:
+        if restored:  # the gate reuses the restore's connections
             checked = make_gate(the_site, workspace, transports, parallelism)(restored, lost)
         if standing is not None and not lost:
             with StateStore(workspace).transaction() as current:

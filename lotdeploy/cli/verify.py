@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 import click
 
-from lotdeploy.cli.common import load, open_workspace, transport_factory, workspace_option
+from lotdeploy.cli.common import load, node_sessions, open_workspace, workspace_option
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.exitstatus import ExitStatus
 
@@ -167,7 +167,7 @@ def verify(
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
     only = select_nodes(loaded.site, limit, exclude)
-    transports = transport_factory(loaded.site, accept_new_host_keys)
+    transports = node_sessions(loaded.site, accept_new_host_keys)  # closed after the run
     exercises = _exercises(
         loaded.site,
         site,
@@ -188,13 +188,14 @@ def verify(
         reconnect_allowance=reconnect_allowance,
         exercises=exercises,
     )
-    result = run_verify(
-        loaded.site,
-        workspace,
-        transports,
-        nodes=frozenset(only) if only is not None else None,
-        options=options,
-    )
+    with transports:
+        result = run_verify(
+            loaded.site,
+            workspace,
+            transports,
+            nodes=frozenset(only) if only is not None else None,
+            options=options,
+        )
     written: list[str] = []
     try:
         save_last(workspace, result)

@@ -25,25 +25,35 @@ from __future__ import annotations
 import posixpath
 import secrets
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from lotdeploy.apply import activate
-from lotdeploy.apply.engine import ApplyResult, NodeOutcome, apply_plan
+from lotdeploy.apply.engine import ApplyResult, FilesPhase, NodeOutcome, apply_plan
 from lotdeploy.apply.events import Event, Reporter
-from lotdeploy.apply.release import CONFIRM_DIR, RELEASES, NodePaths, disarm_timers, release_id
 from lotdeploy.errors import LotdeployError
 from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.model import Node, Site
+from lotdeploy.node.release import (
+    CONFIRM_DIR,
+    RELEASES,
+    FileEntry,
+    NodePaths,
+    check_timers,
+    deploy_script,
+    parse_timers,
+    release_id,
+    timers_script,
+)
+from lotdeploy.node.session import for_each_name, fresh_transport
 from lotdeploy.plan.diff import Plan
 from lotdeploy.render import MANIFEST, ROUTE_FILE, iter_bundles
 from lotdeploy.secret import scrub
 from lotdeploy.state import NodeRecord, StateStore
-from lotdeploy.transport.base import Transport, opened
+from lotdeploy.transport.base import Transport, TransportFactory, opened
+from lotdeploy.values import check_bundle_name
 from lotdeploy.workspace import Workspace
-
-TransportFactory = Callable[[Node], Transport]
 
 #: how long (s) the timer waits for apply to switch the node before it gives up (no switch)
 SWITCH_WAIT = 900
@@ -69,14 +79,26 @@ def revert_script(
     new: str,
     token: str,
     timeout: int,
-    tls: list[str],
-    modes: dict[str, str],
+    entries: Sequence[FileEntry],
 ) -> str:
-    """The node-side timer (pure: a shell script text)."""
+    """The node-side timer (pure: a shell script text). Going back is the deploy script of
+    the previous release with nothing sent (lotdeploy.node.release.deploy_script): the
+    release must be whole, the TLS files that differ are placed, `current` moves last, the
+    reload runs when a TLS file changed."""
     paths = NodePaths.of(node)
     marker = posixpath.join(paths.release_dir, CONFIRM_DIR, token)
     report = posixpath.join(paths.release_dir, REPORT)
     link = posixpath.join(RELEASES, new)
+    back = deploy_script(
+        paths,
+        previous,
+        entries,
+        keep_timer=None,
+        reload_command=node.broker.reload_command,
+        force_reload=False,
+        source=None,
+        timers=False,  # this timer is the one firing
+    )
     lines = [  # wait (bounded) for apply's switch, then give it `timeout` seconds
         "i=0",
         f'while [ "$(readlink {_q(paths.current)})" != {_q(link)} ]; do',
@@ -87,56 +109,79 @@ def revert_script(
         # one rename decides, atomically: confirm renamed the script first, or the timer does
         f"mv -T {_q(marker + '.sh')} {_q(marker + '.firing')} 2>/dev/null || "
         f"{{ rm -f {_q(marker)}.*; exit 0; }}",
-        f'[ "$(readlink {_q(paths.current)})" = {_q(posixpath.join(RELEASES, new))} ] || '
+        f'[ "$(readlink {_q(paths.current)})" = {_q(link)} ] || '
         f"{{ rm -f {_q(marker)}.*; exit 0; }}",
-        f"owner=$(stat -c %u:%g {_q(paths.tls_dir)} 2>/dev/null || echo 0:0)",
-    ]
-    for name in tls:
-        source = posixpath.join(paths.release(previous), name)
-        temporary = posixpath.join(paths.tls_dir, f".{name}.lotdeploy.tmp")
-        lines += [
-            f"install -m {_q(modes[name])} -o ${{owner%:*}} -g ${{owner#*:}} {_q(source)} "
-            f"{_q(temporary)} && mv -f {_q(temporary)} {_q(posixpath.join(paths.tls_dir, name))}",
-        ]
-    lines += [
-        f"ln -sfn {_q(posixpath.join(RELEASES, previous))} {_q(paths.current + '.new')}",
-        f"mv -Tf {_q(paths.current + '.new')} {_q(paths.current)}",
-        "sync",
-        f"( {node.broker.reload_command} ) >/dev/null 2>&1; rc=$?",
+        f"out=$(sh -c {_q(back)} 2>&1 </dev/null); rc=$?",
+        "r=$(printf '%s\\n' \"$out\" | sed -n 's/^lotdeploy-reload-status=//p')",
+        "why=$(printf '%s\\n' \"$out\" | sed -n 's/^lotdeploy-error: //p')",
+        'if [ "$rc" = 0 ]; then',
+        f'  done="went back to release {previous} (files, TLS files, reload '
+        '${r:+exit }${r:-not needed})"',
+        "else",
+        f'  done="could not go back to release {previous}: $why"',
+        "fi",
         f"printf '%s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ): release {new} was not confirmed "
         f"within {int(timeout)} s of its switch (the controller could not reach the node and "
-        f"its broker again); went back to release {previous} (files, TLS files, reload exit "
-        f'$rc); routes and users wait for lotdeploy rollback" > {_q(report)}',
+        f'its broker again); $done; routes and users wait for lotdeploy rollback" > '
+        f"{_q(report)}",
         f"rm -f {_q(marker)}.*",
     ]
     return "\n".join(lines) + "\n"
 
 
-def arm(transport: Transport, node: Node, previous: str, new: str, timeout: int) -> Armed:
-    """Start the node-side timer before apply switches `node` from `previous` to `new`.
-    Every older timer there is disarmed first (proven: none is left armed or firing), so
-    one timer belongs to one switch and none of an interrupted run reverts this one."""
+def arm(
+    transport: Transport,
+    node: Node,
+    previous: str,
+    new: str,
+    timeout: int,
+    files: Mapping[str, Mapping[str, str]] | None = None,
+) -> Armed:
+    """Start the node-side timer before apply switches `node` from `previous` to `new`, in
+    one command: every older timer there is disarmed first (proven: none is left armed or
+    firing), so one timer belongs to one switch and none of an interrupted run reverts this
+    one; the script arrives on that command's stdin. `files` (name -> sha256, mode: what
+    the state records the node runs now, i.e. release `previous`) saves reading its
+    manifest from the node."""
     paths = NodePaths.of(node)
-    disarm_timers(transport, node)
-    raw = transport.get(posixpath.join(paths.release(previous), MANIFEST))
-    if raw is None:
-        raise LotdeployError(f"node {node.name}: release {previous} has no manifest to revert to")
-    try:  # from the node: read as strictly as any file lotdeploy reads back
-        files = parse_json(raw)["files"]
-        tls = sorted(str(name) for name in files if name != ROUTE_FILE)
-        modes = {name: str(files[name]["mode"]) for name in tls}
-    except (UnreadableFile, KeyError, TypeError, AttributeError):
+    if files is None:
+        raw = transport.get(posixpath.join(paths.release(previous), MANIFEST))
+        if raw is None:
+            raise LotdeployError(
+                f"node {node.name}: release {previous} has no manifest to revert to"
+            )
+        try:  # from the node: read as strictly as any file lotdeploy reads back
+            files = parse_json(raw)["files"]
+        except (UnreadableFile, KeyError, TypeError):
+            raise LotdeployError(
+                f"node {node.name}: release {previous} has a damaged manifest to revert to"
+            ) from None
+    try:
+        entries = [
+            FileEntry(str(name), str(entry["sha256"]), int(str(entry["mode"]), 8))
+            for name, entry in files.items()
+        ]
+        for entry in entries:  # they go into a script: plain names only
+            if entry.name != ROUTE_FILE and check_bundle_name(entry.name) is not None:
+                raise ValueError(entry.name)
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise LotdeployError(
             f"node {node.name}: release {previous} has a damaged manifest to revert to"
         ) from None
     token = secrets.token_hex(8)
     directory = posixpath.join(paths.release_dir, CONFIRM_DIR)
     script = posixpath.join(directory, f"{token}.sh")
-    transport.run(f"mkdir -p -m 0700 {_q(directory)}", timeout=30)
-    transport.put(
-        revert_script(node, previous, new, token, timeout, tls, modes).encode(), script, 0o700
-    )
-    transport.run(f"setsid nohup sh {_q(script)} </dev/null >/dev/null 2>&1 &", timeout=30)
+    out = transport.run(
+        f"mkdir -p -m 0700 {_q(directory)}; "
+        + timers_script(paths, None, disarm=True)
+        # (only the timer goes to the background: a background list would read no stdin)
+        + f"umask 077; cat > {_q(script)} && chmod 0700 {_q(script)} && "
+        f"{{ setsid nohup sh {_q(script)} </dev/null >/dev/null 2>&1 & }}",
+        timeout=30,
+        input=revert_script(node, previous, new, token, timeout, entries).encode(),
+    ).stdout
+    armed, firing, _ = parse_timers(out, token)
+    check_timers(node.name, armed, firing, paths)
     return Armed(node.name, token, previous, new, timeout)
 
 
@@ -190,6 +235,7 @@ def apply_confirmed(
     only: set[str],
     timeout: int,
     connect_timeout: float = 15.0,
+    files_phase: FilesPhase | None = None,
 ) -> ApplyResult:
     """apply_plan with confirm-or-revert around every node whose release changes.
 
@@ -209,7 +255,8 @@ def apply_confirmed(
     unarmed: dict[str, str] = {}
     known = StateStore(workspace).read().nodes
     deployed = sorted(n for n in only if known.get(n, NodeRecord()).release is not None)
-    for name in deployed:  # 1. what happened since the last run
+
+    def since_last_run(name: str) -> None:  # 1. what happened since the last run
         node = site.node(name)
         try:
             with opened(transports(node)) as transport:
@@ -221,23 +268,30 @@ def apply_confirmed(
         except (LotdeployError, OSError) as exc:
             unarmed[name] = describe_failure(exc)
             reporter(Event(name, "arm", "fail", unarmed[name]))
+
+    for_each_name(deployed, since_last_run, parallelism)
     plan = plan_for(only)  # after any restore: the state is true to the nodes again
     known = StateStore(workspace).read().nodes
-    for name in deployed:  # 2. arm every node this apply switches
-        previous = known.get(name, NodeRecord()).release
+
+    def arm_node(name: str) -> None:  # 2. arm every node this apply switches
+        record = known.get(name, NodeRecord())
         steps = plan.steps.get(name)
-        if name in unarmed or previous is None or steps is None or not steps.files:
-            continue
-        if new_ids.get(name) in (None, previous):
-            continue
+        if name in unarmed or record.release is None or steps is None or not steps.files:
+            return
+        if new_ids.get(name) in (None, record.release):
+            return
         node = site.node(name)
         try:
             with opened(transports(node)) as transport:
-                armed[name] = arm(transport, node, previous, new_ids[name], timeout)
+                armed[name] = arm(
+                    transport, node, record.release, new_ids[name], timeout, record.files or None
+                )
             reporter(Event(name, "arm", "ok", f"reverts itself in {timeout} s unless confirmed"))
         except (LotdeployError, OSError) as exc:
             unarmed[name] = describe_failure(exc)
             reporter(Event(name, "arm", "fail", unarmed[name]))
+
+    for_each_name(deployed, arm_node, parallelism)
     if len(unarmed) < len(only):
         plan = plan.restricted(only - set(unarmed)) if unarmed else plan
         result = apply_plan(
@@ -248,6 +302,7 @@ def apply_confirmed(
             reporter,
             parallelism,
             only=only - set(unarmed),
+            files_phase=files_phase,
             connect_timeout=connect_timeout,
             keep_timers={name: a.token for name, a in armed.items()},
         )
@@ -255,10 +310,12 @@ def apply_confirmed(
         result = ApplyResult()
     for name, why in unarmed.items():  # never switched without its safety net
         result.outcomes[name] = NodeOutcome(name, False, f"not armed: {why}", "arm")
-    for name, token in armed.items():
+
+    def confirm_node(name: str) -> None:  # 3. every armed node, each over a new connection
+        token = armed[name]
         outcome = result.outcomes.setdefault(name, NodeOutcome(name))
         try:
-            confirm(site, token, transports(site.node(name)))
+            confirm(site, token, fresh_transport(transports, site.node(name)))
             reporter(Event(name, "confirm", "ok", "confirmed over a fresh connection"))
         except (LotdeployError, OSError) as exc:
             why = (
@@ -271,4 +328,6 @@ def apply_confirmed(
             with StateStore(workspace).transaction() as state:  # the next apply looks first
                 record = state.nodes.setdefault(name, NodeRecord())
                 record.pending = sorted({*record.pending, "activate"})
+
+    for_each_name(sorted(armed), confirm_node, parallelism)
     return result

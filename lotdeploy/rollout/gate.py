@@ -26,13 +26,11 @@ from typing import Any
 from lotdeploy.apply import activate
 from lotdeploy.broker.mqtt import Message, MqttConnection
 from lotdeploy.errors import LotdeployError
-from lotdeploy.model import Node, Site, route_name_for
+from lotdeploy.model import Site, route_name_for
 from lotdeploy.secret import scrub
 from lotdeploy.state import StateStore
-from lotdeploy.transport.base import Transport
+from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
-
-TransportFactory = Callable[[Node], Transport]
 
 
 @dataclass(frozen=True)

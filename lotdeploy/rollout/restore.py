@@ -1,6 +1,6 @@
 """Put a node back on an earlier release: files, `current`, TLS files, reload, routes, users.
 
-The releases apply keeps on the node (the last three, lotdeploy.apply.release) hold
+The releases apply keeps on the node (the last three, lotdeploy.node.release) hold
 everything the node's side needs: the manifest (every file's sha256 and mode, the
 credential version) and routes.lot. A restore switches `current` back, places the TLS files
 of that release that differ from what the broker has (temporary name, fsync, rename, as
@@ -16,24 +16,26 @@ Both the automatic rollback of a rollout and `lotdeploy rollback` use `restore_n
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from lotdeploy.apply import activate
-from lotdeploy.apply.release import RELEASES, NodePaths, run_reload
 from lotdeploy.credentials import password_secret_name
 from lotdeploy.errors import LotdeployError
 from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.lot import format_route, parse
 from lotdeploy.model import ROUTE_PREFIX, Site, route_name_for, username_for_version
+from lotdeploy.node.release import FileEntry, NodePaths, switch_back
 from lotdeploy.protocol import CLUSTER_CONFIG_BLOCK
 from lotdeploy.render import MANIFEST, ROUTE_FILE
 from lotdeploy.rotation import KINDS
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.state import NodeRecord, StateStore
-from lotdeploy.transport.base import Transport
+from lotdeploy.transport.base import Transport, TransportError
+from lotdeploy.values import check_bundle_name
 from lotdeploy.workspace import Workspace
 
 
@@ -154,55 +156,28 @@ def restore_node(
             for k, v in manifest["files"].items()
         }
         version = int(manifest.get("credential_version", 1))
+        entries = [FileEntry(f, e["sha256"], int(e["mode"], 8)) for f, e in files.items()]
+        # what a node's manifest says ends up in paths and a script: plain names, digests
+        # and modes as lotdeploy writes them, or nothing is done
+        for entry in entries:
+            plain = entry.name == ROUTE_FILE or check_bundle_name(entry.name) is None
+            digest = len(entry.sha256) == 64 and all(c in "0123456789abcdef" for c in entry.sha256)
+            if not (plain and digest and 0 <= entry.mode <= 0o777):
+                raise ValueError(entry.name)
     except (ValueError, KeyError, TypeError, AttributeError, UnreadableFile):
         raise RestoreError(f"node {name}: release {target} has a damaged manifest") from None
 
-    # 0. the release must be whole before anything switches to it: every file its manifest
-    #    lists, with its digest (a damaged release is refused; nothing changes)
-    sums = "\n".join(
-        f"{entry['sha256']}  {posixpath.join(paths.release(target), file)}"
-        for file, entry in sorted(files.items())
-    )
-    bad = transport.run(
-        f"printf '%s\\n' {_q(sums)} | sha256sum -c --quiet - 2>&1 | sed -n 's/: FAILED.*$//p'",
-        timeout=60,
-        check=False,
-    ).stdout.split()
-    if bad or not files:
-        what = posixpath.basename(bad[0]) if bad else "its manifest lists no file"
-        raise RestoreError(
-            f"node {name}: release {target} on the node is damaged ({what} does not match its "
-            "manifest): nothing was switched"
-        )
-
-    # 1. files: the TLS files that differ, then `current` (one command, set -e)
-    tls = sorted(f for f in files if f != ROUTE_FILE)
-    steps = ["set -e", f"owner=$(stat -c %u:%g {_q(paths.tls_dir)} 2>/dev/null || echo 0:0)"]
-    for file in tls:
-        source = posixpath.join(paths.release(target), file)
-        placed = posixpath.join(paths.tls_dir, file)
-        temporary = posixpath.join(paths.tls_dir, f".{file}.lotdeploy.tmp")
-        steps += [
-            f"if ! echo {_q(files[file]['sha256'] + '  ' + placed)} | sha256sum -c --status - "
-            "2>/dev/null; then",
-            f"  install -m {_q(files[file]['mode'])} -o ${{owner%:*}} -g ${{owner#*:}} "
-            f"{_q(source)} {_q(temporary)}",
-            f"  sync {_q(temporary)}",
-            f"  mv -f {_q(temporary)} {_q(placed)}",
-            f"  echo changed={_q(file)}",
-            "fi",
-        ]
-    if current != target:
-        link = paths.current + ".new"
-        steps += [
-            f"ln -sfn {_q(posixpath.join(RELEASES, target))} {_q(link)}",
-            f"mv -Tf {_q(link)} {_q(paths.current)}",
-            f"sync {_q(paths.release_dir)}",
-        ]
-    if tls:
-        steps.append(f"sync {_q(paths.tls_dir)}")
-    out = transport.run("\n".join(steps), timeout=120).stdout
-    changed = [line[8:] for line in out.splitlines() if line.startswith("changed=")]
+    # 1. files: the deploy script with nothing sent (lotdeploy.node.release.switch_back):
+    #    the release must be whole (every file against its manifest: a damaged one is
+    #    refused, nothing switched), the TLS files that differ are placed, `current` last
+    entries.append(FileEntry(MANIFEST, hashlib.sha256(manifest_raw).hexdigest(), 0o644))
+    if not files:
+        raise RestoreError(f"node {name}: release {target} on the node lists no file")
+    try:
+        done_node = switch_back(transport, node, target, entries)
+    except TransportError as exc:
+        raise RestoreError(str(exc)) from None
+    changed = list(done_node.tls_changed)
     done = [f"current -> {target}"] if current != target else []
     if changed:
         done.append(f"TLS files {', '.join(changed)}")
@@ -213,8 +188,9 @@ def restore_node(
             rec.previous_release = rec.release
         rec.release = target
         rec.files = files
-    if changed:
-        run_reload(transport, node)
+    if done_node.reload_error is not None:
+        raise done_node.reload_error
+    if done_node.reloaded:
         done.append("reloaded")
 
     # 2. routes: re-add those that differ, remove those the release lacks

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lotdeploy.errors import NodeError
+
+if TYPE_CHECKING:
+    from lotdeploy.model import Node
 
 #: Default bound of one remote command, in seconds.
 COMMAND_TIMEOUT = 60.0
@@ -79,10 +83,17 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def run(
-        self, command: str, *, timeout: float = COMMAND_TIMEOUT, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        check: bool = True,
+        input: bytes | None = None,
     ) -> RunResult:
         """Run a shell command on the node. With `check`, a non-zero exit raises
-        TransportError naming the node, the command and the node's stderr."""
+        TransportError naming the node, the command and the node's stderr. `input`: bytes
+        the command reads on its stdin (a release streamed over the same exec: no separate
+        upload, no extra round trips); without it stdin is empty."""
 
     @abc.abstractmethod
     def put(self, data: bytes, path: str, mode: int) -> None:
@@ -118,3 +129,8 @@ def opened(transport: Transport) -> Iterator[Transport]:
         yield transport
     finally:
         transport.close()
+
+
+#: How a command reaches each node: node -> its Transport (lotdeploy.transport.chosen makes
+#: one; a run wraps it in lotdeploy.node.session.Sessions so every phase shares it).
+TransportFactory = Callable[["Node"], Transport]

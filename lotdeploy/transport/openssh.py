@@ -196,9 +196,14 @@ class OpenSshTransport(Transport):
         return proc
 
     def run(
-        self, command: str, *, timeout: float = COMMAND_TIMEOUT, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        check: bool = True,
+        input: bytes | None = None,
     ) -> RunResult:
-        proc = self._ssh(command, timeout=timeout)
+        proc = self._ssh(command, timeout=timeout, data=input)
         result = RunResult(
             command,
             proc.returncode,

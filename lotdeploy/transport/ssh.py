@@ -34,8 +34,9 @@ from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from lotdeploy.fsutil import UnreadableFile, read_prefix
-from lotdeploy.model import Node, SshTarget
+from lotdeploy.model import Node, Site, SshTarget
 from lotdeploy.secret import scrub
+from lotdeploy.transport import TransportKind
 from lotdeploy.transport.base import (
     COMMAND_TIMEOUT,
     MAX_OUTPUT_BYTES,
@@ -43,6 +44,7 @@ from lotdeploy.transport.base import (
     RunResult,
     Transport,
     TransportError,
+    TransportFactory,
     command_label,
     output_overflow,
 )
@@ -403,6 +405,10 @@ class SshTransport(Transport):
         via = f" via jump host {jump.label}" if jump is not None else ""
         prefix = f"jump host {hop.label}: " if is_jump else ""
         try:
+            if conn.gateway is None or conn.gateway is False:
+                # our own socket, so TCP_NODELAY holds from the first byte: without it every
+                # small packet behind an unacknowledged one waits a round trip (Nagle)
+                conn.connect_kwargs["sock"] = _tcp(hop.host, hop.port, self.connect_timeout)
             conn.open()
             return
         except _UnknownHostKey as exc:
@@ -478,13 +484,20 @@ class SshTransport(Transport):
     # -- commands ---------------------------------------------------------------------------
 
     def run(
-        self, command: str, *, timeout: float = COMMAND_TIMEOUT, check: bool = True
+        self,
+        command: str,
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        check: bool = True,
+        input: bytes | None = None,
     ) -> RunResult:
-        """Run `command` (bounded by `timeout`), output hidden, stdin never read or sent."""
+        """Run `command` (bounded by `timeout`), output hidden; stdin empty, or `input`."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         conn = self._require()
         label = command_label(command)
+        if input is not None:
+            return self._checked(self._exec_with_input(conn, command, input, timeout), check)
         try:
             result = conn.run(
                 command, hide=True, warn=True, timeout=timeout, in_stream=False, pty=False
@@ -505,10 +518,65 @@ class SshTransport(Transport):
             stdout=scrub(result.stdout),
             stderr=scrub(result.stderr),
         )
+        return self._checked(run, check)
+
+    def _checked(self, run: RunResult, check: bool) -> RunResult:
         if check and not run.ok:
             tail = _tail(run.stderr) or "no output on stderr"
+            label = command_label(run.command)
             raise self._fail(f"`{label}` exited with status {run.exit_status}: {tail}")
         return run
+
+    def _exec_with_input(
+        self, conn: Connection, command: str, data: bytes, timeout: float
+    ) -> RunResult:
+        """One exec channel that gets `data` on its stdin (then EOF): what fabric's runner
+        cannot do for bytes. Output bounded (MAX_OUTPUT_BYTES a stream), time bounded."""
+        label = command_label(command)
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._fail(f"`{label}`: the connection to {self._label()} was lost")
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        try:
+            channel = transport.open_session(timeout=self.connect_timeout)
+            try:
+                channel.settimeout(max(deadline - time.monotonic(), 0.1))
+                channel.exec_command(command)
+                channel.sendall(data)
+                channel.shutdown_write()
+                while True:
+                    if channel.recv_ready():
+                        out += channel.recv(65536)
+                    elif channel.recv_stderr_ready():
+                        err += channel.recv_stderr(65536)
+                    elif channel.exit_status_ready():
+                        break
+                    else:
+                        select.select([channel], [], [], 0.05)
+                    if len(out) > MAX_OUTPUT_BYTES or len(err) > MAX_OUTPUT_BYTES:
+                        raise self._fail(output_overflow(command))
+                    if time.monotonic() > deadline:
+                        raise self._fail(f"`{label}` did not finish within {timeout:g} s")
+                while channel.recv_ready():  # what came with the exit status
+                    out += channel.recv(65536)
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        except TransportError:
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._fail(
+                f"`{label}` failed: the connection to {self._label()} broke ({_os_cause(exc)})"
+            ) from None
+        return RunResult(
+            command=command,
+            exit_status=status,
+            stdout=scrub(out.decode(errors="replace")),
+            stderr=scrub(err.decode(errors="replace")),
+        )
 
     # -- files ------------------------------------------------------------------------------
 
@@ -632,22 +700,23 @@ class SshTransport(Transport):
         transport = conn.client.get_transport()
         assert transport is not None
         dest = f"{remote_host}:{remote_port}"
-        # One probe channel first: "nothing listens there" is a clear error here, not an
-        # EOF the caller's client would have to explain.
+        # One channel first: "nothing listens there" is a clear error here, not an EOF the
+        # caller's client would have to explain; the first connection then takes that
+        # channel instead of opening another (one round trip, not two).
         try:
-            transport.open_channel(
+            first = transport.open_channel(
                 "direct-tcpip",
                 (remote_host, remote_port),
                 ("127.0.0.1", 0),
                 timeout=self.connect_timeout,
-            ).close()
+            )
         except paramiko.ChannelException as exc:
             raise self._fail(
                 f"cannot forward to {dest} (as seen from the node): {scrub(exc.text or str(exc))}"
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._fail(f"cannot forward to {dest}: {_os_cause(exc)}") from None
-        forward = _Forward(transport, remote_host, remote_port, self.connect_timeout)
+        forward = _Forward(transport, remote_host, remote_port, self.connect_timeout, first)
         with self._lock:
             self._forwards.add(forward)
         try:
@@ -685,6 +754,15 @@ class SshTransport(Transport):
                     conn.close()
         self._conn = None
         self._gateway = None
+
+
+def _tcp(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to host:port (every address tried, bounded), with TCP_NODELAY: an
+    SSH session is a conversation of small packets, each of which Nagle's algorithm would
+    hold for the acknowledgement of the one before (a round trip each)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 class _BoundedRemote(Remote):
@@ -744,8 +822,18 @@ def _create_private(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
 class _Forward:
     """A local listener on 127.0.0.1 whose connections each become a direct-tcpip channel."""
 
-    def __init__(self, transport: paramiko.Transport, host: str, port: int, timeout: float) -> None:
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        host: str,
+        port: int,
+        timeout: float,
+        first: paramiko.Channel | None = None,
+    ) -> None:
         self.transport = transport
+        #: a channel opened already (the check that something listens): the first
+        #: connection's, so it costs no round trip of its own
+        self.first = first
         self.dest = (host, port)
         self.timeout = timeout
         self.stopping = threading.Event()
@@ -771,10 +859,14 @@ class _Forward:
                 continue
             except OSError:
                 return
+            first, self.first = self.first, None
             try:
-                channel = self.transport.open_channel(
-                    "direct-tcpip", self.dest, peer, timeout=self.timeout
-                )
+                if first is not None and not first.closed:
+                    channel = first
+                else:
+                    channel = self.transport.open_channel(
+                        "direct-tcpip", self.dest, peer, timeout=self.timeout
+                    )
             except (paramiko.SSHException, OSError, EOFError):
                 client.close()
                 continue
@@ -820,6 +912,9 @@ class _Forward:
     def stop(self) -> None:
         """Close the listener and every tunnel; join the threads (bounded)."""
         self.stopping.set()
+        if self.first is not None:  # never used
+            with contextlib.suppress(Exception):
+                self.first.close()
         with contextlib.suppress(OSError):
             self.listener.close()
         with self._lock:
@@ -836,3 +931,18 @@ class _Forward:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def transport_kind() -> TransportKind:
+    """`transport: ssh` (the default): fabric/paramiko, strict host keys; files go over each
+    node's own connection."""
+
+    def factory(site: Site, accept_new_host_keys: bool) -> TransportFactory:
+        def make(node: Node) -> Transport:
+            return SshTransport.for_node(
+                node, accept_new_host_keys=accept_new_host_keys, base_dir=site.base_dir
+            )
+
+        return make
+
+    return TransportKind("ssh", factory)

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import posixpath
 import secrets
-import shlex
 import socket
 import ssl
 import time
@@ -32,13 +31,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lotdeploy.apply import activate, release
+from lotdeploy.apply import activate
 from lotdeploy.apply.engine import TransportFactory
 from lotdeploy.apply.events import Event, Reporter, silent
-from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics_sync
+from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.node import facts, release
 from lotdeploy.protocol import parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
@@ -391,7 +391,9 @@ def _broker_part(
     request_ids: Any = echo if isinstance(echo, bool) else "auto"
     try:
         with _admin(site, node, port, options.timeout, request_ids) as client:
-            listed = {str(r.get("name")): dict(r) for r in client.list_routes() if r.get("name")}
+            listing = client.listed_at_connect()  # the -listRoutes sent on connect, if any
+            routes = listing if listing is not None else client.list_routes()
+            listed = {str(r.get("name")): dict(r) for r in routes if r.get("name")}
             for route_name, entry in listed.items():
                 if route_name.startswith(ROUTE_PREFIX) and entry.get("connection") not in (
                     "Connected",
@@ -402,19 +404,39 @@ def _broker_part(
                         if status.last_error:
                             entry["lastError"] = status.last_error
             visit.routes = listed
-            with contextlib.suppress(LotdeployError):  # informational: never a reason to fail
-                visit.monitoring = read_cluster_topics_sync(
-                    client, timeout=min(options.timeout, READ_TIMEOUT)
-                ).to_json()
-            if password is not None:
-                try:
-                    _ensure_probe_user(client, options.probe_user, password)
-                except LotdeployError as exc:
-                    visit.probe_unsupported = True
-                    visit.probe_error = (
-                        f"cannot create the probe user {options.probe_user} on {name}: "
-                        f"{_cause(name, exc)}"
-                    )
+
+            async def both(raw: Any) -> tuple[Any, Any]:
+                # the monitoring topics (informational: never a reason to fail) and the
+                # probe user at once: one wait, not two
+                async def topics() -> Any:
+                    try:
+                        return await read_cluster_topics(
+                            raw, timeout=min(options.timeout, READ_TIMEOUT)
+                        )
+                    except LotdeployError:
+                        return None
+
+                async def probe_user() -> LotdeployError | None:
+                    if password is None:
+                        return None
+                    try:
+                        await _ensure_probe_user_async(raw, options.probe_user, password)
+                    except LotdeployError as exc:
+                        return exc
+                    return None
+
+                found = await asyncio.gather(topics(), probe_user())
+                return found[0], found[1]
+
+            monitoring, failed = client.call(both)
+            if monitoring is not None:
+                visit.monitoring = monitoring.to_json()
+            if failed is not None:
+                visit.probe_unsupported = True
+                visit.probe_error = (
+                    f"cannot create the probe user {options.probe_user} on {name}: "
+                    f"{_cause(name, failed)}"
+                )
     except (LotdeployError, OSError) as exc:
         visit.probe_error = visit.routes_error = (
             f"cannot use {name}'s command channel: {_cause(name, exc)}"
@@ -467,17 +489,16 @@ def _admin(
         client.close()
 
 
-def _ensure_probe_user(client: Any, user: str, password: Secret) -> None:
+async def _ensure_probe_user_async(client: Any, user: str, password: Secret) -> None:
     """Set the probe user's password; create the user the first time (one command either
     way once it exists)."""
     try:
-        client.change_user_password(user, password)
+        await client.change_user_password(user, password)
     except CommandFailed as failed:
-        if "not found" not in failed.reply.describe().lower() and "exist" not in (
-            failed.reply.describe().lower()
-        ):
+        text = failed.reply.describe().lower()
+        if "not found" not in text and "exist" not in text:
             raise
-        client.add_user(user, password)
+        await client.add_user(user, password)
 
 
 def _close_all(visits: list[_Visit], parallelism: int) -> None:
@@ -515,30 +536,13 @@ def _release_check(node: Node, transport: Transport, record: NodeRecord | None) 
         n: posixpath.join(paths.current if n == ROUTE_FILE else paths.tls_dir, n)
         for n in record.files
     }
-    script = (
-        f"echo current=$(readlink {shlex.quote(paths.current)} 2>/dev/null || true); "
-        + (
-            f"sha256sum {' '.join(shlex.quote(p) for p in where.values())} 2>/dev/null; "
-            if where
-            else ""
-        )
-        + "true"
-    )
     try:
-        out = transport.run(script, timeout=30).stdout
+        current, have = facts.read(
+            transport, [facts.current_release(paths.current), facts.digests("sum", where)]
+        )
     except (LotdeployError, OSError) as exc:
         why = f"cannot read the release: {_cause(name, exc)}"
         return Check(name, "release", "inconclusive", why)
-    current = None
-    have: dict[str, str] = {}
-    by_path = {p: n for n, p in where.items()}
-    for line in out.splitlines():
-        if line.startswith("current="):
-            current = posixpath.basename(line.removeprefix("current=").strip()) or None
-            continue
-        digest, _, path = line.partition("  ")
-        if len(digest) == 64 and path.strip() in by_path:
-            have[by_path[path.strip()]] = digest
     if current != record.release:
         return Check(
             name,
