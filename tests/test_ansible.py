@@ -29,7 +29,7 @@ from lotdeploy.lab.hosts import NODE_RELEASE_DIR, Layout
 from lotdeploy.render import iter_bundles
 from lotdeploy.state import StateStore
 from tests.lab_fixtures import lab_cli, skip_unless_root
-from tests.test_apply import Lab, lab_up, steps_of, summary
+from tests.test_apply import Lab, events, lab_up, steps_of, summary
 
 pytestmark = pytest.mark.root
 
@@ -230,6 +230,30 @@ def test_apply_via_ansible_makes_a_working_mesh(lab: Lab) -> None:
         "No changes"
         in lab.cli("apply", lab.site_file, "--auto-approve", "--transport", "ansible").stdout
     )
+
+
+def test_a_rollout_delivers_every_wave_through_ansible(lab: Lab) -> None:
+    """`transport: ansible` holds for every wave of a rollout (it once fell back to plain
+    OpenSSH for the files): each wave's files step is an ansible-runner run."""
+    rolling = _variant(
+        lab,
+        "rolling.yaml",
+        lambda d: (
+            d.update(
+                transport="ansible",
+                rollout={"waves": [{"name": "first", "select": ["eu1"]}], "gate_timeout_sec": 30},
+            )
+            or d["defaults"].update(message_validity_sec=33, cross_region_message_validity_sec=133)
+        ),
+    )
+    proc = lab.cli("apply", rolling, "--auto-approve", "--json")
+    files = [e for e in steps_of(proc) if e["step"] == "files" and e["status"] == "ok"]
+    assert sorted(e["node"] for e in files) == lab.nodes
+    assert all("ansible run" in e["detail"] for e in files), files
+    waves = [e for e in events(proc) if e.get("event") == "wave" and e.get("status") == "ok"]
+    assert [w["wave"] for w in waves] == ["first", "rest"]
+    lab.cli("drift", rolling)
+    lab.cli("apply", lab.site_file, "--auto-approve")  # back to the lab's own site
 
 
 def test_a_rerun_of_deploy_is_changed_zero_and_touches_nothing(lab: Lab) -> None:
