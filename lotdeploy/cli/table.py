@@ -92,6 +92,18 @@ COMMANDS = {
         "lotdeploy.cli.deploy:force_unlock",
         "Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).",
     ),
+    "audit": LazyCommand(
+        "lotdeploy.cli.adopt:audit",
+        "Read a cluster's brokers (a site, or addresses) and report what is wrong with it.",
+    ),
+    "import": LazyCommand(
+        "lotdeploy.cli.adopt:import_cluster",
+        "Write a site spec and workspace that reproduce a running cluster (routes adopted).",
+    ),
+    "takeover": LazyCommand(
+        "lotdeploy.cli.adopt:takeover",
+        "Move an imported cluster to TLS, a generated password, lotdeploy's names: phased.",
+    ),
     "lint": LazyCommand(
         "lotdeploy.cli.core:lint",
         "Parse LOT files and check their routes; errors as FILE:LINE:COL: message.",

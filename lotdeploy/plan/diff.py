@@ -40,6 +40,9 @@ class NodeSteps:
     files_remove: list[list[str]] = field(default_factory=list)
     #: a release directory the site moved away from (its releases and `current`, if ours)
     old_release_dir: str | None = None
+    #: new route name -> the route it replaces (same peer, another name: a take-over's
+    #: renaming): added and Connected before the old one goes, so the link is never down
+    routes_replace: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -66,6 +69,8 @@ class NodeSteps:
             doc["files_remove"] = self.files_remove
         if self.old_release_dir:
             doc["old_release_dir"] = self.old_release_dir
+        if self.routes_replace:
+            doc["routes_replace"] = dict(sorted(self.routes_replace.items()))
         return doc
 
 
@@ -297,6 +302,7 @@ def node_steps(
                 step.routes_remove.append(change.name)
             if change.action != "delete":
                 step.routes_add.append(change.name)
+        step.routes_replace = _renamed(mine)
         if node is not None:
             known = name in observed.applied
             tls_changed = site_tls or any(c.kind in TLS_KINDS for c in mine)
@@ -329,6 +335,24 @@ def node_steps(
         if step:
             steps[name] = step
     return steps
+
+
+def _renamed(changes: list[Change]) -> dict[str, str]:
+    """new route -> old route, where a node's route to a peer is deleted and one to the
+    same peer created under another name (a take-over renaming adopted routes)."""
+    gone = {
+        str(c.before.get("peer")): c.name
+        for c in changes
+        if c.kind == "route" and c.action == "delete" and c.before and c.before.get("peer")
+    }
+    return {
+        c.name: gone[c.payload.peer]
+        for c in changes
+        if c.kind == "route"
+        and c.action == "create"
+        and isinstance(c.payload, DesiredRoute)
+        and c.payload.peer in gone
+    }
 
 
 def _removals(

@@ -26,7 +26,7 @@ from typing import Any
 from lotdeploy.apply import activate
 from lotdeploy.broker.mqtt import Message, MqttConnection
 from lotdeploy.errors import LotdeployError
-from lotdeploy.model import Node, Site, route_name_for
+from lotdeploy.model import Node, Site
 from lotdeploy.secret import scrub
 from lotdeploy.state import StateStore
 from lotdeploy.transport.base import Transport
@@ -139,7 +139,7 @@ def _routes_connected(
 ) -> list[GateProblem]:
     """Poll the node's routes to `peers` until all are Connected or the deadline passes."""
     node = site.node(name)
-    want = {route_name_for(p): p for p in peers}
+    want = {link.route_name: link.target for link in site.links_from(name) if link.target in peers}
     with activate.admin_session(site, node, transport) as client:
         while True:
             seen = {str(r.get("name")): r for r in client.list_routes()}

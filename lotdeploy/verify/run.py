@@ -38,7 +38,7 @@ from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics_sync
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
-from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.model import Link, Node, Site
 from lotdeploy.protocol import parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
@@ -392,8 +392,9 @@ def _broker_part(
     try:
         with _admin(site, node, port, options.timeout, request_ids) as client:
             listed = {str(r.get("name")): dict(r) for r in client.list_routes() if r.get("name")}
+            owns = site.ownership.of(name)
             for route_name, entry in listed.items():
-                if route_name.startswith(ROUTE_PREFIX) and entry.get("connection") not in (
+                if owns(route_name) and entry.get("connection") not in (
                     "Connected",
                     None,
                 ):
@@ -619,7 +620,8 @@ def _handshake(context: ssl.SSLContext, port: int, server_name: str, timeout: fl
 
 def _routes_check(site: Site, node: Node, listed: dict[str, dict[str, Any]]) -> Check:
     want = {k.route_name for k in site.links_from(node.name)}
-    have = {n for n in listed if n.startswith(ROUTE_PREFIX)}
+    owns = site.ownership.of(node.name)
+    have = {n for n in listed if owns(n)}
     missing, extra = sorted(want - have), sorted(have - want)
     if not missing and not extra:
         return Check(node.name, "routes", "pass", f"{len(want)} route(s), as the site says")
