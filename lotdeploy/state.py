@@ -245,13 +245,13 @@ class AdoptedRoutes:
 
     routes: dict[str, str] = field(default_factory=dict)  # peer -> route name
     client_ids: dict[str, str] = field(default_factory=dict)  # peer -> client id
-    remove: list[str] = field(default_factory=list)  # route names
+    remove: dict[str, str] = field(default_factory=dict)  # route name -> why it goes
 
     def to_json(self) -> dict[str, Any]:
         return {
             "routes": dict(sorted(self.routes.items())),
             "client_ids": dict(sorted(self.client_ids.items())),
-            "remove": sorted(set(self.remove)),
+            "remove": dict(sorted(self.remove.items())),
         }
 
     @classmethod
@@ -265,10 +265,10 @@ class AdoptedRoutes:
             _str(peer, "peer"): _str(cid, "client id")
             for peer, cid in _mapping(doc.get("client_ids", {}), "adopted client ids").items()
         }
-        remove = [
-            _route_name(name, f"node {node} route to remove")
-            for name in _list(doc.get("remove", []), "adopted removals")
-        ]
+        remove = {
+            _route_name(name, f"node {node} route to remove"): _str(why, "why")
+            for name, why in _mapping(doc.get("remove", {}), "adopted removals").items()
+        }
         if len(set(routes.values())) != len(routes):
             raise ValueError(f"node {node}: one adopted route name for two peers")
         return cls(routes, client_ids, remove)

@@ -6,9 +6,9 @@ Two passes, each over the nodes at once (bounded):
 1. On each broker, as its admin: `-listRoutes` (names, types, connection states), the code
    of every route (`$SYS/Coreflux/Routes/<Name>`, one SUBSCRIBE, bounded), and for a route
    that is not Connected the broker's last error for it (`-checkRouteConnection`).
-2. On each broker, with every credential the *other* brokers' routes log in to it with
-   (they are in their route code): whether it accepts the login (MQTT CONNECT), and whether
-   that user, or an anonymous client, may read route code on `$SYS` (a SUBSCRIBE to
+2. On each broker, with every credential the cluster's routes log in with (they are in
+   their route code): whether it accepts the login (MQTT CONNECT), and whether that user,
+   or an anonymous client, may read route code on `$SYS` (a SUBSCRIBE to
    `$SYS/Coreflux/Routes/#`; a route's code holds its password).
 
 A broker is reached through an `Access`: over SSH to its admin address, as `status` and
@@ -242,15 +242,17 @@ def _read_routes(member: Member, access: Access, found: NodeSurvey) -> None:
 
 
 def _credentials_to(result: Survey, member: Member) -> list[Credential]:
-    """The credentials the other brokers' routes log in to `member` with."""
+    """The credentials the brokers' routes log in with: each is tried on every member
+    (import needs to know where the cluster's user exists; one route's credential may be
+    meant for a broker that lacks it)."""
     found: list[Credential] = []
     for node in result.nodes.values():
         for route in node.routes:
             code = route.code
             if code is None or code.username is None or code.password is None:
                 continue
-            if result.member_at(code.broker_address) is not member:
-                continue
+            if result.member_at(code.broker_address) is None:
+                continue  # a route to a stranger: its credential is not the cluster's
             credential = Credential(code.username, code.password)
             if credential not in found:
                 found.append(credential)

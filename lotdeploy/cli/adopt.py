@@ -255,4 +255,132 @@ def audit(
         sys.exit(ExitStatus.CHANGES)
 
 
-__all__ = ["audit", "directory_option"]
+def _pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """`KEY=VALUE[,KEY=VALUE]` items (repeatable) -> {KEY: VALUE}."""
+    out: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise click.BadParameter(f"{part!r}: expected {what}")
+            out[key.strip()] = value.strip()
+    return out
+
+
+@click.command("import")
+@target_argument
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The site spec to write; its workspace is .lotdeploy/ beside it (or --workspace).",
+)
+@click.option(
+    "--workspace",
+    "workspace_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    callback=directory_option,
+    help="Workspace directory for the new site (default: .lotdeploy/ beside --out).",
+)
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="ADDRESS=NAME",
+    help="With addresses: the node name of an address (default: what the client ids say, "
+    "`Node1-to-Node2`, else node1..).",
+)
+@click.option(
+    "--region",
+    "regions",
+    multiple=True,
+    metavar="ADDRESS|CIDR|NAME=REGION",
+    help="With addresses: the region of an address, a network or a node (repeatable).",
+)
+@click.option(
+    "--site-name",
+    default="imported",
+    show_default=True,
+    help="With addresses: the `site:` of the spec written.",
+)
+@click.option(
+    "--keep-strays",
+    is_flag=True,
+    help="Leave routes to addresses that are no node alone (default: lotdeploy takes them "
+    "over and the plan removes them).",
+)
+@_options(admin_options)
+def import_cluster(
+    targets: tuple[str, ...],
+    out: Path,
+    workspace_dir: Path | None,
+    names: tuple[str, ...],
+    regions: tuple[str, ...],
+    site_name: str,
+    keep_strays: bool,
+    admin_user: str,
+    admin_password_file: Path | None,
+    admin_password_env: str | None,
+    accept_new_host_keys: bool,
+    parallelism: int,
+) -> None:
+    """Write a site spec and a workspace that reproduce a running cluster.
+
+    Reads every broker (as `audit` does; nothing is changed), then writes OUT: the nodes,
+    their regions, TLS and ports, the cluster user, validity per link class and per link
+    where they differ; and its workspace: the hand-made routes adopted under their names and
+    client ids (lotdeploy manages them in place from now on), the duplicates and strays it
+    is to remove, the routes' password kept encrypted (needs LOTDEPLOY_PASSPHRASE or a
+    prompt). The first `lotdeploy plan` then shows no route change for a consistent
+    cluster, and what `audit` found as changes for an inconsistent one.
+
+    \b
+    Examples:
+      lotdeploy import lab/site.yaml --out plant/site.yaml
+      lotdeploy import 10.0.0.11 10.0.0.12 10.0.0.13 --admin-password-file admin.pw \\
+          --region eu=10.0.0.0/24 --out plant/site.yaml
+    """
+    from lotdeploy.adopt.importer import write_import
+    from lotdeploy.cli.common import open_workspace
+    from lotdeploy.secret import scrub
+
+    if is_site_file(targets) and (names or regions):
+        raise click.UsageError("--name/--region go with addresses; a site names its nodes")
+    found, site = read_cluster(
+        targets,
+        admin_user,
+        admin_password_file,
+        admin_password_env,
+        accept_new_host_keys,
+        parallelism,
+    )
+    admin: dict[str, Any] = {}
+    if site is None:
+        admin = {"admin_user": admin_user}
+        if admin_password_env:
+            admin["admin_password_env"] = admin_password_env
+        elif admin_password_file is not None:
+            admin["admin_password_file"] = os.path.relpath(
+                admin_password_file.resolve(), out.resolve().parent
+            )
+    workspace = open_workspace(out, workspace_dir)
+    with workspace.lock("import"):
+        result = write_import(
+            found,
+            out,
+            workspace,
+            input_site=site,
+            input_file=Path(targets[0]) if site is not None else None,
+            names=_pairs(names, "ADDRESS=NAME"),
+            regions={k: v for k, v in _pairs(regions, "ADDRESS|CIDR|NAME=REGION").items()},
+            site_name=site_name,
+            keep_strays=keep_strays,
+            admin=admin,
+        )
+    for line in result.lines():
+        click.echo(scrub(line))
+
+
+__all__ = ["audit", "directory_option", "import_cluster"]

@@ -161,7 +161,9 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
             elif route is None and before is not None:
                 reason = "node removed from the site" if node is None else "peer removed"
                 if not before:
-                    reason = "on the broker, not in the site (lotdeploy's prefix: removed)"
+                    reason = observed.removals.get(node_name, {}).get(
+                        name, "on the broker, not in the site (lotdeploy's prefix: removed)"
+                    )
                 changes.append(
                     Change("delete", "route", name, node_name, region, reason, (), None, before)
                 )
