@@ -27,6 +27,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.transport",
             "lotdeploy.rollout",
             "lotdeploy.ansible",
+            "lotdeploy.adopt",
         ),
     ),
     (3, ("lotdeploy.plan", "lotdeploy.render")),
@@ -40,6 +41,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.rotation",
             "lotdeploy.graph",
             "lotdeploy.selection",
+            "lotdeploy.sitefacts",
         ),
     ),
     (
@@ -57,6 +59,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.clientids",
             "lotdeploy.guard",
             "lotdeploy.terminal",
+            "lotdeploy.ownership",
+            "lotdeploy.routecode",
         ),
     ),
 ]

@@ -23,6 +23,7 @@ from lotdeploy.credentials import password_secret_name
 from lotdeploy.errors import LotdeployError, SpecError
 from lotdeploy.fsutil import write_output
 from lotdeploy.model import Site
+from lotdeploy.plan.desired import node_paths
 from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import StateStore
 from lotdeploy.workspace import Workspace
@@ -124,6 +125,8 @@ def write_import(
         store = workspace.secrets()
         store.set(password_secret_name(1), imported.credential.password)
         store.save()
+    for name, record in imported.records.items():  # where lotdeploy's files are to go
+        record.paths = node_paths(loaded.site.node(name))
     with StateStore(workspace).transaction() as current:
         current.credential_version = 1
         current.credential_generated = imported.credential is not None

@@ -308,7 +308,7 @@ def _pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
 @click.option(
     "--keep-strays",
     is_flag=True,
-    help="Leave routes to addresses that are no node alone (default: lotdeploy takes them "
+    help="Leave routes to addresses that are no node alone (default: they are taken over "
     "over and the plan removes them).",
 )
 @_options(admin_options)
@@ -331,7 +331,7 @@ def import_cluster(
     Reads every broker (as `audit` does; nothing is changed), then writes OUT: the nodes,
     their regions, TLS and ports, the cluster user, validity per link class and per link
     where they differ; and its workspace: the hand-made routes adopted under their names and
-    client ids (lotdeploy manages them in place from now on), the duplicates and strays it
+    client ids (managed in place from now on), the duplicates and strays it
     is to remove, the routes' password kept encrypted (needs LOTDEPLOY_PASSPHRASE or a
     prompt). The first `lotdeploy plan` then shows no route change for a consistent
     cluster, and what `audit` found as changes for an inconsistent one.
@@ -383,4 +383,170 @@ def import_cluster(
         click.echo(scrub(line))
 
 
-__all__ = ["audit", "directory_option", "import_cluster"]
+@click.command()
+@click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--workspace",
+    "workspace_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    callback=directory_option,
+    help="Workspace directory (default: .lotdeploy/ beside the site file).",
+)
+@click.option(
+    "--password",
+    type=click.Choice(["generate", "keep"]),
+    default="generate",
+    show_default=True,
+    help="generate: replace the typed password an import took over by a generated one (a "
+    "new cluster user); keep: leave it.",
+)
+@click.option(
+    "--rename",
+    is_flag=True,
+    help="Also move the adopted routes to lotdeploy's names and client ids (each new route "
+    "is Connected before the old one goes; docs/adopt.md says what that costs).",
+)
+@click.option("--auto-approve", is_flag=True, help="Do not ask before each phase.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout.")
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0, 600),
+    default=15.0,
+    show_default=True,
+    help="Seconds a node's changed routes may take to report Connected.",
+)
+@click.option("--accept-new-host-keys", is_flag=True, help="Accept unknown SSH host keys.")
+@click.option(
+    "--parallelism",
+    type=click.IntRange(1, 200),
+    default=10,
+    show_default=True,
+    help="Nodes worked on at once.",
+)
+def takeover(
+    site: Path,
+    workspace_dir: Path | None,
+    password: str,
+    rename: bool,
+    auto_approve: bool,
+    as_json: bool,
+    connect_timeout: float,
+    accept_new_host_keys: bool,
+    parallelism: int,
+) -> None:
+    """Move an imported cluster to TLS, a generated password and lotdeploy's names, phased.
+
+    Set `tls: true` in the site for the nodes to move to TLS first. The take-over runs
+    three phases, each rolled out wave by wave with the verify gate after each wave (as
+    `apply` with a rollout; a failed wave is rolled back): 1 every broker accepts the new
+    user and opens TLS beside plain, 2 the routes switch to them (and, with --rename, to
+    lotdeploy's names), 3 the old user goes. No phase requires what a node of an earlier
+    wave does not accept yet, so no link is refused at any moment. Run it again to go on
+    after a stop.
+
+    \b
+    Example:
+      lotdeploy takeover plant/site.yaml --auto-approve
+    """
+    from datetime import UTC, datetime
+
+    from lotdeploy.adopt.takeover import (
+        PHASES,
+        advance,
+        mark_applied,
+        phase_of,
+        plan_work,
+        start,
+    )
+    from lotdeploy.cli.common import bind, open_workspace
+    from lotdeploy.cli.deploy import Progress, _confirm, _refresh
+    from lotdeploy.cli.rolling import apply_rollout
+    from lotdeploy.cli.term import interactive
+    from lotdeploy.plan.make import make_plan
+    from lotdeploy.plan.text import iter_text
+    from lotdeploy.secret import dumps, scrub
+    from lotdeploy.state import StateStore
+
+    loaded = load(site)
+    workspace = open_workspace(site, workspace_dir)
+
+    def say(text: str, **event: Any) -> None:
+        if as_json:
+            click.echo(dumps({"event": "takeover", **event, "detail": text}))
+        else:
+            click.echo(scrub(text))
+
+    with workspace.lock("takeover"):
+        state = StateStore(workspace).read()
+        the_site = bind(loaded, workspace)
+        phase = phase_of(state)
+        resume = state.rollout is not None and state.rollout.status in ("paused", "running")
+        if phase is None:
+            if not state.adopted and not state.credential_adopted:
+                raise LotdeployError(
+                    "this workspace holds no imported cluster: `lotdeploy import` it first "
+                    "(a cluster lotdeploy built needs no take-over)"
+                )
+            work = plan_work(the_site, state, password == "generate", rename)
+            if not work:
+                say(
+                    "Nothing to take over: the cluster runs what the site and lotdeploy's "
+                    "conventions say (set `tls: true` in the site to move it to TLS).",
+                    status="none",
+                )
+                return
+            say("Take-over: " + "; ".join(work.lines()), status="start")
+            for number, words in PHASES.items():
+                say(f"  phase {number}: {words}", phase=number)
+            _confirm(auto_approve)
+            start(the_site, workspace, work, datetime.now(UTC))
+            phase = 1
+        else:
+            say(f"Take-over under way: going on with phase {phase}", status="resume")
+            _confirm(auto_approve)
+        nodes = [n.name for n in the_site.nodes]
+        while phase is not None:
+            say(f"== take-over phase {phase} of 3: {PHASES[phase]}", phase=phase, status="start")
+            the_site = bind(loaded, workspace)
+            live = _refresh(the_site, workspace, accept_new_host_keys, parallelism, None, as_json)
+            fresh = make_plan(the_site, workspace, refresh=live)
+            fresh.workspace_id = workspace.identity(create=True)
+            if not as_json:
+                for piece in iter_text(fresh, colour=interactive()):
+                    click.echo(scrub(piece), nl=False)
+            code = apply_rollout(
+                the_site,
+                workspace,
+                None,
+                as_json,
+                parallelism,
+                accept_new_host_keys,
+                None,
+                resume,
+                fresh,
+                lambda: None,  # asked once, before the first phase
+                Progress,
+                live,
+                None,
+                connect_timeout,
+            )
+            resume = False
+            if code:
+                say(
+                    f"take-over stopped in phase {phase}: its rollout did not complete (see "
+                    f"above); put right what stopped it, then `lotdeploy takeover {site}` "
+                    "goes on",
+                    phase=phase,
+                    status="fail",
+                )
+                sys.exit(code)
+            mark_applied(workspace, nodes)
+            done = phase
+            phase = advance(the_site, workspace, datetime.now(UTC))
+            say(f"== take-over phase {done} of 3: done", phase=done, status="ok")
+        bind(loaded, workspace)
+    say("Take-over complete: every node runs what the site says, the lotdeploy way.", status="done")
+
+
+__all__ = ["audit", "directory_option", "import_cluster", "takeover"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lotdeploy.cli.common import (
+    bind,
     load,
     open_workspace,
     read_live,
@@ -258,8 +259,8 @@ def apply(
     if refresh_only and (resume or pause_after or abandon_rollout):
         raise click.UsageError("--refresh-only changes no node: no rollout options with it")
     loaded = load(site_file)
-    site = loaded.site
     workspace = open_workspace(site_file, workspace_dir)
+    site = bind(loaded, workspace)
     with workspace.lock("apply"):
         only = (
             set(saved.only)
@@ -591,6 +592,7 @@ def drift(
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     only = select_nodes(loaded.site, limit, exclude)
     report = read_live(
         loaded.site,
@@ -651,6 +653,7 @@ def doctor(
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     only = select_nodes(loaded.site, limit, exclude)
     with workspace.lock("doctor"):
         results = run_doctor(

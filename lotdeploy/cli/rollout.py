@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from lotdeploy.cli.common import load, open_workspace, transport_factory, workspace_option
+from lotdeploy.cli.common import (
+    bind,
+    load,
+    open_workspace,
+    transport_factory,
+    workspace_option,
+)
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.cli.rolling import _gate_line, make_gate
 from lotdeploy.exitstatus import ExitStatus
@@ -60,8 +66,8 @@ def rollback(
     if release is not None and not (release.isalnum() and release.isascii() and len(release) <= 64):
         raise click.BadParameter("a release id is a short hex string", param_hint="--to")
     loaded = load(site)
-    the_site = loaded.site
     workspace = open_workspace(site, workspace_dir)
+    the_site = bind(loaded, workspace)
     with workspace.lock("rollback"):
         only = select_nodes(the_site, limit, exclude)
         state = StateStore(workspace).read()

@@ -94,15 +94,16 @@ COMMANDS = {
     ),
     "audit": LazyCommand(
         "lotdeploy.cli.adopt:audit",
-        "Read a cluster's brokers (a site, or addresses) and report what is wrong with it.",
+        "Read every broker of a cluster and report what is wrong: exit 0 clean, 2 findings, "
+        "1 error.",
     ),
     "import": LazyCommand(
         "lotdeploy.cli.adopt:import_cluster",
-        "Write a site spec and workspace that reproduce a running cluster (routes adopted).",
+        "Write a site spec and a workspace that reproduce a running cluster.",
     ),
     "takeover": LazyCommand(
         "lotdeploy.cli.adopt:takeover",
-        "Move an imported cluster to TLS, a generated password, lotdeploy's names: phased.",
+        "Move an imported cluster to TLS, a generated password and lotdeploy's names, phased.",
     ),
     "lint": LazyCommand(
         "lotdeploy.cli.core:lint",

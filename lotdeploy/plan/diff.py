@@ -16,6 +16,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
+from lotdeploy.compiler import ROUTE_FILE
 from lotdeploy.plan.changes import SHOWN, Action, Change
 from lotdeploy.plan.desired import DesiredRoute, NodeDesired, file_path
 from lotdeploy.plan.observed import Observed
@@ -196,8 +197,13 @@ def file_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
     for name in sorted(desired):
         node = desired[name]
         recorded = observed.files.get(name)
-        if name not in observed.applied or not recorded:
+        # no files recorded: a record from before files were recorded (nothing to say), or,
+        # with its paths recorded, a node an import adopted: none of lotdeploy's files is
+        # there yet (its TLS files are new; its route file comes with its first release)
+        adopted = not recorded and name in observed.paths
+        if name not in observed.applied or not (recorded or adopted):
             continue
+        recorded = recorded or {}
         paths = observed.paths.get(name) or dict(node.paths)
         drift = observed.drift.get(name, {})
         have = {file_path(paths, f): (f, entry) for f, entry in recorded.items()}
@@ -206,6 +212,8 @@ def file_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
         for path in sorted(set(want) | set(have)):
             if path in want and path not in have:
                 file_name = want[path][0]
+                if adopted and file_name == ROUTE_FILE:
+                    continue
                 old = moved_from.get(file_name)
                 reason = f"moved from {old}" if old else "new in the site"
                 changes.append(Change("create", "file", path, name, node.region, reason))
