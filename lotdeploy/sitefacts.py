@@ -55,6 +55,18 @@ def bind_site(site: Site, state: State) -> Site:
     )
 
 
+def applied_names(state: State) -> dict[tuple[str, str], str]:
+    """(node, peer) -> the name of the route lotdeploy last gave `node` to `peer` (its
+    record). What a check of the links as applied looks for: during a take-over's renaming
+    the nodes of later waves still run the old names (the site's links have the new)."""
+    return {
+        (node, str(attrs["peer"])): route
+        for node, record in state.nodes.items()
+        for route, attrs in record.routes.items()
+        if attrs and attrs.get("peer")
+    }
+
+
 def plain_ports(site: Site, state: State) -> dict[str, int]:
     """node -> the plain port its peers still use (a TLS take-over's accept phase)."""
     rotation = state.rotation("tls")

@@ -50,11 +50,46 @@ from lotdeploy.workspace import Workspace
 KINDS: tuple[RotationKind, ...] = ("creds", "tls", "names")
 #: Those only the take-over runs (creds is `creds rotate`'s too).
 _OWN: tuple[RotationKind, ...] = ("tls", "names")
-PHASES = {
-    1: "accept: brokers take the new user and TLS beside the old; routes unchanged",
-    2: "require: routes switch to the new user, to TLS, to lotdeploy's names",
-    3: "drop: the old user leaves the brokers",
+#: What each phase does, per rotation (said before each phase).
+_WORDS: dict[int, dict[str, str]] = {
+    1: {
+        "creds": "every broker takes the new cluster user",
+        "tls": "the nodes get their certificates and open TLS beside plain",
+    },
+    2: {
+        "creds": "the routes log in as the new user",
+        "tls": "the routes go over TLS",
+        "names": "the adopted routes take lotdeploy's names (each new route Connected before "
+        "the old one goes)",
+    },
+    3: {"creds": "the old cluster user leaves the brokers"},
 }
+PHASE_NAMES = {1: "accept", 2: "require", 3: "drop"}
+
+
+def phase_words(phase: int, kinds: list[str]) -> str:
+    """What `phase` does for the rotations `kinds`, in one line."""
+    said = [_WORDS[phase][k] for k in KINDS if k in kinds and k in _WORDS[phase]]
+    return f"{PHASE_NAMES[phase]}: " + ("; ".join(said) if said else "nothing to change")
+
+
+def work_kinds(work: TakeoverWork) -> list[str]:
+    return [
+        k
+        for k, on in (("creds", work.password), ("tls", bool(work.tls)), ("names", work.rename))
+        if on
+    ]
+
+
+def replace_in_place(state: State) -> dict[str, bool]:
+    """node -> whether its broker replaces a re-added route in place (what apply's
+    capability check recorded): where it does not, each route a phase changes is removed,
+    then added, and messages published on the node in between do not reach that peer."""
+    return {
+        name: record.broker.get("readd") == "overwrite"
+        for name, record in sorted(state.nodes.items())
+        if record.broker
+    }
 
 
 class TakeoverError(LotdeployError):

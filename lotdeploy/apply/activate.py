@@ -111,9 +111,14 @@ def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
 
 #: How often apply asks a broker whether the routes it added are Connected yet.
 CONNECTED_POLL = 0.5
+#: ... while an old route waits to be removed beside its replacement: every moment both run,
+#: each message goes twice (docs/adopt.md), so the new one is asked after more often.
+REPLACE_POLL = 0.05
 
 
-def wait_connected(client: SyncBrokerClient, node: str, names: list[str], timeout: float) -> str:
+def wait_connected(
+    client: SyncBrokerClient, node: str, names: list[str], timeout: float, poll: float = 0.0
+) -> str:
     """Wait (bounded by `timeout`) until the broker reports every route in `names`
     Connected; raise naming those that are not, with the broker's last error for each.
 
@@ -132,7 +137,7 @@ def wait_connected(client: SyncBrokerClient, node: str, names: list[str], timeou
             return f"{len(names)} route(s) Connected after {time.monotonic() - started:.1f}s"
         if time.monotonic() >= deadline:
             break
-        time.sleep(min(CONNECTED_POLL, max(deadline - time.monotonic(), 0.0)))
+        time.sleep(min(poll or CONNECTED_POLL, max(deadline - time.monotonic(), 0.0)))
     details = []
     for name in waiting[:5]:
         last = None
@@ -181,7 +186,7 @@ def apply_routes(
     if first:
         apply_routes(client, node, [], {new: add[new] for new in first}, remove_before_add, owns)
         if connect_wait > 0:
-            wait_connected(client, node, sorted(first), connect_wait)
+            wait_connected(client, node, sorted(first), connect_wait, REPLACE_POLL)
         add = {name: text for name, text in add.items() if name not in first}
     listed = client.listed_at_connect()
     present = None if listed is None else {str(r.get("name")) for r in listed if r.get("name")}

@@ -452,12 +452,15 @@ def takeover(
     from datetime import UTC, datetime
 
     from lotdeploy.adopt.takeover import (
-        PHASES,
         advance,
         mark_applied,
         phase_of,
+        phase_words,
         plan_work,
+        replace_in_place,
+        running,
         start,
+        work_kinds,
     )
     from lotdeploy.cli.common import bind, open_workspace
     from lotdeploy.cli.deploy import Progress, _confirm, _refresh
@@ -497,8 +500,18 @@ def takeover(
                 )
                 return
             say("Take-over: " + "; ".join(work.lines()), status="start")
-            for number, words in PHASES.items():
-                say(f"  phase {number}: {words}", phase=number)
+            for number in (1, 2, 3):
+                say(f"  phase {number}: {phase_words(number, work_kinds(work))}", phase=number)
+            lossy = sorted(n for n, ok in replace_in_place(state).items() if not ok)
+            if lossy and not work.rename:
+                say(
+                    f"note: the brokers of {', '.join(lossy)} refuse a re-added route (as "
+                    "`lotdeploy doctor` found): phase 2 removes each changed route there, then "
+                    "adds it, and what is published in between does not reach that peer; "
+                    "with --rename each new route is added before the old one goes "
+                    "(duplicates instead of losses: docs/adopt.md)",
+                    status="note",
+                )
             _confirm(auto_approve)
             start(the_site, workspace, work, datetime.now(UTC))
             phase = 1
@@ -507,7 +520,20 @@ def takeover(
             _confirm(auto_approve)
         nodes = [n.name for n in the_site.nodes]
         while phase is not None:
-            say(f"== take-over phase {phase} of 3: {PHASES[phase]}", phase=phase, status="start")
+            current = StateStore(workspace).read()
+            words = phase_words(phase, list(running(current)))
+            say(f"== take-over phase {phase} of 3: {words}", phase=phase, status="start")
+            lossy = sorted(n for n, ok in replace_in_place(current).items() if not ok)
+            if phase == 2 and lossy and "names" not in running(current):
+                say(
+                    f"note: the brokers of {', '.join(lossy)} refuse a re-added route: each "
+                    "route this phase changes there is removed, then added, and what is "
+                    "published on the node in between does not reach that peer (a take-over "
+                    "with --rename adds each new route before the old one goes: "
+                    "docs/adopt.md)",
+                    phase=phase,
+                    status="note",
+                )
             the_site = bind(loaded, workspace)
             live = _refresh(the_site, workspace, accept_new_host_keys, parallelism, None, as_json)
             fresh = make_plan(the_site, workspace, refresh=live)

@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,7 @@ from lotdeploy.model import Link, Node, Site
 from lotdeploy.protocol import parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
+from lotdeploy.sitefacts import applied_names
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
 from lotdeploy.verify.advice import load_advice, validity_advice
@@ -138,12 +139,15 @@ def run_verify(
         timeout=options.timeout,
         reconnect_allowance=options.reconnect_allowance,
     )
+    state = StateStore(workspace).read()
+    applied = applied_names(state)  # a link's route as applied (a rename may be under way)
     links = [
-        link for link in site.links if nodes is None or link.source in nodes or link.target in nodes
+        replace(link, route_name=applied.get((link.source, link.target), link.route_name))
+        for link in site.links
+        if nodes is None or link.source in nodes or link.target in nodes
     ]
     # every node at either end of a probed link needs phase 1 (for its probe connection)
     involved = {n.name for n in chosen} | {x for k in links for x in (k.source, k.target)}
-    state = StateStore(workspace).read()
     password = probe_password(workspace) if links else None
     ca_bundle = (
         _trusted_cas(workspace) if any(n.tls for n in site.nodes if n.name in involved) else None
