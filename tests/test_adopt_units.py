@@ -312,6 +312,21 @@ def test_the_adopted_record_round_trips_and_refuses_a_bad_name() -> None:
 # -- the CLI's refusals ------------------------------------------------------------------------
 
 
+def test_an_import_mapping_that_names_no_node_is_refused(tmp_path: Path) -> None:
+    from lotdeploy.adopt.importer import write_import
+    from lotdeploy.errors import LotdeployError
+    from lotdeploy.workspace import Workspace
+
+    out = tmp_path / "plant" / "site.yaml"
+    workspace = Workspace.for_site(out, passphrase_provider=lambda _: Secret("x" * 20))
+    found = surveyed(full_mesh())
+    with pytest.raises(LotdeployError, match=r"--region eu=10\.9\.0\.0/16: no node"):
+        write_import(found, out, workspace, regions={"10.9.0.0/16": "eu"})
+    with pytest.raises(LotdeployError, match=r"--name 10\.0\.0\.9=x: no node"):
+        write_import(found, out, workspace, names={"10.0.0.9": "x"})
+    assert not out.exists() and not workspace.secrets_path.exists()
+
+
 def test_audit_takes_the_admin_password_only_by_reference(tmp_path: Path) -> None:
     proc = run_cli("audit", "127.0.0.1:1")
     assert proc.returncode == 1 and "--admin-password-file" in proc.stderr

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lotdeploy.adopt.infer import Imported, infer, node_names, region_of
+from lotdeploy.adopt.infer import Imported, infer, matches, node_names, region_of
 from lotdeploy.adopt.survey import Survey
 from lotdeploy.credentials import password_secret_name
 from lotdeploy.errors import LotdeployError, SpecError
@@ -101,7 +101,15 @@ def write_import(
             member_names[m.name]: region_of(m, regions or {}, member_names[m.name])
             for m in found.members
         }
+        _all_used(found, member_names, names or {}, regions or {})
         spec_in = {"defaults": {"broker": dict(admin or {})}} if admin else None
+    if any(n.routes for n in found.nodes.values()) and not any(
+        r.code and r.code.password is not None for n in found.nodes.values() for r in n.routes
+    ):
+        raise LotdeployError(
+            "no route carries its password literally (GET SECRET?): the cluster's credential "
+            "cannot be taken over (nothing was written)"
+        )
     imported = infer(
         found,
         member_names,
@@ -140,6 +148,20 @@ def write_import(
     except OSError as exc:
         raise LotdeployError(f"{out}: cannot write the site spec: {exc.strerror}") from None
     return ImportResult(imported, loaded.site, out, workspace.root, imported.notes)
+
+
+def _all_used(
+    found: Survey, member_names: dict[str, str], names: dict[str, str], regions: dict[str, str]
+) -> None:
+    """A --name or --region that names no node is a mistake (a typo would silently leave
+    nodes in the wrong region): refused, naming it."""
+    known = {m.name for m in found.members} | {m.address for m in found.members}
+    for target in names:
+        if target not in known:
+            raise LotdeployError(f"--name {target}={names[target]}: no node was read at {target}")
+    for target, region in regions.items():
+        if not any(matches(m, target, member_names[m.name]) for m in found.members):
+            raise LotdeployError(f"--region {region}={target}: no node read is {target}")
 
 
 def _header(

@@ -98,16 +98,22 @@ def _address_key(address: str) -> tuple[int, Any]:
 
 
 def region_of(member: Member, regions: dict[str, str], name: str) -> str:
-    """`--region REGION=ADDRESS|CIDR|NAME` mapping -> the member's region."""
+    """`--region REGION=ADDRESS|CIDR|NAME` mapping (target -> region) -> the member's
+    region (the first target that matches it); `default` when none does."""
     for target, region in regions.items():
-        if target in (member.address, name, member.name):
+        if matches(member, target, name):
             return region
-        try:
-            if ipaddress.ip_address(member.address) in ipaddress.ip_network(target, strict=False):
-                return region
-        except ValueError:
-            continue
     return DEFAULT_REGION
+
+
+def matches(member: Member, target: str, name: str) -> bool:
+    """Whether `target` (an address, a network, a node name) names the member."""
+    if target in (member.address, name, member.name):
+        return True
+    try:
+        return ipaddress.ip_address(member.address) in ipaddress.ip_network(target, strict=False)
+    except ValueError:
+        return False
 
 
 def _majority(values: list[Any], default: Any, prefer: Any = None) -> Any:

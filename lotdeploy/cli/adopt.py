@@ -267,6 +267,19 @@ def _pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def _regions(items: tuple[str, ...]) -> dict[str, str]:
+    """`REGION=TARGET[,TARGET...]` items -> {target: region}."""
+    out: dict[str, str] = {}
+    for item in items:
+        region, sep, targets = item.partition("=")
+        names = [t.strip() for t in targets.split(",") if t.strip()]
+        if not sep or not region.strip() or not names:
+            raise click.BadParameter(f"{item!r}: expected REGION=ADDRESS|CIDR|NAME[,...]")
+        for target in names:
+            out[target] = region.strip()
+    return out
+
+
 @click.command("import")
 @target_argument
 @click.option(
@@ -296,8 +309,9 @@ def _pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
     "--region",
     "regions",
     multiple=True,
-    metavar="ADDRESS|CIDR|NAME=REGION",
-    help="With addresses: the region of an address, a network or a node (repeatable).",
+    metavar="REGION=ADDRESS|CIDR|NAME[,...]",
+    help="With addresses: the nodes of a region, by address, network or node name "
+    "(repeatable), e.g. eu=10.0.0.0/24; the others go in region `default`.",
 )
 @click.option(
     "--site-name",
@@ -374,7 +388,7 @@ def import_cluster(
             input_site=site,
             input_file=Path(targets[0]) if site is not None else None,
             names=_pairs(names, "ADDRESS=NAME"),
-            regions={k: v for k, v in _pairs(regions, "ADDRESS|CIDR|NAME=REGION").items()},
+            regions=_regions(regions),
             site_name=site_name,
             keep_strays=keep_strays,
             admin=admin,
