@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from lotdeploy.lab.fixtures import VENDOR_PASSWORD
+from lotdeploy.lab.hosts import Layout
 from lotdeploy.state import StateStore
 from tests.adopt_lab import AdoptLab, allowed_files, fixture_lab, leaks
 from tests.conftest import TEST_PASSPHRASE
@@ -40,8 +41,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdoptLab]:
 def imported(lab: AdoptLab) -> AdoptLab:
     """The cluster imported once into `plant/` (the lab's site gives the SSH access)."""
     if not lab.plant.exists():
+        before = broker_states(lab)
         proc = lab.cli("import", lab.site_file, "--out", lab.plant)
         assert "6 route(s) adopted under their names, 0 to remove" in proc.stdout
+        assert broker_states(lab) == before  # import only reads the brokers
     return lab
 
 
@@ -54,7 +57,14 @@ def observe(lab: AdoptLab) -> Observer:
     return observer
 
 
+def broker_states(lab: AdoptLab) -> dict[str, bytes]:
+    """What each lab broker keeps of its routes, users and secrets (written on every change)."""
+    layout = Layout(lab.dir)
+    return {n: (layout.node_sub(n, "broker") / "state.json").read_bytes() for n in lab.nodes}
+
+
 def test_the_vendor_example_audits_clean_but_plain_text_and_its_password(lab: AdoptLab) -> None:
+    before = broker_states(lab)
     from_site = lab.audit(lab.site_file)
     assert sorted({f["kind"] for f in from_site}) == ["plain-text", "weak-password"]
     assert len(from_site) == 12 and all(f["route"].startswith("ClusterPeer") for f in from_site)
@@ -66,6 +76,7 @@ def test_the_vendor_example_audits_clean_but_plain_text_and_its_password(lab: Ad
     text = lab.cli("audit", lab.site_file, expect=2).stdout
     assert "node node1 route ClusterPeer2: plain-text: to node2" in text
     assert "12 finding(s): 6 plain-text, 6 weak-password" in text
+    assert broker_states(lab) == before  # read-only: no broker changed anything
 
 
 def test_the_first_plan_after_import_changes_nothing(imported: AdoptLab) -> None:

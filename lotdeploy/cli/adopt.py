@@ -8,9 +8,7 @@ or an environment variable: never on the command line). Both only read the broke
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,10 +27,6 @@ if TYPE_CHECKING:
     from lotdeploy.adopt.survey import Access, Member, Survey
     from lotdeploy.model import Site
     from lotdeploy.secret import Secret
-
-_DNS = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 
 target_argument = click.argument(
     "targets", nargs=-1, required=True, metavar="SITE|ADDRESS[:PORT]..."
@@ -102,11 +96,12 @@ def parse_address(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, _, rest = text.partition(":")
         port = _port(text, rest)
+    from lotdeploy.spec.schema import host_address  # the rule the spec applies to `address`
+
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _DNS.fullmatch(host):
-            raise click.BadParameter(f"{text!r} is no address[:port]") from None
+        host = host_address(host)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {host} {exc}") from None
     return host, port
 
 
@@ -589,4 +584,4 @@ def takeover(
     say("Take-over complete: every node runs what the site says, the lotdeploy way.", status="done")
 
 
-__all__ = ["audit", "directory_option", "import_cluster", "takeover"]
+__all__ = ["audit", "import_cluster", "takeover"]
