@@ -55,8 +55,9 @@ asyncio.run(main())
 class Proc:
     def __init__(self, argv: list[str], workdir: Path) -> None:
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     cwd=workdir)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         if not ready:
@@ -84,25 +85,47 @@ class Proc:
 def lab(host: str, workdir: Path) -> Proc:
     pw = workdir / "pw"
     pw.write_text(PASSWORD)
-    return Proc([sys.executable, "-m", "lotdeploy.lab.broker", "--bind", host, "--port", "0",
-                 "--admin-password-file", str(pw), "--log-level", "warning"], workdir)
+    return Proc(
+        [
+            sys.executable,
+            "-m",
+            "lotdeploy.lab.broker",
+            "--bind",
+            host,
+            "--port",
+            "0",
+            "--admin-password-file",
+            str(pw),
+            "--log-level",
+            "warning",
+        ],
+        workdir,
+    )
 
 
 def plain(host: str, workdir: Path) -> Proc:
     return Proc([sys.executable, "-c", PLAIN_AMQTT % host], workdir)
 
 
-async def connect(host: str, port: int, user: str | None = "root", name: str = "c"
-                  ) -> MqttConnection:
-    conn = MqttConnection(host, port, client_id=f"{name}-{time.monotonic_ns()}", username=user,
-                          password=Secret(PASSWORD) if user else None, keepalive=60,
-                          max_inflight=256)
+async def connect(
+    host: str, port: int, user: str | None = "root", name: str = "c"
+) -> MqttConnection:
+    conn = MqttConnection(
+        host,
+        port,
+        client_id=f"{name}-{time.monotonic_ns()}",
+        username=user,
+        password=Secret(PASSWORD) if user else None,
+        keepalive=60,
+        max_inflight=256,
+    )
     await conn.connect()
     return conn
 
 
-async def throughput(pub: Callable[[Message], Awaitable[None]], sub: MqttConnection, n: int,
-                     qos: int) -> float:
+async def throughput(
+    pub: Callable[[Message], Awaitable[None]], sub: MqttConnection, n: int, qos: int
+) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         await pub(Message("bench/t", b"x" * 64 + str(i).encode(), qos))
@@ -111,8 +134,9 @@ async def throughput(pub: Callable[[Message], Awaitable[None]], sub: MqttConnect
     return n / (time.perf_counter() - t0)
 
 
-async def latency(pub: Callable[[Message], Awaitable[None]], sub: MqttConnection, n: int
-                  ) -> list[float]:
+async def latency(
+    pub: Callable[[Message], Awaitable[None]], sub: MqttConnection, n: int
+) -> list[float]:
     out = []
     for i in range(n):
         t0 = time.perf_counter()
@@ -165,9 +189,10 @@ async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, list[fl
         async with BrokerClient("a", "127.0.0.50", a.port, "root", Secret(PASSWORD)) as ca:
             await ca.add_route(
                 "DEFINE ROUTE ToB WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n"
-                f'        WITH BROKER_ADDRESS "127.0.0.51"\n        WITH BROKER_PORT \'{b.port}\'\n'
+                f"        WITH BROKER_ADDRESS \"127.0.0.51\"\n        WITH BROKER_PORT '{b.port}'\n"
                 '        WITH CLIENT_ID "bench-a-b"\n        WITH USERNAME "cluster"\n'
-                '        WITH PASSWORD "cluster-password"\n')
+                '        WITH PASSWORD "cluster-password"\n'
+            )
             for _ in range(100):
                 if (await ca.check_route_connection("ToB")).get("connection") == "Connected":
                     break
@@ -182,10 +207,14 @@ async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, list[fl
         for _ in range(args.rounds):
             for qos in (0, 1):
                 add(f"msg/s qos{qos}: lab A->link->B", await throughput(publisher(pa), sb, n, qos))
-                add(f"msg/s qos{qos}: plain amqtt, 1 broker",
-                    await throughput(publisher(pp), sp, n, qos))
-            add("msg/s qos1: naive new conn per msg",
-                await throughput(per_message("127.0.0.51", b.port), sb, max(n // 10, 50), 1))
+                add(
+                    f"msg/s qos{qos}: plain amqtt, 1 broker",
+                    await throughput(publisher(pp), sp, n, qos),
+                )
+            add(
+                "msg/s qos1: naive new conn per msg",
+                await throughput(per_message("127.0.0.51", b.port), sb, max(n // 10, 50), 1),
+            )
             lat = await latency(publisher(pa), sb, args.latency)
             add("latency ms median: lab A->link->B", statistics.median(lat))
             add("latency ms p95: lab A->link->B", statistics.quantiles(lat, n=20)[-1])

@@ -73,7 +73,7 @@ async def lab_pair(workdir: Path) -> tuple[list[Proc], dict[str, Endpoint]]:
         await ca.add_user(PROBE_USER, Secret(PROBE_PASSWORD))
         await ca.add_route(
             "DEFINE ROUTE ToB WITH TYPE MQTT_CLUSTER\n    ADD CLUSTER_CONFIG\n"
-            f'        WITH BROKER_ADDRESS "127.0.0.57"\n        WITH BROKER_PORT \'{b.port}\'\n'
+            f"        WITH BROKER_ADDRESS \"127.0.0.57\"\n        WITH BROKER_PORT '{b.port}'\n"
             '        WITH CLIENT_ID "bench-a-b"\n        WITH USERNAME "cluster"\n'
             '        WITH PASSWORD "cluster-password"\n'
             "        WITH MESSAGE_VALIDITY_SEC '60'\n"
@@ -82,7 +82,10 @@ async def lab_pair(workdir: Path) -> tuple[list[Proc], dict[str, Endpoint]]:
             if (await ca.check_route_connection("ToB")).get("connection") == "Connected":
                 break
             await asyncio.sleep(0.05)
-    return [a, b], {"A": Endpoint("A", "127.0.0.56", a.port), "B": Endpoint("B", "127.0.0.57", b.port)}
+    return [a, b], {
+        "A": Endpoint("A", "127.0.0.56", a.port),
+        "B": Endpoint("B", "127.0.0.57", b.port),
+    }
 
 
 def plain_pair(workdir: Path) -> tuple[list[Proc], dict[str, Endpoint]]:
@@ -105,7 +108,9 @@ def plain_pair(workdir: Path) -> tuple[list[Proc], dict[str, Endpoint]]:
     }
 
 
-async def measure(endpoints: dict[str, Endpoint], rate: float, seconds: float, tag: str) -> dict[str, float]:
+async def measure(
+    endpoints: dict[str, Endpoint], rate: float, seconds: float, tag: str
+) -> dict[str, float]:
     run_id = f"{tag}-{time.monotonic_ns()}"
     ctx = ExerciseContext(
         endpoints=endpoints,
@@ -128,7 +133,9 @@ async def measure(endpoints: dict[str, Endpoint], rate: float, seconds: float, t
     }
 
 
-async def scenario(args: argparse.Namespace, workdir: Path) -> dict[tuple[float, str, str], list[float]]:
+async def scenario(
+    args: argparse.Namespace, workdir: Path
+) -> dict[tuple[float, str, str], list[float]]:
     results: dict[tuple[float, str, str], list[float]] = {}
     lab_procs, lab_ends = await lab_pair(workdir)
     plain_procs, plain_ends = plain_pair(workdir)
@@ -170,7 +177,11 @@ def main() -> None:
         ratios = [
             med["lab"][k] / med["plain"][k] if med["plain"][k] else float("nan") for k in keys[:4]
         ]
-        print(f"{rate:>7g}  {'ratio':<6}" + "".join(f"{r:>17.2f}" for r in ratios) + "   (lab / plain)")
+        print(
+            f"{rate:>7g}  {'ratio':<6}"
+            + "".join(f"{r:>17.2f}" for r in ratios)
+            + "   (lab / plain)"
+        )
 
 
 if __name__ == "__main__":

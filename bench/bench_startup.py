@@ -60,7 +60,9 @@ def main() -> None:
     print(table(rows))
     help_ratio = results[2][1] / floor
     verdict = "within" if help_ratio <= HELP_TARGET else "NOT within"
-    print(f"\nlotdeploy --help is {help_ratio:.2f}× python -c pass: {verdict} the {HELP_TARGET}× target")
+    print(
+        f"\nlotdeploy --help is {help_ratio:.2f}× python -c pass: {verdict} the {HELP_TARGET}× target"
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cached_property
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from lotdeploy import clientids, protocol
+from lotdeploy.ownership import OWN_PREFIX, Adoption, Ownership
 from lotdeploy.protocol import DEFAULT_PORT as DEFAULT_PORT
 from lotdeploy.protocol import DEFAULT_TLS_PORT as DEFAULT_TLS_PORT
 
@@ -26,8 +27,10 @@ DEFAULT_REGION = "default"
 DEFAULT_VALIDITY_IN_REGION = 30  # vendor: 30-60 s for standard operational data
 DEFAULT_VALIDITY_CROSS_REGION = 120  # vendor: 60-300 s for long or unreliable links
 DEFAULT_USERNAME = "cluster"
-#: Every route lotdeploy creates carries this prefix: only such routes are ever removed.
-ROUTE_PREFIX = "lotdeploy_"
+#: Every route lotdeploy creates carries this prefix. Which routes lotdeploy may touch on a
+#: node is decided in one place: `Site.ownership` (lotdeploy.ownership), these and the
+#: hand-made routes an import adopted.
+ROUTE_PREFIX = OWN_PREFIX
 
 LinkClass = Literal["in-region", "cross-region", "override"]
 
@@ -74,6 +77,27 @@ class Node:
     tags: tuple[str, ...]
     ssh: SshTarget
     broker: BrokerAccess
+    #: What its peers' routes connect with when that is not `port`/`tls`: set only while a
+    #: TLS take-over is in its accept phase (the node serves TLS, its peers still come in
+    #: plain; lotdeploy.sitefacts). None: `port` and `tls`.
+    peer_port: int | None = None
+    peer_tls: bool | None = None
+    #: BROKER_PORT and USE_TLS of the routes that lead to this node (`peer_*`, else `port`
+    #: and `tls`): plain fields, made once, since plan and render read them for every route
+    route_port: int = field(init=False, repr=False, compare=False)
+    route_tls: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        port = self.port if self.peer_port is None else self.peer_port
+        object.__setattr__(self, "route_port", port)
+        object.__setattr__(self, "route_tls", self.tls if self.peer_tls is None else self.peer_tls)
+
+
+#: Node fields that exist only in a site bound to workspace facts, left out of the
+#: description (and digest) when unset, so every other site's digest stays what it was.
+_BOUND_NODE_FIELDS = ("peer_port", "peer_tls")
+#: Node fields derived from others: never described.
+_DERIVED_NODE_FIELDS = ("route_port", "route_tls")
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,11 @@ class Mesh:
     client_id_format: str = DEFAULT_CLIENT_ID_FORMAT
     #: validity overrides in spec order: (the two node or region names, seconds)
     overrides: tuple[tuple[tuple[str, ...], int], ...] = ()
+    #: hand-made routes lotdeploy took over (`lotdeploy import`): (source, peer) ->
+    #: (route name, client id) they keep, and the other hand-made route names it owns on
+    #: each node (to remove). Empty unless the site is bound to its workspace's facts
+    #: (lotdeploy.sitefacts.bind_site).
+    adopted: Adoption = field(default_factory=lambda: Adoption())
 
 
 #: One link without its source: (target node, route name, client id, validity, class).
@@ -201,6 +230,16 @@ class Site:
     transport: str = "ssh"
     ansible_vault_password_file: Path | None = None
     ansible_python_interpreter: str = "/usr/bin/python3"
+    #: the site as its spec says, when this one is bound to workspace facts (adopted
+    #: routes, a take-over's phase: lotdeploy.sitefacts); not part of equality or digest
+    spec_site: Site | None = field(default=None, compare=False, repr=False)
+    #: what the binding was made from (lotdeploy.sitefacts), to bind again only on change
+    facts_key: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def ownership(self) -> Ownership:
+        """Which routes lotdeploy may touch on each node (the one rule: lotdeploy.ownership)."""
+        return self.mesh.adopted.ownership
 
     def node(self, name: str) -> Node:
         return self._nodes_by_name[name]
@@ -252,6 +291,7 @@ class Site:
         pairs, route_names = self._link_rules
         fmt = self.mesh.client_id_format
         name, region = source.name, source.region
+        adopted = self.mesh.adopted.links.get(name) if self.mesh.adopted else None
         in_region, cross_region = (
             source.message_validity_sec,
             source.cross_region_message_validity_sec,
@@ -266,16 +306,21 @@ class Site:
                 client = fmt.format(
                     node=name, peer=peer, site=self.name, region=region, peer_region=target.region
                 )
+            route = route_names[peer]
+            if adopted:  # a hand-made route lotdeploy took over keeps its name and client id
+                kept = adopted.get(peer)
+                if kept is not None:
+                    route, client = kept
             # Node-pair override > region-pair override > the source's link-class setting.
             found = pairs.get(frozenset((name, peer))) if pairs else None
             if found is None and pairs:
                 found = pairs.get(frozenset((region, target.region)))
             if found is not None:
-                yield target, route_names[peer], client, found, "override"
+                yield target, route, client, found, "override"
             elif region == target.region:
-                yield target, route_names[peer], client, in_region, "in-region"
+                yield target, route, client, in_region, "in-region"
             else:
-                yield target, route_names[peer], client, cross_region, "cross-region"
+                yield target, route, client, cross_region, "cross-region"
 
     @cached_property
     def _link_rules(self) -> tuple[dict[frozenset[str], int], dict[str, str]]:
@@ -320,16 +365,25 @@ class Site:
         digest = hashlib.sha256(b'{"links":[')
         encode = encode_basestring_ascii
         # each peer's `"name","route",` is the same in every row that links to it
+        adopted = bool(self.mesh.adopted)
         peers = {
             name: f"{encode(name)},{encode(route)}," for name, route in self._link_rules[1].items()
         }
         separator = ""
         for source in self.nodes:
             head = f"[{encode(source.name)},"
-            rows = [
-                f'{head}{peers[target.name]}{encode(client)},{_json_int(validity)},"{link_class}"]'
-                for target, _, client, validity, link_class in self.link_rows(source)
-            ]
+            if adopted:  # route names that differ per source: each row written out
+                rows = [
+                    f"{head}{encode(target.name)},{encode(route)},{encode(client)},"
+                    f'{_json_int(validity)},"{link_class}"]'
+                    for target, route, client, validity, link_class in self.link_rows(source)
+                ]
+            else:
+                rows = [
+                    f"{head}{peers[target.name]}{encode(client)},{_json_int(validity)},"
+                    f'"{link_class}"]'
+                    for target, _, client, validity, link_class in self.link_rows(source)
+                ]
             if rows:
                 digest.update((separator + ",".join(rows)).encode())
                 separator = ","
@@ -344,7 +398,7 @@ class Site:
     def _describe_without_links(self) -> dict[str, Any]:
         return {
             "site": self.name,
-            "nodes": [plain_data(node) for node in self.nodes],
+            "nodes": [_node_data(node) for node in self.nodes],
             "regions": list(self.regions),
             "pki": plain_data(self.pki),
             "templates": self.templates_dir.name if self.templates_dir else None,
@@ -370,6 +424,17 @@ class Site:
             ],
             **rest,
         }
+
+
+def _node_data(node: Node) -> dict[str, Any]:
+    """A node as plain data; the fields of a bound site only when set (see Node)."""
+    data: dict[str, Any] = plain_data(node)
+    for name in _BOUND_NODE_FIELDS:
+        if data.get(name) is None:
+            data.pop(name, None)
+    for name in _DERIVED_NODE_FIELDS:
+        data.pop(name, None)
+    return data
 
 
 def plain_data(value: Any) -> Any:

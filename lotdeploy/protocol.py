@@ -293,6 +293,11 @@ DEFAULT_CA_FILE = "ca.crt"
 DEFAULT_RELEASE_DIR = "/opt/lotdeploy"
 #: That image's systemd unit must restart to read new TLS files.
 DEFAULT_RELOAD_COMMAND = "systemctl restart coreflux-broker"
+#: Passwords the vendor's documentation prints (the factory admin password and the cluster
+#: page's examples): a route carrying one is as good as open (`lotdeploy audit`).
+DOCUMENTED_PASSWORDS = frozenset(
+    {"coreflux", "cluster_password", "secure_cluster_pass", "shared_secure_password"}
+)
 
 
 # ---------------------------------------------------------------------------------------------

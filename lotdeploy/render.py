@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from lotdeploy.compiler import ROUTE_FILE, compile_node
-from lotdeploy.credentials import CredentialState, cluster_password, password_secret_name
+from lotdeploy.credentials import cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
 from lotdeploy.fsutil import DurableBatch, UnreadableFile, is_temporary, make_dirs, read_json
 from lotdeploy.model import Site
 from lotdeploy.secret import SENSITIVE, Secret
+from lotdeploy.sitefacts import bind_site
+from lotdeploy.state import StateStore
 from lotdeploy.workspace import Workspace
 
 MANIFEST = "manifest.json"
@@ -96,7 +98,9 @@ def prepare_workspace(site: Site, workspace: Workspace, now: datetime) -> None:
 def iter_bundles(site: Site, workspace: Workspace, now: datetime) -> Iterator[Bundle]:
     """Every node's bundle in node order, one at a time, from what the workspace holds
     (creates nothing). Streaming keeps memory to one node's routes, whatever the site."""
-    version = CredentialState.load(workspace).active_version
+    state = StateStore(workspace).read()
+    site = bind_site(site, state)  # adopted routes, a take-over's phase (lotdeploy.sitefacts)
+    version = state.credential_version
     password = Secret("")
     if site.link_count:
         stored = workspace.secrets().get(password_secret_name(version))

@@ -31,9 +31,14 @@ __all__ = [
     "start_rotation",
 ]
 
-RotationKind = Literal["ca", "creds"]
+RotationKind = Literal["ca", "creds", "tls", "names"]
 KINDS: tuple[str, ...] = ROTATION_KINDS
-LABELS: dict[str, str] = {"ca": "CA rotation", "creds": "credential rotation"}
+LABELS: dict[str, str] = {
+    "ca": "CA rotation",
+    "creds": "credential rotation",
+    "tls": "take-over to TLS",
+    "names": "take-over of the route names",
+}
 
 
 def load_rotation(workspace: Workspace, kind: RotationKind) -> Rotation | None:

@@ -39,7 +39,10 @@ STATE_VERSION = 1
 STATE_FILE = "state.json"
 #: The state of a 1,000-node site is tens of MB; nothing bigger is read (fsutil.read_json).
 STATE_MAX_BYTES = 512 * 1024 * 1024
-ROTATION_KINDS = ("ca", "creds")
+#: ca, creds: the PKI's and the cluster credential's rotations; tls, names: the phases of a
+#: take-over (lotdeploy.adopt.takeover): a plain cluster moved to TLS, adopted routes moved
+#: to lotdeploy's names.
+ROTATION_KINDS = ("ca", "creds", "tls", "names")
 LAST_PHASE = 3
 #: How many finished rotations the document keeps.
 HISTORY_LIMIT = 20
@@ -78,6 +81,8 @@ class Rotation:
     new: str
     started_at: str
     applied: dict[str, list[str]] = field(default_factory=dict)  # phase -> node names
+    #: what the phases need beyond old and new (tls: the plain port each node kept)
+    detail: dict[str, Any] = field(default_factory=dict)
 
     def applied_nodes(self, phase: int | None = None) -> set[str]:
         return set(self.applied.get(str(phase or self.phase), []))
@@ -95,7 +100,7 @@ class Rotation:
             "new": self.new,
             "started_at": self.started_at,
             "applied": {k: sorted(v) for k, v in sorted(self.applied.items())},
-        }
+        } | ({"detail": self.detail} if self.detail else {})
 
     @classmethod
     def from_json(cls, doc: Any) -> Rotation:
@@ -108,6 +113,11 @@ class Rotation:
         for key, nodes in _mapping(doc.get("applied", {}), "applied").items():
             _int(int(key) if str(key).isdigit() else None, "applied phase", 1, LAST_PHASE)
             applied[str(key)] = [_str(n, "node name") for n in _list(nodes, "applied nodes")]
+        detail = _mapping(doc.get("detail", {}), "rotation detail")
+        ports = _mapping(detail.get("ports", {}), "rotation ports")
+        for node, port in ports.items():
+            _str(node, "node name")
+            _int(port, "plain port", 1, 65535)
         return cls(
             kind=kind,
             phase=phase,
@@ -115,6 +125,7 @@ class Rotation:
             new=_str(doc.get("new"), "rotation new"),
             started_at=_str(doc.get("started_at"), "started_at"),
             applied=applied,
+            detail=detail,
         )
 
 
@@ -221,6 +232,48 @@ class NodeRecord:
         )
 
 
+#: A route name as a broker takes it (protocol.ROUTE_NAME_PATTERN).
+_ROUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+@dataclass
+class AdoptedRoutes:
+    """One node's hand-made routes lotdeploy took over (`lotdeploy import`): the route it
+    keeps to each peer, under its name and client id, and the other hand-made routes it
+    owns there (duplicates, strays), which the plan removes. They are lotdeploy's to change
+    from then on (lotdeploy.ownership); no secret."""
+
+    routes: dict[str, str] = field(default_factory=dict)  # peer -> route name
+    client_ids: dict[str, str] = field(default_factory=dict)  # peer -> client id
+    remove: dict[str, str] = field(default_factory=dict)  # route name -> why it goes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "routes": dict(sorted(self.routes.items())),
+            "client_ids": dict(sorted(self.client_ids.items())),
+            "remove": dict(sorted(self.remove.items())),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, node: str) -> AdoptedRoutes:
+        doc = _mapping(doc, f"adopted routes of node {node}")
+        routes = {
+            _str(peer, "peer"): _route_name(name, f"node {node} adopted route")
+            for peer, name in _mapping(doc.get("routes", {}), "adopted routes").items()
+        }
+        client_ids = {
+            _str(peer, "peer"): _str(cid, "client id")
+            for peer, cid in _mapping(doc.get("client_ids", {}), "adopted client ids").items()
+        }
+        remove = {
+            _route_name(name, f"node {node} route to remove"): _str(why, "why")
+            for name, why in _mapping(doc.get("remove", {}), "adopted removals").items()
+        }
+        if len(set(routes.values())) != len(routes):
+            raise ValueError(f"node {node}: one adopted route name for two peers")
+        return cls(routes, client_ids, remove)
+
+
 ROLLOUT_STATUSES = ("running", "paused", "failed", "rolled-back")
 
 
@@ -291,11 +344,16 @@ class State:
     site_digest: str | None = None
     credential_version: int = 1
     credential_generated: bool = False
+    #: the active password is one an import took over from the brokers (typed by hand):
+    #: a take-over replaces it with a generated one
+    credential_adopted: bool = False
     active_ca: str | None = None
     rotations: dict[str, Rotation] = field(default_factory=dict)
     rotation_history: list[dict[str, Any]] = field(default_factory=list)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     rollout: RolloutRecord | None = None
+    #: node -> the hand-made routes lotdeploy took over there (lotdeploy.ownership)
+    adopted: dict[str, AdoptedRoutes] = field(default_factory=dict)
 
     def rotation(self, kind: str) -> Rotation | None:
         return self.rotations.get(kind)
@@ -304,23 +362,32 @@ class State:
         return {name: record.routes for name, record in self.nodes.items()}
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "serial": self.serial,
-            "lineage": self.lineage,
-            "site_digest": self.site_digest,
-            "credentials": {
-                "active_version": self.credential_version,
-                "generated": self.credential_generated,
-            },
-            "pki": {"active_ca": self.active_ca},
-            "rotations": {
-                "active": {k: r.to_json() for k, r in sorted(self.rotations.items())},
-                "history": self.rotation_history[-HISTORY_LIMIT:],
-            },
-            "nodes": {name: rec.to_json() for name, rec in sorted(self.nodes.items())},
-        } | ({"rollout": self.rollout.to_json()} if self.rollout is not None else {})
+        return (
+            {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
+                "serial": self.serial,
+                "lineage": self.lineage,
+                "site_digest": self.site_digest,
+                "credentials": {
+                    "active_version": self.credential_version,
+                    "generated": self.credential_generated,
+                }
+                | ({"adopted": True} if self.credential_adopted else {}),
+                "pki": {"active_ca": self.active_ca},
+                "rotations": {
+                    "active": {k: r.to_json() for k, r in sorted(self.rotations.items())},
+                    "history": self.rotation_history[-HISTORY_LIMIT:],
+                },
+                "nodes": {name: rec.to_json() for name, rec in sorted(self.nodes.items())},
+            }
+            | ({"rollout": self.rollout.to_json()} if self.rollout is not None else {})
+            | (
+                {"adopted": {n: a.to_json() for n, a in sorted(self.adopted.items())}}
+                if self.adopted
+                else {}
+            )
+        )
 
     @classmethod
     def from_json(cls, doc: Any) -> State:
@@ -338,6 +405,7 @@ class State:
             site_digest=_optional_str(doc.get("site_digest"), "site_digest"),
             credential_version=_int(credentials.get("active_version", 1), "credential version", 1),
             credential_generated=_bool(credentials.get("generated", False), "generated"),
+            credential_adopted=_bool(credentials.get("adopted", False), "adopted"),
             active_ca=_ca_id(pki.get("active_ca")),
             rotations=_rotations(rotations.get("active", {})),
             rotation_history=[
@@ -348,6 +416,10 @@ class State:
                 for name, rec in _mapping(doc.get("nodes", {}), "nodes").items()
             },
             rollout=None if doc.get("rollout") is None else RolloutRecord.from_json(doc["rollout"]),
+            adopted={
+                _str(name, "node name"): AdoptedRoutes.from_json(rec, str(name))
+                for name, rec in _mapping(doc.get("adopted", {}), "adopted").items()
+            },
         )
         state.check()
         return state
@@ -580,6 +652,12 @@ def _version(text: str) -> int:
     if not text.isdigit():
         raise ValueError("credential versions must be whole numbers")
     return int(text)
+
+
+def _route_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _ROUTE_NAME.fullmatch(value):
+        raise ValueError(f"{what} must be a route name")
+    return value
 
 
 def _ca_id(value: Any) -> str | None:

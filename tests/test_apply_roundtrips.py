@@ -234,7 +234,9 @@ def test_folded_commands_fail_clearly_and_an_apply_resumes(tmp_path: Path) -> No
         assert sorted(failed) == ["node1", "node2"]
         error = failed["node1"]["error"]
         assert failed["node1"]["step"] == "files"
-        assert error.startswith("node node1: cannot create /run/coreflux/broker.pid/x/releases: mkdir: "), error
+        assert error.startswith(
+            "node node1: cannot create /run/coreflux/broker.pid/x/releases: mkdir: "
+        ), error
         assert error.endswith("Not a directory"), error
         assert not lab.state().nodes.get("node1") or not lab.state().nodes["node1"].release
 

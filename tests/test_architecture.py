@@ -28,6 +28,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.transport",
             "lotdeploy.rollout",
             "lotdeploy.ansible",
+            "lotdeploy.adopt",
         ),
     ),
     (3, ("lotdeploy.plan", "lotdeploy.render")),
@@ -41,6 +42,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.rotation",
             "lotdeploy.graph",
             "lotdeploy.selection",
+            "lotdeploy.sitefacts",
         ),
     ),
     (
@@ -58,6 +60,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.clientids",
             "lotdeploy.guard",
             "lotdeploy.terminal",
+            "lotdeploy.ownership",
+            "lotdeploy.routecode",
         ),
     ),
 ]

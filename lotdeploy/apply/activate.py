@@ -8,7 +8,8 @@ environment variable) and lives only in a Secret.
 Order, on every node (docs/coreflux-interface.md §2, §4): the cluster users a peer logs in
 with exist on every *target* broker before any route that uses them (the engine runs users
 on all nodes first); then each route is removed (not found is fine) and added, one at a
-time; only routes named `lotdeploy_*` are ever removed; `-removeAllRoutes` is never sent.
+time; only routes lotdeploy owns (lotdeploy.ownership) are ever touched; `-removeAllRoutes`
+is never sent.
 Every reply is checked: a broker that refuses a route fails that node with the broker's own
 message, line and column.
 """
@@ -17,15 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
 from lotdeploy.lot import format_route, parse
-from lotdeploy.model import ROUTE_PREFIX, Node, Site
+from lotdeploy.model import Node, Site
 from lotdeploy.node.session import admin_password
+from lotdeploy.ownership import PREFIX_ONLY_NODE
 from lotdeploy.secret import Secret
 from lotdeploy.transport.base import Transport
 
@@ -73,9 +75,14 @@ def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
 
 #: How often apply asks a broker whether the routes it added are Connected yet.
 CONNECTED_POLL = 0.5
+#: ... while an old route waits to be removed beside its replacement: every moment both run,
+#: each message goes twice (docs/adopt.md), so the new one is asked after more often.
+REPLACE_POLL = 0.05
 
 
-def wait_connected(client: SyncBrokerClient, node: str, names: list[str], timeout: float) -> str:
+def wait_connected(
+    client: SyncBrokerClient, node: str, names: list[str], timeout: float, poll: float = 0.0
+) -> str:
     """Wait (bounded by `timeout`) until the broker reports every route in `names`
     Connected; raise naming those that are not, with the broker's last error for each.
 
@@ -94,7 +101,7 @@ def wait_connected(client: SyncBrokerClient, node: str, names: list[str], timeou
             return f"{len(names)} route(s) Connected after {time.monotonic() - started:.1f}s"
         if time.monotonic() >= deadline:
             break
-        time.sleep(min(CONNECTED_POLL, max(deadline - time.monotonic(), 0.0)))
+        time.sleep(min(poll or CONNECTED_POLL, max(deadline - time.monotonic(), 0.0)))
     details = []
     for name in waiting[:5]:
         last = None
@@ -119,21 +126,34 @@ def apply_routes(
     remove: list[str],
     add: dict[str, str],
     remove_before_add: bool = True,
+    owns: Callable[[str], bool] = PREFIX_ONLY_NODE,
+    replacing: Mapping[str, str] | None = None,
+    connect_wait: float = 0.0,
 ) -> None:
-    """Remove, then add. Only lotdeploy's own routes are touched. The removals are sent
-    together, then the adds together (one round trip each with a broker that echoes
-    requestIds; one command at a time otherwise).
+    """Remove, then add. Only routes lotdeploy owns are touched (`owns`: `Site.ownership`
+    for the node, lotdeploy.ownership). The removals are sent together, then the adds
+    together (one round trip each with a broker that echoes requestIds; one command at a
+    time otherwise).
 
     A route is removed before it is added again only where it exists: as the `-listRoutes`
     the session sent on connect showed (no extra round trip), and, should that listing have
     missed it, when the add is refused because the route already exists (then it is removed
     and added again). A fresh node thus gets one command per route, not two.
+
+    `replacing` (new name -> old name, the same peer: a take-over's renaming): the new
+    route goes first and, with `connect_wait`, is waited for Connected before the old one
+    is removed, so the link is never down (the old one stays when the new one does not
+    connect); messages published in between go over both (docs/adopt.md).
     """
     for name in [*remove, *add]:
-        if not name.startswith(ROUTE_PREFIX):
-            raise BrokerError(
-                node, f"refusing to touch route {name}: lotdeploy owns only {ROUTE_PREFIX}*"
-            )
+        if not owns(name):
+            raise BrokerError(node, f"refusing to touch route {name}: lotdeploy does not own it")
+    first = {new: old for new, old in (replacing or {}).items() if new in add and old in remove}
+    if first:
+        apply_routes(client, node, [], {new: add[new] for new in first}, remove_before_add, owns)
+        if connect_wait > 0:
+            wait_connected(client, node, sorted(first), connect_wait, REPLACE_POLL)
+        add = {name: text for name, text in add.items() if name not in first}
     listed = client.listed_at_connect()
     present = None if listed is None else {str(r.get("name")) for r in listed if r.get("name")}
     # removals first (all at once), then the adds (all at once): a route is never added

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,19 +20,17 @@ from typing import Any
 
 from lotdeploy.apply.activate import admin_session
 from lotdeploy.broker.session import BrokerClient
-from lotdeploy.compiler.routes import canonical_route_text
-from lotdeploy.lot import normalize
-from lotdeploy.model import ROUTE_PREFIX, Node, Site
+from lotdeploy.model import Node, Site
 from lotdeploy.node import facts, release
 from lotdeploy.node.session import on_nodes
-from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile
-from lotdeploy.secret import SENSITIVE, Secret
+from lotdeploy.routecode import comparable_attrs, comparable_code
+from lotdeploy.secret import Secret
+from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
 
-_PASSWORD = re.compile(r'(WITH\s+PASSWORD\s+)"[^"]*"')
 #: How long to wait for a route's code on $SYS (retained, so normally at once).
 ROUTE_CODE_WAIT = 3.0
 #: How long a cluster user's login check may take.
@@ -73,13 +70,15 @@ class DriftReport(Refresh):
 
 
 def masked(code: str) -> str:
-    """Normalised LOT with the password's value masked: comparable without the secret."""
-    return _PASSWORD.sub(lambda m: f'{m.group(1)}"{SENSITIVE}"', normalize(code))
+    """A route's code as its values, the password masked: comparable without the secret,
+    and whatever its layout (lotdeploy.routecode: a hand-made route an import adopted has
+    its own)."""
+    return comparable_code(code)
 
 
 def expected_code(attrs: Mapping[str, Any]) -> str:
-    route = DesiredRoute.from_attrs(dict(attrs))
-    return masked(canonical_route_text(route.attrs(), Secret(SENSITIVE)))
+    """What `masked` gives for the route recorded with `attrs`."""
+    return comparable_attrs(attrs)
 
 
 def node_live(
@@ -121,9 +120,8 @@ def _broker_live(
     with admin_session(site, node, transport) as client:
         listing = client.listed_at_connect()  # the -listRoutes the session sent on connect
         routes = listing if listing is not None else client.list_routes()
-        owned = sorted(
-            str(r["name"]) for r in routes if str(r.get("name", "")).startswith(ROUTE_PREFIX)
-        )
+        owns = site.ownership.of(node.name)
+        owned = sorted(str(r["name"]) for r in routes if owns(str(r.get("name", ""))))
         applied = sorted(n for n in owned if record.routes.get(n))
 
         async def read(raw: BrokerClient) -> tuple[dict[str, str | None], dict[str, bool] | None]:
@@ -160,6 +158,7 @@ def read_drift(
     still accepts the users its record lists (none: users are not checked, and a note says
     so)."""
     state = StateStore(workspace).read()
+    site = bind_site(site, state)  # which routes are lotdeploy's (lotdeploy.sitefacts)
     report = DriftReport()
     chosen = [n for n in site.nodes if only is None or n.name in only]
     nodes = [
@@ -194,6 +193,8 @@ def read_drift(
             continue
         record = state.nodes[name]
         paths = release.NodePaths.where(record.paths, site.node(name)).to_json()
-        report.drift[name], report.findings[name] = reconcile(record, live, expected_code, paths)
+        report.drift[name], report.findings[name] = reconcile(
+            record, live, expected_code, paths, site.ownership.of(name)
+        )
         report.read.append(name)
     return report

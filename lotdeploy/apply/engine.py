@@ -27,7 +27,7 @@ from lotdeploy.apply import activate
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.credentials import broker_users
 from lotdeploy.errors import BrokerError, LotdeployError
-from lotdeploy.model import Site, route_name_for
+from lotdeploy.model import Site
 from lotdeploy.node import release
 from lotdeploy.plan.desired import desired_state
 from lotdeploy.plan.diff import NodeSteps, Plan
@@ -35,6 +35,7 @@ from lotdeploy.plan.make import credential_facts
 from lotdeploy.render import ROUTE_FILE, Bundle, iter_bundles, prepare_workspace
 from lotdeploy.rotation import mark_phase_applied
 from lotdeploy.secret import Secret, scrub
+from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
@@ -195,6 +196,7 @@ def apply_plan(
     before its files change."""
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
+    site = bind_site(site, state)  # the links as the plan made them (lotdeploy.sitefacts)
     pending = {n: set(r.pending) for n, r in state.nodes.items() if r.pending}
     targets = sorted(
         name
@@ -392,7 +394,16 @@ def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
     remove_first = facts.get("readd") != "overwrite"
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
     with activate.admin_session(run.site, node, run.transport(name)) as client:
-        activate.apply_routes(client, name, remove, add, remove_first)
+        activate.apply_routes(
+            client,
+            name,
+            remove,
+            add,
+            remove_first,
+            run.site.ownership.of(name),
+            steps.routes_replace,
+            run.connect_timeout,
+        )
     return f"{len(add)} added, {len(set(remove) - set(add))} removed"
 
 
@@ -400,7 +411,7 @@ def _connected(run: _Run, name: str, added: list[str]) -> str:
     """Apply converged only when the links are up: wait (bounded) until the broker reports
     each route this run added Connected, once every node's routes are in. Routes to a peer
     that failed in this run are not waited for (that failure is the peer's to report)."""
-    peers = {route_name_for(n.name): n.name for n in run.site.nodes}
+    peers = {link.route_name: link.target for link in run.site.links_from(name)}
     failed = {n for n, o in run.result.outcomes.items() if not o.ok}
     wait = sorted(r for r in added if peers.get(r) not in failed)
     skipped = (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lotdeploy.cli.common import load, open_workspace, workspace_option
+from lotdeploy.cli.common import bind, load, open_workspace, workspace_option
 
 
 @click.command()
@@ -64,6 +64,7 @@ def export_ansible(
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     vault = vault_password_file or vault_file(loaded.site)
     with workspace.lock("export-ansible"):
         nodes = export(loaded.site, workspace, directory, vault)

@@ -100,7 +100,20 @@ def open_workspace(site: Path, workspace_dir: Path | None) -> Workspace:
 
 
 def open_site(site: Path, workspace_dir: Path | None) -> tuple[LoadedSite, Workspace]:
-    return load(site), open_workspace(site, workspace_dir)
+    loaded, workspace = load(site), open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
+    return loaded, workspace
+
+
+def bind(loaded: LoadedSite, workspace: Workspace) -> Site:
+    """The site as lotdeploy works with it: bound to its workspace's facts (adopted routes,
+    a take-over's phase: lotdeploy.sitefacts), from here on for the whole command. Reads
+    the state only (no passphrase)."""
+    from lotdeploy.sitefacts import bind_site
+    from lotdeploy.state import StateStore
+
+    loaded.site = bind_site(loaded.site, StateStore(workspace).read())
+    return loaded.site
 
 
 def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:

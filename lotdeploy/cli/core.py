@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from lotdeploy.cli.common import (
+    bind,
     collector_paused,
     directory_option,
     load,
@@ -94,6 +95,7 @@ def render(site: Path, out: Path, workspace_dir: Path | None) -> None:
 
     loaded = load(site)
     the_workspace = open_workspace(site, workspace_dir)
+    bind(loaded, the_workspace)
     with the_workspace.lock("render"):
         result = write_bundles(loaded.site, the_workspace, out)
     removed = f", removed {len(result.removed)} stale node dir(s)" if result.removed else ""
@@ -170,6 +172,7 @@ def plan(
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     only = select_nodes(loaded.site, limit, exclude)
     refuse_missing_broker_keys(loaded.site, workspace)
     live = read_live(loaded.site, workspace, only, accept_new_host_keys) if refresh else None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lotdeploy.cli.common import (
+    bind,
     load,
     node_sessions,
     open_workspace,
@@ -260,8 +261,8 @@ def apply(
     if refresh_only and (resume or pause_after or abandon_rollout):
         raise click.UsageError("--refresh-only changes no node: no rollout options with it")
     loaded = load(site_file)
-    site = loaded.site
     workspace = open_workspace(site_file, workspace_dir)
+    site = bind(loaded, workspace)
     kind = chosen(site, transport)
     # one session per node for the whole command: the refresh, every phase of the apply
     # and, in a rollout, every wave and gate reuse its connection and admin session
@@ -584,6 +585,7 @@ def drift(
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     only = select_nodes(loaded.site, limit, exclude)
     report = read_live(
         loaded.site,
@@ -644,6 +646,7 @@ def doctor(
 
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     only = select_nodes(loaded.site, limit, exclude)
     with (
         workspace.lock("doctor"),

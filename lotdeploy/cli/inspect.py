@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from lotdeploy.cli.common import load, node_sessions
+from lotdeploy.cli.common import bind, load, node_sessions, open_workspace, workspace_option
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.exitstatus import ExitStatus
 
@@ -19,10 +19,12 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("site", type=click.Path(path_type=Path, dir_okay=False))
+@workspace_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable status on stdout.")
 @_options(limit_options + ssh_options)
 def status(
     site: Path,
+    workspace_dir: Path | None,
     as_json: bool,
     limit: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -45,6 +47,7 @@ def status(
     from lotdeploy.selection import select_nodes
 
     loaded = load(site)
+    bind(loaded, open_workspace(site, workspace_dir))  # which routes the site expects
     only = select_nodes(loaded.site, limit, exclude)
     with node_sessions(loaded.site, accept_new_host_keys) as sessions:
         results = read_status(loaded.site, sessions, parallelism, only)

@@ -95,6 +95,13 @@ def _lab_errors() -> Iterator[None]:
     "topics), no-version, connack-5, no-secrets, named-rights; e.g. "
     "eu2=text,no-echo,overwrite (repeatable; docs/lab-broker.md)",
 )
+@click.option(
+    "--fixture",
+    type=click.Choice(["vendor-example", "messy"]),
+    default=None,
+    help="plant a hand-made cluster on the brokers (3 nodes): the vendor page's example, "
+    "or one with every problem `lotdeploy audit` finds (docs/lab.md)",
+)
 def up(
     nodes: int | None,
     regions: str | None,
@@ -103,6 +110,7 @@ def up(
     mode: str,
     pool: str,
     dialects: tuple[str, ...],
+    fixture: str | None,
 ) -> None:
     """Create a lab cluster and write DIR/site.yaml to plan and render for.
 
@@ -111,6 +119,9 @@ def up(
 
     --dialect makes a node's broker answer as another broker version would (for apply and
     doctor rehearsals), e.g. --dialect node2=text,no-echo,overwrite.
+
+    --fixture plants a hand-made cluster (routes, users) on the brokers, to audit and
+    import: vendor-example or messy (3 nodes).
 
     Example: lotdeploy lab up --regions eu:2,us:1 --delay us=80
     """
@@ -124,6 +135,7 @@ def up(
             pool=pool,
             echo=click.echo,
             dialects=labstate.parse_dialects(dialects, shape),
+            fixture=fixture,
         )
 
 

@@ -154,6 +154,19 @@ from lotdeploy.lab.extras import require_lab_extra
     "-listUserGroups exist (stored, not enforced).",
 )
 @click.option(
+    "--sys-readable/--no-sys-readable",
+    default=False,
+    show_default=True,
+    help="Let every logged-in user subscribe to $SYS (route code and its passwords): a "
+    "broker whose rights are set too wide.",
+)
+@click.option(
+    "--plain-links",
+    is_flag=True,
+    help="Also listen for plain MQTT on the TLS address (--tls-bind), port --port: peers "
+    "and clients of a cluster that runs plain-text links, as hand-made ones do.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -186,6 +199,8 @@ def broker(
     bad_login_code: str,
     secret_store: bool,
     rights: str,
+    sys_readable: bool,
+    plain_links: bool,
     log_level: str,
 ) -> None:
     """Run one Coreflux-compatible lab broker in the foreground.
@@ -217,6 +232,7 @@ def broker(
         bad_login_code=int(bad_login_code),
         secret_store=secret_store,
         rights=rights,
+        sys_readable=sys_readable,
     )
 
     setup_logging(log_level)
@@ -238,5 +254,6 @@ def broker(
         link_backoff_max=link_backoff_max,
         link_queue_max=link_queue_max,
         dialect=dialect,
+        plain_links=plain_links,
     )
     run_broker(config)

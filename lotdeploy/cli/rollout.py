@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lotdeploy.cli.common import load, node_sessions, open_workspace, workspace_option
+from lotdeploy.cli.common import bind, load, node_sessions, open_workspace, workspace_option
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.cli.rolling import _gate_line, make_gate
 from lotdeploy.exitstatus import ExitStatus
@@ -61,8 +61,8 @@ def rollback(
     if release is not None and not (release.isalnum() and release.isascii() and len(release) <= 64):
         raise click.BadParameter("a release id is a short hex string", param_hint="--to")
     loaded = load(site)
-    the_site = loaded.site
     workspace = open_workspace(site, workspace_dir)
+    the_site = bind(loaded, workspace)
     with workspace.lock("rollback"), contextlib.ExitStack() as stack:
         only = select_nodes(the_site, limit, exclude)
         state = StateStore(workspace).read()

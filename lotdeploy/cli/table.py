@@ -92,6 +92,19 @@ COMMANDS = {
         "lotdeploy.cli.deploy:force_unlock",
         "Break the workspace lock of a run that hangs (LOCK_ID as the refusal showed it).",
     ),
+    "audit": LazyCommand(
+        "lotdeploy.cli.adopt:audit",
+        "Read every broker of a cluster and report what is wrong: exit 0 clean, 2 findings, "
+        "1 error.",
+    ),
+    "import": LazyCommand(
+        "lotdeploy.cli.adopt:import_cluster",
+        "Write a site spec and a workspace that reproduce a running cluster.",
+    ),
+    "takeover": LazyCommand(
+        "lotdeploy.cli.adopt:takeover",
+        "Move an imported cluster to TLS, a generated password and lotdeploy's names, phased.",
+    ),
     "lint": LazyCommand(
         "lotdeploy.cli.core:lint",
         "Parse LOT files and check their routes; errors as FILE:LINE:COL: message.",

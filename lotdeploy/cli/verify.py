@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 import click
 
-from lotdeploy.cli.common import load, node_sessions, open_workspace, workspace_option
+from lotdeploy.cli.common import bind, load, node_sessions, open_workspace, workspace_option
 from lotdeploy.cli.deploy import _options, limit_options, ssh_options
 from lotdeploy.exitstatus import ExitStatus
 
@@ -166,6 +166,7 @@ def verify(
         raise click.BadParameter("a topic prefix without wildcards", param_hint="--topic-prefix")
     loaded = load(site)
     workspace = open_workspace(site, workspace_dir)
+    bind(loaded, workspace)
     only = select_nodes(loaded.site, limit, exclude)
     transports = node_sessions(loaded.site, accept_new_host_keys)  # closed after the run
     exercises = _exercises(

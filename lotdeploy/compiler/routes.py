@@ -27,11 +27,11 @@ def route_settings(link: Link, peer: Node, credential_version: int = 1) -> dict[
         "peer_region": peer.region,
         "link_class": link.link_class,
         "broker_address": peer.address,
-        "broker_port": peer.port,
+        "broker_port": peer.route_port,
         "client_id": link.client_id,
         "username": username_for_version(peer.username, credential_version),
         "message_validity_sec": link.message_validity_sec,
-        "use_tls": peer.tls,
+        "use_tls": peer.route_tls,
     }
 
 
@@ -117,11 +117,11 @@ def node_route_settings(
             "peer_region": peer.region,
             "link_class": link_class,
             "broker_address": peer.address,
-            "broker_port": peer.port,
+            "broker_port": peer.route_port,
             "client_id": client_id,
             "username": username_for_version(peer.username, credential_version),
             "message_validity_sec": validity,
-            "use_tls": peer.tls,
+            "use_tls": peer.route_tls,
         }
         for peer, route, client_id, validity, link_class in site.link_rows(node)
     ]

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lotdeploy import protocol
-from lotdeploy.errors import LabError
+from lotdeploy.errors import LabError, LotdeployError
 from lotdeploy.fsutil import UnreadableFile, atomic_write, read_marker, write_marker
 from lotdeploy.lab import hosts, labstate, netns
 from lotdeploy.lab.extras import require_lab_extra
@@ -104,11 +104,16 @@ def up(
     parallel: bool = True,
     echo: Echo = _quiet,
     dialects: dict[str, list[str]] | None = None,
+    fixture: str | None = None,
 ) -> LabState:
     """Create (or confirm) the lab in `lab_dir`; write DIR/site.yaml. Idempotent.
 
-    `dialects`: extra `lab broker` options per node name (labstate.parse_dialects)."""
+    `dialects`: extra `lab broker` options per node name (labstate.parse_dialects).
+    `fixture`: plant a hand-made cluster on the brokers (lotdeploy.lab.fixtures), also on a
+    lab that is up already."""
     require_lab_extra()  # every node runs the lab broker
+    if fixture is not None:
+        dialects = _with_fixture(fixture, shape, dialects or {})
     mode = detect_mode(mode)
     require_tools(ROOT_TOOLS if mode == "root" else USER_TOOLS)
     lab_dir = lab_dir.resolve()
@@ -131,6 +136,8 @@ def up(
                 if delays:
                     apply_delays(lab_dir, existing, delays)
                 write_site(layout, existing)
+                if fixture is not None:
+                    _plant(layout, existing, fixture, echo)
                 return existing
             echo("lab is incomplete (crashed or stopped); rebuilding it")
             _teardown(lab_dir, existing, echo=_quiet, keep_files=True)
@@ -162,7 +169,31 @@ def up(
             apply_delays(lab_dir, state, delays)
         write_site(layout, state)
         echo(f"lab up: {len(state.nodes)} nodes; site spec in {layout.site}")
+        if fixture is not None:
+            _plant(layout, state, fixture, echo)
         return state
+
+
+def _with_fixture(
+    name: str, shape: list[tuple[str, str]], dialects: dict[str, list[str]]
+) -> dict[str, list[str]]:
+    """The broker options a fixture needs on each node, before those asked for."""
+    from lotdeploy.lab.fixtures import fixture_dialects
+
+    words = fixture_dialects(name, [n for n, _ in shape])
+    needed = labstate.parse_dialects([f"{n}={','.join(w)}" for n, w in words.items()], shape)
+    return {n: needed.get(n, []) + dialects.get(n, []) for n in {*needed, *dialects}}
+
+
+def _plant(layout: Layout, state: LabState, name: str, echo: Echo) -> None:
+    from lotdeploy.lab.fixtures import plant
+
+    try:
+        plant(layout, state, name, echo)
+    except (LotdeployError, OSError) as exc:  # a broker that refused: the lab stays
+        raise LabError(f"fixture {name}: {exc} (the lab is up; `lab up` again retries)") from None
+    state.fixture = name
+    labstate.save(layout.root, state)
 
 
 def _plan(lab_dir: Path, shape: list[tuple[str, str]], mode: str, pool: str) -> LabState:

@@ -55,6 +55,8 @@ class LabState:
     host_rules: list[list[str]] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)
     complete: bool = False
+    #: the hand-made cluster `lab up --fixture` planted last (lotdeploy.lab.fixtures)
+    fixture: str = ""
     version: int = STATE_VERSION
 
     def node(self, name: str) -> Node:
@@ -135,6 +137,11 @@ DIALECT_WORDS = {
     "no-secrets": ["--no-secret-store"],
     "admin-only": ["--rights", "admin-only"],
     "named-rights": ["--rights", "named"],
+    "sys-closed": ["--no-sys-readable"],
+    "sys-open": ["--sys-readable"],
+    # not a dialect of the broker's build but of how it is set up: plain MQTT for peers
+    # and clients on the node's address, beside the admin's loopback (a hand-made cluster)
+    "plain-links": ["--plain-links"],
 }
 
 

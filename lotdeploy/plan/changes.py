@@ -83,6 +83,9 @@ def route_attrs(
             if key == "password_version":
                 attrs.append(Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE))
                 continue
+            if old is None:  # a hand-made route an import adopted may leave a key unset
+                attrs.append(Attr(label, display(key, new), "(unset)"))
+                continue
         attrs.append(Attr(label, display(key, new), display(key, old)))
     return tuple(attrs)
 

@@ -134,11 +134,11 @@ def node_routes(site: Site, node: Node, version: int) -> tuple[DesiredRoute, ...
             peer.region,
             link_class,
             peer.address,
-            peer.port,
+            peer.route_port,
             client_id,
             username_for_version(peer.username, version),
             validity,
-            peer.tls,
+            peer.route_tls,
             version,
         )
         for peer, route, client_id, validity, link_class in site.link_rows(node)

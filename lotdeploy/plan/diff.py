@@ -16,6 +16,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
+from lotdeploy.compiler import ROUTE_FILE
 from lotdeploy.plan.changes import SHOWN, Action, Change
 from lotdeploy.plan.desired import DesiredRoute, NodeDesired, file_path
 from lotdeploy.plan.observed import Observed
@@ -40,6 +41,9 @@ class NodeSteps:
     files_remove: list[list[str]] = field(default_factory=list)
     #: a release directory the site moved away from (its releases and `current`, if ours)
     old_release_dir: str | None = None
+    #: new route name -> the route it replaces (same peer, another name: a take-over's
+    #: renaming): added and Connected before the old one goes, so the link is never down
+    routes_replace: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -66,6 +70,8 @@ class NodeSteps:
             doc["files_remove"] = self.files_remove
         if self.old_release_dir:
             doc["old_release_dir"] = self.old_release_dir
+        if self.routes_replace:
+            doc["routes_replace"] = dict(sorted(self.routes_replace.items()))
         return doc
 
 
@@ -156,7 +162,9 @@ def route_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> lis
             elif route is None and before is not None:
                 reason = "node removed from the site" if node is None else "peer removed"
                 if not before:
-                    reason = "on the broker, not in the site (lotdeploy's prefix: removed)"
+                    reason = observed.removals.get(node_name, {}).get(
+                        name, "on the broker, not in the site (lotdeploy's prefix: removed)"
+                    )
                 changes.append(
                     Change("delete", "route", name, node_name, region, reason, (), None, before)
                 )
@@ -189,8 +197,13 @@ def file_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
     for name in sorted(desired):
         node = desired[name]
         recorded = observed.files.get(name)
-        if name not in observed.applied or not recorded:
+        # no files recorded: a record from before files were recorded (nothing to say), or,
+        # with its paths recorded, a node an import adopted: none of lotdeploy's files is
+        # there yet (its TLS files are new; its route file comes with its first release)
+        adopted = not recorded and name in observed.paths
+        if name not in observed.applied or not (recorded or adopted):
             continue
+        recorded = recorded or {}
         paths = observed.paths.get(name) or dict(node.paths)
         drift = observed.drift.get(name, {})
         have = {file_path(paths, f): (f, entry) for f, entry in recorded.items()}
@@ -199,6 +212,8 @@ def file_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
         for path in sorted(set(want) | set(have)):
             if path in want and path not in have:
                 file_name = want[path][0]
+                if adopted and file_name == ROUTE_FILE:
+                    continue
                 old = moved_from.get(file_name)
                 reason = f"moved from {old}" if old else "new in the site"
                 changes.append(Change("create", "file", path, name, node.region, reason))
@@ -297,6 +312,7 @@ def node_steps(
                 step.routes_remove.append(change.name)
             if change.action != "delete":
                 step.routes_add.append(change.name)
+        step.routes_replace = _renamed(mine)
         if node is not None:
             known = name in observed.applied
             tls_changed = site_tls or any(c.kind in TLS_KINDS for c in mine)
@@ -329,6 +345,24 @@ def node_steps(
         if step:
             steps[name] = step
     return steps
+
+
+def _renamed(changes: list[Change]) -> dict[str, str]:
+    """new route -> old route, where a node's route to a peer is deleted and one to the
+    same peer created under another name (a take-over renaming adopted routes)."""
+    gone = {
+        str(c.before.get("peer")): c.name
+        for c in changes
+        if c.kind == "route" and c.action == "delete" and c.before and c.before.get("peer")
+    }
+    return {
+        c.name: gone[c.payload.peer]
+        for c in changes
+        if c.kind == "route"
+        and c.action == "create"
+        and isinstance(c.payload, DesiredRoute)
+        and c.payload.peer in gone
+    }
 
 
 def _removals(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lotdeploy.model import ROUTE_PREFIX
+from lotdeploy.ownership import PREFIX_ONLY_NODE
 from lotdeploy.state import NodeRecord
 
 #: The route file's name in a release (the other files of a record are the TLS files).
@@ -38,8 +38,8 @@ class NodeLive:
     release_files: dict[str, str] = field(default_factory=dict)
     #: file name -> sha256, of the record's TLS files as found in the broker's TLS directory
     tls_files: dict[str, str] = field(default_factory=dict)
-    #: the broker's routes named `lotdeploy_*` -> their code with the password masked (None:
-    #: the broker does not republish it); None when the broker was not read
+    #: the broker's routes lotdeploy owns (lotdeploy.ownership) -> their code with the
+    #: password masked (None: the broker does not republish it); None when not read
     routes: dict[str, str | None] | None = None
     #: cluster user -> whether the broker accepts its login; None when not checked
     users: dict[str, bool] | None = None
@@ -70,9 +70,11 @@ def reconcile(
     live: NodeLive,
     expected_code: Callable[[Mapping[str, Any]], str],
     paths: Mapping[str, str],
+    owns: Callable[[str], bool] = PREFIX_ONLY_NODE,
 ) -> tuple[dict[str, str], list[str]]:
     """The drift entries and findings of one node (`paths`: where the record's files are:
-    {"release_dir", "tls_dir"}, for the words only)."""
+    {"release_dir", "tls_dir"}, for the words only; `owns`: which of the broker's routes
+    are lotdeploy's, `Site.ownership` for the node)."""
     drift: dict[str, str] = {}
     found: list[str] = []
     current = posixpath.join(paths["release_dir"], "current")
@@ -99,7 +101,7 @@ def reconcile(
             drift[f"route/{name}"] = "missing"
             found.append(f"route {name}: missing on the broker")
         for name in sorted(n for n in set(live.routes) - set(applied)):
-            if name.startswith(ROUTE_PREFIX):
+            if owns(name):
                 drift[f"route/{name}"] = "extra"
                 found.append(f"route {name}: on the broker, but not applied by lotdeploy")
         for name in sorted(set(applied) & set(live.routes)):

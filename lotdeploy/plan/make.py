@@ -17,6 +17,7 @@ from lotdeploy.plan.live import Refresh
 from lotdeploy.plan.observed import Observed
 from lotdeploy.plan.pki import pki_changes
 from lotdeploy.secret import SENSITIVE
+from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import State, StateStore
 from lotdeploy.workspace import Workspace
 
@@ -63,6 +64,7 @@ def make_plan(
     """
     now = now or datetime.now(UTC)
     state = StateStore(workspace).read()
+    site = bind_site(site, state)  # adopted routes, a take-over's phase (lotdeploy.sitefacts)
     if refresh is not None:
         apply_refresh(state, refresh)
     credentials = credential_facts(state)

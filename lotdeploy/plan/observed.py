@@ -36,6 +36,8 @@ class Observed:
     paths: dict[str, dict[str, str]] = field(default_factory=dict)
     #: node -> what a refresh found differing (lotdeploy.plan.live drift entries)
     drift: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: node -> hand-made route an import took over to remove -> why (State.adopted)
+    removals: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_state(cls, state: State) -> Observed:
@@ -61,6 +63,7 @@ class Observed:
             applied=set(nodes),
             paths={name: r.paths for name, r in nodes.items() if r.paths},
             drift={name: r.drift for name, r in nodes.items() if r.drift},
+            removals={n: a.remove for n, a in state.adopted.items() if a.remove},
         )
 
     @classmethod

@@ -26,8 +26,9 @@ from typing import Any
 from lotdeploy.apply import activate
 from lotdeploy.broker.mqtt import Message, MqttConnection
 from lotdeploy.errors import LotdeployError
-from lotdeploy.model import Site, route_name_for
+from lotdeploy.model import Site
 from lotdeploy.secret import scrub
+from lotdeploy.sitefacts import applied_names
 from lotdeploy.state import StateStore
 from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
@@ -104,7 +105,9 @@ def route_gate(
                 transport = transports(site.node(name))
                 transport.connect()
                 opened[name] = transport
-                return _routes_connected(site, name, transport, expect[name], started + timeout)
+                return _routes_connected(
+                    site, workspace, name, transport, expect[name], started + timeout
+                )
             except (LotdeployError, OSError) as exc:
                 return [GateProblem((name,), scrub(str(exc)))]
 
@@ -133,11 +136,21 @@ def route_gate(
 
 
 def _routes_connected(
-    site: Site, name: str, transport: Transport, peers: set[str], deadline: float
+    site: Site,
+    workspace: Workspace,
+    name: str,
+    transport: Transport,
+    peers: set[str],
+    deadline: float,
 ) -> list[GateProblem]:
     """Poll the node's routes to `peers` until all are Connected or the deadline passes."""
     node = site.node(name)
-    want = {route_name_for(p): p for p in peers}
+    applied = applied_names(StateStore(workspace).read())  # a rename may be under way
+    want = {
+        applied.get((name, link.target), link.route_name): link.target
+        for link in site.links_from(name)
+        if link.target in peers
+    }
     with activate.admin_session(site, node, transport) as client:
         while True:
             seen = {str(r.get("name")): r for r in client.list_routes()}

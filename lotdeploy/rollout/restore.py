@@ -6,10 +6,10 @@ credential version) and routes.lot. A restore switches `current` back, places th
 of that release that differ from what the broker has (temporary name, fsync, rename, as
 apply does), runs the reload command when one changed, then puts the broker's routes back:
 the routes the release has are re-added where they differ from what the node runs now, the
-routes it lacks are removed (only `lotdeploy_*`). Users a rollout removed are added back
-when their password is still in the secret store; users it added stay (they are only
-accepted, nothing requires them). The state then records the restored release, so the next
-plan shows the way back forward.
+routes it lacks are removed (only routes lotdeploy owns: lotdeploy.ownership). Users a
+rollout removed are added back when their password is still in the secret store; users it
+added stay (they are only accepted, nothing requires them). The state then records the
+restored release, so the next plan shows the way back forward.
 
 Both the automatic rollback of a rollout and `lotdeploy rollback` use `restore_node`.
 """
@@ -27,7 +27,7 @@ from lotdeploy.credentials import password_secret_name
 from lotdeploy.errors import LotdeployError
 from lotdeploy.fsutil import UnreadableFile, parse_json
 from lotdeploy.lot import format_route, parse
-from lotdeploy.model import ROUTE_PREFIX, Site, route_name_for, username_for_version
+from lotdeploy.model import Site, username_for_version
 from lotdeploy.node.release import FileEntry, NodePaths, switch_back
 from lotdeploy.protocol import CLUSTER_CONFIG_BLOCK
 from lotdeploy.render import MANIFEST, ROUTE_FILE
@@ -92,11 +92,15 @@ def node_releases(transport: Transport, site: Site, name: str) -> tuple[str | No
 def route_attrs(site: Site, name: str, route_file: str, credential_version: int) -> dict[str, Any]:
     """The state's route records (as the plan makes them) from a release's routes.lot."""
     source = site.node(name)
-    peers = {route_name_for(n.name): n for n in site.nodes}
+    # a route's peer by its name in the site's links, else by the address it goes to (a
+    # release made before a take-over renamed the routes names them otherwise)
+    peers = {link.route_name: site.node(link.target) for link in site.links_from(name)}
+    by_address = {n.address: n for n in site.nodes if n.name != name}
     records: dict[str, Any] = {}
     for route in parse(route_file, ROUTE_FILE):
         config = route.block(CLUSTER_CONFIG_BLOCK)
-        peer = peers.get(route.name)
+        address = getattr(config.get("BROKER_ADDRESS"), "value", None) if config else None
+        peer = peers.get(route.name) or by_address.get(str(address))
         if config is None or peer is None:
             continue
 
@@ -199,7 +203,8 @@ def restore_node(
     texts = {r.name: format_route(r) for r in parse(text, ROUTE_FILE)}
     redo_all = "activate" in record.pending
     add = {r: texts[r] for r in wanted if redo_all or record.routes.get(r) != wanted[r]}
-    remove = sorted(r for r in record.routes if r not in wanted and r.startswith(ROUTE_PREFIX))
+    owns = site.ownership.of(name)
+    remove = sorted(r for r in record.routes if r not in wanted and owns(r))
     users_back = _users_to_restore(workspace, before, record)
     if add or remove or users_back:
         with activate.admin_session(site, node, transport) as client:
@@ -207,10 +212,8 @@ def restore_node(
                 activate.ensure_users(client, users_back)
             if redo_all:  # the broker may run routes the record does not know of
                 listed = {str(r.get("name")) for r in client.list_routes()}
-                remove = sorted(
-                    set(remove) | {r for r in listed - set(wanted) if r.startswith(ROUTE_PREFIX)}
-                )
-            activate.apply_routes(client, name, remove, add)
+                remove = sorted(set(remove) | {r for r in listed - set(wanted) if owns(r)})
+            activate.apply_routes(client, name, remove, add, owns=owns)
     if add or remove:
         done.append(f"routes: {len(add)} re-added, {len(remove)} removed")
     if users_back:

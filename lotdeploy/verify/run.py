@@ -27,7 +27,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,11 +37,12 @@ from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
-from lotdeploy.model import ROUTE_PREFIX, Link, Node, Site
+from lotdeploy.model import Link, Node, Site
 from lotdeploy.node import facts, release
 from lotdeploy.protocol import parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
+from lotdeploy.sitefacts import applied_names
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport
 from lotdeploy.verify.advice import load_advice, validity_advice
@@ -138,12 +139,15 @@ def run_verify(
         timeout=options.timeout,
         reconnect_allowance=options.reconnect_allowance,
     )
+    state = StateStore(workspace).read()
+    applied = applied_names(state)  # a link's route as applied (a rename may be under way)
     links = [
-        link for link in site.links if nodes is None or link.source in nodes or link.target in nodes
+        replace(link, route_name=applied.get((link.source, link.target), link.route_name))
+        for link in site.links
+        if nodes is None or link.source in nodes or link.target in nodes
     ]
     # every node at either end of a probed link needs phase 1 (for its probe connection)
     involved = {n.name for n in chosen} | {x for k in links for x in (k.source, k.target)}
-    state = StateStore(workspace).read()
     password = probe_password(workspace) if links else None
     ca_bundle = (
         _trusted_cas(workspace) if any(n.tls for n in site.nodes if n.name in involved) else None
@@ -394,8 +398,9 @@ def _broker_part(
             listing = client.listed_at_connect()  # the -listRoutes sent on connect, if any
             routes = listing if listing is not None else client.list_routes()
             listed = {str(r.get("name")): dict(r) for r in routes if r.get("name")}
+            owns = site.ownership.of(name)
             for route_name, entry in listed.items():
-                if route_name.startswith(ROUTE_PREFIX) and entry.get("connection") not in (
+                if owns(route_name) and entry.get("connection") not in (
                     "Connected",
                     None,
                 ):
@@ -623,7 +628,8 @@ def _handshake(context: ssl.SSLContext, port: int, server_name: str, timeout: fl
 
 def _routes_check(site: Site, node: Node, listed: dict[str, dict[str, Any]]) -> Check:
     want = {k.route_name for k in site.links_from(node.name)}
-    have = {n for n in listed if n.startswith(ROUTE_PREFIX)}
+    owns = site.ownership.of(node.name)
+    have = {n for n in listed if owns(n)}
     missing, extra = sorted(want - have), sorted(have - want)
     if not missing and not extra:
         return Check(node.name, "routes", "pass", f"{len(want)} route(s), as the site says")

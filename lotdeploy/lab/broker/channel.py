@@ -75,6 +75,8 @@ class ChannelNode(Protocol):
 
     async def add_route(self, spec: ClusterSpec, code: str) -> None: ...
 
+    async def replace_route(self, spec: ClusterSpec, code: str) -> None: ...
+
     async def remove_route(self, name: str) -> bool: ...
 
     async def set_user(self, user: str, password: Secret) -> None: ...
@@ -220,8 +222,9 @@ class CommandChannel:
         replaced = [name for name in names if name in self.node.routes.links]
         for spec, code in zip(specs, _route_texts(cmd.argument, routes), strict=True):
             if spec.name in replaced:  # readd == "overwrite": the new route replaces the old
-                await self.node.remove_route(spec.name)
-            await self.node.add_route(spec, code)
+                await self.node.replace_route(spec, code)
+            else:
+                await self.node.add_route(spec, code)
         if len(names) == 1:
             data: dict[str, Any] = {"name": names[0]}
             if replaced:

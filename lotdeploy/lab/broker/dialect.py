@@ -43,6 +43,11 @@ Knob                   Values (default first)     Emulates, and why it matters
                                                   user rights: `-changeUserSettings <user>
                                                   <Flag> <value>` and `-listUserGroups <user>`
                                                   exist (stored, not enforced: docs/lab-broker.md).
+`sys_readable`         False, True                `$SYS` refused to all but the admin (the
+                                                  vendor's broker as observed) / readable by
+                                                  every logged-in user: a broker whose rights
+                                                  let non-admins read route code, and the
+                                                  passwords in it (`lotdeploy audit` finds it).
 =====================  =========================  ==============================================
 
 Behaviour that matches the vendor's broker (`$SYS` refused to non-admins, the placeholder
@@ -92,6 +97,7 @@ class Dialect:
     bad_login_code: int = 4
     secret_store: bool = True
     rights: RightsModel = "admin-only"
+    sys_readable: bool = False
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -151,6 +157,8 @@ class Dialect:
             parts.append("no-secrets")
         if self.rights != "admin-only":
             parts.append(f"{self.rights}-rights")
+        if self.sys_readable:
+            parts.append("sys-open")
         return "+".join(parts)
 
     @property
@@ -177,6 +185,7 @@ def dialect_from_options(
     bad_login_code: int = 4,
     secret_store: bool = True,
     rights: str = "admin-only",
+    sys_readable: bool = False,
 ) -> Dialect:
     """The Dialect the `lab broker` command line asks for; LabError naming the bad option.
 
@@ -214,6 +223,7 @@ def dialect_from_options(
         bad_login_code=bad_login_code,
         secret_store=secret_store,
         rights=cast(RightsModel, rights),
+        sys_readable=sys_readable,
     )
 
 

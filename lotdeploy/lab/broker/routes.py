@@ -52,6 +52,9 @@ DEFAULT_VALIDITY_SEC = 30
 SEND_WINDOW = 256
 CONNECT_TIMEOUT = 5.0
 ACK_TIMEOUT = 30.0
+#: How long a replaced route's link waits for the acknowledgements of what it has in
+#: flight before it hands the rest to the link that replaces it.
+HAND_OVER_WAIT = 5.0
 
 #: The `-routeCode MQTT_CLUSTER` template, line by line: the route line, one line per
 #: offered key, and the template-only METADATA block. Placeholders are in the vendor's
@@ -269,6 +272,10 @@ class ClusterLink:
         self._queue_max = queue_max
         self._queue_max_bytes = queue_max_bytes
         self._wake = asyncio.Event()
+        #: publishes written and not yet acknowledged (the pump's window)
+        self._inflight: deque[tuple[_Queued, asyncio.Task[None]]] = deque()
+        #: set by `hand_over`: send nothing more, let what is in flight be acknowledged
+        self._draining = False
         self._task: asyncio.Task[None] | None = None
         self._conn: MqttConnection | None = None
         self.connection = "Disconnected"
@@ -298,6 +305,38 @@ class ClusterLink:
         self._queue.clear()
         self._queue_bytes = 0
         self._set_state("Disconnected")
+
+    async def hand_over(self, timeout: float = HAND_OVER_WAIT) -> list[_Queued]:
+        """Stop, handing over what the peer has not taken (a route replaced in place: the
+        `overwrite` dialect). Nothing more is sent; what is in flight gets `timeout` to be
+        acknowledged (so it is not sent twice); then the link stops and returns the
+        messages not acknowledged and those queued, in order, with their arrival times."""
+        self._draining = True
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._inflight and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5.0)
+        if self._conn is not None:
+            await self._conn.close()
+        left = list(self._queue)
+        self._queue.clear()
+        self._queue_bytes = 0
+        self._set_state("Disconnected")
+        return left
+
+    def take_over(self, items: list[_Queued]) -> None:
+        """Put what a replaced link handed over in front of this link's queue (before it
+        starts): older messages first, as they came."""
+        for item in reversed(items):
+            self._queue.appendleft(item)
+            self._queue_bytes += len(item.msg.payload) + len(item.msg.topic)
+        if items:
+            self._wake.set()
 
     def enqueue(self, msg: Message) -> None:
         """Queue a locally published message for the peer (never blocks)."""
@@ -441,11 +480,12 @@ class ClusterLink:
         as done once written, QoS 1/2 once acknowledged (PUBACK/PUBCOMP).
         """
         inflight: deque[tuple[_Queued, asyncio.Task[None]]] = deque()
+        self._inflight = inflight
         try:
             while not conn.closed.is_set():
                 now = time.monotonic()
                 sent_any = False
-                while self._queue and len(inflight) < SEND_WINDOW:
+                while self._queue and len(inflight) < SEND_WINDOW and not self._draining:
                     item = self._queue.popleft()
                     self._queue_bytes -= len(item.msg.payload) + len(item.msg.topic)
                     if self.spec.validity_sec and now - item.at > self.spec.validity_sec:
@@ -461,7 +501,7 @@ class ClusterLink:
                     task.result()  # raises MqttError if the connection was lost or no ack came
                     self.sent_ok += 1
                     self.last_success = time.time()
-                if self._queue and len(inflight) < SEND_WINDOW:
+                if self._queue and len(inflight) < SEND_WINDOW and not self._draining:
                     continue
                 self._wake.clear()
                 waiters: list[asyncio.Future[Any]] = [
@@ -495,6 +535,18 @@ class RouteManager:
     def add(self, spec: ClusterSpec) -> ClusterLink:
         link = self._make_link(spec)
         self.links[spec.name] = link
+        link.start()
+        return link
+
+    async def replace(self, spec: ClusterSpec) -> ClusterLink:
+        """The route named `spec.name` replaced in place: the new link takes messages from
+        now on, and what the old one had not delivered goes out first over the new one
+        (lab's choice for the `overwrite` dialect: docs/lab-broker.md)."""
+        old = self.links.get(spec.name)
+        link = self._make_link(spec)
+        self.links[spec.name] = link  # forward() queues into the new link from here on
+        if old is not None:
+            link.take_over(await old.hand_over())
         link.start()
         return link
 

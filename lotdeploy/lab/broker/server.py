@@ -87,6 +87,8 @@ CLUSTER_MARK = "_lotdeploy_cluster_link"
 REFUSAL_MARK = "_lotdeploy_connack_refusal"
 #: SUBACK return code of a refused subscription.
 SUBSCRIPTION_REFUSED = 0x80
+#: The listener of `--plain-links`: plain MQTT on the node's address.
+PLAIN_LINKS_LISTENER = "plain-links"
 
 
 @dataclass
@@ -113,6 +115,8 @@ class LabConfig:
     link_queue_max: int = 10_000
     #: Which broker variant to play (docs/lab-broker.md, "Dialects"); default: 2.x JSON.
     dialect: Dialect = field(default_factory=Dialect)
+    #: also plain MQTT on the TLS address (`port`): a cluster that runs plain-text links
+    plain_links: bool = False
 
     @property
     def name(self) -> str:
@@ -191,9 +195,11 @@ class LabBroker(Broker):
         return handler, session
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        """Refuse `$SYS` filters to everyone but the admin (SUBACK 0x80), like the vendor."""
+        """Refuse `$SYS` filters to everyone but the admin (SUBACK 0x80), like the vendor
+        (the `sys_readable` dialect: to anonymous clients only)."""
         topic_filter = subscription[0]
-        if topic_filter.startswith("$SYS") and not self.node.is_admin(session):
+        opened = self.node.dialect.sys_readable and session.username is not None
+        if topic_filter.startswith("$SYS") and not (self.node.is_admin(session) or opened):
             log.info("refused subscription to %s for %s", topic_filter[:80], session.username)
             return SUBSCRIPTION_REFUSED
         return await super().add_subscription(subscription, session)
@@ -320,6 +326,10 @@ class LabNode:
             },
             plugins={},
         )
+        if cfg.plain_links and cfg.tls_address != cfg.bind:
+            broker_config.listeners[PLAIN_LINKS_LISTENER] = ListenerConfig(
+                bind=f"{_host(cfg.tls_address)}:{cfg.port}", max_connections=0
+            )
         broker_config.listeners[TLS_LISTENER] = ListenerConfig(bind=None)
         self.broker = LabBroker(broker_config, self)
         amqtt_log = logging.getLogger("amqtt.broker")
@@ -488,6 +498,14 @@ class LabNode:
 
     async def add_route(self, spec: ClusterSpec, code: str) -> None:
         self.routes.add(spec)
+        self.state.routes[spec.name] = code
+        self._save()
+        await self._publish_code(spec.name, code)
+        self._status_changed(self.routes.links[spec.name])
+
+    async def replace_route(self, spec: ClusterSpec, code: str) -> None:
+        """A re-added route replaces the one of its name, keeping what it had queued."""
+        await self.routes.replace(spec)
         self.state.routes[spec.name] = code
         self._save()
         await self._publish_code(spec.name, code)
