@@ -187,6 +187,7 @@ def resolve_hosts(doc, base_dir):
             lotdeploy_reload_command=broker["reload_command"],
             lotdeploy_admin_host=broker["admin_host"],
             lotdeploy_admin_port=int(broker["admin_port"]),
+            lotdeploy_admin_user=broker["admin_user"],
         )
         hosts[node["name"]] = (found, region, sorted(set(node.get("tags") or [])))
     return hosts
