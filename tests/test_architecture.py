@@ -27,6 +27,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.transport",
             "lotdeploy.rollout",
             "lotdeploy.ansible",
+            "lotdeploy.fleet",
+            "lotdeploy.watch",
         ),
     ),
     (3, ("lotdeploy.plan", "lotdeploy.render")),

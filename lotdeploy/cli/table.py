@@ -124,7 +124,7 @@ COMMANDS = {
     ),
     "watch": LazyCommand(
         "lotdeploy.cli.fleet:watch",
-        "Keep sites as applied: refresh, drift and verify on an interval, metrics, --heal.",
+        "Keep a site (or every site of FLEET_DIR) as applied: drift, verify, metrics, --heal.",
     ),
     "lab": LazyCommand(
         "lotdeploy.cli.lab:lab",
