@@ -325,9 +325,7 @@ def run_playbook(
     # The run's variables, lotdeploy_bundles included, as inventory variables tagged
     # !unsafe: ansible-runner's extravars would be templated (a workspace path holding
     # `{{ ... }}` would run on the controller).
-    per_host = {
-        "all": {"vars": {"lotdeploy_bundles": str(pdd.bundles)}, "hosts": run_vars or {}}
-    }
+    per_host = {"all": {"vars": {"lotdeploy_bundles": str(pdd.bundles)}, "hosts": run_vars or {}}}
     atomic_write(pdd.root / "inventory" / "run.yml", vars_text(per_host), 0o600)
     ident = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{Path(playbook).stem}-{secrets.token_hex(3)}"
     hosts = {n: HostResult(n) for n in nodes}

@@ -28,7 +28,7 @@ def literal(value: str) -> str:
 
 
 def split_jump(jump: str) -> tuple[str, str, str]:
-    """"[user@]host[:port]" (IPv6 in brackets) -> (user, host, port), "" where not given."""
+    """ "[user@]host[:port]" (IPv6 in brackets) -> (user, host, port), "" where not given."""
     user, _, hostport = jump.rpartition("@")
     host, port = hostport, ""
     if hostport.startswith("["):

@@ -11,7 +11,7 @@ name: site
 short_description: Hosts and groups from a lotdeploy site spec
 description:
   - Reads a lotdeploy site spec (C(site.yaml)) and gives the same hosts, groups and host
-    variables as C(lotdeploy inventory): a group per site (C(site_<name>)), region
+    variables as C(lotdeploy inventory), that is a group per site (C(site_<name>)), region
     (C(region_<name>)) and tag (C(tag_<name>)); per host how to reach it (host, port, user,
     key, host keys checked strictly against the site's known_hosts, a jump host as a
     ProxyCommand checked the same way) and its broker paths (C(lotdeploy_*)).
@@ -19,7 +19,7 @@ description:
     a shared file the site C(extends)); relative paths are relative to the site file.
   - The plugin reads a site that C(lotdeploy validate) accepts; it does not validate it
     again. It needs no lotdeploy install, only PyYAML.
-  - Every value is data: strings from the site are never templated.
+  - Every value is data, never templated (a site string holding "{{" stays text).
 version_added: 0.1.0
 author:
   - lotdeploy authors (@lotdeploy)
@@ -30,9 +30,9 @@ options:
     type: str
     choices: [lotdeploy.coreflux.site]
   site:
-    description: The site spec, relative to this inventory file.
+    description: The site spec; a relative path is relative to this inventory file.
     required: true
-    type: path
+    type: str
 """
 
 EXAMPLES = r"""
@@ -51,6 +51,7 @@ from ansible.utils.unsafe_proxy import wrap_var
 
 try:
     import yaml
+
     HAS_YAML = True
 except ImportError:  # pragma: no cover - PyYAML comes with ansible-core
     HAS_YAML = False
@@ -69,6 +70,15 @@ DEFAULT_BROKER = dict(
 SHARED_KEYS = ("defaults", "regions", "ansible", "pki", "client_id_format", "transport")
 
 
+def data(value):
+    """`value` as data Ansible never templates: a string that Jinja could read as a template
+    (it holds `{`) wrapped unsafe, as `lotdeploy inventory` tags it `!unsafe`; others as
+    they are (an unsafe '0600' would read back as a number)."""
+    if isinstance(value, str) and "{" in value:
+        return wrap_var(value)
+    return value
+
+
 def group_name(kind, name):
     return "%s_%s" % (kind, re.sub(r"[^A-Za-z0-9_]", "_", name))
 
@@ -83,13 +93,13 @@ def shell_join(words):
 
 
 def split_jump(jump):
-    user, sep, hostport = jump.rpartition("@")
+    user, _sep, hostport = jump.rpartition("@")
     host, port = hostport, ""
     if hostport.startswith("["):
-        host, sep, rest = hostport[1:].partition("]")
+        host, _sep, rest = hostport[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else rest
     elif hostport.count(":") == 1:
-        host, sep, port = hostport.partition(":")
+        host, _sep, port = hostport.partition(":")
     return user, host, port
 
 
@@ -122,8 +132,11 @@ def resolve_hosts(doc, base_dir):
 
     def local(value):
         value = os.path.expanduser(value)
-        return value if os.path.isabs(value) else os.path.normpath(
-            os.path.realpath(os.path.join(base_dir, value)))
+        return (
+            value
+            if os.path.isabs(value)
+            else os.path.normpath(os.path.realpath(os.path.join(base_dir, value)))
+        )
 
     defaults = doc.get("defaults") or {}
     regions = doc.get("regions") or {}
@@ -132,37 +145,47 @@ def resolve_hosts(doc, base_dir):
         region = node.get("region") or "default"
         layers = [layer for layer in (node, regions.get(region), defaults) if layer]
 
-        def pick(key, default):
+        def pick(key, default, layers=layers):
             for layer in layers:
                 if layer.get(key) is not None:
                     return layer[key]
             return default
 
-        def block(key):
+        def block(key, layers=layers):
             merged = {}
             for layer in reversed(layers):
-                merged.update(dict((k, v) for k, v in (layer.get(key) or {}).items()
-                                   if v is not None))
+                merged.update(
+                    dict((k, v) for k, v in (layer.get(key) or {}).items() if v is not None)
+                )
             return merged
 
         tls = bool(pick("tls", False))
         ssh = block("ssh")
         broker = dict(DEFAULT_BROKER)
         broker.update(block("broker"))
-        known = local(ssh["known_hosts"]) if ssh.get("known_hosts") else os.path.expanduser(
-            "~/.ssh/known_hosts")
+        known = (
+            local(ssh["known_hosts"])
+            if ssh.get("known_hosts")
+            else os.path.expanduser("~/.ssh/known_hosts")
+        )
         key = local(ssh["key"]) if ssh.get("key") else None
         user = ssh.get("user") or "root"
-        strict = ["-o", "StrictHostKeyChecking=yes", "-o",
-                  "UserKnownHostsFile=%s" % literal(known), "-o",
-                  "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
+        strict = [
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "UserKnownHostsFile=%s" % literal(known),
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ]
         common = list(strict)
         if key is not None:
             common += ["-o", "IdentitiesOnly=yes"]
         if ssh.get("jump"):
             juser, jhost, jport = split_jump(ssh["jump"])
-            proxy = ["ssh"] + strict + ["-p", literal(jport or "22"), "-l",
-                                        literal(juser or user)]
+            proxy = ["ssh", *strict, "-p", literal(jport or "22"), "-l", literal(juser or user)]
             if key is not None:
                 proxy += ["-o", "IdentitiesOnly=yes", "-i", literal(key)]
             proxy += ["-W", "%h:%p", literal(jhost)]
@@ -200,14 +223,15 @@ class InventoryModule(BaseInventoryPlugin):
 
     def verify_file(self, path):
         return super(InventoryModule, self).verify_file(path) and path.endswith(
-            (".lotdeploy.yml", ".lotdeploy.yaml"))
+            (".lotdeploy.yml", ".lotdeploy.yaml")
+        )
 
     def parse(self, inventory, loader, path, cache=True):
         super(InventoryModule, self).parse(inventory, loader, path, cache)
         if not HAS_YAML:
             raise AnsibleParserError("the lotdeploy.coreflux.site inventory needs PyYAML")
         self._read_config_data(path)
-        site_path = self.get_option("site")
+        site_path = os.path.expanduser(self.get_option("site"))
         if not os.path.isabs(site_path):
             site_path = os.path.join(os.path.dirname(path), site_path)
         try:
@@ -216,15 +240,17 @@ class InventoryModule(BaseInventoryPlugin):
             raise AnsibleParserError("cannot read the site %s: %s" % (site_path, exc))
         base_dir = os.path.dirname(os.path.realpath(site_path))
         site_group = self.inventory.add_group(group_name("site", str(doc["site"])))
-        self.inventory.set_variable("all", "lotdeploy_site", wrap_var(str(doc["site"])))
+        self.inventory.set_variable("all", "lotdeploy_site", data(str(doc["site"])))
         interpreter = (doc.get("ansible") or {}).get("python_interpreter") or "/usr/bin/python3"
-        self.inventory.set_variable("all", "ansible_python_interpreter", wrap_var(interpreter))
+        self.inventory.set_variable("all", "ansible_python_interpreter", data(interpreter))
         for name, (found, region, tags) in sorted(resolve_hosts(doc, base_dir).items()):
             self.inventory.add_host(name, group=site_group)
             for key, value in found.items():
-                self.inventory.set_variable(name, key, wrap_var(value))
-            self.inventory.add_host(name, group=self.inventory.add_group(
-                group_name("region", region)))
+                self.inventory.set_variable(name, key, data(value))
+            self.inventory.add_host(
+                name, group=self.inventory.add_group(group_name("region", region))
+            )
             for tag in tags:
-                self.inventory.add_host(name, group=self.inventory.add_group(
-                    group_name("tag", tag)))
+                self.inventory.add_host(
+                    name, group=self.inventory.add_group(group_name("tag", tag))
+                )

@@ -86,6 +86,7 @@ def load_paho(library=None):
     """The paho.mqtt.client module, or ChannelError saying how to provide it."""
     try:
         import paho.mqtt.client as mqtt  # pylint: disable=import-outside-toplevel
+
         return mqtt
     except ImportError:
         pass
@@ -96,6 +97,7 @@ def load_paho(library=None):
             sys.path.insert(0, library)
         try:
             import paho.mqtt.client as mqtt  # pylint: disable=import-outside-toplevel
+
             return mqtt
         except ImportError as exc:
             raise ChannelError("mqtt_library %s holds no usable paho-mqtt: %s" % (library, exc))
@@ -146,13 +148,18 @@ def check_route_name(name, owned_prefix=OWNED_PREFIX):
         )
 
 
-def route_text(name, address, port, client_id, username=None, password=None,
-               validity=None, use_tls=False):
+def route_text(
+    name, address, port, client_id, username=None, password=None, validity=None, use_tls=False
+):
     """The route in the vendor's canonical layout, exactly as lotdeploy emits it
     (`compiler.routes.canonical_route_text`): documented keys in order, integers
     single-quoted, `USE_TLS true` only when on. ChannelError for a value LOT cannot hold."""
-    for label, value in (("broker_address", address), ("client_id", client_id),
-                         ("username", username), ("password", password)):
+    for label, value in (
+        ("broker_address", address),
+        ("client_id", client_id),
+        ("username", username),
+        ("password", password),
+    ):
         if value is None and label in ("username", "password"):
             continue
         why = value_problem(value)
@@ -258,8 +265,13 @@ def parse_reply(payload, verb):
         items = doc.get("errors") or []
         for item in items if isinstance(items, list) else [items]:
             if isinstance(item, dict):
-                errors.append({"message": str(item.get("message", "")),
-                               "line": item.get("line"), "column": item.get("column")})
+                errors.append(
+                    {
+                        "message": str(item.get("message", "")),
+                        "line": item.get("line"),
+                        "column": item.get("column"),
+                    }
+                )
             else:
                 errors.append({"message": str(item), "line": None, "column": None})
         rid = doc.get("requestId")
@@ -276,13 +288,25 @@ def parse_reply(payload, verb):
     errors = []
     match = _TEXT_POSITION.search(text)
     if text.lower().startswith("parsing error") or match:
-        errors.append({"message": text, "line": int(match.group(1)) if match else None,
-                       "column": int(match.group(2)) if match else None})
+        errors.append(
+            {
+                "message": text,
+                "line": int(match.group(1)) if match else None,
+                "column": int(match.group(2)) if match else None,
+            }
+        )
     success = not errors and ("successfully" in text.lower() or not _TEXT_FAILURE.search(text))
     if not success and not errors:
         errors.append({"message": text, "line": None, "column": None})
-    return {"success": success, "command": pascal(verb), "request_id": None, "message": text,
-            "data": None, "errors": errors, "named": False}
+    return {
+        "success": success,
+        "command": pascal(verb),
+        "request_id": None,
+        "message": text,
+        "data": None,
+        "errors": errors,
+        "named": False,
+    }
 
 
 def describe(reply):
@@ -313,9 +337,12 @@ def routes_of(reply):
     if isinstance(data, dict) and isinstance(data.get("routes"), list):
         data = data["routes"]
     if data is None and reply.get("message"):
-        head, colon, names = reply["message"].rpartition(": ")
-        data = [{"name": n.strip()} for n in names.split(",")
-                if colon and re.match(r"^[A-Za-z]\w*$", n.strip())]
+        _head, colon, names = reply["message"].rpartition(": ")
+        data = [
+            {"name": n.strip()}
+            for n in names.split(",")
+            if colon and re.match(r"^[A-Za-z]\w*$", n.strip())
+        ]
     if not isinstance(data, list):
         return []
     return [item for item in data if isinstance(item, dict)]
@@ -327,16 +354,27 @@ def routes_of(reply):
 
 
 def tls_context(ca_file=None):
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else (
-        ssl.create_default_context())
+    context = (
+        ssl.create_default_context(cafile=ca_file) if ca_file else (ssl.create_default_context())
+    )
     return context
 
 
 class Connection:
     """One MQTT 3.1.1 connection through paho's network thread, every wait bounded."""
 
-    def __init__(self, mqtt, host, port, username, password, tls=False, ca_file=None,
-                 timeout=10.0, client_id=None):
+    def __init__(
+        self,
+        mqtt,
+        host,
+        port,
+        username,
+        password,
+        tls=False,
+        ca_file=None,
+        timeout=10.0,
+        client_id=None,
+    ):
         self.mqtt = mqtt
         self.host = host
         self.port = int(port)
@@ -386,12 +424,12 @@ class Connection:
         self.client.loop_start()
         if not self._connected.wait(self.timeout):
             self.close()
-            raise ChannelError("no CONNACK from %s:%s within %gs" % (self.host, self.port,
-                                                                     self.timeout))
+            raise ChannelError(
+                "no CONNACK from %s:%s within %gs" % (self.host, self.port, self.timeout)
+            )
         if self.refused is not None:
             self.close()
-            raise ChannelError("%s:%s refused the login: %s" % (self.host, self.port,
-                                                               self.refused))
+            raise ChannelError("%s:%s refused the login: %s" % (self.host, self.port, self.refused))
         return self
 
     def subscribe(self, topics):
@@ -403,15 +441,18 @@ class Connection:
         if result != 0 or codes is None:
             raise ChannelError("no SUBACK from %s:%s for %s" % (self.host, self.port, topics))
         if any(code >= 0x80 for code in codes):
-            raise ChannelError("%s:%s refused the subscription to %s" % (self.host, self.port,
-                                                                         ", ".join(topics)))
+            raise ChannelError(
+                "%s:%s refused the subscription to %s" % (self.host, self.port, ", ".join(topics))
+            )
 
     def publish(self, topic, payload, qos=1, retain=False):
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(self.timeout)
         if not info.is_published():
-            raise ChannelError("%s:%s did not acknowledge a publish within %gs"
-                               % (self.host, self.port, self.timeout))
+            raise ChannelError(
+                "%s:%s did not acknowledge a publish within %gs"
+                % (self.host, self.port, self.timeout)
+            )
 
     def close(self):
         try:
@@ -445,9 +486,15 @@ class CommandChannel:
         self.params = params
         self.request_ids = params.get("request_ids", "auto")
         self.conn = Connection(
-            self.mqtt, params["admin_host"], params["admin_port"], params["admin_user"],
-            params["admin_password"], params.get("admin_tls"), params.get("admin_ca_file"),
-            self.timeout)
+            self.mqtt,
+            params["admin_host"],
+            params["admin_port"],
+            params["admin_user"],
+            params["admin_password"],
+            params.get("admin_tls"),
+            params.get("admin_ca_file"),
+            self.timeout,
+        )
         self.commands = []  # the verbs sent (never their arguments), for the module's result
 
     def __enter__(self):
@@ -470,8 +517,7 @@ class CommandChannel:
     def command(self, verb, argument=""):
         """Send `-verb argument` and return the matching reply (a failure answer too)."""
         if verb_key(verb) in FORBIDDEN_VERBS:
-            raise ChannelError("-%s is never sent: it removes routes lotdeploy does not own"
-                               % verb)
+            raise ChannelError("-%s is never sent: it removes routes lotdeploy does not own" % verb)
         while True:  # stale replies (another admin's, a timed-out call's)
             try:
                 self.conn.messages.get_nowait()
@@ -484,12 +530,12 @@ class CommandChannel:
         self.commands.append(verb)
         self.conn.publish(COMMAND_TOPIC, text.encode("utf-8"), qos=1)
         deadline = time.monotonic() + self.timeout
-        for dummy in range(100000):  # bounded in count as well as in time
+        for _dummy in range(100000):  # bounded in count as well as in time
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                topic, payload, at = self.conn.messages.get(timeout=remaining)
+                topic, payload, _at = self.conn.messages.get(timeout=remaining)
             except queue.Empty:
                 break
             if topic != OUTPUT_TOPIC:
@@ -499,7 +545,8 @@ class CommandChannel:
                 return reply
         raise ChannelError(
             "no reply to -%s within %gs (a broker drops commands of a user without the right "
-            "to send them)" % (verb, self.timeout))
+            "to send them)" % (verb, self.timeout)
+        )
 
     def checked(self, verb, argument=""):
         reply = self.command(verb, argument)
@@ -546,12 +593,12 @@ class CommandChannel:
             return found
         self.conn.subscribe(list(topics))
         deadline = time.monotonic() + wait
-        for dummy in range(100000):
+        for _dummy in range(100000):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or len(found) == len(topics):
                 break
             try:
-                topic, payload, at = self.conn.messages.get(timeout=remaining)
+                topic, payload, _at = self.conn.messages.get(timeout=remaining)
             except queue.Empty:
                 break
             if topic in topics and topic not in found:
@@ -572,9 +619,15 @@ class CommandChannel:
     def login_accepted(self, username, password, host=None, port=None, tls=None, ca_file=None):
         p = self.params
         return login_accepted(
-            self.mqtt, host or p["admin_host"], port or p["admin_port"], username, password,
+            self.mqtt,
+            host or p["admin_host"],
+            port or p["admin_port"],
+            username,
+            password,
             p.get("admin_tls") if tls is None else tls,
-            p.get("admin_ca_file") if ca_file is None else ca_file, self.timeout)
+            p.get("admin_ca_file") if ca_file is None else ca_file,
+            self.timeout,
+        )
 
 
 def _word(value):

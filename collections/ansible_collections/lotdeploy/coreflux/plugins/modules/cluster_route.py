@@ -151,8 +151,15 @@ from ansible_collections.lotdeploy.coreflux.plugins.module_utils.coreflux import
 
 def desired_code(p):
     return route_text(
-        p["name"], p["broker_address"], p["broker_port"], p["client_id"], p["username"],
-        p["password"], p["message_validity_sec"], p["use_tls"])
+        p["name"],
+        p["broker_address"],
+        p["broker_port"],
+        p["client_id"],
+        p["username"],
+        p["password"],
+        p["message_validity_sec"],
+        p["use_tls"],
+    )
 
 
 def decide(p, listed, code):
@@ -187,22 +194,28 @@ def run(module):
         if action == "fail":
             raise ChannelError(
                 "route %s exists but its code could not be read within %gs "
-                "(on_unreadable=fail)" % (p["name"], p["code_wait"]))
+                "(on_unreadable=fail)" % (p["name"], p["code_wait"])
+            )
         result = dict(changed=action != "none", action=action, code_read=code_read)
         if module._diff:
             result["diff"] = dict(
-                before=masked(code) + "\n" if code else ("(present, code unreadable)\n"
-                                                         if listed else ""),
+                before=masked(code) + "\n"
+                if code
+                else ("(present, code unreadable)\n" if listed else ""),
                 after=masked(desired_code(p)) + "\n" if p["state"] == "present" else "",
             )
         if not module.check_mode and action != "none":
             if action in ("remove", "replace") and (
-                    action == "remove" or p["replace"] == "remove_first"):
+                action == "remove" or p["replace"] == "remove_first"
+            ):
                 channel.remove_route(p["name"])
             if action in ("add", "replace"):
                 reply = channel.command("addRoute", desired_code(p))
-                if not reply["success"] and action == "add" and "exist" in str(
-                        reply.get("message", "")).lower():
+                if (
+                    not reply["success"]
+                    and action == "add"
+                    and "exist" in str(reply.get("message", "")).lower()
+                ):
                     channel.remove_route(p["name"])  # it was there after all
                     reply = channel.command("addRoute", desired_code(p))
                 if not reply["success"]:

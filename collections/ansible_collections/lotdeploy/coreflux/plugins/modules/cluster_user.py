@@ -107,9 +107,11 @@ def run(module):
             return dict(changed=True, action=action, commands=channel.commands)
         if module.check_mode:
             gone = p["password"] is not None and not channel.login_accepted(
-                p["name"], p["password"], **login)
-            return dict(changed=not gone, action="none" if gone else "remove",
-                        commands=channel.commands)
+                p["name"], p["password"], **login
+            )
+            return dict(
+                changed=not gone, action="none" if gone else "remove", commands=channel.commands
+            )
         reply = channel.remove_user(p["name"])
         if reply["success"]:
             return dict(changed=True, action="remove", commands=channel.commands)

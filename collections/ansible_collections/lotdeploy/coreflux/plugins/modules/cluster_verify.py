@@ -21,7 +21,7 @@ description:
     and must arrive at the node's. Each probe must arrive exactly once within
     O(probe_timeout); latency is the median from the probe's echo on its source to its
     arrival (on this host's clock).
-  - Probes are QoS 1, never retained, on C(<topic_prefix><run id>/<source>/<n>): nothing
+  - Probes are QoS 1, never retained, on C(<topic_prefix><run id>/<source>/<n>), so nothing
     stays on any broker.
   - Fails (so the play fails, or a rollout wave stops at its gate) when a link does not
     pass, naming each one and why.
@@ -81,7 +81,8 @@ options:
     type: bool
     default: true
   mqtt_library:
-    description: A directory or zip holding the C(paho) package, used when the host's Python lacks it.
+    description:
+      - A directory or zip holding the C(paho) package, used when the host's Python lacks it.
     type: path
 notes:
   - Supports check mode (probes change nothing).
@@ -158,8 +159,16 @@ def run(module):
     timeout = p["probe_timeout"]
 
     def open_one(name, host, port, tls):
-        conn = Connection(mqtt, host, port, p["probe_user"], p["probe_password"], tls,
-                          p["ca_file"], timeout=max(timeout, 5.0))
+        conn = Connection(
+            mqtt,
+            host,
+            port,
+            p["probe_user"],
+            p["probe_password"],
+            tls,
+            p["ca_file"],
+            timeout=max(timeout, 5.0),
+        )
         try:
             conn.connect()
             conn.subscribe(["%s/#" % base])
@@ -189,17 +198,21 @@ def run(module):
                     break
         arrivals = {}  # (source, seq, at) -> [arrival times]
         deadline = time.monotonic() + timeout
-        expected = set((s, t, seq) for s, t in links for seq in range(p["probes"])
-                       if (s, seq) in sent and t in conns)
+        expected = set(
+            (s, t, seq)
+            for s, t in links
+            for seq in range(p["probes"])
+            if (s, seq) in sent and t in conns
+        )
         seen = set()
         while time.monotonic() < deadline and not expected <= seen:
             for name, conn in conns.items():
-                for dummy in range(10000):
+                for _dummy in range(10000):
                     try:
                         topic, payload, at = conn.messages.get_nowait()
                     except Exception:  # queue.Empty  pylint: disable=broad-except
                         break
-                    parts = topic[len(base) + 1:].split("/")
+                    parts = topic[len(base) + 1 :].split("/")
                     if len(parts) != 2 or not parts[1].isdigit():
                         continue
                     key = (parts[0], name, int(parts[1]))
@@ -208,12 +221,12 @@ def run(module):
             time.sleep(0.02)
         time.sleep(0.2)  # a duplicate comes right behind the first delivery
         for name, conn in conns.items():
-            for dummy in range(10000):
+            for _dummy in range(10000):
                 try:
                     topic, payload, at = conn.messages.get_nowait()
                 except Exception:  # pylint: disable=broad-except
                     break
-                parts = topic[len(base) + 1:].split("/")
+                parts = topic[len(base) + 1 :].split("/")
                 if len(parts) == 2 and parts[1].isdigit():
                     arrivals.setdefault((parts[0], name, int(parts[1])), []).append(at)
     finally:
@@ -222,8 +235,15 @@ def run(module):
     result_links = []
     failed = []
     for source, target in links:
-        entry = dict(source=source, target=target, sent=0, received=0, duplicates=0,
-                     latency_ms=None, ok=False)
+        entry = dict(
+            source=source,
+            target=target,
+            sent=0,
+            received=0,
+            duplicates=0,
+            latency_ms=None,
+            ok=False,
+        )
         why = problems.get(source) or problems.get(target)
         if why:
             entry["reason"] = "cannot probe: %s" % why
@@ -245,12 +265,18 @@ def run(module):
             entry["ok"] = entry["sent"] == p["probes"] and lost == 0 and not entry["duplicates"]
             if entry["ok"]:
                 entry["reason"] = "%d probe(s) arrived once, median %.1f ms" % (
-                    entry["received"], latency)
+                    entry["received"],
+                    latency,
+                )
             elif entry["received"] == 0:
                 entry["reason"] = "no probe arrived in %gs" % timeout
             else:
                 entry["reason"] = "%d of %d probe(s) arrived, %d lost, %d duplicate(s)" % (
-                    entry["received"], entry["sent"], lost, entry["duplicates"])
+                    entry["received"],
+                    entry["sent"],
+                    lost,
+                    entry["duplicates"],
+                )
         if not entry["ok"]:
             failed.append("%s -> %s: %s" % (source, target, entry["reason"]))
         result_links.append(entry)
@@ -281,8 +307,11 @@ def main():
     except ChannelError as exc:
         module.fail_json(msg=str(exc))
     if result["failed_links"] and module.params["fail_on_link_failure"]:
-        module.fail_json(msg="%d link(s) failed: %s" % (
-            len(result["failed_links"]), "; ".join(result["failed_links"])), **result)
+        module.fail_json(
+            msg="%d link(s) failed: %s"
+            % (len(result["failed_links"]), "; ".join(result["failed_links"])),
+            **result,
+        )
     module.exit_json(**result)
 
 

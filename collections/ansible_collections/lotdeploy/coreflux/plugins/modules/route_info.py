@@ -29,7 +29,8 @@ options:
     elements: str
     default: []
   owned_prefix:
-    description: Routes with this prefix that are listed but not in O(names) are returned as RV(extra).
+    description:
+      - Listed routes with this prefix that are not in O(names) are returned as RV(extra).
     type: str
     default: lotdeploy_
   wait_connected:
@@ -61,7 +62,11 @@ routes:
   returned: always
   type: list
   elements: dict
-  sample: [{"name": "lotdeploy_eu2", "type": "MQTT_CLUSTER", "connection": "Connected", "health": "Green"}]
+  sample:
+    - name: lotdeploy_eu2
+      type: MQTT_CLUSTER
+      connection: Connected
+      health: Green
 missing:
   description: Routes in O(names) the broker does not list.
   returned: always
@@ -100,7 +105,7 @@ def run(module):
     names = list(p["names"] or [])
     with CommandChannel(p) as channel:
         deadline = time.monotonic() + (p["wait_timeout"] if p["wait_connected"] else 0.0)
-        for dummy in range(100000):  # bounded in count as well as in time
+        for _dummy in range(100000):  # bounded in count as well as in time
             routes = channel.list_routes()
             listed = dict((str(r.get("name")), r) for r in routes)
             stated = any(r.get("connection") is not None for r in routes)
@@ -112,8 +117,11 @@ def run(module):
             changed=False,
             routes=routes,
             missing=[n for n in names if n not in listed],
-            extra=sorted(n for n in listed if p["owned_prefix"] and n.startswith(
-                p["owned_prefix"]) and n not in names),
+            extra=sorted(
+                n
+                for n in listed
+                if p["owned_prefix"] and n.startswith(p["owned_prefix"]) and n not in names
+            ),
             not_connected=waiting if stated else [],
             connection_state=stated,
         )
@@ -129,7 +137,10 @@ def run(module):
                 state = listed.get(name, {}).get("connection") or "not on the broker"
                 details.append("%s (%s%s)" % (name, state, ": %s" % last if last else ""))
             result["msg"] = "%d route(s) not Connected after %gs: %s" % (
-                len(waiting), p["wait_timeout"], ", ".join(details))
+                len(waiting),
+                p["wait_timeout"],
+                ", ".join(details),
+            )
             result["failed"] = True
         return result
 
