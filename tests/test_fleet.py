@@ -496,6 +496,90 @@ def test_watch_rides_out_a_broker_that_goes_away(fleet: Path) -> None:
     assert cycles[-1]["result"] == "ok", log.read_text()[-3000:]
 
 
+def test_watch_never_applies_a_change_of_the_site_itself(fleet: Path) -> None:
+    """A site edited but not applied, and a node drifted: heal is skipped, saying why, and
+    nothing is applied (the drift stays; the edit is the operator's to apply)."""
+    site_file = fleet / "b" / "site.yaml"
+    original = site_file.read_text()
+    log = fleet.parent / "watch-edited.log"
+    remove_route(fleet, "b", "eu1", "lotdeploy_us1")
+    try:
+        site_file.write_text(
+            original.replace(
+                "cross_region_message_validity_sec: 120", "cross_region_message_validity_sec: 123"
+            )
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lotdeploy",
+                "watch",
+                str(site_file),
+                "--once",
+                "--heal",
+                "--metrics-address",
+                "127.0.0.1:0",
+                "--log",
+                str(log),
+            ],
+            env={**os.environ, **ENV},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.returncode == 0, proc.stderr
+        events = [json.loads(x) for x in log.read_text().splitlines()]
+        OUTPUTS.append(log.read_text())
+        heal = next(e for e in events if e["event"] == "heal")
+        assert heal["result"] == "skipped" and "not applied yet" in heal["detail"]
+        assert "lotdeploy_us1" not in broker_state(fleet, "b")["eu1"]["routes"]
+    finally:
+        site_file.write_text(original)
+    cli("apply", site_file, "--auto-approve")
+
+
+def test_an_exported_rollout_is_one_play_per_wave_and_a_failed_wave_stops_it(
+    fleet: Path, tmp_path: Path
+) -> None:
+    """Site a with a rollout: site.yml has a play per wave (serial, max_fail_percentage);
+    with us1 cut off from eu1 the second wave fails and the playbook fails."""
+    import yaml
+
+    site_file = fleet / "a" / "site.yaml"
+    doc = yaml.safe_load(site_file.read_text())
+    doc["rollout"] = {"max_fail_percentage": 0}
+    doc["defaults"]["cross_region_message_validity_sec"] = 144  # every route changes
+    variant = fleet / "a" / "rollout.yaml"
+    variant.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "export"
+    cli("export-ansible", variant, out)
+    plays = yaml.safe_load((out / "site.yml").read_text())
+    assert [(p["hosts"], p["serial"], p["max_fail_percentage"]) for p in plays] == [
+        (["eu1"], 1, 0),
+        (["us1"], 1, 0),
+    ]
+    assert lab_cli(fleet / "a", "partition", "eu1", "us1").returncode == 0
+    try:
+        proc = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", "inventory", "site.yml"],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "ANSIBLE_CONNECT_TIMEOUT": "10"},
+        )
+        OUTPUTS.extend([proc.stdout, proc.stderr])
+        assert proc.returncode != 0, proc.stdout[-3000:]
+        recap = proc.stdout.split("PLAY RECAP")[-1]
+        assert "us1" in recap and "failed=1" in recap, recap
+        assert "wave 2 of 2 (us)" in proc.stdout
+    finally:
+        assert lab_cli(fleet / "a", "heal", "eu1").returncode == 0
+    cli("apply", site_file, "--auto-approve", "--refresh")
+    cli("drift", site_file)
+
+
 def test_no_secret_in_any_output_event_metric_or_export(fleet: Path) -> None:
     needles: dict[str, str] = {"passphrase": TEST_PASSPHRASE}
     for name in SITES:
