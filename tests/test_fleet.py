@@ -562,7 +562,14 @@ def test_an_exported_rollout_is_one_play_per_wave_and_a_failed_wave_stops_it(
     assert lab_cli(fleet / "a", "partition", "eu1", "us1").returncode == 0
     try:
         proc = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", "inventory", "site.yml"],
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                "inventory",
+                "site.yml",
+                "-e",
+                "lotdeploy_connect_timeout=4",
+            ],
             cwd=out,
             capture_output=True,
             text=True,
