@@ -258,7 +258,7 @@ class FleetRunner:
                 run.status, run.summary = int(ExitStatus.INTERRUPTED), "not started"
                 return run
             started = time.monotonic()
-            run.status = self._spawn(argv, site, run.stdout, run.stderr)
+            run.status = self._spawn(argv, run.stdout, run.stderr)
             run.seconds = time.monotonic() - started
             out = run.stdout.read_text(errors="replace")
             err = run.stderr.read_text(errors="replace")
@@ -282,14 +282,14 @@ class FleetRunner:
                 self.stop()
                 raise
 
-    def _spawn(self, argv: list[str], site: FleetSite, out: Path, err: Path) -> int:
+    def _spawn(self, argv: list[str], out: Path, err: Path) -> int:
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             child = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                cwd=site.site_file.parent,
+                # the caller's directory: relative paths among the options mean what they say
                 start_new_session=True,  # its own process group: stop() ends it and its children
             )
             with self._lock:
