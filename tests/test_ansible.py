@@ -147,17 +147,43 @@ def restore(lab: Lab) -> None:
 def test_playbooks_are_one_copy_shipped_in_the_package() -> None:
     top = Path(__file__).resolve().parent.parent / "playbooks"
     assert top.is_symlink() and top.resolve() == PLAYBOOKS
-    assert {p.name for p in PLAYBOOKS.glob("*.yml")} == {"deploy.yml", "rollback.yml", "facts.yml"}
+    assert {p.name for p in PLAYBOOKS.glob("*.yml")} == {
+        "deploy.yml",
+        "rollback.yml",
+        "facts.yml",
+        "activate.yml",
+        "verify.yml",
+    }
+    assert {p.name for p in (PLAYBOOKS / "tasks").glob("*.yml")} == {
+        "files.yml",
+        "reload.yml",
+        "activate.yml",
+        "gate.yml",
+    }
 
 
 def test_ansible_lint_passes_on_the_playbooks() -> None:
     proc = subprocess.run(
-        [str(BIN / "ansible-lint"), "-q", "--offline", "deploy.yml", "rollback.yml", "facts.yml"],
+        [
+            str(BIN / "ansible-lint"),
+            "-q",
+            "--offline",
+            "deploy.yml",
+            "rollback.yml",
+            "facts.yml",
+            "activate.yml",
+            "verify.yml",
+        ],
         cwd=PLAYBOOKS,
         capture_output=True,
         text=True,
-        timeout=120,
-        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        timeout=180,
+        env={
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            # the lotdeploy.coreflux modules activate.yml and verify.yml use
+            "ANSIBLE_COLLECTIONS_PATH": str(PLAYBOOKS.parent.parent / "collections"),
+        },
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -29,6 +29,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.rollout",
             "lotdeploy.ansible",
             "lotdeploy.adopt",
+            "lotdeploy.fleet",
+            "lotdeploy.watch",
         ),
     ),
     (3, ("lotdeploy.plan", "lotdeploy.render")),

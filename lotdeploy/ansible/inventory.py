@@ -61,6 +61,7 @@ def host_vars(site: Site, node: Node) -> dict[str, Any]:
             "lotdeploy_reload_command": b.reload_command,
             "lotdeploy_admin_host": b.admin_host,
             "lotdeploy_admin_port": b.admin_port,
+            "lotdeploy_admin_user": b.admin_user,
         }
     )
     return found

@@ -59,7 +59,7 @@ def export_ansible(
     Example:
       lotdeploy export-ansible site.yaml out/ && ansible-playbook -i out/inventory out/deploy.yml
     """
-    from lotdeploy.ansible.export import export
+    from lotdeploy.ansible.export import export, without_admin_password
     from lotdeploy.ansible.vault import vault_file
 
     loaded = load(site)
@@ -68,6 +68,13 @@ def export_ansible(
     vault = vault_password_file or vault_file(loaded.site)
     with workspace.lock("export-ansible"):
         nodes = export(loaded.site, workspace, directory, vault)
+    missing = without_admin_password(loaded.site)
+    if missing:
+        click.echo(
+            f"warning: the site names no admin password for {', '.join(missing)}: activation "
+            "takes lotdeploy_admin_passwords.<node> from extra variables (an AWX credential)",
+            err=True,
+        )
     click.echo(
         f"export-ansible: {len(nodes)} node(s) in {directory}"
         + (" (secret files vault-encrypted)" if vault else "")

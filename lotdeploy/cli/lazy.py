@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from lotdeploy.cli.table import LazyCommand
+from lotdeploy.cli.table import FLEET_COMMANDS, LazyCommand
 
 
 class LazyGroup(click.Group):
@@ -31,6 +31,19 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in self.lazy_commands:
             self.add_command(self.lazy_commands[cmd_name].load(), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """`lotdeploy plan|apply|verify|drift|audit|export-ansible FLEET_DIR ...`: the same
+        command run over a fleet (lotdeploy.cli.fleet) when its SITE is a directory."""
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in FLEET_COMMANDS and command is not None:
+            from lotdeploy.cli.fleet import fleet_command, fleet_target
+
+            if fleet_target(command, rest) is not None:
+                return name, fleet_command(name), rest
+        return name, command, rest
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """Like click's, but lazy commands show their table line instead of being imported."""

@@ -135,8 +135,16 @@ COMMANDS = {
         "lotdeploy.cli.ansible:ansible_runs",
         "List the ansible-runner runs of this site's workspace and where their artifacts are.",
     ),
+    "watch": LazyCommand(
+        "lotdeploy.cli.fleet:watch",
+        "Keep a site (or every site of FLEET_DIR) as applied: drift, verify, metrics, --heal.",
+    ),
     "lab": LazyCommand(
         "lotdeploy.cli.lab:lab",
         "A real multi-region Coreflux-compatible cluster on this machine, to rehearse on.",
     ),
 }
+
+#: Commands that run over a fleet when their SITE argument is a directory of sites
+#: (lotdeploy.cli.fleet); `audit` joins as soon as it is in COMMANDS.
+FLEET_COMMANDS = frozenset({"plan", "apply", "verify", "drift", "audit", "export-ansible"})

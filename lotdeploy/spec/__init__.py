@@ -6,7 +6,9 @@ Every problem of a file is collected and raised at once as a SpecError whose lin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from lotdeploy.errors import Diagnostic, SpecError
 from lotdeploy.fsutil import UnreadableFile, read_regular_file
@@ -15,7 +17,7 @@ from lotdeploy.spec.checks import check_raw, check_resolved
 from lotdeploy.spec.resolve import resolve
 from lotdeploy.spec.schema import SiteSpec, json_schema
 from lotdeploy.spec.validation import valid_parts, validate_schema
-from lotdeploy.spec.yamlsource import load_located
+from lotdeploy.spec.yamlsource import Located, load_located
 
 __all__ = ["LoadedSite", "json_schema", "load_site", "load_site_text"]
 
@@ -54,6 +56,7 @@ def load_site_text(text: str, filename: str, base_dir: Path) -> LoadedSite:
     if not isinstance(located.data, dict):
         located.error((), "a site spec is a mapping with at least `site:` and `nodes:`")
         raise SpecError(located.diagnostics)
+    _extend(located, filename, base_dir)
     spec = validate_schema(located)
     check_raw(located)
     site = None
@@ -69,3 +72,59 @@ def load_site_text(text: str, filename: str, base_dir: Path) -> LoadedSite:
         raise SpecError(located.diagnostics)
     warnings = sorted(d for d in located.diagnostics if d.severity != "error")
     return LoadedSite(site, spec, warnings)
+
+
+#: What a shared file (`extends:`) may hold: settings, never a site's own nodes, links or waves.
+SHARED_KEYS = ("defaults", "regions", "ansible", "pki", "client_id_format", "transport")
+
+
+def _extend(located: Located, filename: str, base_dir: Path) -> None:
+    """Put the settings of the file the site `extends` under the site's own, mapping by
+    mapping (what the site says wins); problems in that file point into it."""
+    assert isinstance(located.data, dict)
+    ref = located.data.get("extends")
+    if not isinstance(ref, str) or not ref:
+        return  # the schema reports a wrong type
+    path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+    display = ref if Path(ref).is_absolute() else os.path.normpath(Path(filename).parent / ref)
+    try:
+        text = read_regular_file(path, MAX_SPEC_BYTES).decode("utf-8")
+    except (UnreadableFile, UnicodeDecodeError) as exc:
+        why = exc.reason if isinstance(exc, UnreadableFile) else "is not valid UTF-8"
+        located.error(("extends",), f"extends: {ref} {why}")
+        return
+    shared = load_located(text, display)
+    located.diagnostics.extend(shared.diagnostics)
+    if shared.data is None:
+        return
+    if not isinstance(shared.data, dict):
+        located.diagnostics.append(
+            Diagnostic(display, 1, 1, "a shared settings file is a mapping (defaults:, ...)")
+        )
+        return
+    for key in shared.data:
+        if key not in SHARED_KEYS:
+            line, col = shared.where((key,), key=True)
+            located.diagnostics.append(
+                Diagnostic(
+                    display,
+                    line,
+                    col,
+                    f"`{key}` cannot be shared; a shared file holds {', '.join(SHARED_KEYS)}",
+                )
+            )
+    wanted = {k: v for k, v in shared.data.items() if k in SHARED_KEYS}
+    located.data = _merge(wanted, located.data, (), located, shared)
+
+
+def _merge(base: Any, over: Any, path: tuple[str, ...], located: Located, shared: Located) -> Any:
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return over
+    merged = dict(over)
+    for key, value in base.items():
+        if key in over:
+            merged[key] = _merge(value, over[key], (*path, key), located, shared)
+        else:
+            merged[key] = value
+            located.borrowed[(*path, key)] = shared
+    return merged

@@ -353,6 +353,12 @@ class SiteSpec(_Strict):
     )
 
     site: Name = Field(description="site name")
+    extends: LocalPath | None = Field(
+        None,
+        description="a file of settings shared by several sites (a fleet): its defaults, "
+        "regions, ansible, pki, client_id_format and transport, under this site's own "
+        "(relative to the site file; paths in it are relative to the site file too)",
+    )
     topology: Literal["full-mesh"] = Field("full-mesh", description="only full-mesh for now")
     templates: LocalPath | None = Field(
         None, description="own templates directory (relative to site)"

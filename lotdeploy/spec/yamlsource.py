@@ -38,6 +38,9 @@ class Located:
     values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    #: values taken from another file (a site's `extends:`): a problem with one of them is
+    #: reported at its place in that file
+    borrowed: dict[Path_, Located] = field(default_factory=dict)
 
     def where(self, path: Path_, key: bool = False) -> tuple[int, int]:
         """Best position for `path`: the key or value itself, else its nearest ancestor."""
@@ -52,8 +55,13 @@ class Located:
         return self.values.get((), (1, 1))
 
     def error(self, path: Path_, message: str, key: bool = False, severity: str = "error") -> None:
-        line, col = self.where(path, key)
-        self.diagnostics.append(Diagnostic(self.filename, line, col, message, severity))
+        source = self
+        for depth in range(len(path), 0, -1):
+            if tuple(path[:depth]) in self.borrowed:
+                source = self.borrowed[tuple(path[:depth])]
+                break
+        line, col = source.where(path, key)
+        self.diagnostics.append(Diagnostic(source.filename, line, col, message, severity))
 
 
 def load_located(text: str, filename: str) -> Located:
