@@ -515,6 +515,8 @@ def test_a_killed_apply_takes_ansible_playbook_and_ssh_masters_with_it(converged
     lab = converged
     pytest.importorskip("ansible_runner")
     changed = _site(lab, "killed.yaml", message_validity_sec=56)
+    log_path = lab.dir / "killed-apply.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -528,16 +530,18 @@ def test_a_killed_apply_takes_ansible_playbook_and_ssh_masters_with_it(converged
         ],
         cwd=lab.dir,
         env={**os.environ, **ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+    def playbook_started() -> bool:
+        if proc.poll() is not None:  # over before it got there: say why
+            raise AssertionError(f"apply exited {proc.returncode}:\n{log_path.read_text()}")
+        return any("ansible-playbook" in a for a in _descendants(proc.pid).values())
+
     try:
-        wait_for(
-            lambda: any("ansible-playbook" in a for a in _descendants(proc.pid).values()),
-            60,
-            "ansible-playbook to start",
-        )
+        wait_for(playbook_started, 120, "ansible-playbook to start")
         started = _descendants(proc.pid)  # what this run started: it must all go with it
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -549,6 +553,8 @@ def test_a_killed_apply_takes_ansible_playbook_and_ssh_masters_with_it(converged
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
+        lab.outputs.append(log_path.read_text())
     # the next apply takes over (the kernel dropped the lock) and converges
     lab.cli("apply", changed, "--auto-approve")
     lab.cli("drift", changed)

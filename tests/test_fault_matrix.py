@@ -34,6 +34,7 @@ import yaml
 
 from lotdeploy.apply.activate import admin_password, admin_session
 from lotdeploy.lab import labstate
+from lotdeploy.lab.control import kill_broker
 from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_TLS_DIR
 from lotdeploy.state import StateStore
 from tests.lab_fixtures import lab_cli, skip_unless_root
@@ -213,11 +214,15 @@ def test_a_node_cut_after_apply_is_named_by_the_next_one(converged: Lab) -> None
 def test_a_broker_killed_mid_activation_fails_its_node_and_comes_back(converged: Lab) -> None:
     lab = converged
     site = _change(lab)
+    # eu2 300 ms away, so its pipelined route commands are still in flight when the broker
+    # dies; killed in-process (a `lab kill` subprocess may start after the step is over)
+    assert lab_cli(lab.dir, "delay", "eu2", "300").returncode == 0
     try:
         with _apply_until(lab, site, "eu2", "routes") as proc:
-            assert lab_cli(lab.dir, "kill", "eu2").returncode == 0
+            kill_broker(lab.dir, "eu2")
     finally:
         assert lab_cli(lab.dir, "revive", "eu2").returncode == 0
+        assert lab_cli(lab.dir, "delay", "eu2", "0").returncode == 0
     result = _finished(proc)
     assert result.returncode == 1 and "eu2" in {f["node"] for f in summary(result)["failed"]}
     _consistent(lab)

@@ -498,6 +498,7 @@ class SshTransport(Transport):
         label = command_label(command)
         if input is not None:
             return self._checked(self._exec_with_input(conn, command, input, timeout), check)
+        started = time.monotonic()
         try:
             result = conn.run(
                 command, hide=True, warn=True, timeout=timeout, in_stream=False, pty=False
@@ -510,6 +511,10 @@ class SshTransport(Transport):
             ) from None
         if getattr(result, "output_overflow", False):
             raise self._fail(output_overflow(command))
+        if result.exited == -1 and time.monotonic() - started >= timeout:
+            # invoke's timer closed the channel but was still running its callback when the
+            # command ended, so it reported no timeout: the clock says what happened
+            raise self._fail(f"`{label}` did not finish within {timeout:g} s")
         if result.exited == -1 and not conn.is_connected:
             raise self._fail(f"`{label}`: the connection to {self._label()} was lost")
         run = RunResult(
