@@ -26,7 +26,8 @@ from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
 from lotdeploy.lot import format_route, parse
 from lotdeploy.model import Node, Site
-from lotdeploy.node.session import admin_password
+from lotdeploy.node.session import NodeSession, open_admin
+from lotdeploy.node.session import admin_password as admin_password  # re-exported
 from lotdeploy.ownership import PREFIX_ONLY_NODE
 from lotdeploy.secret import Secret
 from lotdeploy.transport.base import Transport
@@ -38,22 +39,12 @@ def admin_session(
 ) -> Iterator[SyncBrokerClient]:
     """An admin session on the node's broker, through a port forwarded over `transport`.
     Over a run's NodeSession, the session it keeps open for every phase (one per node)."""
-    from lotdeploy.node.session import NodeSession
-
     if isinstance(transport, NodeSession):
         with transport.admin(password) as kept:
             yield kept
         return
-    secret = password if password is not None else admin_password(site, node)
-    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
-        client = SyncBrokerClient(
-            node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
-        )
-        try:
-            client.connect()
-            yield client
-        finally:
-            client.close()
+    with open_admin(site, node, transport, password) as client:
+        yield client
 
 
 def route_texts(route_file: str) -> dict[str, str]:

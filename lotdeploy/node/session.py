@@ -65,6 +65,27 @@ def admin_password(site: Site, node: Node) -> Secret:
     )
 
 
+@contextlib.contextmanager
+def open_admin(
+    site: Site, node: Node, transport: Transport, password: Secret | None = None
+) -> Iterator[SyncBrokerClient]:
+    """A new admin session on the node's broker through a port forwarded over `transport`,
+    closed after the block: the one way a command channel is opened (a NodeSession keeps
+    the one it opened for every phase of its run)."""
+    from lotdeploy.broker.sync import SyncBrokerClient
+
+    secret = password if password is not None else admin_password(site, node)
+    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
+        client = SyncBrokerClient(
+            node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
+        )
+        try:
+            client.connect()
+            yield client
+        finally:
+            client.close()
+
+
 class NodeSession(Transport):
     """A node's transport for a whole command, shared by its phases (see the module)."""
 
@@ -125,20 +146,9 @@ class NodeSession(Transport):
 
     @contextlib.contextmanager
     def _open_admin(self, password: Secret | None) -> Iterator[SyncBrokerClient]:
-        from lotdeploy.broker.sync import SyncBrokerClient
-
-        node = self.node_spec
-        secret = password if password is not None else admin_password(self.site, node)
         self.connect()
-        with self.transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
-            client = SyncBrokerClient(
-                node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
-            )
-            try:
-                client.connect()
-                yield client
-            finally:
-                client.close()
+        with open_admin(self.site, self.node_spec, self.transport, password) as client:
+            yield client
 
     def _drop_admin(self) -> None:
         self._admin = None
