@@ -19,6 +19,7 @@ from typing import Any, Literal, overload
 
 from lotdeploy import clientids, protocol
 from lotdeploy.ownership import OWN_PREFIX, Adoption, Ownership
+from lotdeploy.profiles import DEFAULT_PROFILE, DockerLayout, ProfileName, broker_path
 from lotdeploy.protocol import DEFAULT_PORT as DEFAULT_PORT
 from lotdeploy.protocol import DEFAULT_TLS_PORT as DEFAULT_TLS_PORT
 
@@ -60,6 +61,16 @@ class BrokerAccess:
     ca_file: str = protocol.DEFAULT_CA_FILE
     release_dir: str = protocol.DEFAULT_RELEASE_DIR
     reload_command: str = protocol.DEFAULT_RELOAD_COMMAND
+    #: how the broker is installed (lotdeploy.profiles); the paths above are resolved
+    profile: ProfileName = DEFAULT_PROFILE
+    #: the docker profile's settings (None on any other profile)
+    docker: DockerLayout | None = None
+
+    @property
+    def broker_tls_dir(self) -> str | None:
+        """`tls_dir` as the broker itself sees it (inside its container on a docker node;
+        None: outside the container's volume)."""
+        return broker_path(self.docker, self.tls_dir)
 
 
 @dataclass(frozen=True)
@@ -434,6 +445,10 @@ def _node_data(node: Node) -> dict[str, Any]:
             data.pop(name, None)
     for name in _DERIVED_NODE_FIELDS:
         data.pop(name, None)
+    broker = data["broker"]
+    if broker["profile"] == DEFAULT_PROFILE and broker["docker"] is None:
+        # a host install as before profiles existed: its digest stays what it was
+        del broker["profile"], broker["docker"]
     return data
 
 

@@ -64,6 +64,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.terminal",
             "lotdeploy.ownership",
             "lotdeploy.routecode",
+            "lotdeploy.profiles",
         ),
     ),
 ]

@@ -96,6 +96,16 @@ def _lab_errors() -> Iterator[None]:
     "eu2=text,no-echo,overwrite (repeatable; docs/lab-broker.md)",
 )
 @click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    metavar="[NODE=]PROFILE",
+    help="root mode: lay a node (or region, or every node) out as the broker's install "
+    "PROFILE says: systemd (default) or docker (the official image's volume paths and a "
+    "stand-in `docker` command that restarts the node's broker), e.g. eu2=docker "
+    "(repeatable; docs/lab.md)",
+)
+@click.option(
     "--fixture",
     type=click.Choice(["vendor-example", "messy"]),
     default=None,
@@ -110,6 +120,7 @@ def up(
     mode: str,
     pool: str,
     dialects: tuple[str, ...],
+    profiles: tuple[str, ...],
     fixture: str | None,
 ) -> None:
     """Create a lab cluster and write DIR/site.yaml to plan and render for.
@@ -119,6 +130,9 @@ def up(
 
     --dialect makes a node's broker answer as another broker version would (for apply and
     doctor rehearsals), e.g. --dialect node2=text,no-echo,overwrite.
+
+    --profile eu2=docker runs eu2 in the docker layout: files in the project volume, the
+    broker reading them at the container's paths, reloaded by `docker restart`.
 
     --fixture plants a hand-made cluster (routes, users) on the brokers, to audit and
     import: vendor-example or messy (3 nodes).
@@ -135,6 +149,7 @@ def up(
             pool=pool,
             echo=click.echo,
             dialects=labstate.parse_dialects(dialects, shape),
+            profiles=labstate.parse_profiles(profiles, shape),
             fixture=fixture,
         )
 

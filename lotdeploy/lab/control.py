@@ -104,17 +104,26 @@ def up(
     parallel: bool = True,
     echo: Echo = _quiet,
     dialects: dict[str, list[str]] | None = None,
+    profiles: dict[str, str] | None = None,
     fixture: str | None = None,
 ) -> LabState:
     """Create (or confirm) the lab in `lab_dir`; write DIR/site.yaml. Idempotent.
 
     `dialects`: extra `lab broker` options per node name (labstate.parse_dialects).
+    `profiles`: node name -> its install profile, docker or systemd (the default; root mode
+    only: a docker node needs its own mount namespace for the container's paths).
     `fixture`: plant a hand-made cluster on the brokers (lotdeploy.lab.fixtures), also on a
     lab that is up already."""
     require_lab_extra()  # every node runs the lab broker
     if fixture is not None:
         dialects = _with_fixture(fixture, shape, dialects or {})
     mode = detect_mode(mode)
+    profiles = {n: p for n, p in (profiles or {}).items() if p != "systemd"}
+    if profiles and mode != "root":
+        raise LabError(
+            "the docker layout (--profile ...=docker) needs root mode: each such node sees "
+            "the container's paths in its own mount namespace"
+        )
     require_tools(ROOT_TOOLS if mode == "root" else USER_TOOLS)
     lab_dir = lab_dir.resolve()
     _claim(lab_dir)
@@ -123,7 +132,9 @@ def up(
         existing = labstate.load(lab_dir)
         if existing is not None:
             same_dialects = all(
-                n.broker_args == (dialects or {}).get(n.name, []) for n in existing.nodes
+                n.broker_args == (dialects or {}).get(n.name, [])
+                and n.profile == profiles.get(n.name, "systemd")
+                for n in existing.nodes
             )
             if existing.shape() != shape or existing.mode != mode or not same_dialects:
                 have = ", ".join(f"{n}({r})" for n, r in existing.shape())
@@ -131,6 +142,7 @@ def up(
                     f"a {existing.mode}-mode lab with nodes {have} already exists in {lab_dir}; "
                     f"remove it first with `lotdeploy lab down --dir {lab_dir}`"
                 )
+            _follow_restarts(layout, existing)
             if existing.complete and not problems(existing):
                 echo(f"lab in {lab_dir} is already up ({mode} mode, {len(shape)} nodes)")
                 if delays:
@@ -152,6 +164,7 @@ def up(
         state = _plan(lab_dir, shape, mode, pool)
         for node in state.nodes:
             node.broker_args = list((dialects or {}).get(node.name, []))
+            node.profile = profiles.get(node.name, "systemd")
         labstate.save(lab_dir, state)  # before creating anything: `down` must find it all
         try:
             _prepare_files(layout, state)
@@ -269,6 +282,8 @@ def _prepare_files(layout: Layout, state: LabState) -> None:
             layout.node_sub(node.name, sub).mkdir(parents=True, exist_ok=True)
         for outer, inner in hosts.nested_mountpoints():
             (layout.node_sub(node.name, outer) / inner).mkdir(parents=True, exist_ok=True)
+        if node.profile == "docker":  # the volume's TLS directory exists, as on a real node
+            (layout.node_sub(node.name, "project") / "tls").mkdir(parents=True, exist_ok=True)
         host_keys[node.name] = hosts.ensure_key(
             layout.node_sub(node.name, "ssh_host_ed25519_key"), f"lab-{node.name}", node.name
         )
@@ -344,6 +359,8 @@ def _start_broker(
     broker_log = layout.node_sub(name, "broker.log")
     ready_from = broker_log.stat().st_size if broker_log.exists() else 0
     broker = hosts.broker_argv(layout, node, listen)
+    if node.profile == "docker":  # `docker restart` starts this again, inside the node
+        hosts.write_docker_cli(layout, state, node, broker)
     pid = hosts.spawn(wrap(broker), broker_log, state.lab_id, cwd=layout.node_sub(name, "broker"))
     with lock:
         hosts.remember(state, f"broker:{name}", pid)
@@ -360,14 +377,16 @@ def _root_runtime(
     where its broker listens: plain MQTT (the command channel) only on the node's own
     loopback, TLS for peers on its address."""
     binds = {what: layout.node_sub(node.name, what) for what in hosts.NODE_MOUNTS}
+    docker = node.profile == "docker"  # its broker reads the TLS files inside its container
     listen = hosts.BrokerListen(
         protocol.DEFAULT_ADMIN_HOST,
         node.address,
         protocol.DEFAULT_ADMIN_PORT,
         protocol.DEFAULT_TLS_PORT,
-        hosts.NODE_TLS_DIR,
+        hosts.DOCKER_BROKER_TLS_DIR if docker else hosts.NODE_TLS_DIR,
     )
-    return (lambda argv: hosts.in_node(node.ns, binds, argv, shell_files)), listen
+    files = {**(shell_files or {}), **hosts.docker_mounts(layout, node)}
+    return (lambda argv: hosts.in_node(node.ns, binds, argv, files)), listen
 
 
 def _user_runtime(
@@ -387,7 +406,8 @@ def _user_runtime(
 
 def _up_root(layout: Layout, state: LabState, parallel: bool) -> None:
     lock = threading.Lock()
-    _ensure_mountpoints([*hosts.NODE_MOUNTS.values(), "/run/sshd"])
+    docker = list(hosts.DOCKER_MOUNTS) if any(n.profile == "docker" for n in state.nodes) else []
+    _ensure_mountpoints([*hosts.NODE_MOUNTS.values(), *docker, "/run/sshd"])
     netns.create_bridge(state)
 
     shell_files = hosts.shell_startup_mounts(layout, state.user)
@@ -446,6 +466,19 @@ def _for_each(nodes: list[Node], fn: Callable[[Node], None], parallel: bool) -> 
     with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
         for future in [pool.submit(fn, node) for node in nodes]:
             future.result()
+
+
+def _follow_restarts(layout: Layout, state: LabState) -> None:
+    """A docker-layout node's broker that `docker restart` started again (lotdeploy.lab.docker)
+    runs under a new pid: the one its pid file names, once the recorded one is gone."""
+    for node in state.nodes:
+        role = f"broker:{node.name}"
+        if node.profile != "docker" or role not in state.pids or hosts.alive(state, role):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((layout.node_sub(node.name, "run") / "broker.pid").read_text().strip())
+            if hosts.is_lab_broker(pid, layout.node_dir(node.name)):
+                hosts.remember(state, role, pid)
 
 
 def problems(state: LabState) -> list[str]:
@@ -693,6 +726,7 @@ def kill_broker(lab_dir: Path, name: str, timeout: float = 5.0) -> int:
         state = labstate.require(lab_dir)
         state.node(name)
         role = f"broker:{name}"
+        _follow_restarts(Layout(lab_dir), state)
         if not hosts.alive(state, role):
             raise LabError(f"node {name}: its lab broker is not running (lotdeploy lab revive)")
         pid = state.pids[role]
@@ -714,6 +748,7 @@ def revive_broker(lab_dir: Path, name: str) -> int:
     with labstate.locked(lab_dir):
         state = labstate.require(lab_dir)
         node = state.node(name)
+        _follow_restarts(layout, state)
         if hosts.alive(state, f"broker:{name}"):
             raise LabError(f"node {name}: its lab broker is running already")
         if state.mode == "root":
@@ -731,6 +766,7 @@ def revive_broker(lab_dir: Path, name: str) -> int:
 
 def status_rows(lab_dir: Path) -> list[dict[str, str]]:
     state = labstate.require(lab_dir)
+    _follow_restarts(Layout(lab_dir), state)
     rows = []
     for node in state.nodes:
         broker = (

@@ -37,6 +37,8 @@ class Node:
     cut: bool = False
     #: extra `lab broker` options: the broker dialect this node plays (`lab up --dialect`)
     broker_args: list[str] = field(default_factory=list)
+    #: how the node's broker is installed (`lab up --profile`): systemd or docker
+    profile: str = "systemd"
 
 
 @dataclass
@@ -175,6 +177,26 @@ def parse_dialects(
             args += ["--route-code-missing", ",".join(missing)]
         for node in nodes:
             out[node] = out.get(node, []) + args
+    return out
+
+
+def parse_profiles(
+    items: tuple[str, ...] | list[str], shape: list[tuple[str, str]]
+) -> dict[str, str]:
+    """`--profile docker` (every node) and `--profile eu2=docker` (a node or a region)
+    items -> the profile of each node named (the others: systemd)."""
+    from lotdeploy.profiles import PROFILES
+
+    out: dict[str, str] = {}
+    for item in items:
+        target, sep, profile = item.rpartition("=")
+        nodes = [n for n, r in shape if target in (n, r)] if sep else [n for n, _ in shape]
+        if profile not in PROFILES or (sep and not nodes):
+            raise LabError(
+                f"bad --profile {item!r}: expected PROFILE or NODE=PROFILE or REGION=PROFILE "
+                f"with a node or region of the lab, PROFILE one of {', '.join(PROFILES)}"
+            )
+        out.update(dict.fromkeys(nodes, profile))
     return out
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from lotdeploy import protocol
 from lotdeploy.fsutil import atomic_write
-from lotdeploy.lab.hosts import NODE_RELEASE_DIR, NODE_RUN_DIR, NODE_TLS_DIR, Layout
+from lotdeploy.lab.hosts import DOCKER, NODE_RELEASE_DIR, NODE_RUN_DIR, NODE_TLS_DIR, Layout
 from lotdeploy.lab.labstate import LabState
 
 ROOT_RELOAD = f'kill -HUP "$(cat {NODE_RUN_DIR}/broker.pid)"'
@@ -18,6 +18,14 @@ ROOT_RELOAD = f'kill -HUP "$(cat {NODE_RUN_DIR}/broker.pid)"'
 def reload_command(pid_file: str) -> str:
     """Run on the node over ssh: SIGHUP makes the lab broker re-read its TLS files."""
     return f'kill -HUP "$(cat {pid_file})"'
+
+
+#: The broker settings a host install's layout gives explicitly (the docker profile's own).
+HOST_LAYOUT_KEYS = ("tls_dir", "release_dir", "reload_command")
+
+
+def _any_docker(state: LabState) -> bool:
+    return any(node.profile == "docker" for node in state.nodes)
 
 
 def site_spec(layout: Layout, state: LabState) -> dict[str, Any]:
@@ -48,6 +56,9 @@ def site_spec(layout: Layout, state: LabState) -> dict[str, Any]:
         "ssh": ssh,
         "broker": broker,
     }
+    # A docker-layout node takes its paths and reload from its profile: the host layout's
+    # explicit values then go on each systemd node instead of into `defaults`.
+    host_layout = {k: broker.pop(k) for k in HOST_LAYOUT_KEYS} if _any_docker(state) else {}
     nodes: list[dict[str, Any]] = []
     for node in state.nodes:
         entry: dict[str, Any] = {
@@ -56,6 +67,11 @@ def site_spec(layout: Layout, state: LabState) -> dict[str, Any]:
             "region": node.region,
             "ssh": {"host": node.address},
         }
+        if node.profile == "docker":
+            entry["profile"] = "docker"
+            entry["docker"] = {"container": DOCKER.container}
+        elif host_layout:
+            entry["broker"] = dict(host_layout)
         if user_mode:
             base = layout.node_dir(node.name).resolve()
             entry["port"] = node.tls_port

@@ -289,6 +289,16 @@ def _check_node_paths(
                 f"overlap ('{broker.release_dir}', '{broker.tls_dir}'): they must be separate "
                 "directories, neither inside the other",
             )
+        if broker.docker is not None and broker.broker_tls_dir is None:
+            # the container sees the project volume only: a TLS directory elsewhere on the
+            # host would be written and never read
+            report(
+                node,
+                ("docker", "volume_dir"),
+                ("broker", "tls_dir"),
+                f"disagree: '{broker.tls_dir}' is outside the docker volume "
+                f"'{broker.docker.volume_dir}', so the broker's container cannot read it",
+            )
         local = [
             ("ssh", "key", node.ssh.key),
             ("ssh", "known_hosts", node.ssh.known_hosts),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lotdeploy import profiles
 from lotdeploy.model import (
     DEFAULT_PORT,
     DEFAULT_REGION,
@@ -59,6 +60,18 @@ def resolve_node(spec: SiteSpec, node: NodeSpec) -> Node:
     if "admin_password_file" in broker:
         broker["admin_password_file"] = Path(broker["admin_password_file"])
     ssh.setdefault("host", node.address)
+    profile = _pick(layers, "profile", profiles.DEFAULT_PROFILE)
+    # the docker block merges key by key too; it means something on a docker node only
+    docker = None
+    if profile == "docker":
+        docker = profiles.DockerLayout(**_merge_block(layers, "docker"))
+    given = profiles.resolve(
+        profile,
+        docker,
+        tls_dir=broker.pop("tls_dir", None),
+        release_dir=broker.pop("release_dir", None),
+        reload_command=broker.pop("reload_command", None),
+    )
     return Node(
         name=node.name,
         address=node.address,
@@ -74,7 +87,14 @@ def resolve_node(spec: SiteSpec, node: NodeSpec) -> Node:
         ip_addresses=tuple(node.ip_addresses),
         tags=tuple(sorted(set(node.tags))),
         ssh=SshTarget(**ssh),
-        broker=BrokerAccess(**broker),
+        broker=BrokerAccess(
+            **broker,
+            tls_dir=given.tls_dir,
+            release_dir=given.release_dir,
+            reload_command=given.reload_command,
+            profile=profile,
+            docker=docker,
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from lotdeploy import profiles
 from lotdeploy.values import (
     ADDRESS_MAX_BYTES,
     NAME_MAX_BYTES,
@@ -230,8 +231,55 @@ class BrokerSettings(_Strict):
     )
 
 
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def container_name(value: str) -> str:
+    """A docker container name (docker's own rule), one word of the reload command."""
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ValueError(
+            "must be a container name: a letter or digit, then letters, digits, '_', '.' "
+            "or '-' (max 128)"
+        )
+    return value
+
+
+ContainerName = Annotated[str, AfterValidator(container_name)]
+
+
+class DockerSettings(_Strict):
+    """Where a `profile: docker` node keeps the official image's project volume, and how
+    its container picks up new TLS files (docs/spec.md, *Profiles*)."""
+
+    volume_dir: NodePath | None = Field(
+        None,
+        description="the project volume's directory on the host (lotdeploy writes here); "
+        f"default {profiles.DOCKER_VOLUME_DIR} (our choice: the vendor names none)",
+    )
+    project_dir: NodePath | None = Field(
+        None,
+        description="where the container sees the volume; default "
+        f"{profiles.DOCKER_PROJECT_DIR} (the official image)",
+    )
+    container: ContainerName | None = Field(
+        None, description=f"the broker's container name; default {profiles.DOCKER_CONTAINER}"
+    )
+    reload: Literal["restart"] | None = Field(
+        None,
+        description="how the broker picks up new TLS files: restart (`docker restart "
+        "<container>`); default restart",
+    )
+
+
 class Settings(_Strict):
     """Settings valid at site `defaults`, per region and per node (node > region > defaults)."""
+
+    profile: Literal["systemd", "docker"] | None = Field(
+        None,
+        description="how the broker is installed: systemd (a host package) or docker (the "
+        "official image); gives the default paths and reload; default systemd",
+    )
+    docker: DockerSettings | None = None
 
     tls: bool | None = Field(None, description="USE_TLS on cluster links; default false")
     port: Port | None = Field(
