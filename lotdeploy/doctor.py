@@ -50,6 +50,7 @@ from lotdeploy.protocol import (
     Verb,
     parse_route_template,
 )
+from lotdeploy.routesecret import BROKER_SECRET_PREFIX
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -447,14 +448,19 @@ def _secret_store_finding(facts: BrokerFacts) -> Finding:
         return Finding(
             "ok",
             "secret-store",
-            "the broker has a secret store (-setSecret, -listSecrets): lotdeploy does not use "
-            "it yet, routes carry the cluster password in their code (see route-code-password)",
+            "the broker has a secret store (-setSecret, -listSecrets): with password_source "
+            "auto (the default) or secret-store, apply sets the cluster password there "
+            f'({BROKER_SECRET_PREFIX}<N>) and the routes read it with GET SECRET, so their '
+            "code on $SYS holds no password (for MQTT_CLUSTER an assumption: the vendor "
+            "documents GET SECRET for bridges; apply waits for the links to connect); with "
+            "inline they carry it in their code",
         )
     return Finding(
         "ok",
         "secret-store",
         "no secret store (-listSecrets is unknown): routes carry the cluster password in "
-        "their code, so keep $SYS rights to the admin",
+        "their code (password_source auto falls back to inline; secret-store fails plan "
+        "for this node), so keep $SYS rights to the admin",
     )
 
 
@@ -755,7 +761,9 @@ async def probe_for_apply(
     form and `-requestId` echo (read off the `-listRoutes` the session sent on connect, when
     it was opened with `request_ids="auto"`), the CLUSTER_CONFIG keys (`-routeCode`), and
     what re-adding a route does (the scratch route: add, add again, remove; whether it
-    exists already is read off the same listing). The rest of `probe_broker` (version,
+    exists already is read off the same listing), and whether the broker has a secret store
+    and named rights (`-listSecrets`, `-listUserGroups <admin>`, sent together: what the
+    password's source and the users' rights are chosen by). The rest of `probe_broker` (version,
     password read-back, the extra logins) is `lotdeploy doctor`'s: left None here, so
     doctor's findings say "not checked" until doctor runs. About 4 round trips instead of
     some 13 and 3 extra logins.
@@ -774,6 +782,14 @@ async def probe_for_apply(
     readd, _ = await _probe_scratch_route(
         client, scratch_route, keys, 0.0, exists=known, read_back=False
     )
+    # what apply chooses by (the password's source, the users' rights): two read-only
+    # commands, sent together
+    store, groups = await client.together(
+        [
+            _verb_known(client, Verb.LIST_SECRETS),
+            _verb_known(client, Verb.LIST_USER_GROUPS, client.username),
+        ]
+    )
     return BrokerFacts(
         reply_format=reply_format,
         request_id_echo=echo,
@@ -789,6 +805,8 @@ async def probe_for_apply(
         ),
         anonymous_accepted=None,
         checked_at=now_iso,
+        secret_store=store if isinstance(store, bool) else None,
+        rights_model=None if not isinstance(groups, bool) else "named" if groups else "admin-only",
     )
 
 
