@@ -761,10 +761,10 @@ async def probe_for_apply(
     form and `-requestId` echo (read off the `-listRoutes` the session sent on connect, when
     it was opened with `request_ids="auto"`), the CLUSTER_CONFIG keys (`-routeCode`), and
     what re-adding a route does (the scratch route: add, add again, remove; whether it
-    exists already is read off the same listing), and whether the broker has a secret store
-    and named rights (`-listSecrets`, `-listUserGroups <admin>`, sent together: what the
-    password's source and the users' rights are chosen by). The rest of `probe_broker` (version,
-    password read-back, the extra logins) is `lotdeploy doctor`'s: left None here, so
+    exists already is read off the same listing). The rest of `probe_broker` (version,
+    password read-back, the extra logins, the secret store and the rights model) is
+    `lotdeploy doctor`'s: left None here (so `password_source: auto` moves routes to the
+    store only once doctor has found one: a change the operator sees in a plan), so
     doctor's findings say "not checked" until doctor runs. About 4 round trips instead of
     some 13 and 3 extra logins.
     """
@@ -782,14 +782,6 @@ async def probe_for_apply(
     readd, _ = await _probe_scratch_route(
         client, scratch_route, keys, 0.0, exists=known, read_back=False
     )
-    # what apply chooses by (the password's source, the users' rights): two read-only
-    # commands, sent together
-    store, groups = await client.together(
-        [
-            _verb_known(client, Verb.LIST_SECRETS),
-            _verb_known(client, Verb.LIST_USER_GROUPS, client.username),
-        ]
-    )
     return BrokerFacts(
         reply_format=reply_format,
         request_id_echo=echo,
@@ -805,8 +797,6 @@ async def probe_for_apply(
         ),
         anonymous_accepted=None,
         checked_at=now_iso,
-        secret_store=store if isinstance(store, bool) else None,
-        rights_model=None if not isinstance(groups, bool) else "named" if groups else "admin-only",
     )
 
 

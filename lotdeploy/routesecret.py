@@ -10,9 +10,10 @@ The vendor documents that form for MQTT_BRIDGE routes only: for MQTT_CLUSTER it 
 
 `password_source` per node (node > region > defaults):
 
-* `auto` (default): the store where the broker's facts (doctor, or apply's first check)
-  say it has one; inline where they say it has none, or nothing is known yet (the plan
-  says so);
+* `auto` (default): the store where `lotdeploy doctor` found one on the node's broker;
+  inline where it found none, or has not asked yet (the plan says so where routes are
+  written). Apply's own first check does not ask: the move to the store is a change the
+  operator sees in a plan after running doctor, never a surprise of a second apply;
 * `secret-store`: the store, always; a broker known to lack one fails plan and apply,
   naming the node;
 * `inline`: the password in the route code (lotdeploy's behaviour before the store).
@@ -93,7 +94,7 @@ def choose(node: Node, facts: Mapping[str, Any] | None) -> PasswordChoice:
         setting,
         False,
         "not known whether the broker has a secret store (auto): inline until "
-        "`lotdeploy doctor` or an apply has asked it",
+        "`lotdeploy doctor` has asked it",
         unknown=True,
     )
 
@@ -123,8 +124,8 @@ def plan_notes(choice: Mapping[str, PasswordChoice], writing: Iterable[str]) -> 
     shown = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
     return [
         f"password_source auto: not known yet whether the brokers of {shown} have a secret "
-        "store, so their routes carry the cluster password in their code; `lotdeploy doctor` "
-        "(or this apply) asks, and the next plan moves them to the store where there is one"
+        "store, so their routes carry the cluster password in their code; run `lotdeploy "
+        "doctor` to ask, and the next plan moves them to the store where there is one"
     ]
 
 
