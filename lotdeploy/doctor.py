@@ -50,6 +50,7 @@ from lotdeploy.protocol import (
     Verb,
     parse_route_template,
 )
+from lotdeploy.routesecret import BROKER_SECRET_PREFIX
 from lotdeploy.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -447,14 +448,19 @@ def _secret_store_finding(facts: BrokerFacts) -> Finding:
         return Finding(
             "ok",
             "secret-store",
-            "the broker has a secret store (-setSecret, -listSecrets): lotdeploy does not use "
-            "it yet, routes carry the cluster password in their code (see route-code-password)",
+            "the broker has a secret store (-setSecret, -listSecrets): with password_source "
+            "auto (the default) or secret-store, apply sets the cluster password there "
+            f'({BROKER_SECRET_PREFIX}<N>) and the routes read it with GET SECRET, so their '
+            "code on $SYS holds no password (for MQTT_CLUSTER an assumption: the vendor "
+            "documents GET SECRET for bridges; apply waits for the links to connect); with "
+            "inline they carry it in their code",
         )
     return Finding(
         "ok",
         "secret-store",
         "no secret store (-listSecrets is unknown): routes carry the cluster password in "
-        "their code, so keep $SYS rights to the admin",
+        "their code (password_source auto falls back to inline; secret-store fails plan "
+        "for this node), so keep $SYS rights to the admin",
     )
 
 
@@ -756,7 +762,9 @@ async def probe_for_apply(
     it was opened with `request_ids="auto"`), the CLUSTER_CONFIG keys (`-routeCode`), and
     what re-adding a route does (the scratch route: add, add again, remove; whether it
     exists already is read off the same listing). The rest of `probe_broker` (version,
-    password read-back, the extra logins) is `lotdeploy doctor`'s: left None here, so
+    password read-back, the extra logins, the secret store and the rights model) is
+    `lotdeploy doctor`'s: left None here (so `password_source: auto` moves routes to the
+    store only once doctor has found one: a change the operator sees in a plan), so
     doctor's findings say "not checked" until doctor runs. About 4 round trips instead of
     some 13 and 3 extra logins.
     """

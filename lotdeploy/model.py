@@ -93,6 +93,9 @@ class Node:
     #: plain; lotdeploy.sitefacts). None: `port` and `tls`.
     peer_port: int | None = None
     peer_tls: bool | None = None
+    #: Where its routes take the cluster password from (lotdeploy.routesecret): "auto",
+    #: "secret-store" or "inline"; None: the default (auto), left out of the digest
+    password_source: str | None = None
     #: BROKER_PORT and USE_TLS of the routes that lead to this node (`peer_*`, else `port`
     #: and `tls`): plain fields, made once, since plan and render read them for every route
     route_port: int = field(init=False, repr=False, compare=False)
@@ -107,6 +110,8 @@ class Node:
 #: Node fields that exist only in a site bound to workspace facts, left out of the
 #: description (and digest) when unset, so every other site's digest stays what it was.
 _BOUND_NODE_FIELDS = ("peer_port", "peer_tls")
+#: Node settings added after sites were first digested: left out when unset, likewise.
+_OPTIONAL_NODE_FIELDS = ("password_source",)
 #: Node fields derived from others: never described.
 _DERIVED_NODE_FIELDS = ("route_port", "route_tls")
 
@@ -440,7 +445,7 @@ class Site:
 def _node_data(node: Node) -> dict[str, Any]:
     """A node as plain data; the fields of a bound site only when set (see Node)."""
     data: dict[str, Any] = plain_data(node)
-    for name in _BOUND_NODE_FIELDS:
+    for name in (*_BOUND_NODE_FIELDS, *_OPTIONAL_NODE_FIELDS):
         if data.get(name) is None:
             data.pop(name, None)
     for name in _DERIVED_NODE_FIELDS:

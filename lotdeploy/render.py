@@ -28,6 +28,7 @@ from lotdeploy.credentials import cluster_password, password_secret_name
 from lotdeploy.errors import LotdeployError, SecretStoreError
 from lotdeploy.fsutil import DurableBatch, UnreadableFile, is_temporary, make_dirs, read_json
 from lotdeploy.model import Site
+from lotdeploy.routesecret import broker_secret_name, site_choices, stored_nodes
 from lotdeploy.secret import SENSITIVE, Secret
 from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import StateStore
@@ -101,6 +102,9 @@ def iter_bundles(site: Site, workspace: Workspace, now: datetime) -> Iterator[Bu
     state = StateStore(workspace).read()
     site = bind_site(site, state)  # adopted routes, a take-over's phase (lotdeploy.sitefacts)
     version = state.credential_version
+    # routes of these nodes read the password from their broker's store (routesecret)
+    in_store = stored_nodes(site_choices(site, state))
+    broker_secret = broker_secret_name(version)
     password = Secret("")
     if site.link_count:
         stored = workspace.secrets().get(password_secret_name(version))
@@ -116,7 +120,9 @@ def iter_bundles(site: Site, workspace: Workspace, now: datetime) -> Iterator[Bu
 
         ca_bundle = trusted_ca_bundle(workspace)  # the same for every node: read once
     for node in site.nodes:
-        artifact = compile_node(site, node, password, version)
+        artifact = compile_node(
+            site, node, password, version, broker_secret if node.name in in_store else None
+        )
         files = [BundleFile(ROUTE_FILE, Secret(artifact.text), 0o600)]
         del artifact  # only the text is kept: the route trees are one node's peak memory
         if ca_bundle is not None and node.tls:

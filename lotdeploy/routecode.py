@@ -170,5 +170,9 @@ def comparable_code(code: str) -> str:
 
 def comparable_attrs(attrs: Mapping[str, Any]) -> str:
     """What `comparable_code` gives for the route lotdeploy recorded with `attrs` (which
-    carries a literal password; an attribute it lacks is a key the route does not set)."""
-    return _text(str(attrs["name"]), attrs, f'"{SENSITIVE}"')
+    carries a literal password, or reads the broker secret `password_secret` names: then
+    the code holds `GET SECRET "<name>"`; an attribute it lacks is a key the route does
+    not set)."""
+    secret = attrs.get("password_secret")
+    password = f'GET SECRET "{secret}"' if secret else f'"{SENSITIVE}"'
+    return _text(str(attrs["name"]), attrs, password)

@@ -61,6 +61,8 @@ ROUTE_ATTRS: dict[str, type | tuple[type, ...]] = {
     "message_validity_sec": int,
     "use_tls": bool,
     "password_version": int,
+    #: the broker secret the route reads its password from (lotdeploy.routesecret); absent inline
+    "password_secret": str,
 }
 
 

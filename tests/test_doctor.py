@@ -490,7 +490,7 @@ def test_findings_say_what_lotdeploy_does_about_each_difference() -> None:
     assert "lower case is refused" in by_check["verb-case"].message
     assert "verify and status show them" in by_check["cluster-topics"].message
     assert "CONNACK 5 (not authorised)" in by_check["connack"].message
-    assert "does not use it yet" in by_check["secret-store"].message
+    assert "GET SECRET" in by_check["secret-store"].message
     assert "as the admin" in by_check["rights"].message
     assert {f.severity for f in by_check.values()} == {"ok"}
     odd = {f.check: f for f in findings(_facts(bad_login_code=135, cluster_topics=()))}

@@ -59,6 +59,13 @@ def ensure_users(client: SyncBrokerClient, users: dict[str, Secret]) -> list[str
     return done
 
 
+def set_secrets(client: SyncBrokerClient, secrets: dict[str, Secret]) -> list[str]:
+    """Set the broker secrets routes read their password from (`-setSecret`, all sent at
+    once where the broker echoes requestIds); the names set. Values stay in their Secret."""
+    done: list[str] = client.set_secrets(secrets)
+    return done
+
+
 def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
     removed: list[str] = client.remove_users(names)
     return removed

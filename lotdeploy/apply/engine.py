@@ -25,15 +25,16 @@ from typing import Any
 
 from lotdeploy.apply import activate
 from lotdeploy.apply.events import Event, Reporter, silent
-from lotdeploy.credentials import broker_users
-from lotdeploy.errors import BrokerError, LotdeployError
+from lotdeploy.credentials import broker_users, password_secret_name
+from lotdeploy.errors import BrokerError, LotdeployError, SecretStoreError
 from lotdeploy.model import Site
 from lotdeploy.node import release
-from lotdeploy.plan.desired import desired_state
+from lotdeploy.plan.desired import NodeDesired, desired_state
 from lotdeploy.plan.diff import NodeSteps, Plan
 from lotdeploy.plan.make import credential_facts
 from lotdeploy.render import ROUTE_FILE, Bundle, iter_bundles, prepare_workspace
 from lotdeploy.rotation import mark_phase_applied
+from lotdeploy.routesecret import site_choices, stored_nodes
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import NodeRecord, StateStore
@@ -218,8 +219,9 @@ def apply_plan(
         b.node: b for b in iter_bundles(site, workspace, now) if b.node in set(targets)
     }
     credentials = credential_facts(StateStore(workspace).read())
-    desired = desired_state(site, credentials)
+    desired = desired_state(site, credentials, stored_nodes(site_choices(site, state)))
     users = broker_users(workspace, {n.username for n in site.nodes}) if site.links else {}
+    secrets = _broker_secrets(workspace, desired)
 
     with run.store.transaction() as current:  # the journal: what this run starts
         for name in targets:
@@ -259,7 +261,9 @@ def apply_plan(
         run.each(
             "routes",
             [n for n in targets if steps[n].routes_add or steps[n].routes_remove],
-            lambda n: _routes(run, n, bundles[n], steps[n]),
+            lambda n: _routes(
+                run, n, bundles[n], steps[n], _secrets_for(desired[n], steps[n], secrets)
+            ),
         )
         if run.connect_timeout > 0:
             run.each(
@@ -362,11 +366,15 @@ def _capabilities(run: _Run, name: str) -> str:
     site's routes need."""
     from lotdeploy.apply.checkup import capabilities_node
     from lotdeploy.doctor import key_problems
+    from lotdeploy.routesecret import choose
 
     node = run.site.node(name)
     facts = capabilities_node(run.site, node, run.transport(name))
     run.record(name, lambda r: setattr(r, "broker", facts.to_json()))
     problems = key_problems(facts, run.site, node)
+    problem = choose(node, facts.to_json()).problem
+    if problem:
+        problems.append(problem)
     if problems:
         raise BrokerError(name, "; ".join(p.removeprefix(f"node {name}: ") for p in problems))
     return f"{facts.reply_format} replies, re-add {facts.readd}"
@@ -385,7 +393,47 @@ def _users(run: _Run, name: str, users: dict[str, Secret]) -> str:
     return ", ".join(done)
 
 
-def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
+def _broker_secrets(workspace: Workspace, desired: dict[str, NodeDesired]) -> dict[str, Secret]:
+    """Broker secret name -> the password it holds, for every secret a desired route reads
+    (lotdeploy.routesecret); the workspace's store is opened only when there is one."""
+    versions = {
+        route.password_secret: route.password_version
+        for node in desired.values()
+        for route in node.routes
+        if route.password_secret
+    }
+    if not versions:
+        return {}
+    store = workspace.secrets()
+    found: dict[str, Secret] = {}
+    for secret, version in versions.items():
+        value = store.get(password_secret_name(version))
+        if value is None:
+            raise SecretStoreError(
+                f"the secret store has no cluster password v{version}: restore the secret "
+                "store that belongs to this workspace"
+            )
+        found[secret] = value
+    return found
+
+
+def _secrets_for(
+    node: NodeDesired, steps: NodeSteps, secrets: dict[str, Secret]
+) -> dict[str, Secret]:
+    """The broker secrets the routes a node adds read: set before they are added."""
+    adding = set(steps.routes_add)
+    return {
+        r.password_secret: secrets[r.password_secret]
+        for r in node.routes
+        if r.name in adding and r.password_secret in secrets
+    }
+
+
+def _routes(
+    run: _Run, name: str, bundle: Bundle, steps: NodeSteps, secrets: dict[str, Secret]
+) -> str:
+    """The node's routes: the broker secrets they read first (the routes would not
+    connect without them), then removals and adds."""
     node = run.site.node(name)
     route_file = next(f for f in bundle.files if f.name == ROUTE_FILE)
     texts = activate.route_texts(route_file.data().decode())
@@ -394,6 +442,7 @@ def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
     remove_first = facts.get("readd") != "overwrite"
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
     with activate.admin_session(run.site, node, run.transport(name)) as client:
+        done = activate.set_secrets(client, secrets) if secrets and add else []
         activate.apply_routes(
             client,
             name,
@@ -404,7 +453,8 @@ def _routes(run: _Run, name: str, bundle: Bundle, steps: NodeSteps) -> str:
             steps.routes_replace,
             run.connect_timeout,
         )
-    return f"{len(add)} added, {len(set(remove) - set(add))} removed"
+    said = f"secret {', '.join(done)} set, " if done else ""
+    return f"{said}{len(add)} added, {len(set(remove) - set(add))} removed"
 
 
 def _connected(run: _Run, name: str, added: list[str]) -> str:

@@ -511,6 +511,15 @@ class BrokerClient:
                 raise result
         return names
 
+    async def set_secrets(self, secrets: dict[str, Secret]) -> list[str]:
+        """Set each broker secret (`-setSecret NAME=value`, the value never shown); the
+        names set."""
+        names = sorted(secrets)
+        for result in await self.together([self.set_secret(n, secrets[n]) for n in names]):
+            if isinstance(result, BrokerError):
+                raise result
+        return names
+
     async def remove_users(self, names: list[str]) -> list[str]:
         """Remove each user; "not found" counts as done."""
         results = await self.together([self.remove_user(n) for n in names])

@@ -118,7 +118,8 @@ def bind(loaded: LoadedSite, workspace: Workspace) -> Site:
 
 def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
     """Plan fails, naming node and key, when a broker doctor (or a first apply) asked lacks
-    a CLUSTER_CONFIG key the site's routes need."""
+    a CLUSTER_CONFIG key the site's routes need, or the secret store its
+    `password_source: secret-store` asks for."""
     from lotdeploy.errors import LotdeployError
     from lotdeploy.state import StateStore
 
@@ -139,6 +140,10 @@ def refuse_missing_broker_keys(site: Any, workspace: Any) -> None:
         except ValueError:
             continue  # an older or damaged record: doctor records it again
         problems += key_problems(facts, site, site.node(name))
+    from lotdeploy.routesecret import problems as password_problems
+    from lotdeploy.routesecret import site_choices
+
+    problems += password_problems(site_choices(site, StateStore(workspace).read()))
     if problems:
         raise LotdeployError(
             "; ".join(problems) + " (what lotdeploy doctor found; see docs/doctor.md)"

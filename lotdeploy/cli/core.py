@@ -209,7 +209,13 @@ def plan(
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def lint(files: tuple[Path, ...]) -> None:
+@click.option(
+    "--password-secret",
+    is_flag=True,
+    help="The routes read PASSWORD with GET SECRET on purpose (password_source: the "
+    "broker's secret store): one note instead of a warning per route.",
+)
+def lint(files: tuple[Path, ...], password_secret: bool) -> None:
     """Parse LOT files and check their routes; errors as FILE:LINE:COL: message.
 
     \b
@@ -220,7 +226,7 @@ def lint(files: tuple[Path, ...]) -> None:
 
     errors = 0
     for path in files:
-        for diagnostic in lint_file(path):
+        for diagnostic in lint_file(path, password_secret=password_secret):
             click.echo(scrub(str(diagnostic)), err=diagnostic.severity == "error")
             errors += diagnostic.severity == "error"
     if errors:

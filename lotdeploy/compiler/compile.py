@@ -14,6 +14,7 @@ from lotdeploy.compiler.templates import render_template
 from lotdeploy.errors import CompileError, LotSyntaxError
 from lotdeploy.lot.ast import Route
 from lotdeploy.model import Node, Site
+from lotdeploy.routesecret import broker_secret_name
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.values import (
     ADDRESS_MAX_BYTES,
@@ -43,22 +44,31 @@ class NodeArtifact:
 
 
 def compile_node(
-    site: Site, node: Node, password: Secret, credential_version: int = 1
+    site: Site,
+    node: Node,
+    password: Secret,
+    credential_version: int = 1,
+    password_secret: str | None = None,
 ) -> NodeArtifact:
     """Render the node's route file and prove it equals the intended routes.
+
+    `password_secret`: the routes read the password from this broker secret
+    (`GET SECRET`, lotdeploy.routesecret); the file then holds no password, and a template
+    is not even given it.
 
     The proof is cheap when the text has the canonical layout (the built-in template): it
     must be, line for line, the canonical text of the intended routes. Any other layout (a
     site's own template) is parsed back and compared as LOT trees.
     """
-    settings = node_route_settings(site, node, credential_version)
+    settings = node_route_settings(site, node, credential_version, password_secret)
     _check_values(node, settings, password, client_ids_proven=site.client_ids_plain)
+    shown = "" if password_secret else password.reveal()
     context = {
         "site": {"name": site.name},
         "node": {"name": node.name, "region": node.region, "address": node.address},
         # Objects, not dicts: Jinja looks an attribute up first (a dict would raise
         # AttributeError on every `route.x`, a third of render's time); `route["x"]` works too.
-        "routes": [SimpleNamespace(**s, password=password.reveal()) for s in settings],
+        "routes": [SimpleNamespace(**s, password=shown) for s in settings],
     }
     text = render_template(site.templates_dir, context)
     artifact = NodeArtifact(node.name, text, tuple(settings), password)
@@ -76,9 +86,16 @@ def compile_node(
             f"template output for node {node.name} does not parse: {scrub(str(exc))}"
         ) from None
     if parsed != intended:
+        hint = (
+            " (its routes read the password from the broker's secret store: the template "
+            "must write `WITH PASSWORD GET SECRET \"{{ route.password_secret }}\"` when "
+            "route.password_secret is set, as the built-in one does)"
+            if password_secret
+            else ""
+        )
         raise CompileError(
             f"template output for node {node.name} differs from the intended routes "
-            f"({_first_difference(intended, parsed)}); nothing was written"
+            f"({_first_difference(intended, parsed)}); nothing was written{hint}"
         )
     return artifact
 
@@ -202,8 +219,21 @@ def _refuse_first(
     raise CompileError(f"node {node.name}: a route value cannot be carried")  # not reached
 
 
-def compile_site(site: Site, password: Secret, credential_version: int = 1) -> list[NodeArtifact]:
-    return [compile_node(site, node, password, credential_version) for node in site.nodes]
+def compile_site(
+    site: Site,
+    password: Secret,
+    credential_version: int = 1,
+    stored: frozenset[str] = frozenset(),
+) -> list[NodeArtifact]:
+    """Every node's artifact; the nodes in `stored` read the password from their broker's
+    secret store (lotdeploy.routesecret)."""
+    secret = broker_secret_name(credential_version)
+    return [
+        compile_node(
+            site, node, password, credential_version, secret if node.name in stored else None
+        )
+        for node in site.nodes
+    ]
 
 
 def _first_difference(intended: tuple[Route, ...], parsed: tuple[Route, ...]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lotdeploy.lot.ast import Block, Bool, Int, Route, Setting, Str, Value
+from lotdeploy.lot.ast import Block, Bool, Int, Route, SecretRef, Setting, Str, Value
 from lotdeploy.model import Link, Node, Site, username_for_version
 from lotdeploy.protocol import CLUSTER_CONFIG_BLOCK, CLUSTER_KEY_ORDER, ROUTE_TYPE
 from lotdeploy.secret import Secret
@@ -53,13 +53,18 @@ def route_tree(settings: dict[str, Any], password: Secret) -> Route:
     """The route as a LOT tree: the documented keys, in the protocol's emit order.
 
     Integers in the vendor's single-quoted form; USE_TLS only when true (its absence is off).
+    With `settings["password_secret"]` (a broker secret's name) the password is
+    `GET SECRET "<name>"` and `password` is not used (lotdeploy.routesecret).
     """
     entries = []
+    stored = settings.get("password_secret")
     for key in CLUSTER_KEY_ORDER:
         source, form = VALUE_FORMS[key]
         raw = password.reveal() if source is None else settings[source]
         value: Value
-        if form == "flag":
+        if source is None and stored:
+            value = SecretRef(stored)
+        elif form == "flag":
             if not raw:
                 continue
             value = Bool(True)
@@ -91,6 +96,7 @@ _LINE_FORMS = _line_forms()
 def canonical_route_text(settings: dict[str, Any], password: Secret) -> str:
     """`format_route(route_tree(settings, password))` without its final newline, made by
     string formatting (tests/test_compiler.py checks the two agree for any settings)."""
+    stored = settings.get("password_secret")
     secret = password.reveal()
     lines = [
         f"DEFINE ROUTE {settings['name']} WITH TYPE {ROUTE_TYPE}",
@@ -98,7 +104,9 @@ def canonical_route_text(settings: dict[str, Any], password: Secret) -> str:
     ]
     for source, head, tail, flag in _LINE_FORMS:
         raw = secret if source is None else settings[source]
-        if flag:
+        if source is None and stored:
+            lines.append(f'        WITH PASSWORD GET SECRET "{stored}"')
+        elif flag:
             if raw:
                 lines.append(head)
         else:
@@ -107,9 +115,10 @@ def canonical_route_text(settings: dict[str, Any], password: Secret) -> str:
 
 
 def node_route_settings(
-    site: Site, node: Node, credential_version: int = 1
+    site: Site, node: Node, credential_version: int = 1, password_secret: str | None = None
 ) -> list[dict[str, Any]]:
-    """The node's routes' settings (as `route_settings` makes them), in link order."""
+    """The node's routes' settings (as `route_settings` makes them), in link order;
+    `password_secret`: the broker secret the routes read the password from (None: inline)."""
     return [
         {
             "name": route,
@@ -122,6 +131,7 @@ def node_route_settings(
             "username": username_for_version(peer.username, credential_version),
             "message_validity_sec": validity,
             "use_tls": peer.route_tls,
+            "password_secret": password_secret,
         }
         for peer, route, client_id, validity, link_class in site.link_rows(node)
     ]

@@ -68,6 +68,13 @@ def display(key: str, value: Any) -> str | None:
     return str(value)
 
 
+def shown_password(attrs: Mapping[str, Any]) -> str:
+    """A route's PASSWORD as a plan shows it: never the value; the broker secret it reads,
+    where it reads one (lotdeploy.routesecret)."""
+    secret = attrs.get("password_secret")
+    return f'GET SECRET "{secret}"' if secret else SENSITIVE
+
+
 def route_attrs(
     before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
 ) -> tuple[Attr, ...]:
@@ -77,11 +84,26 @@ def route_attrs(
     attrs = []
     for key, label in SHOWN:
         old, new = old_values.get(key), new_values.get(key)
+        if key == "password_version":
+            moved = old_values.get("password_secret", "") != new_values.get("password_secret", "")
+            if before is not None and after is not None:
+                if old == new and not moved:
+                    continue
+                rotated = " (rotated)" if old != new else ""
+                attrs.append(
+                    Attr(label, shown_password(new_values) + rotated, shown_password(old_values))
+                )
+                continue
+            attrs.append(
+                Attr(
+                    label,
+                    shown_password(new_values) if new is not None else None,
+                    shown_password(old_values) if old is not None else None,
+                )
+            )
+            continue
         if before is not None and after is not None:
             if old == new:
-                continue
-            if key == "password_version":
-                attrs.append(Attr(label, f"{SENSITIVE} (rotated)", SENSITIVE))
                 continue
             if old is None:  # a hand-made route an import adopted may leave a key unset
                 attrs.append(Attr(label, display(key, new), "(unset)"))

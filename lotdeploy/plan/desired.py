@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple
 from lotdeploy.compiler import ROUTE_FILE
 from lotdeploy.credentials import password_secret_name
 from lotdeploy.model import Node, Site, username_for_version
+from lotdeploy.routesecret import broker_secret_name
 
 FileRole = Literal["routes", "ca-bundle", "certificate", "private-key"]
 
@@ -45,18 +46,27 @@ class DesiredRoute(NamedTuple):
     message_validity_sec: int
     use_tls: bool
     password_version: int
+    #: the broker secret the route reads its password from (`GET SECRET`); "" inline
+    #: (lotdeploy.routesecret). Absent from records made before the secret store was used.
+    password_secret: str = ""
 
     @property
     def password(self) -> SecretRef:
         return SecretRef(password_secret_name(self.password_version))
 
     def attrs(self) -> dict[str, Any]:
-        """The attributes recorded in state and compared by the plan (no secret value)."""
-        return dict(zip(self._fields, self, strict=True))
+        """The attributes recorded in state and compared by the plan (no secret value);
+        `password_secret` only when set, so an inline route's record is what it always was."""
+        attrs = dict(zip(self._fields, self, strict=True))
+        if not self.password_secret:
+            del attrs["password_secret"]
+        return attrs
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> DesiredRoute:
-        return cls(*[attrs[key] for key in cls._fields])
+        return cls(
+            *[attrs[key] if key != "password_secret" else attrs.get(key, "") for key in cls._fields]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +135,12 @@ class CredentialFacts:
     retired_version: int | None = None
 
 
-def node_routes(site: Site, node: Node, version: int) -> tuple[DesiredRoute, ...]:
-    """The node's routes, one per peer, in the site's link order."""
+def node_routes(
+    site: Site, node: Node, version: int, stored: bool = False
+) -> tuple[DesiredRoute, ...]:
+    """The node's routes, one per peer, in the site's link order; `stored`: they read the
+    password from the node's broker secret store (lotdeploy.routesecret)."""
+    secret = broker_secret_name(version) if stored else ""
     return tuple(
         DesiredRoute(
             route,
@@ -140,6 +154,7 @@ def node_routes(site: Site, node: Node, version: int) -> tuple[DesiredRoute, ...
             validity,
             peer.route_tls,
             version,
+            secret,
         )
         for peer, route, client_id, validity, link_class in site.link_rows(node)
     )
@@ -170,8 +185,11 @@ def node_users(site: Site, credentials: CredentialFacts) -> tuple[DesiredUser, .
     )
 
 
-def desired_state(site: Site, credentials: CredentialFacts) -> dict[str, NodeDesired]:
-    """Every node's desired state (pure)."""
+def desired_state(
+    site: Site, credentials: CredentialFacts, stored: frozenset[str] = frozenset()
+) -> dict[str, NodeDesired]:
+    """Every node's desired state (pure); the nodes in `stored` have routes that read the
+    password from their broker's secret store (lotdeploy.routesecret.stored_nodes)."""
     users = node_users(site, credentials) if site.link_count else ()
     retired: tuple[str, ...] = ()
     if credentials.retired_version is not None:
@@ -183,7 +201,7 @@ def desired_state(site: Site, credentials: CredentialFacts) -> dict[str, NodeDes
         node.name: NodeDesired(
             node.name,
             node.region,
-            node_routes(site, node, credentials.active_version),
+            node_routes(site, node, credentials.active_version, node.name in stored),
             node_files(node),
             users,
             retired,
@@ -193,9 +211,14 @@ def desired_state(site: Site, credentials: CredentialFacts) -> dict[str, NodeDes
     }
 
 
-def desired_routes(site: Site, password_version: int) -> dict[str, dict[str, dict[str, Any]]]:
+def desired_routes(
+    site: Site, password_version: int, stored: frozenset[str] = frozenset()
+) -> dict[str, dict[str, dict[str, Any]]]:
     """node -> route name -> recorded attributes: the shape state keeps after an apply."""
     return {
-        node.name: {r.name: r.attrs() for r in node_routes(site, node, password_version)}
+        node.name: {
+            r.name: r.attrs()
+            for r in node_routes(site, node, password_version, node.name in stored)
+        }
         for node in site.nodes
     }

@@ -17,9 +17,10 @@ from operator import attrgetter
 from typing import Any
 
 from lotdeploy.compiler import ROUTE_FILE
-from lotdeploy.plan.changes import SHOWN, Action, Change
+from lotdeploy.plan.changes import SHOWN, Action, Attr, Change
 from lotdeploy.plan.desired import DesiredRoute, NodeDesired, file_path
 from lotdeploy.plan.observed import Observed
+from lotdeploy.secret import SENSITIVE
 
 #: changes of these kinds touch a node's TLS files
 TLS_KINDS = frozenset({"certificate", "ca"})
@@ -260,6 +261,38 @@ def user_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
     return changes
 
 
+def secret_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
+    """The broker secrets a node's routes read their password from (lotdeploy.routesecret)
+    that no route recorded there read before: set by apply before those routes are added
+    (and set again before every later add, the same value). Shown without their value."""
+    changes: list[Change] = []
+    for name in sorted(desired):
+        node = desired[name]
+        wanted = sorted({r.password_secret for r in node.routes if r.password_secret})
+        if not wanted:
+            continue
+        have = {
+            attrs.get("password_secret")
+            for attrs in observed.routes.get(name, {}).values()
+            if attrs
+        }
+        for secret in wanted:
+            if secret not in have:
+                reason = "the routes read the cluster password from the broker's secret store"
+                changes.append(
+                    Change(
+                        "create",
+                        "secret",
+                        secret,
+                        name,
+                        node.region,
+                        reason,
+                        (Attr("value", SENSITIVE),),
+                    )
+                )
+    return changes
+
+
 _PLACE = attrgetter("region", "node")
 _KIND_NAME = attrgetter("kind", "name")
 
@@ -279,7 +312,9 @@ def node_change_groups(changes: Iterable[Change]) -> list[tuple[str, str, list[C
 
 
 def _differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    return any(before.get(key) != after.get(key) for key, _ in SHOWN)
+    return any(before.get(key) != after.get(key) for key, _ in SHOWN) or before.get(
+        "password_secret", ""
+    ) != after.get("password_secret", "")
 
 
 def node_steps(
@@ -408,6 +443,7 @@ def build_plan(
     plan.changes.extend(route_changes(desired, observed))
     plan.changes.extend(file_changes(desired, observed))
     plan.changes.extend(user_changes(desired, observed))
+    plan.changes.extend(secret_changes(desired, observed))
     plan.warnings.extend(warnings)
     plan.steps = node_steps(desired, observed, plan.changes)
     return plan

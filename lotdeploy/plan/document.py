@@ -17,7 +17,7 @@ from typing import Any
 
 from lotdeploy.errors import WorkspaceError
 from lotdeploy.fsutil import UnreadableFile, atomic_write, read_json, write_output
-from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display
+from lotdeploy.plan.changes import MARKERS, SHOWN, Attr, Change, display, shown_password
 from lotdeploy.plan.desired import DesiredRoute
 from lotdeploy.plan.diff import NodeSteps, Plan, node_change_groups
 from lotdeploy.secret import SENSITIVE, dumps, scrub
@@ -53,7 +53,13 @@ def _change_document(c: Change) -> dict[str, Any]:
         # would show it; its attributes are made once for both fields.
         after = c.payload.attrs()
         attributes = {
-            label: {"before": None, "after": display(key, after[key])} for key, label in SHOWN
+            label: {
+                "before": None,
+                "after": shown_password(after)
+                if key == "password_version"
+                else display(key, after[key]),
+            }
+            for key, label in SHOWN
         }
         payload = _payload(c.payload, after)
     else:
@@ -77,6 +83,8 @@ def _route_create_line(c: Change, route: DesiredRoute) -> str | None:
     common case: 39,800 at 200 nodes), the same text made by string formatting
     (tests/test_fastpaths.py checks the two agree); None for values of other types."""
     port, validity, version = route.broker_port, route.message_validity_sec, route.password_version
+    if route.password_secret:  # the rarer form: the encoder writes it
+        return None
     if not (
         type(port) is int
         and type(validity) is int
@@ -140,6 +148,7 @@ assert DesiredRoute._fields == (
     "message_validity_sec",
     "use_tls",
     "password_version",
+    "password_secret",
 )
 
 

@@ -16,6 +16,7 @@ from lotdeploy.plan.diff import Plan, build_plan
 from lotdeploy.plan.live import Refresh
 from lotdeploy.plan.observed import Observed
 from lotdeploy.plan.pki import pki_changes
+from lotdeploy.routesecret import plan_notes, site_choices, stored_nodes
 from lotdeploy.secret import SENSITIVE
 from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import State, StateStore
@@ -72,14 +73,17 @@ def make_plan(
     observed = Observed.from_state(state)
     pki, warnings = pki_changes(site, workspace, now, observed.files)
     extra.extend(pki)
+    passwords = site_choices(site, state)
     plan = build_plan(
         site.name,
         site.digest(),
-        desired_state(site, credentials),
+        desired_state(site, credentials, stored_nodes(passwords)),
         observed,
         extra,
         warnings + resume_warnings(state) + rollout_warnings(state),
     )
+    writing = {n for n, step in plan.steps.items() if step.routes_add}
+    plan.warnings.extend(plan_notes(passwords, writing))
     plan.site_file = str(Path(site.source).resolve())
     plan.workspace_id = workspace.identity()
     if refresh is not None:

@@ -79,6 +79,7 @@ def resolve_node(spec: SiteSpec, node: NodeSpec) -> Node:
         region=node.region or DEFAULT_REGION,
         tls=tls,
         username=_pick(layers, "username", DEFAULT_USERNAME),
+        password_source=_pick(layers, "password_source", None),
         message_validity_sec=_pick(layers, "message_validity_sec", DEFAULT_VALIDITY_IN_REGION),
         cross_region_message_validity_sec=_pick(
             layers, "cross_region_message_validity_sec", DEFAULT_VALIDITY_CROSS_REGION

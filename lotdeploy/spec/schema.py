@@ -292,6 +292,13 @@ class Settings(_Strict):
         None, description="MESSAGE_VALIDITY_SEC for links to another region; default 120"
     )
     username: UserName | None = Field(None, description="cluster username; default 'cluster'")
+    password_source: Literal["auto", "secret-store", "inline"] | None = Field(
+        None,
+        description="where routes take the cluster password from: the broker's secret store "
+        "(GET SECRET, set with -setSecret: the route code the broker republishes holds no "
+        "password) or the route code itself (inline); auto: the store where the broker is "
+        "known to have one (lotdeploy doctor), else inline. Default auto",
+    )
     ssh: SshSettings | None = None
     broker: BrokerSettings | None = None
 

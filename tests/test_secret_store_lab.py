@@ -1,0 +1,62 @@
+"""The broker secret store on a root lab (issue 21 item 6): with `password_source: auto`
+and a broker doctor found a store on, routes read the cluster password with GET SECRET,
+the code the broker republishes on $SYS holds no password, the links connect, drift is
+clean, and no output carries the password. A broker without a store falls back (auto) or
+fails the node (secret-store). One small lab per case, torn down and proven gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lotdeploy.apply.activate import admin_session
+from lotdeploy.routesecret import broker_secret_name
+from tests.lab_fixtures import skip_unless_root
+from tests.test_apply import lab_up
+
+pytestmark = pytest.mark.root
+
+
+def test_routes_read_the_password_from_the_store_and_sys_never_shows_it(tmp_path: Path) -> None:
+    skip_unless_root()
+    with lab_up(tmp_path, "--nodes", "2", "--dialect", "node2=no-secrets") as lab:
+        # before doctor nothing is known: auto says so and keeps the password inline
+        plan = lab.cli("plan", lab.site_file)
+        assert "password_source auto: not known yet" in plan.stdout + plan.stderr
+        # a site that requires the store fails on the broker that has none, naming it
+        required = lab.variant("required.yaml", password_source="secret-store")
+        lab.cli("doctor", lab.site_file)
+        refused = lab.cli("plan", required, expect=1)
+        assert "node node2: password_source is secret-store" in refused.stderr
+        # auto: node1 (a store) reads GET SECRET, node2 (none) falls back to inline
+        plan = lab.cli("plan", lab.site_file)
+        secret = broker_secret_name(1)
+        assert f"+ secret {secret}" in plan.stdout
+        assert "not known yet" not in plan.stdout + plan.stderr
+        lab.cli("apply", lab.site_file, "--auto-approve")
+        lab.wait_mesh()
+        password = lab.workspace().secrets().get("cluster-password-v1")
+        assert password is not None
+        site = lab.site()
+        codes = {}
+        for name in lab.nodes:
+            with lab.transport(name) as t, admin_session(site, site.node(name), t) as client:
+                peer = next(p for p in lab.nodes if p != name)
+                codes[name] = client.read_route_code(f"lotdeploy_{peer}")
+                if name == "node1":
+                    assert client.list_secrets() == [secret]
+        assert codes["node1"] and f'GET SECRET "{secret}"' in codes["node1"]
+        assert password.reveal() not in codes["node1"]  # the point: $SYS shows no password
+        assert codes["node2"] and password.reveal() in codes["node2"]  # inline (no store)
+        assert lab.state().nodes["node1"].routes["lotdeploy_node2"]["password_secret"] == secret
+        lab.cli("drift", lab.site_file)
+        assert "No changes" in lab.cli("plan", lab.site_file).stdout
+        # inline on purpose: the route goes back to carrying the password
+        inline = lab.variant("inline.yaml", password_source="inline")
+        changed = lab.cli("apply", inline, "--auto-approve")
+        assert "node1" in changed.stdout
+        lab.wait_mesh()
+        lab.cli("drift", inline)
+        leaks = [i for i, text in enumerate(lab.outputs) if password.reveal() in text]
+        assert not leaks, f"the cluster password in outputs {leaks}"
