@@ -450,7 +450,7 @@ def _secret_store_finding(facts: BrokerFacts) -> Finding:
             "secret-store",
             "the broker has a secret store (-setSecret, -listSecrets): with password_source "
             "auto (the default) or secret-store, apply sets the cluster password there "
-            f'({BROKER_SECRET_PREFIX}<N>) and the routes read it with GET SECRET, so their '
+            f"({BROKER_SECRET_PREFIX}<N>) and the routes read it with GET SECRET, so their "
             "code on $SYS holds no password (for MQTT_CLUSTER an assumption: the vendor "
             "documents GET SECRET for bridges; apply waits for the links to connect); with "
             "inline they carry it in their code",

@@ -57,7 +57,7 @@ CLUSTER_PASSWORD = "secure_cluster_pass"
 PLANS = ("plan-fresh", "plan-after")
 #: how the plan's warning about routes still inline under password_source auto begins
 SECRET_NOTE = "password_source auto: not known yet"
-  # before the workspace exists, after render
+# before the workspace exists, after render
 #: cases whose outputs are stored as files; the others only as digests
 STORED_AS_FILES = {"plant-a", "geo", "geo-notls"}
 

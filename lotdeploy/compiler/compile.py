@@ -88,7 +88,7 @@ def compile_node(
     if parsed != intended:
         hint = (
             " (its routes read the password from the broker's secret store: the template "
-            "must write `WITH PASSWORD GET SECRET \"{{ route.password_secret }}\"` when "
+            'must write `WITH PASSWORD GET SECRET "{{ route.password_secret }}"` when '
             "route.password_secret is set, as the built-in one does)"
             if password_secret
             else ""
