@@ -473,7 +473,8 @@ def _rights_finding(facts: BrokerFacts) -> Finding:
             "ok",
             "rights",
             "named user rights (-changeUserSettings, -listUserGroups): lotdeploy sends every "
-            "command as the admin and gives its cluster and probe users no rights flags",
+            "command as the admin, sets every rights flag of its cluster and probe users to "
+            "false, and its refresh reads them back (a flag given by hand is drift)",
         )
     return Finding(
         "ok",

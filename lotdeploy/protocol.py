@@ -295,6 +295,17 @@ DEFAULT_RELEASE_DIR = "/opt/lotdeploy"
 DEFAULT_RELOAD_COMMAND = "systemctl restart coreflux-broker"
 #: Passwords the vendor's documentation prints (the factory admin password and the cluster
 #: page's examples): a route carrying one is as good as open (`lotdeploy audit`).
+#: The per-user rights flags of the vendor's named rights model (`-changeUserSettings <user>
+#: <Flag> <true|false>`, docs/coreflux-interface.md §4): none of them is needed by a cluster
+#: link or a verify probe, so lotdeploy's own users hold them all false.
+USER_RIGHT_FLAGS = ("AllowedSystemConfiguration", "AllowedUserManagement", "AllowedLogManagement")
+
+
+def named_rights(broker_facts: Mapping[str, Any] | None) -> bool:
+    """Whether a broker's recorded facts (doctor's `BrokerFacts.to_json()`, kept in the
+    state) say it has the named rights model: only then are its users' flags read and set."""
+    return bool(broker_facts) and (broker_facts or {}).get("rights_model") == "named"
+
 DOCUMENTED_PASSWORDS = frozenset(
     {"coreflux", "cluster_password", "secure_cluster_pass", "shared_secure_password"}
 )

@@ -45,6 +45,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "lotdeploy.graph",
             "lotdeploy.selection",
             "lotdeploy.sitefacts",
+            "lotdeploy.routesecret",
         ),
     ),
     (

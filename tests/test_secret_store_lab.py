@@ -1,4 +1,4 @@
-"""The broker secret store on a root lab (issue 21 item 6): with `password_source: auto`
+"""The broker secret store and least rights on a root lab (issue 21 item 6): with `password_source: auto`
 and a broker doctor found a store on, routes read the cluster password with GET SECRET,
 the code the broker republishes on $SYS holds no password, the links connect, drift is
 clean, and no output carries the password. A broker without a store falls back (auto) or
@@ -7,11 +7,16 @@ fails the node (secret-store). One small lab per case, torn down and proven gone
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lotdeploy.apply.activate import admin_session
+from lotdeploy.broker.sync import SyncBrokerClient
+from lotdeploy.errors import BrokerError
+from lotdeploy.protocol import USER_RIGHT_FLAGS
 from lotdeploy.routesecret import broker_secret_name
+from lotdeploy.secret import Secret
 from tests.lab_fixtures import skip_unless_root
 from tests.test_apply import lab_up
 
@@ -58,5 +63,66 @@ def test_routes_read_the_password_from_the_store_and_sys_never_shows_it(tmp_path
         assert "node1" in changed.stdout
         lab.wait_mesh()
         lab.cli("drift", inline)
+        leaks = [i for i, text in enumerate(lab.outputs) if password.reveal() in text]
+        assert not leaks, f"the cluster password in outputs {leaks}"
+
+
+def _reads_sys(lab: Any, node: str, user: str, password: Secret) -> bool:
+    """Whether `user` may read `$SYS` on `node`'s broker (its session subscribes to the
+    command channel's output topic at connect, which the broker refuses without rights)."""
+    site = lab.site()
+    spec = site.node(node)
+    with lab.transport(node) as t, t.forward(spec.broker.admin_host, spec.broker.admin_port) as p:
+        client = SyncBrokerClient(node, "127.0.0.1", p, user, password, request_ids="auto")
+        try:
+            client.connect()
+        except BrokerError as exc:
+            assert "refused" in str(exc), exc
+            return False
+        client.close()
+        return True
+
+
+def _flags(lab: Any, node: str, user: str) -> dict[str, bool]:
+    site = lab.site()
+    with lab.transport(node) as t, admin_session(site, site.node(node), t) as client:
+        data = client.command("listUserGroups", user).data
+    return dict(data["settings"])
+
+
+def test_lotdeploys_users_hold_no_rights_and_a_right_given_by_hand_is_taken_back(
+    tmp_path: Path,
+) -> None:
+    """The named rights model: apply and verify set every flag of the cluster and probe
+    users to false; a flag given by hand (here AllowedSystemConfiguration, which lets a user
+    read route code on $SYS) is drift that the next apply takes away."""
+    skip_unless_root()
+    dialect = ["--dialect", "node1=named-rights", "--dialect", "node2=named-rights"]
+    with lab_up(tmp_path, "--nodes", "2", *dialect) as lab:
+        lab.cli("doctor", lab.site_file)
+        lab.cli("apply", lab.site_file, "--auto-approve")
+        lab.wait_mesh()
+        lab.cli("verify", lab.site_file)
+        (user,) = lab.state().nodes["node1"].users
+        password = lab.workspace().secrets().get("cluster-password-v1")
+        assert password is not None
+        off = dict.fromkeys(USER_RIGHT_FLAGS, False)
+        assert _flags(lab, "node1", user) == off
+        assert _flags(lab, "node1", "lotdeploy_probe") == off
+        assert not _reads_sys(lab, "node1", user, password)
+        # a hand gives the cluster user system rights: it can now read every route's code
+        site = lab.site()
+        with lab.transport("node1") as t, admin_session(site, site.node("node1"), t) as client:
+            client.command("changeUserSettings", f"{user} AllowedSystemConfiguration true")
+        assert _reads_sys(lab, "node1", user, password)
+        drift = lab.cli("drift", lab.site_file, expect=2)
+        assert f"user {user}: holds broker rights it does not need" in drift.stdout
+        assert "AllowedSystemConfiguration" in drift.stdout
+        plan = lab.cli("plan", "--refresh", lab.site_file)
+        assert f"~ user {user}" in plan.stdout, plan.stdout
+        lab.cli("apply", lab.site_file, "--auto-approve")
+        assert _flags(lab, "node1", user) == off
+        assert not _reads_sys(lab, "node1", user, password)
+        lab.cli("drift", lab.site_file)
         leaks = [i for i, text in enumerate(lab.outputs) if password.reveal() in text]
         assert not leaks, f"the cluster password in outputs {leaks}"

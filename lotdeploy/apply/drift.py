@@ -24,6 +24,7 @@ from lotdeploy.model import Node, Site
 from lotdeploy.node import facts, release
 from lotdeploy.node.session import on_nodes
 from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile
+from lotdeploy.protocol import named_rights
 from lotdeploy.routecode import comparable_attrs, comparable_code
 from lotdeploy.secret import Secret
 from lotdeploy.sitefacts import bind_site
@@ -105,9 +106,11 @@ def node_live(
         read = pool.submit(facts.read, transport, asked)
         # the broker's error, if any, is the one reported (leaving the pool waits for the
         # command, which its own timeout bounds)
-        routes, users = _broker_live(site, node, record, transport, logins)
+        routes, users, rights = _broker_live(site, node, record, transport, logins)
         current, release_digests, tls_digests, (armed, firing) = read.result()
-    return NodeLive(current, release_digests, tls_digests, routes, users, (*armed, *firing))
+    return NodeLive(
+        current, release_digests, tls_digests, routes, users, (*armed, *firing), rights
+    )
 
 
 def _broker_live(
@@ -116,7 +119,11 @@ def _broker_live(
     record: NodeRecord,
     transport: Transport,
     logins: dict[str, Secret] | None,
-) -> tuple[dict[str, str | None], dict[str, bool] | None]:
+) -> tuple[dict[str, str | None], dict[str, bool] | None, dict[str, list[str]] | None]:
+    """The owned routes' code, the cluster users' logins and (on a broker with the named
+    rights model) the rights they hold, all asked at once over the node's admin session."""
+    # the rights of lotdeploy's users are read where doctor found the named model
+    ask_rights = named_rights(record.broker) and bool(record.users)
     with admin_session(site, node, transport) as client:
         listing = client.listed_at_connect()  # the -listRoutes the session sent on connect
         routes = listing if listing is not None else client.list_routes()
@@ -124,25 +131,25 @@ def _broker_live(
         owned = sorted(str(r["name"]) for r in routes if owns(str(r.get("name", ""))))
         applied = sorted(n for n in owned if record.routes.get(n))
 
-        async def read(raw: BrokerClient) -> tuple[dict[str, str | None], dict[str, bool] | None]:
-            # the route codes and the logins at once: one wait, not two
-            async def no_codes() -> dict[str, str | None]:
-                return {}
-
-            async def no_logins() -> None:
+        async def read(
+            raw: BrokerClient,
+        ) -> tuple[dict[str, str | None], dict[str, bool] | None, dict[str, list[str]] | None]:
+            # the route codes, the logins and the rights at once: one wait, not three
+            async def nothing() -> None:
                 return None
 
-            codes, users = await asyncio.gather(
-                raw.read_route_codes(applied, timeout=ROUTE_CODE_WAIT) if applied else no_codes(),
-                raw.check_logins(logins, timeout=LOGIN_WAIT) if logins else no_logins(),
+            codes, users, rights = await asyncio.gather(
+                raw.read_route_codes(applied, timeout=ROUTE_CODE_WAIT) if applied else nothing(),
+                raw.check_logins(logins, timeout=LOGIN_WAIT) if logins else nothing(),
+                raw.user_rights(record.users) if ask_rights else nothing(),
             )
-            return codes, users
+            return codes or {}, users, rights
 
-        codes, users = client.call(read)
+        codes, users, rights = client.call(read)
         live: dict[str, str | None] = dict.fromkeys(owned)
         for name, code in codes.items():
             live[name] = None if code is None else masked(code)
-    return live, users
+    return live, users, rights
 
 
 def read_drift(

@@ -32,6 +32,7 @@ from lotdeploy.node import release
 from lotdeploy.plan.desired import NodeDesired, desired_state
 from lotdeploy.plan.diff import NodeSteps, Plan
 from lotdeploy.plan.make import credential_facts
+from lotdeploy.protocol import named_rights
 from lotdeploy.render import ROUTE_FILE, Bundle, iter_bundles, prepare_workspace
 from lotdeploy.rotation import mark_phase_applied
 from lotdeploy.routesecret import site_choices, stored_nodes
@@ -381,9 +382,15 @@ def _capabilities(run: _Run, name: str) -> str:
 
 
 def _users(run: _Run, name: str, users: dict[str, Secret]) -> str:
+    """Create (or re-key) the node's cluster users; on a broker with the named rights
+    model, also take away every right flag they hold (a link needs none), in one more
+    batch of commands."""
     node = run.site.node(name)
+    facts = run.store.read().nodes.get(name, NodeRecord()).broker
     with activate.admin_session(run.site, node, run.transport(name)) as client:
         done = activate.ensure_users(client, users)
+        if named_rights(facts):
+            client.revoke_rights(done)
 
     def record(r: NodeRecord) -> None:
         r.users = sorted(set(r.users) | set(done))

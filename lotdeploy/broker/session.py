@@ -29,6 +29,7 @@ from lotdeploy.protocol import (
     OUTPUT_TOPIC,
     REPLY_TIMEOUT_SEC,
     UNKNOWN_COMMAND_NAME,
+    USER_RIGHT_FLAGS,
     VERSION_TOPIC,
     Reply,
     Verb,
@@ -507,6 +508,44 @@ class BrokerClient:
                 raise result
         changed = await self.together([self.change_user_password(n, users[n]) for n in again])
         for result in changed:
+            if isinstance(result, BrokerError):
+                raise result
+        return names
+
+    async def user_rights(self, users: list[str]) -> dict[str, list[str]]:
+        """The named right flags each of `users` holds true (`-listUserGroups <user>`, all
+        sent at once). A user the broker does not know, or whose reply carries no
+        `settings`, is left out: nothing is guessed (its login check says it is gone)."""
+        names = sorted(users)
+        replies = await self.together(
+            [self._checked(Verb.LIST_USER_GROUPS, self._word(u)) for u in names]
+        )
+        held: dict[str, list[str]] = {}
+        for user, reply in zip(names, replies, strict=True):
+            if isinstance(reply, CommandFailed):
+                continue
+            if isinstance(reply, BrokerError):
+                raise reply
+            data = reply.data if isinstance(reply.data, dict) else {}
+            settings = data.get("settings")
+            if isinstance(settings, dict):
+                held[user] = sorted(
+                    flag for flag in USER_RIGHT_FLAGS if settings.get(flag) is True
+                )
+        return held
+
+    async def revoke_rights(self, users: list[str]) -> list[str]:
+        """Every named right flag of `users` set to false (`-changeUserSettings`, all sent
+        at once): the least a cluster or probe user needs, whatever a build gives a new
+        user by default or a hand gave it since. Only for brokers with the named rights
+        model (doctor's `rights_model`); the names done."""
+        names = sorted(users)
+        calls: list[Awaitable[Reply]] = [
+            self._checked(Verb.CHANGE_USER_SETTINGS, f"{self._word(user)} {flag} false")
+            for user in names
+            for flag in USER_RIGHT_FLAGS
+        ]
+        for result in await self.together(calls):
             if isinstance(result, BrokerError):
                 raise result
         return names

@@ -151,7 +151,7 @@ from lotdeploy.lab.extras import require_lab_extra
     default="admin-only",
     show_default=True,
     help="admin-only: only the admin commands; named: -changeUserSettings and "
-    "-listUserGroups exist (stored, not enforced).",
+    "-listUserGroups exist (AllowedSystemConfiguration grants $SYS reads).",
 )
 @click.option(
     "--sys-readable/--no-sys-readable",

@@ -247,8 +247,9 @@ def file_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
 
 
 def user_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
-    """Cluster users a refresh found the broker refusing: created (or given their password)
-    again. A first apply's users are steps of the node, not changes of their own."""
+    """Cluster users a refresh found the broker refusing (created, or given their password,
+    again) or holding rights they do not need (taken away). A first apply's users are
+    steps of the node, not changes of their own."""
     changes: list[Change] = []
     for name in sorted(desired):
         node = desired[name]
@@ -258,6 +259,9 @@ def user_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
             if what == "user" and kind == "refused" and user in wanted:
                 reason = "the broker refuses its login: removed, or given another password"
                 changes.append(Change("create", "user", user, name, node.region, reason))
+            elif what == "user" and kind == "rights" and user in wanted:
+                reason = "it holds broker rights a cluster user does not need: taken away"
+                changes.append(Change("update", "user", user, name, node.region, reason))
     return changes
 
 
@@ -364,7 +368,9 @@ def node_steps(
                     step.files.append(file.name)
             step.reload = any(f.broker_reads and f.name in step.files for f in node.files)
             recorded = observed.users.get(name)
-            refused = {c.name for c in mine if c.kind == "user" and c.action == "create"}
+            refused = {
+                c.name for c in mine if c.kind == "user" and c.action in ("create", "update")
+            }
             if not known:
                 step.users_create = [u.username for u in node.users]
             elif recorded is not None or refused:

@@ -7,7 +7,7 @@ each owned route's code, and whether the broker still accepts each cluster user'
 `reconcile` turns that into
 
 * drift entries (`NodeRecord.drift`: `route/NAME`, `file/NAME`, `user/NAME`, `release` ->
-  missing | changed | extra | refused): what the plan restores, and what `--refresh-only`
+  missing | changed | extra | refused | rights): what the plan restores, and what `--refresh-only`
   records; and
 * findings in words, one per difference, as `lotdeploy drift` prints them.
 
@@ -45,6 +45,9 @@ class NodeLive:
     users: dict[str, bool] | None = None
     #: confirm-or-revert timers armed or firing there (none is, between runs)
     timers: tuple[str, ...] = ()
+    #: cluster user -> the named right flags it holds (a broker with the named rights
+    #: model, doctor's `rights_model`); None when not read
+    rights: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -121,6 +124,13 @@ def reconcile(
             found.append(
                 f"user {user}: the broker refuses its login (removed, or given another "
                 "password, by hand)"
+            )
+    for user, flags in sorted((live.rights or {}).items()):
+        if flags and f"user/{user}" not in drift:
+            drift[f"user/{user}"] = "rights"
+            found.append(
+                f"user {user}: holds broker rights it does not need ({', '.join(flags)}), "
+                "given by hand or by the build's default"
             )
     return drift, found
 

@@ -39,7 +39,7 @@ from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import LotdeployError
 from lotdeploy.model import Link, Node, Site
 from lotdeploy.node import facts, release
-from lotdeploy.protocol import parse_route_status
+from lotdeploy.protocol import named_rights, parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
 from lotdeploy.sitefacts import applied_names
@@ -425,7 +425,12 @@ def _broker_part(
                     if password is None:
                         return None
                     try:
-                        await _ensure_probe_user_async(raw, options.probe_user, password)
+                        await _ensure_probe_user_async(
+                            raw,
+                            options.probe_user,
+                            password,
+                            named_rights(record.broker if record is not None else None),
+                        )
                     except LotdeployError as exc:
                         return exc
                     return None
@@ -494,9 +499,12 @@ def _admin(
         client.close()
 
 
-async def _ensure_probe_user_async(client: Any, user: str, password: Secret) -> None:
+async def _ensure_probe_user_async(
+    client: Any, user: str, password: Secret, revoke_rights: bool = False
+) -> None:
     """Set the probe user's password; create the user the first time (one command either
-    way once it exists)."""
+    way once it exists). `revoke_rights` (a broker with the named rights model): every
+    right flag it holds is taken away, as for the cluster users (a probe needs none)."""
     try:
         await client.change_user_password(user, password)
     except CommandFailed as failed:
@@ -504,6 +512,8 @@ async def _ensure_probe_user_async(client: Any, user: str, password: Secret) -> 
         if "not found" not in text and "exist" not in text:
             raise
         await client.add_user(user, password)
+    if revoke_rights:
+        await client.revoke_rights([user])
 
 
 def _close_all(visits: list[_Visit], parallelism: int) -> None:

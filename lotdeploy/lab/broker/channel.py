@@ -39,6 +39,7 @@ from lotdeploy.lot import parse
 from lotdeploy.lot.ast import Route
 from lotdeploy.protocol import (
     ROUTE_TYPE,
+    USER_RIGHT_FLAGS,
     VERBS_BY_KEY,
     ReplyError,
     Verb,
@@ -133,7 +134,7 @@ def resolve_verb(word: str, dialect: Dialect) -> Verb | None:
 _SECRET_VERBS = frozenset({Verb.SET_SECRET, Verb.LIST_SECRETS})
 _RIGHTS_VERBS = frozenset({Verb.LIST_USER_GROUPS, Verb.CHANGE_USER_SETTINGS})
 #: `-changeUserSettings` flags of the vendor's rights model (docs/coreflux-interface.md §4).
-USER_FLAGS = ("AllowedSystemConfiguration", "AllowedUserManagement", "AllowedLogManagement")
+USER_FLAGS = USER_RIGHT_FLAGS
 #: `-lotDiagnostic <kind> <name>` kinds the vendor's tooling names.
 DIAGNOSTIC_KINDS = ("model", "action", "route", "rule")
 
@@ -380,7 +381,8 @@ class CommandChannel:
         names = sorted(self.node.state.secrets)
         return self._ok(cmd, f"{len(names)} secret(s)", names)
 
-    # -- the named rights model (dialect rights="named"): stored, not enforced ----------
+    # -- the named rights model (dialect rights="named"): stored; AllowedSystemConfiguration
+    # grants $SYS reads (server.may_read_sys), the other flags are not enforced --------
 
     def _known_user(self, user: str) -> bool:
         return user == self.node.admin_user or user in self.node.state.users

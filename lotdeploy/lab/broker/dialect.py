@@ -42,7 +42,8 @@ Knob                   Values (default first)     Emulates, and why it matters
 `rights`               "admin-only", "named"      only the admin commands / the vendor's named
                                                   user rights: `-changeUserSettings <user>
                                                   <Flag> <value>` and `-listUserGroups <user>`
-                                                  exist (stored, not enforced: docs/lab-broker.md).
+                                                  exist (stored; `AllowedSystemConfiguration` grants
+                                                  `$SYS` reads: docs/lab-broker.md).
 `sys_readable`         False, True                `$SYS` refused to all but the admin (the
                                                   vendor's broker as observed) / readable by
                                                   every logged-in user: a broker whose rights

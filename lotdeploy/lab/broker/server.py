@@ -196,10 +196,13 @@ class LabBroker(Broker):
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """Refuse `$SYS` filters to everyone but the admin (SUBACK 0x80), like the vendor
-        (the `sys_readable` dialect: to anonymous clients only)."""
+        (the `sys_readable` dialect: to anonymous clients only; the named rights model: also
+        to a user given `AllowedSystemConfiguration`, which carries `SubscribeSys`)."""
         topic_filter = subscription[0]
         opened = self.node.dialect.sys_readable and session.username is not None
-        if topic_filter.startswith("$SYS") and not (self.node.is_admin(session) or opened):
+        if topic_filter.startswith("$SYS") and not (
+            self.node.is_admin(session) or opened or self.node.may_read_sys(session.username)
+        ):
             log.info("refused subscription to %s for %s", topic_filter[:80], session.username)
             return SUBSCRIPTION_REFUSED
         return await super().add_subscription(subscription, session)
@@ -303,9 +306,17 @@ class LabNode:
 
     @property
     def user_settings(self) -> dict[str, dict[str, bool]]:
-        """`-changeUserSettings` flags per user (rights="named"): kept in memory, never
-        enforced (docs/lab-broker.md)."""
+        """`-changeUserSettings` flags per user (rights="named"), kept in memory; only
+        `AllowedSystemConfiguration` is enforced, as `$SYS` read access (docs/lab-broker.md)."""
         return self._user_settings
+
+    def may_read_sys(self, user: str | None) -> bool:
+        """A user the named rights model lets read `$SYS` (`AllowedSystemConfiguration`)."""
+        return (
+            user is not None
+            and self.dialect.rights == "named"
+            and self._user_settings.get(user, {}).get("AllowedSystemConfiguration") is True
+        )
 
     @property
     def version(self) -> str:
