@@ -421,7 +421,9 @@ def break_lock(path: Path, lock_id: str, force: bool = False) -> str:
     """
     try:
         record = read_regular_file(path, 4096).decode(errors="replace").strip()
-    except UnreadableFile:
+    except UnreadableFile as exc:
+        if exc.missing:  # no lock file: nothing holds the workspace (the caller says so)
+            raise FileNotFoundError(errno.ENOENT, "no lock file", str(path)) from None
         raise LockBusy("") from None
     _, held_id = parse_lock_record(record)
     if not held_id or held_id != lock_id:

@@ -306,6 +306,7 @@ def named_rights(broker_facts: Mapping[str, Any] | None) -> bool:
     state) say it has the named rights model: only then are its users' flags read and set."""
     return bool(broker_facts) and (broker_facts or {}).get("rights_model") == "named"
 
+
 DOCUMENTED_PASSWORDS = frozenset(
     {"coreflux", "cluster_password", "secure_cluster_pass", "shared_secure_password"}
 )

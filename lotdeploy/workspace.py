@@ -10,11 +10,13 @@ says what to do, and nothing is ever overwritten after a failed open.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import stat
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -292,15 +294,22 @@ class Workspace:
             if not create:
                 return ""
             self.ensure()
+            # written whole beside it, then linked into place (create-if-absent, atomic): a
+            # crash or a full disk never leaves an empty id, and of two runs one id wins
+            fd, tmp = tempfile.mkstemp(prefix=".lotdeploy-id-", dir=self.root)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(uuid.uuid4().hex + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)
             except FileExistsError:
                 pass  # another run gave it one at the same moment: read that
             except OSError as exc:
                 raise WorkspaceError(f"{path}: cannot create: {exc.strerror}") from None
-            else:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(uuid.uuid4().hex + "\n")
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         try:
             text = read_regular_file(path, 256).decode("ascii", "replace").strip()
         except UnreadableFile as exc:

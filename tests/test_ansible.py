@@ -498,3 +498,22 @@ def test_the_site_chooses_the_transport_and_a_wrong_one_names_its_line(tmp_path:
     with pytest.raises(SpecError) as info:
         load_site_text(SITE + "ansible:\n  forks: 3\n", "site.yaml", tmp_path)
     assert "site.yaml:6:" in str(info.value)
+
+
+def test_a_playbook_run_killed_before_its_recap_fails_every_host_it_started() -> None:
+    """No recap (`playbook_on_stats`) and no success: killed or timed out mid-play. A host
+    it had started on is never a success (its `current` may not have switched)."""
+    from lotdeploy.ansible.runner import HostResult, judge_hosts
+
+    started = {"eu1": HostResult("eu1", seen=True), "eu2": HostResult("eu2")}
+    judge_hosts(started, {}, "timeout", 254)
+    assert not started["eu1"].ok and "timeout (rc 254) before the play finished" in str(
+        started["eu1"].error
+    )
+    assert not started["eu2"].ok
+    done = {"eu1": HostResult("eu1", seen=True), "eu2": HostResult("eu2", seen=True)}
+    judge_hosts(done, {"failures": {"eu2": 1}, "ok": {"eu1": 3}}, "failed", 2)
+    assert done["eu1"].ok and not done["eu2"].ok
+    clean = {"eu1": HostResult("eu1", seen=True)}
+    judge_hosts(clean, {}, "successful", 0)
+    assert clean["eu1"].ok

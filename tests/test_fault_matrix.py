@@ -211,6 +211,25 @@ def test_a_node_cut_after_apply_is_named_by_the_next_one(converged: Lab) -> None
     _converges(lab, lab.site_file)
 
 
+def test_a_node_cut_is_named_by_a_rollout_apply_too(converged: Lab) -> None:
+    """The same for a site with a rollout (and so for a take-over): never "No changes", no
+    wave started on a node planned from its record."""
+    lab = converged
+    doc = yaml.safe_load(lab.site_file.read_text())
+    doc["rollout"] = {"waves": [{"name": "canary", "select": ["eu1"]}]}
+    rolling = lab.dir / "rolling.yaml"
+    rolling.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert lab_cli(lab.dir, "cut", "eu2").returncode == 0
+    try:
+        proc = lab.cli("apply", rolling, "--auto-approve", expect=1)
+        assert "No changes" not in proc.stdout
+        assert "node eu2: could not be read" in proc.stderr and "Nothing was applied" in proc.stderr
+    finally:
+        assert lab_cli(lab.dir, "heal", "eu2").returncode == 0
+    _consistent(lab)
+    _converges(lab, rolling)
+
+
 def test_a_broker_killed_mid_activation_fails_its_node_and_comes_back(converged: Lab) -> None:
     lab = converged
     site = _change(lab)

@@ -98,3 +98,14 @@ def test_a_broken_site_fails_alone_and_a_broken_shared_file_points_into_itself(
         line.startswith(str(fleet / "shared.yaml") + ":2:8: error: defaults.tls") for line in lines
     ), bad.stderr
     assert any(":3:1: error: `nodes` cannot be shared" in line for line in lines), bad.stderr
+
+
+def test_metric_samples_keep_full_precision() -> None:
+    """A last-success timestamp keeps its seconds (`:.6g` made 1731234567.891 1.73123e+09)."""
+    from lotdeploy.watch import _sample
+
+    assert _sample(1731234567.891) == "1731234567.891"
+    assert _sample(1731234567.0) == "1731234567"
+    assert _sample(1234567890123) == "1234567890123"
+    assert _sample(0.5) == "0.5"
+    assert (_sample(float("nan")), _sample(float("inf"))) == ("NaN", "+Inf")

@@ -667,3 +667,18 @@ def test_the_runs_secret_directory_is_never_followed(tmp_path: Path) -> None:
     with pytest.raises(LotdeployError, match="refusing to remove it"), pdd.secret_files(files):
         pass
     assert sorted(p.name for p in elsewhere.iterdir()) == ["theirs"]
+
+
+def test_a_file_system_error_naming_a_path_is_one_line_not_an_internal_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fleet's run directory on a read-only FLEET_DIR, `watch --log` in a missing directory:
+    an OSError with a path that no layer put into words is the user's environment (exit 1,
+    the path and the cause), never "internal error" (exit 70)."""
+    from lotdeploy.cli.run import report
+
+    assert report(PermissionError(13, "Permission denied", "/fleet/.runs")) == 1
+    assert report(FileNotFoundError(2, "No such file or directory", "/nope/watch.log")) == 1
+    err = capsys.readouterr().err
+    assert "/fleet/.runs: Permission denied" in err and "/nope/watch.log" in err
+    assert "internal error" not in err

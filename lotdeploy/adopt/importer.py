@@ -129,6 +129,12 @@ def write_import(
             f"the cluster cannot be written as a site spec: {exc} (nothing was written)"
         ) from None
 
+    # the spec's place is checked before the workspace is written: a workspace that records
+    # nodes refuses every later import, so it must not be left without its spec
+    parent = out.resolve().parent
+    if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "it is a directory" if out.is_dir() else f"{parent} is not a writable directory"
+        raise LotdeployError(f"{out}: cannot write the site spec: {why} (nothing was written)")
     if imported.credential is not None:
         store = workspace.secrets()
         store.set(password_secret_name(1), imported.credential.password)
@@ -146,7 +152,10 @@ def write_import(
     try:
         write_output(out, text)
     except OSError as exc:
-        raise LotdeployError(f"{out}: cannot write the site spec: {exc.strerror}") from None
+        raise LotdeployError(
+            f"{out}: cannot write the site spec: {exc.strerror}; the workspace "
+            f"{workspace.root} was written: remove it and import again"
+        ) from None
     return ImportResult(imported, loaded.site, out, workspace.root, imported.notes)
 
 

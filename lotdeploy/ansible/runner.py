@@ -256,8 +256,9 @@ def plain_directory(path: Path, mode: int) -> None:
 def write_secret_files(
     directory: Path, files: dict[str, list[tuple[str, bytes, int]]], vault: Path | None = None
 ) -> None:
-    """DIR/<node>/<name>, each file created 0600 (O_EXCL: never through a link planted
-    there) in 0700 directories that are no symbolic links (Ansible Vault with `vault`)."""
+    """DIR/<node>/<name>, each file private (0600) from creation and renamed into place
+    (`atomic_write`: never through a link planted there) in 0700 directories that are no
+    symbolic links (Ansible Vault with `vault`)."""
     password = None
     if vault is not None:
         from lotdeploy.ansible.vault import vault_password
@@ -271,12 +272,9 @@ def write_secret_files(
                 from lotdeploy.ansible.vault import encrypt
 
                 data = encrypt(data, password)
-            path = directory / node / name
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            # private from creation, renamed over the old one (a link there is replaced,
+            # never followed): an interrupted export leaves the old file or the new, whole
+            atomic_write(directory / node / name, data, 0o600, dir_mode=0o700)
 
 
 def _close_masters(control_dir: Path) -> None:
@@ -426,19 +424,7 @@ def run_playbook(
     finally:
         _close_masters(control_dir)
     stats = runner.stats or {}
-    for name, result in hosts.items():
-        failed = name in (stats.get("failures") or {}) or name in (stats.get("dark") or {})
-        if failed:
-            result.ok = False
-            result.error = result.error or "failed (see the run's artifacts)"
-        elif not result.seen and runner.rc == 0:
-            result.ok = True
-        elif not result.seen:
-            result.ok = False
-            result.error = f"ansible-runner {runner.status} (rc {runner.rc}) before the host ran"
-        else:
-            result.error = None
-            result.failed_task = None
+    judge_hosts(hosts, stats, str(runner.status), runner.rc)
     run = PlaybookRun(
         ident=ident,
         playbook=playbook,
@@ -451,3 +437,29 @@ def run_playbook(
     )
     pdd._record(run, nodes)
     return run
+
+
+def judge_hosts(
+    hosts: dict[str, HostResult], stats: dict[str, Any], status: str, rc: int | None
+) -> None:
+    """Each host's outcome from the run's recap (`stats`) and its end: failed when the recap
+    says so, or when there is no recap and the run did not succeed (killed or timed out
+    before the play ended: never a success for a host it had started on)."""
+    for name, result in hosts.items():
+        failed = name in (stats.get("failures") or {}) or name in (stats.get("dark") or {})
+        if not stats and (status != "successful" or rc != 0):
+            result.ok = False
+            result.error = (
+                result.error or f"ansible-runner {status} (rc {rc}) before the play finished"
+            )
+        elif failed:
+            result.ok = False
+            result.error = result.error or "failed (see the run's artifacts)"
+        elif not result.seen and rc == 0:
+            result.ok = True
+        elif not result.seen:
+            result.ok = False
+            result.error = f"ansible-runner {status} (rc {rc}) before the host ran"
+        else:
+            result.error = None
+            result.failed_task = None

@@ -108,9 +108,7 @@ def node_live(
         # command, which its own timeout bounds)
         routes, users, rights = _broker_live(site, node, record, transport, logins)
         current, release_digests, tls_digests, (armed, firing) = read.result()
-    return NodeLive(
-        current, release_digests, tls_digests, routes, users, (*armed, *firing), rights
-    )
+    return NodeLive(current, release_digests, tls_digests, routes, users, (*armed, *firing), rights)
 
 
 def _broker_live(

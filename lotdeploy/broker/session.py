@@ -529,9 +529,7 @@ class BrokerClient:
             data = reply.data if isinstance(reply.data, dict) else {}
             settings = data.get("settings")
             if isinstance(settings, dict):
-                held[user] = sorted(
-                    flag for flag in USER_RIGHT_FLAGS if settings.get(flag) is True
-                )
+                held[user] = sorted(flag for flag in USER_RIGHT_FLAGS if settings.get(flag) is True)
         return held
 
     async def revoke_rights(self, users: list[str]) -> list[str]:

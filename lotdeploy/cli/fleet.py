@@ -98,6 +98,11 @@ def fleet_command(name: str) -> click.Command:
         chosen = discover(fleet_dir, sites)
         runner = FleetRunner(fleet_dir, parallel, site_timeout)
         extra = list(ctx.args)
+        if any(word.split("=", 1)[0] == "--workspace" for word in extra):
+            raise click.UsageError(
+                "--workspace: each site of a fleet has its own workspace (.lotdeploy/ beside "
+                "its site file); one for all would mix their states"
+            )
         with _stopped_on_signals(runner):
             if name == "export-ansible":
                 result = _export(runner, fleet_dir, chosen, extra)
@@ -176,7 +181,7 @@ def _apply_confirmed(runner: Any, sites: list[Any], extra: list[str], as_json: b
 
 def _plan_options(extra: list[str]) -> list[str]:
     """The options plan shares with apply (the rest are apply's own)."""
-    keep, out, skip = {"--limit", "--exclude", "--workspace"}, [], False
+    keep, out, skip = {"--limit", "--exclude"}, [], False
     for index, word in enumerate(extra):
         if skip:
             skip = False

@@ -86,7 +86,7 @@ def apply_rollout(
     from lotdeploy.rollout.restore import restore_node
     from lotdeploy.rollout.run import resume_rollout, run_rollout, start_rollout
     from lotdeploy.rollout.waves import compute_waves
-    from lotdeploy.secret import dumps
+    from lotdeploy.secret import dumps, scrub
     from lotdeploy.state import NodeRecord, StateStore
     from lotdeploy.transport.base import opened
 
@@ -94,6 +94,24 @@ def apply_rollout(
     standing = state.rollout
     under_way = standing is not None and standing.status in ("paused", "running")
     idle = not fresh.steps and not any(r.pending for r in state.nodes.values())
+    # a node the refresh could not read is planned from its record: never "No changes"
+    # for it, and no wave starts on a guess (a rollout's gates judge the nodes it read)
+    unread = dict(live.errors) if live is not None else {}
+    if unread:
+        if as_json:
+            failed = [
+                {"node": n, "step": "refresh", "error": f"could not be read: {e}"}
+                for n, e in sorted(unread.items())
+            ]
+            click.echo(dumps({"event": "summary", "changed": [], "failed": failed}))
+        for node, error in sorted(unread.items()):
+            click.echo(f"  node {node}: could not be read: {scrub(error)}", err=True)
+        click.echo(
+            "Nothing was applied: a rollout starts or goes on only when every node it rolls "
+            "out was read (bring the node back, or leave it out with --exclude).",
+            err=True,
+        )
+        return int(ExitStatus.ERROR)
     if not resume and not under_way and idle:
         if as_json:
             click.echo(dumps({"event": "summary", "changed": [], "failed": []}))

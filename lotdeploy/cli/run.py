@@ -147,6 +147,12 @@ def report(exc: BaseException) -> int:
         with contextlib.suppress(OSError):
             sys.stderr.write(error_line(f"cannot write the output: {exc.strerror or exc}") + "\n")
         return ExitStatus.ERROR
+    if isinstance(exc, OSError):
+        # A file or directory the user's environment refused (permissions, a missing
+        # directory, a full disk) that no layer put into words: name it, exit 1.
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        click.echo(error_line(f"{where}: {exc.strerror or exc}"), err=True)
+        return ExitStatus.ERROR
     # Anything else is a bug: say so plainly, still without secrets.
     click.echo(f"{PROG}: internal error: {type(exc).__name__}: {scrub(str(exc))}", err=True)
     if os.environ.get("LOTDEPLOY_DEBUG"):

@@ -260,8 +260,7 @@ class FleetRunner:
             started = time.monotonic()
             run.status = self._spawn(argv, run.stdout, run.stderr)
             run.seconds = time.monotonic() - started
-            out = run.stdout.read_text(errors="replace")
-            err = run.stderr.read_text(errors="replace")
+            out, err = _tail(run.stdout), _tail(run.stderr)
             run.document = _last_json(out)
             run.summary = (
                 f"no answer within {self.site_timeout:g} s: stopped"
@@ -360,3 +359,18 @@ class FleetResult:
             + (f"; outputs in {self.output_dir}" if self.output_dir else "")
         )
         return "\n".join(lines) + "\n"
+
+
+#: How much of a site's output the fleet keeps in memory: its end (the summary document is
+#: the last JSON line, the cause of a failure the last lines of stderr).
+OUTPUT_TAIL = 16 << 20
+
+
+def _tail(path: Path) -> str:
+    """The last OUTPUT_TAIL bytes of a site's output file (it stays whole on disk)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - OUTPUT_TAIL))
+            return fh.read(OUTPUT_TAIL).decode("utf-8", errors="replace")
+    except OSError:
+        return ""

@@ -14,7 +14,8 @@ node's reload command runs only when one of them did. A failure at any point lea
 previous release current and the broker's files as they were.
 
 Every command is built with shlex.quote from validated paths (lotdeploy.values); no secret
-is ever on a command line: secrets travel as file contents over SFTP.
+is ever on a command line: secrets travel as file contents, in the release archive streamed
+on the deploy command's stdin (or, over Ansible, a file uploaded into a private directory).
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ loop: the steps under way are ended, the HTTP server closed, exit 0.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import threading
 import time
@@ -33,7 +32,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lotdeploy.fleet import FleetRunner, FleetSite, SiteRun
+from lotdeploy.fsutil import UnreadableFile, read_json
 from lotdeploy.secret import dumps, scrub
+
+#: The heal's saved plan is read back with this cap (a plan of a few hundred nodes is MBs).
+PLAN_FILE_CAP = 256 << 20
 
 #: Bound of one step (drift, plan, apply, verify) of one site, in seconds.
 STEP_TIMEOUT = 900.0
@@ -275,10 +278,16 @@ class Watcher:
             )
             return False
         plan_file = site.site_file.parent / ".lotdeploy" / "watch" / "heal.plan"
+        with contextlib.suppress(FileNotFoundError):
+            plan_file.unlink()  # never the previous cycle's plan
         refreshed = self._step("plan", site, ["--refresh", "--out", str(plan_file)])
         try:
-            saved = json.loads(plan_file.read_text())
-        except (OSError, ValueError):
+            if refreshed.status not in (0, 2):
+                raise UnreadableFile("no plan was made")
+            saved = read_json(plan_file, PLAN_FILE_CAP)
+            if not isinstance(saved, dict):
+                raise UnreadableFile("is not a plan document")
+        except (OSError, UnreadableFile):
             self._healed(site.name, "failed", f"refreshed plan failed: {refreshed.summary}")
             return False
         same = all(saved.get(k) == doc.get(k) for k in ("site_digest", "state_serial"))
@@ -418,8 +427,20 @@ class Watcher:
             lines.append(f"# TYPE {name} {kind}")
             for labels, value in samples:
                 label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-                lines.append(f"{name}{{{label_text}}} {value:.6g}")
+                lines.append(f"{name}{{{label_text}}} {_sample(value)}")
         return "\n".join(lines) + "\n"
+
+
+def _sample(value: float) -> str:
+    """A sample value at full precision (a Unix timestamp keeps its seconds; `:.6g` would
+    round 1731234567 to 1.73123e+09): whole numbers as integers, others as Python's
+    shortest round-trip form, both valid in the text exposition format."""
+    number = float(value)
+    if number != number:
+        return "NaN"
+    if number in (float("inf"), float("-inf")):
+        return "+Inf" if number > 0 else "-Inf"
+    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
 
 
 def _escape(value: str) -> str:
