@@ -296,7 +296,9 @@ class Workspace:
             self.ensure()
             # written whole beside it, then linked into place (create-if-absent, atomic): a
             # crash or a full disk never leaves an empty id, and of two runs one id wins
-            fd, tmp = tempfile.mkstemp(prefix=".lotdeploy-id-", dir=self.root)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{path.name}.lotdeploy-", suffix=".tmp", dir=self.root
+            )
             try:
                 with os.fdopen(fd, "w") as fh:
                     fh.write(uuid.uuid4().hex + "\n")
