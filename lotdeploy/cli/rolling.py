@@ -95,9 +95,10 @@ def apply_rollout(
     under_way = standing is not None and standing.status in ("paused", "running")
     idle = not fresh.steps and not any(r.pending for r in state.nodes.values())
     # a node the refresh could not read is planned from its record: never "No changes"
-    # for it, and no wave starts on a guess (a rollout's gates judge the nodes it read)
+    # for it. With changes, the waves go on (a wave that meets the node fails there and is
+    # rolled back, as any failed wave) and the rollout is never reported complete.
     unread = dict(live.errors) if live is not None else {}
-    if unread:
+    if unread and not resume and not under_way and idle:
         if as_json:
             failed = [
                 {"node": n, "step": "refresh", "error": f"could not be read: {e}"}
@@ -107,8 +108,8 @@ def apply_rollout(
         for node, error in sorted(unread.items()):
             click.echo(f"  node {node}: could not be read: {scrub(error)}", err=True)
         click.echo(
-            "Nothing was applied: a rollout starts or goes on only when every node it rolls "
-            "out was read (bring the node back, or leave it out with --exclude).",
+            "Nothing to roll out on the nodes read; the unread ones are not known to match "
+            "(bring them back, or leave them out with --exclude).",
             err=True,
         )
         return int(ExitStatus.ERROR)
@@ -193,6 +194,12 @@ def apply_rollout(
             result.reason = (
                 f"the plan still shows changes on {', '.join(left)} after the last wave "
                 "(`lotdeploy plan` shows them)"
+            )
+        elif unread:
+            result.status = "failed"
+            result.reason = (
+                f"{', '.join(sorted(unread))} could not be read before the rollout, so it is "
+                "not known to run what the site says"
             )
     if as_json:
         click.echo(dumps({"event": "summary", "rollout": result.to_json()}))
