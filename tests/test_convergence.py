@@ -479,12 +479,19 @@ def test_force_unlock_refuses_a_live_holder(converged: Lab) -> None:
 
 
 def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
+    """pid -> (parent pid, whole command line) of every process, read from /proc (`ps`
+    cuts command lines to $COLUMNS when it is set, and the names looked for come late)."""
     found = {}
-    for line in out.stdout.splitlines():
-        pid, ppid, *args = line.split(None, 2)
-        found[int(pid)] = (int(ppid), args[0] if args else "")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        found[int(entry.name)] = (ppid, argv.replace(b"\0", b" ").decode(errors="replace"))
     return found
 
 
