@@ -91,6 +91,9 @@ class Verb(StrEnum):
     CHANGE_USER_PASSWORD = "changeUserPassword"
     SET_SECRET = "setSecret"
     LIST_SECRETS = "listSecrets"
+    #: the vendor has it (docs/coreflux-interface.md §6); lotdeploy never sends it, the lab
+    #: broker answers it so a test can take a secret away
+    REMOVE_SECRET = "removeSecret"
     # verbs the vendor's own client uses (docs/coreflux-interface.md §2); lotdeploy sends
     # the first three only to look, the last two only where doctor found a rights model
     CONNECTION_STATUS = "connectionStatus"
@@ -118,6 +121,7 @@ REPLY_NAMES: Mapping[Verb, str] = MappingProxyType(
         Verb.CHANGE_USER_PASSWORD: "ChangeUserPassword",
         Verb.SET_SECRET: "SetSecret",
         Verb.LIST_SECRETS: "ListSecrets",
+        Verb.REMOVE_SECRET: "RemoveSecret",
         Verb.CONNECTION_STATUS: "ConnectionStatus",
         Verb.LIST_TEMPLATES: "ListTemplates",
         Verb.LOT_DIAGNOSTIC: "LotDiagnostic",

@@ -151,6 +151,7 @@ def test_every_verb_has_its_pascal_case_reply_name() -> None:
         "changeUserPassword": "ChangeUserPassword",
         "setSecret": "SetSecret",
         "listSecrets": "ListSecrets",
+        "removeSecret": "RemoveSecret",
         "connectionStatus": "ConnectionStatus",
         "listTemplates": "ListTemplates",
         "lotDiagnostic": "LotDiagnostic",

@@ -11,12 +11,14 @@ from lotdeploy.lot import lint_text, parse
 from lotdeploy.lot.ast import SecretRef
 from lotdeploy.plan.changes import route_attrs
 from lotdeploy.plan.desired import CredentialFacts, DesiredRoute, desired_state
-from lotdeploy.plan.diff import build_plan
+from lotdeploy.plan.diff import NodeSteps, build_plan
+from lotdeploy.plan.live import NodeLive, reconcile, secrets_read
 from lotdeploy.plan.observed import Observed
 from lotdeploy.routecode import comparable_attrs, comparable_code
 from lotdeploy.routesecret import broker_secret_name, choose, plan_notes
 from lotdeploy.secret import Secret
 from lotdeploy.spec import load_site
+from lotdeploy.state import NodeRecord
 
 SITE = Path(__file__).resolve().parent.parent / "inventories" / "plant-a.yaml"
 PASSWORD = Secret("a-cluster-password-for-the-test-0123")
@@ -96,3 +98,35 @@ def test_drift_compares_get_secret_code_with_its_record() -> None:
     ):
         code = text.split("\n", 1)[1]
         assert comparable_code(code) == comparable_attrs(route.attrs())
+
+
+def test_a_secret_missing_from_the_broker_is_drift_that_the_plan_sets_again() -> None:
+    site = load_site(SITE).site
+    name = site.nodes[0].name
+    stored = desired_state(site, CredentialFacts(1, True, (1,)), frozenset({name}))
+    record = NodeRecord(routes={r.name: r.attrs() for r in stored[name].routes})
+    secret = broker_secret_name(1)
+    assert secrets_read(record) == {secret}
+    live = NodeLive(release=None, routes=None, secrets=[])
+    paths = {"release_dir": "/opt/lotdeploy", "tls_dir": "/etc/coreflux/tls"}
+    drift, found = reconcile(record, live, comparable_attrs, paths)
+    assert drift == {f"secret/{secret}": "missing"}
+    assert found and found[0].startswith(f"secret {secret}: missing")
+    # a store that has it, or one not read: nothing
+    assert reconcile(record, replace(live, secrets=[secret]), comparable_attrs, paths)[0] == {}
+    assert reconcile(record, replace(live, secrets=None), comparable_attrs, paths)[0] == {}
+    routes = {n: {r.name: r.attrs() for r in node.routes} for n, node in stored.items()}
+    observed = Observed(routes=routes, applied=set(routes), drift={name: drift})
+    plan = build_plan(site.name, site.digest(), stored, observed)
+    (change,) = plan.changes
+    assert (change.action, change.kind, change.name, change.node) == (
+        "create",
+        "secret",
+        secret,
+        name,
+    )
+    assert "set again" in change.reason
+    step = plan.steps[name]
+    assert step.secrets_set == [secret] and not step.routes_add and step
+    assert step.to_json()["secrets_set"] == [secret]
+    assert "secrets_set" not in NodeSteps(name).to_json()  # absent when empty

@@ -1,7 +1,8 @@
 """The broker secret store and least rights on a root lab (issue 21 item 6): with `password_source: auto`
 and a broker doctor found a store on, routes read the cluster password with GET SECRET,
 the code the broker republishes on $SYS holds no password, the links connect, drift is
-clean, and no output carries the password. A broker without a store falls back (auto) or
+clean, a secret removed by hand is drift that apply sets again, and no output carries the
+password. A broker without a store falls back (auto) or
 fails the node (secret-store). One small lab per case, torn down and proven gone."""
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def test_routes_read_the_password_from_the_store_and_sys_never_shows_it(tmp_path
         assert lab.state().nodes["node1"].routes["lotdeploy_node2"]["password_secret"] == secret
         lab.cli("drift", lab.site_file)
         assert "No changes" in lab.cli("plan", lab.site_file).stdout
+        # the secret removed from node1's store by hand: drift, and apply sets it again
+        with lab.transport("node1") as t, admin_session(site, site.node("node1"), t) as client:
+            client.command("removeSecret", secret)
+            assert client.list_secrets() == []
+        drift = lab.cli("drift", lab.site_file, expect=2)
+        assert f"secret {secret}: missing from the broker's secret store" in drift.stdout
+        plan = lab.cli("plan", "--refresh", lab.site_file)
+        assert f"+ secret {secret}" in plan.stdout and "set again" in plan.stdout, plan.stdout
+        healed = lab.cli("apply", lab.site_file, "--auto-approve")
+        assert f"secret {secret} set" in healed.stdout, healed.stdout
+        with lab.transport("node1") as t, admin_session(site, site.node("node1"), t) as client:
+            assert client.list_secrets() == [secret]
+        lab.cli("drift", lab.site_file)
+        assert "No changes" in lab.cli("apply", lab.site_file, "--auto-approve").stdout
         # inline on purpose: the route goes back to carrying the password
         inline = lab.variant("inline.yaml", password_source="inline")
         changed = lab.cli("apply", inline, "--auto-approve")

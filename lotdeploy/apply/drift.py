@@ -23,7 +23,7 @@ from lotdeploy.broker.session import BrokerClient
 from lotdeploy.model import Node, Site
 from lotdeploy.node import facts, release
 from lotdeploy.node.session import on_nodes
-from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile
+from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile, secrets_read
 from lotdeploy.protocol import named_rights
 from lotdeploy.routecode import comparable_attrs, comparable_code
 from lotdeploy.secret import Secret
@@ -106,9 +106,26 @@ def node_live(
         read = pool.submit(facts.read, transport, asked)
         # the broker's error, if any, is the one reported (leaving the pool waits for the
         # command, which its own timeout bounds)
-        routes, users, rights = _broker_live(site, node, record, transport, logins)
+        broker = _broker_live(site, node, record, transport, logins)
         current, release_digests, tls_digests, (armed, firing) = read.result()
-    return NodeLive(current, release_digests, tls_digests, routes, users, (*armed, *firing), rights)
+    return NodeLive(
+        current,
+        release_digests,
+        tls_digests,
+        broker.routes,
+        broker.users,
+        (*armed, *firing),
+        broker.rights,
+        broker.secrets,
+    )
+
+
+@dataclass(frozen=True)
+class _BrokerLive:
+    routes: dict[str, str | None]
+    users: dict[str, bool] | None
+    rights: dict[str, list[str]] | None
+    secrets: list[str] | None
 
 
 def _broker_live(
@@ -117,11 +134,13 @@ def _broker_live(
     record: NodeRecord,
     transport: Transport,
     logins: dict[str, Secret] | None,
-) -> tuple[dict[str, str | None], dict[str, bool] | None, dict[str, list[str]] | None]:
-    """The owned routes' code, the cluster users' logins and (on a broker with the named
-    rights model) the rights they hold, all asked at once over the node's admin session."""
+) -> _BrokerLive:
+    """The owned routes' code, the cluster users' logins, (on a broker with the named
+    rights model) the rights they hold and (where recorded routes read their password from
+    the broker's store) the store's names, all asked at once over the node's admin session."""
     # the rights of lotdeploy's users are read where doctor found the named model
     ask_rights = named_rights(record.broker) and bool(record.users)
+    ask_secrets = bool(secrets_read(record))
     with admin_session(site, node, transport) as client:
         listing = client.listed_at_connect()  # the -listRoutes the session sent on connect
         routes = listing if listing is not None else client.list_routes()
@@ -129,25 +148,23 @@ def _broker_live(
         owned = sorted(str(r["name"]) for r in routes if owns(str(r.get("name", ""))))
         applied = sorted(n for n in owned if record.routes.get(n))
 
-        async def read(
-            raw: BrokerClient,
-        ) -> tuple[dict[str, str | None], dict[str, bool] | None, dict[str, list[str]] | None]:
-            # the route codes, the logins and the rights at once: one wait, not three
+        async def read(raw: BrokerClient) -> _BrokerLive:
+            # the route codes, the logins, the rights and the secrets at once: one wait
             async def nothing() -> None:
                 return None
 
-            codes, users, rights = await asyncio.gather(
+            codes, users, rights, secrets = await asyncio.gather(
                 raw.read_route_codes(applied, timeout=ROUTE_CODE_WAIT) if applied else nothing(),
                 raw.check_logins(logins, timeout=LOGIN_WAIT) if logins else nothing(),
                 raw.user_rights(record.users) if ask_rights else nothing(),
+                raw.list_secrets() if ask_secrets else nothing(),
             )
-            return codes or {}, users, rights
+            live: dict[str, str | None] = dict.fromkeys(owned)
+            for name, code in (codes or {}).items():
+                live[name] = None if code is None else masked(code)
+            return _BrokerLive(live, users, rights, secrets)
 
-        codes, users, rights = client.call(read)
-        live: dict[str, str | None] = dict.fromkeys(owned)
-        for name, code in codes.items():
-            live[name] = None if code is None else masked(code)
-    return live, users, rights
+        return client.call(read)
 
 
 def read_drift(

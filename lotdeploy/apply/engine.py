@@ -261,7 +261,11 @@ def apply_plan(
             run.chain(targets, *per_node)
         run.each(
             "routes",
-            [n for n in targets if steps[n].routes_add or steps[n].routes_remove],
+            [
+                n
+                for n in targets
+                if steps[n].routes_add or steps[n].routes_remove or steps[n].secrets_set
+            ],
             lambda n: _routes(
                 run, n, bundles[n], steps[n], _secrets_for(desired[n], steps[n], secrets)
             ),
@@ -427,12 +431,14 @@ def _broker_secrets(workspace: Workspace, desired: dict[str, NodeDesired]) -> di
 def _secrets_for(
     node: NodeDesired, steps: NodeSteps, secrets: dict[str, Secret]
 ) -> dict[str, Secret]:
-    """The broker secrets the routes a node adds read: set before they are added."""
+    """The broker secrets the routes a node adds read (set before they are added), and
+    those a refresh found missing from its broker's store (set again)."""
     adding = set(steps.routes_add)
     return {
         r.password_secret: secrets[r.password_secret]
         for r in node.routes
-        if r.name in adding and r.password_secret in secrets
+        if (r.name in adding or r.password_secret in steps.secrets_set)
+        and r.password_secret in secrets
     }
 
 
@@ -449,7 +455,7 @@ def _routes(
     remove_first = facts.get("readd") != "overwrite"
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
     with activate.admin_session(run.site, node, run.transport(name)) as client:
-        done = activate.set_secrets(client, secrets) if secrets and add else []
+        done = activate.set_secrets(client, secrets) if secrets else []
         activate.apply_routes(
             client,
             name,
@@ -501,7 +507,9 @@ def _finish(run: _Run, name: str, routes: Iterable[Any], now: datetime) -> str:
         r.pending = [p for p in r.pending if p != "activate"]
         r.applied_at = now.isoformat(timespec="seconds")
         # every route and user of the node is now what the site says
-        r.drift = {k: v for k, v in r.drift.items() if not k.startswith(("route/", "user/"))}
+        r.drift = {
+            k: v for k, v in r.drift.items() if not k.startswith(("route/", "user/", "secret/"))
+        }
 
     with run.store.transaction() as state:
         record(state.nodes.setdefault(name, NodeRecord()))

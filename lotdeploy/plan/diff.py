@@ -45,6 +45,9 @@ class NodeSteps:
     #: new route name -> the route it replaces (same peer, another name: a take-over's
     #: renaming): added and Connected before the old one goes, so the link is never down
     routes_replace: dict[str, str] = field(default_factory=dict)
+    #: broker secrets a refresh found missing from the broker's store, set again (the
+    #: secrets of routes being added are set with them anyway)
+    secrets_set: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -56,6 +59,7 @@ class NodeSteps:
             or self.reload
             or self.files_remove
             or self.old_release_dir
+            or self.secrets_set
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +77,8 @@ class NodeSteps:
             doc["old_release_dir"] = self.old_release_dir
         if self.routes_replace:
             doc["routes_replace"] = dict(sorted(self.routes_replace.items()))
+        if self.secrets_set:
+            doc["secrets_set"] = self.secrets_set
         return doc
 
 
@@ -267,8 +273,9 @@ def user_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list
 
 def secret_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> list[Change]:
     """The broker secrets a node's routes read their password from (lotdeploy.routesecret)
-    that no route recorded there read before: set by apply before those routes are added
-    (and set again before every later add, the same value). Shown without their value."""
+    that no route recorded there read before, or that a refresh found missing from the
+    broker's store: set by apply before those routes are added (and set again before every
+    later add, the same value). Shown without their value."""
     changes: list[Change] = []
     for name in sorted(desired):
         node = desired[name]
@@ -280,9 +287,15 @@ def secret_changes(desired: Mapping[str, NodeDesired], observed: Observed) -> li
             for attrs in observed.routes.get(name, {}).values()
             if attrs
         }
+        drift = observed.drift.get(name, {})
         for secret in wanted:
-            if secret not in have:
-                reason = "the routes read the cluster password from the broker's secret store"
+            missing = drift.get(f"secret/{secret}") == "missing"
+            if secret not in have or missing:
+                reason = (
+                    "missing from the broker's secret store: set again"
+                    if missing and secret in have
+                    else "the routes read the cluster password from the broker's secret store"
+                )
                 changes.append(
                     Change(
                         "create",
@@ -352,6 +365,12 @@ def node_steps(
             if change.action != "delete":
                 step.routes_add.append(change.name)
         step.routes_replace = _renamed(mine)
+        drift = observed.drift.get(name, {})
+        step.secrets_set = [
+            c.name
+            for c in mine
+            if c.kind == "secret" and drift.get(f"secret/{c.name}") == "missing"
+        ]
         if node is not None:
             known = name in observed.applied
             tls_changed = site_tls or any(c.kind in TLS_KINDS for c in mine)

@@ -379,6 +379,7 @@ def _steps(doc: Any) -> dict[str, NodeSteps]:
             files_remove=[[str(p), str(d)] for p, d in s.get("files_remove", [])],
             old_release_dir=None if s.get("old_release_dir") is None else str(s["old_release_dir"]),
             routes_replace={str(k): str(v) for k, v in dict(s.get("routes_replace", {})).items()},
+            secrets_set=[str(x) for x in s.get("secrets_set", [])],
         )
         for name, s in dict(doc).items()
     }

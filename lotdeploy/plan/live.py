@@ -6,9 +6,9 @@ digests of its files, the TLS files in the broker's directory, the broker's rout
 each owned route's code, and whether the broker still accepts each cluster user's login.
 `reconcile` turns that into
 
-* drift entries (`NodeRecord.drift`: `route/NAME`, `file/NAME`, `user/NAME`, `release` ->
-  missing | changed | extra | refused | rights): what the plan restores, and what `--refresh-only`
-  records; and
+* drift entries (`NodeRecord.drift`: `route/NAME`, `file/NAME`, `user/NAME`, `secret/NAME`,
+  `release` -> missing | changed | extra | refused | rights): what the plan restores, and
+  what `--refresh-only` records; and
 * findings in words, one per difference, as `lotdeploy drift` prints them.
 
 Nothing here reads a node: `lotdeploy.apply.drift` does, and passes the facts in.
@@ -48,6 +48,9 @@ class NodeLive:
     #: cluster user -> the named right flags it holds (a broker with the named rights
     #: model, doctor's `rights_model`); None when not read
     rights: dict[str, list[str]] | None = None
+    #: the names in the broker's secret store (`-listSecrets`), read where a recorded route
+    #: takes its password from there (lotdeploy.routesecret); None when not read
+    secrets: list[str] | None = None
 
 
 @dataclass
@@ -132,7 +135,19 @@ def reconcile(
                 f"user {user}: holds broker rights it does not need ({', '.join(flags)}), "
                 "given by hand or by the build's default"
             )
+    if live.secrets is not None:
+        for name in sorted(secrets_read(record) - set(live.secrets)):
+            drift[f"secret/{name}"] = "missing"
+            found.append(
+                f"secret {name}: missing from the broker's secret store (the routes that "
+                "read their password from it cannot log in to their peers)"
+            )
     return drift, found
+
+
+def secrets_read(record: NodeRecord) -> set[str]:
+    """The broker secrets the routes apply recorded on a node read their password from."""
+    return {str(a["password_secret"]) for a in record.routes.values() if a.get("password_secret")}
 
 
 def corrected(record: NodeRecord, drift: Mapping[str, str]) -> NodeRecord:

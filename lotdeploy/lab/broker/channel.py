@@ -86,6 +86,8 @@ class ChannelNode(Protocol):
 
     async def set_secret(self, name: str, value: Secret) -> None: ...
 
+    async def remove_secret(self, name: str) -> None: ...
+
     @property
     def user_settings(self) -> dict[str, dict[str, bool]]: ...
 
@@ -131,7 +133,7 @@ def resolve_verb(word: str, dialect: Dialect) -> Verb | None:
 
 
 #: Verbs that exist only in some dialects.
-_SECRET_VERBS = frozenset({Verb.SET_SECRET, Verb.LIST_SECRETS})
+_SECRET_VERBS = frozenset({Verb.SET_SECRET, Verb.LIST_SECRETS, Verb.REMOVE_SECRET})
 _RIGHTS_VERBS = frozenset({Verb.LIST_USER_GROUPS, Verb.CHANGE_USER_SETTINGS})
 #: `-changeUserSettings` flags of the vendor's rights model (docs/coreflux-interface.md §4).
 USER_FLAGS = USER_RIGHT_FLAGS
@@ -377,6 +379,15 @@ class CommandChannel:
         await self.node.set_secret(name, Secret(value))
         return self._ok(cmd, f"Secret '{name}' set successfully!", {"name": name})
 
+    async def remove_secret(self, cmd: Command) -> dict[str, Any]:
+        name = self._one_name(cmd, "secret")
+        if isinstance(name, dict):
+            return name
+        if name not in self.node.state.secrets:
+            return self._fail(cmd, f"Secret '{name[:64]}' not found")
+        await self.node.remove_secret(name)
+        return self._ok(cmd, f"Secret '{name}' removed successfully!", {"name": name})
+
     async def list_secrets(self, cmd: Command) -> dict[str, Any]:
         names = sorted(self.node.state.secrets)
         return self._ok(cmd, f"{len(names)} secret(s)", names)
@@ -442,6 +453,7 @@ _VERBS: dict[str, Handler] = {
     Verb.CHANGE_USER_PASSWORD: CommandChannel.change_user_password,
     Verb.SET_SECRET: CommandChannel.set_secret,
     Verb.LIST_SECRETS: CommandChannel.list_secrets,
+    Verb.REMOVE_SECRET: CommandChannel.remove_secret,
     Verb.CONNECTION_STATUS: CommandChannel.connection_status,
     Verb.LIST_TEMPLATES: CommandChannel.list_templates,
     Verb.LOT_DIAGNOSTIC: CommandChannel.lot_diagnostic,

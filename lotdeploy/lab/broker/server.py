@@ -487,6 +487,10 @@ class LabNode:
         self.state.secrets[name] = value
         self._save()
 
+    async def remove_secret(self, name: str) -> None:
+        self.state.secrets.pop(name, None)
+        self._save()
+
     def _save(self) -> None:
         try:
             self.store.save(self.state)
