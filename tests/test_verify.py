@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -278,6 +279,40 @@ def test_a_cut_node_fails_its_checks_and_exactly_its_links(vlab: Lab, tmp_path: 
     for subject in eu2_links:
         assert f'data-link="{subject}"' in page.dom and f"<code>{subject}</code>" in page.dom
     wait_passing(vlab)
+
+
+def test_a_connection_dropped_mid_check_is_checked_again_on_a_new_one(vlab: Lab) -> None:
+    """The fault, injected precisely: eu2's first SSH connection loses its TCP connection as
+    its first command starts (what a WAN blip or a killed sshd session does). Verify only
+    reads, so it checks eu2 once more on a new connection, and says so."""
+    site = vlab.site()
+    real = transport_factory(site, False)
+    dropped: list[Any] = []
+
+    def factory(node: Any) -> Any:
+        transport = real(node)
+        if node.name != "eu2" or dropped:
+            return transport
+        dropped.append(transport)
+        original = transport.run
+
+        def run(command: str, **kwargs: Any) -> Any:
+            if len(dropped) == 1:
+                dropped.append(command)
+                sock = transport._conn.client.get_transport().sock
+                sock.shutdown(socket.SHUT_RDWR)
+            return original(command, **kwargs)
+
+        transport.run = run
+        return transport
+
+    result = run_verify(site, vlab.workspace(), factory, options=VerifyOptions(timeout=2.0))
+    assert len(dropped) == 2, "the fault was not injected"
+    assert result.ok, [c.to_json() for c in result.problems()]
+    ssh = next(c for c in result.checks if c.subject == "eu2" and c.kind == "ssh")
+    assert "dropped mid-check: checked again" in ssh.reason
+    others = [c for c in result.checks if c.kind == "ssh" and c.subject != "eu2"]
+    assert others and not any("checked again" in c.reason for c in others)
 
 
 def test_a_wrong_cluster_password_fails_exactly_the_links_into_the_node(vlab: Lab) -> None:
