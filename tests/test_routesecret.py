@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from lotdeploy.broker.session import text_names
 from lotdeploy.compiler import compile_node
 from lotdeploy.lot import lint_text, parse
 from lotdeploy.lot.ast import SecretRef
@@ -130,3 +131,13 @@ def test_a_secret_missing_from_the_broker_is_drift_that_the_plan_sets_again() ->
     assert step.secrets_set == [secret] and not step.routes_add and step
     assert step.to_json()["secrets_set"] == [secret]
     assert "secrets_set" not in NodeSteps(name).to_json()  # absent when empty
+
+
+def test_a_text_listing_gives_its_names_or_none_never_an_empty_store() -> None:
+    """A 1.x broker answers -listSecrets in text: its names are read after the colon; a
+    text without that list is "not read" (None), never "the store is empty" (which a
+    refresh would report as every secret missing)."""
+    assert text_names("1 secret(s): lotdeploy_cluster_v1") == ["lotdeploy_cluster_v1"]
+    assert text_names("2 route(s): a, b") == ["a", "b"]
+    assert text_names("0 secret(s)") is None
+    assert text_names("Secrets listed") is None

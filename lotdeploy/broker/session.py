@@ -82,18 +82,19 @@ def routes_of(reply: Reply) -> list[dict[str, Any]]:
     data = reply.data
     if isinstance(data, dict) and isinstance(data.get("routes"), list):
         data = data["routes"]
-    if data is None and reply.message:
-        # a 1.x plain-text reply has no data: the names follow the message's colon
-        # (`2 route(s): a, b`, protocol.build_text_reply); no connection state in it
-        _, colon, names = reply.message.rpartition(": ")
-        data = [
-            {"name": name}
-            for name in (n.strip() for n in names.split(","))
-            if colon and _ROUTE_NAME.fullmatch(name)
-        ]
+    if data is None and reply.message:  # no connection state in a 1.x text listing
+        data = [{"name": name} for name in text_names(reply.message) or []]
     if not isinstance(data, list):
         return []
     return [item for item in data if isinstance(item, dict)]
+
+
+def text_names(message: str) -> list[str] | None:
+    """The names a 1.x plain-text listing gives after its colon (`2 route(s): a, b`,
+    protocol.build_text_reply); None when the message has no such list."""
+    _, colon, names = message.rpartition(": ")
+    found = [n for n in (n.strip() for n in names.split(",")) if _ROUTE_NAME.fullmatch(n)]
+    return found if colon and found else None
 
 
 class BrokerClient:
@@ -455,12 +456,16 @@ class BrokerClient:
             raise self._error(f"invalid secret name {name!r}")
         return await self._checked(Verb.SET_SECRET, f"{name}={self._word(value.reveal())}")
 
-    async def list_secrets(self) -> list[str]:
+    async def list_secrets(self) -> list[str] | None:
+        """The names in the broker's secret store (never values); None when the reply
+        holds no list that can be read (a 1.x text reply without names): not "none"."""
         reply = await self._checked(Verb.LIST_SECRETS)
         data = reply.data
         if isinstance(data, dict):
             data = data.get("secrets", list(data))
-        return [str(x) for x in data] if isinstance(data, list) else []
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        return text_names(reply.message) if data is None else None
 
     async def check_logins(self, users: dict[str, Secret], timeout: float = 5.0) -> dict[str, bool]:
         """Whether the broker accepts each user's login, tried at once on this session's
