@@ -4,12 +4,19 @@ divided by D is the number of round trips the command waits for one after anothe
 machine's speed cancels out; only waiting on the network remains).
 
     sudo .venv/bin/python bench/bench_rtt.py [--repeat 3] [--delays 100,250] [--skip-naive]
+        [--transports ssh,openssh]
 
 Per round and delay: a fresh root lab `eu:1,us:3` with every node `lab delay NODE D` (ingress:
 one round trip to a node costs D), then, timed: a fresh `apply`, a no-op `apply` (which reads
 every node first), `plan --refresh`, `drift`, `status`, `verify`; a rollout of 3 waves with
 gates (a validity change); the same fresh apply with `--transport ansible` on a second lab;
 and a naive sequential loop of `ssh`/`scp` doing the same pushes (bench_apply.naive).
+
+`--warm`: an untimed `status` before the fresh apply (with `openssh`, it makes the masters
+the fresh apply then finds). `--transports ssh,openssh`: the same commands once per
+transport, each on its own lab, in one run (`transport: openssh` in the lab's site: masters kept between commands,
+LOTDEPLOY_SSH_PERSIST, in a private directory of this run, ended afterwards; the fresh
+apply is the first command and makes the masters, every later command finds them).
 
 Targets (issue 20, 4 nodes): fresh apply <= 15; no-op apply <= 10; plan --refresh, drift,
 status <= 8; verify <= 12; rollout of 3 waves <= 3 x (apply + verify).
@@ -21,6 +28,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,17 +56,38 @@ TARGETS = {
 
 
 @contextlib.contextmanager
-def lab(delay_ms: int) -> Iterator[Path]:
+def lab(delay_ms: int, transport: str | None = None) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="lotrtt-bench-") as tmp:
         lab_dir = Path(tmp) / "lab"
+        runtime = Path(tmp) / "run"  # the masters of `transport: openssh`, ended below
+        runtime.mkdir(mode=0o700)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
         try:
             state = control.up(lab_dir, labstate.parse_shape(None, SHAPE))
             if delay_ms:
                 for node in state.nodes:
                     control.set_delay(lab_dir, node.name, delay_ms)
+            if transport:
+                site = Layout(lab_dir).site
+                doc = yaml.safe_load(site.read_text())
+                doc["transport"] = transport
+                site.write_text(yaml.safe_dump(doc, sort_keys=False))
             yield lab_dir
         finally:
+            end_masters(runtime)
             control.down(lab_dir)
+
+
+def end_masters(runtime: Path) -> None:
+    """`ssh -O exit` every master whose socket is in `runtime`'s lotdeploy-ssh."""
+    sockets = runtime / "lotdeploy-ssh"
+    for path in sockets.iterdir() if sockets.is_dir() else []:
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
 
 
 def rollout_site(lab_dir: Path) -> Path:
@@ -80,8 +109,14 @@ def rollout_site(lab_dir: Path) -> Path:
     return path
 
 
-def measure(lab_dir: Path, skip_naive: bool) -> dict[str, float]:
+def measure(lab_dir: Path, skip_naive: bool, warm: bool = False) -> dict[str, float]:
+    """The commands in turn; `warm`: an untimed `status` first (a kept connection's masters
+    are made by it, so the fresh apply finds them too)."""
     site = str(Layout(lab_dir).site)
+    if warm:
+        subprocess.run(
+            lotdeploy("status", site), env=dict(os.environ, **ENV), capture_output=True, timeout=120
+        )
     timed: dict[str, Callable[[], float]] = {
         "apply (fresh)": lambda: run(lotdeploy("apply", site, "--auto-approve"), ENV),
         "apply (no-op)": lambda: run(lotdeploy("apply", site, "--auto-approve"), ENV),
@@ -112,6 +147,8 @@ def main() -> None:
     parser.add_argument("--delays", default="100,250")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-ansible", action="store_true")
+    parser.add_argument("--transports", default="ssh", help="comma-separated: ssh,openssh")
+    parser.add_argument("--warm", action="store_true", help="an untimed status first")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_rtt needs root (root-mode labs with a delay)")
@@ -120,9 +157,12 @@ def main() -> None:
     started = time.monotonic()
     for _ in range(args.repeat):
         for delay in delays:  # in turns, so slow drift of the machine hits every delay alike
-            with lab(delay) as lab_dir:
-                for name, seconds in measure(lab_dir, args.skip_naive).items():
-                    samples.setdefault((name, delay), []).append(seconds)
+            for transport in args.transports.split(","):
+                tag = "" if transport == "ssh" else f" [{transport}]"
+                with lab(delay, None if transport == "ssh" else transport) as lab_dir:
+                    skip_naive = args.skip_naive or transport != "ssh"
+                    for name, seconds in measure(lab_dir, skip_naive, args.warm).items():
+                        samples.setdefault((name + tag, delay), []).append(seconds)
             if not args.skip_ansible:
                 with lab(delay) as lab_dir:
                     for name, seconds in measure_ansible(lab_dir).items():
@@ -136,14 +176,15 @@ def main() -> None:
         base = median[name, 0]
         row = [name, *(f"{median[name, d]:.2f}" for d in delays)]
         row += [f"{(median[name, d] - base) / (d / 1000):.1f}" for d in delays[1:]]
-        target = TARGETS.get(name)
-        if name == "rollout, 3 waves":
+        target = TARGETS.get(name.split(" [")[0])
+        if name.startswith("rollout, 3 waves"):
             target_text = "<= 3 x (apply + verify)"
         else:
             target_text = f"<= {target}" if target else ""
         rows.append((*row, target_text))
     print(
-        f"bench_rtt: root labs {SHAPE}, delays {delays} ms into every node, repeat "
+        f"bench_rtt: root labs {SHAPE}, transports {args.transports}, delays "
+        f"{delays} ms into every node, repeat "
         f"{args.repeat}, medians ({time.monotonic() - started:.0f} s)"
     )
     print(table(rows))

@@ -59,10 +59,11 @@ ssh_options = [
 
 transport_option = click.option(
     "--transport",
-    type=click.Choice(["ssh", "ansible"]),
+    type=click.Choice(["ssh", "ansible", "openssh"]),
     default=None,
-    help="How to reach the nodes: ssh (fabric) or ansible (ansible-runner playbooks, OpenSSH "
-    "for the command channel); default: the site's `transport:`, else ssh.",
+    help="How to reach the nodes: ssh (fabric), ansible (ansible-runner playbooks, OpenSSH "
+    "for the command channel) or openssh (the ssh command, its connection kept between "
+    "commands); default: the site's `transport:`, else ssh.",
 )
 
 

@@ -429,8 +429,10 @@ class SiteSpec(_Strict):
     rollout: RolloutSpec | None = Field(
         None, description="roll apply out in waves with a verify gate (docs/rollout.md)"
     )
-    transport: Literal["ssh", "ansible"] = Field(
-        "ssh", description="how apply delivers files: ssh (fabric) or ansible (ansible-runner)"
+    transport: Literal["ssh", "ansible", "openssh"] = Field(
+        "ssh",
+        description="how lotdeploy reaches the nodes: ssh (fabric), ansible (ansible-runner) "
+        "or openssh (the ssh command, its master kept between commands; docs/transport.md)",
     )
     ansible: AnsibleSettings = Field(default_factory=lambda: AnsibleSettings())
 

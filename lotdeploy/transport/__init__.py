@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 KINDS: dict[str, str] = {
     "ssh": "lotdeploy.transport.ssh:transport_kind",
     "ansible": "lotdeploy.ansible.deliver:transport_kind",
+    "openssh": "lotdeploy.transport.openssh:transport_kind",
 }
 
 

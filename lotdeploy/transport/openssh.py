@@ -1,32 +1,46 @@
 """The OpenSSH transport: the `ssh` command, one control master per node.
 
-The Ansible transport's command channel: Ansible delivers the files, and lotdeploy's own
-steps (capabilities, users, routes through `lotdeploy.apply.activate.admin_session`, drift,
-doctor) reach the node through this transport, built from exactly the options the generated
-inventory gives Ansible (`lotdeploy.transport.sshopts`): strict host keys against the site's
-known_hosts, the same user, port, key and jump. No paramiko on this path.
+Two uses:
 
-One master connection (`ssh -M -N`, ControlPath in a private 0700 directory) per node; every
-`run`, `put`, `get` is one multiplexed `ssh` over it, and `forward` asks the master for a
-local forward (`-O forward -L 127.0.0.1:PORT:HOST:PORT`) and cancels it afterwards.
+* the Ansible transport's command channel: Ansible delivers the files, and lotdeploy's own
+  steps (capabilities, users, routes, drift, doctor) reach the node through this transport,
+  built from exactly the options the generated inventory gives Ansible
+  (`lotdeploy.transport.sshopts`): strict host keys against the site's known_hosts, the same
+  user, port, key and jump. No paramiko on this path. The master is lotdeploy's child and
+  stops with it (lotdeploy.guard);
+* `transport: openssh`, everything over OpenSSH (files too, each `put` one command), with
+  the master **kept between commands** for `LOTDEPLOY_SSH_PERSIST` seconds of idleness
+  (default 60; 0: closed at the end of each command), as Ansible's ControlPersist does: the
+  next command's connection costs no SSH handshake (about six round trips a node). The
+  master then outlives lotdeploy by design: an idle connection authenticated as the site's
+  SSH user, reachable only through a socket in a 0700 directory of this user (which holds
+  the key anyway) and named by a digest of every option (a master is reused only for the
+  same user, host, port, key, known_hosts and jump). `ssh -O exit` or the timeout ends it.
+
+Every `run`, `put`, `get` is one multiplexed `ssh` over the master, and `forward` asks the
+master for a local forward (`-O forward -L 127.0.0.1:PORT:HOST:PORT`) and cancels it
+afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import selectors
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lotdeploy.errors import LotdeployError
 from lotdeploy.guard import guarded
 from lotdeploy.secret import scrub
 from lotdeploy.transport.base import (
@@ -41,7 +55,13 @@ from lotdeploy.transport.base import (
 from lotdeploy.transport.ssh import _tail, command_label
 from lotdeploy.transport.sshopts import SshOptions
 
+if TYPE_CHECKING:
+    from lotdeploy.transport import TransportKind
+
 _HOST_KEY_WORDS = ("host key verification failed", "remote host identification has changed")
+#: Seconds an idle master of `transport: openssh` is kept (0: closed with each command).
+PERSIST_ENV = "LOTDEPLOY_SSH_PERSIST"
+DEFAULT_PERSIST = 60
 
 
 def bounded_run(
@@ -109,17 +129,24 @@ class OpenSshTransport(Transport):
         *,
         accept_new_host_keys: bool = False,
         connect_timeout: float = 10.0,
+        persist: int = 0,
     ) -> None:
         self.node = node
         self.options = options
         self.accept_new_host_keys = accept_new_host_keys
         self.connect_timeout = connect_timeout
+        #: seconds the master is kept after the last use (0: lotdeploy's child, closed)
+        self.persist = persist
         self._dir: Path | None = None
         self._master: subprocess.Popen[bytes] | None = None
         self._forwards: list[str] = []
+        self._shared: Path | None = None  # the persistent master's socket, once it works
+        self._connecting = threading.Lock()
 
     @property
     def _socket(self) -> str:
+        if self.persist:
+            return str(self._shared or self._shared_socket())
         assert self._dir is not None
         return str(self._dir / "m")
 
@@ -130,8 +157,27 @@ class OpenSshTransport(Transport):
         if self.accept_new_host_keys:
             extra = ["-o", "StrictHostKeyChecking=accept-new", *extra]  # first value wins
         control = ["-o", f"ControlPath={self._socket}"]
-        control += ["-M", "-N", "-o", "ControlPersist=no"] if master else ["-o", "ControlMaster=no"]
+        if self.persist:  # a command finding no master becomes one, kept `persist` seconds;
+            # a connection that died (a node gone) is noticed by the master within 45 s
+            control += ["-o", "ControlMaster=auto", "-o", f"ControlPersist={self.persist}s"]
+            control += ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"]
+        elif master:
+            control += ["-M", "-N", "-o", "ControlPersist=no"]
+        else:
+            control += ["-o", "ControlMaster=no"]
         return [argv[0], *extra, *control, *argv[1:], host]
+
+    def _shared_socket(self) -> Path:
+        """The persistent master's socket: in this user's private directory, named by a
+        digest of every option and of the known_hosts file's content (another key, user or
+        host key list never shares a master: a key taken out of known_hosts takes effect at
+        once)."""
+        digest = hashlib.sha256(
+            "\0".join([*self.options.argv(), str(self.accept_new_host_keys)]).encode()
+        )
+        with contextlib.suppress(OSError):
+            digest.update(Path(self.options.known_hosts).read_bytes()[: 1 << 20])
+        return control_directory() / digest.hexdigest()[:16]
 
     def _fail(self, cause: str) -> TransportError:
         text = scrub(cause)
@@ -144,6 +190,9 @@ class OpenSshTransport(Transport):
         return TransportError(self.node, text)
 
     def connect(self) -> None:
+        if self.persist:
+            self._connect_shared()
+            return
         if self._master is not None and self._master.poll() is None:
             return
         self._dir = Path(tempfile.mkdtemp(prefix="ld-os-", dir="/tmp"))
@@ -178,10 +227,55 @@ class OpenSshTransport(Transport):
             f"{self.connect_timeout:g} s"
         )
 
+    def _connect_shared(self) -> None:
+        """A master kept from an earlier command is used as it is (`-O check`, no round
+        trip); otherwise the first command (`true`) connects and stays as the master. A
+        socket whose master is gone is removed first (ssh would not multiplex past it)."""
+        with self._connecting:
+            if self._shared is None:
+                self._start_shared()
+
+    def _start_shared(self) -> None:
+        path = self._shared_socket()
+        if path.exists():
+            if self._master_alive(path):
+                self._shared = path
+                return
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._shared = path
+        try:
+            proc = bounded_run(
+                [*self._base(), "true"], b"", self.connect_timeout + 5, MAX_OUTPUT_BYTES
+            )
+        except subprocess.TimeoutExpired:
+            self._shared = None
+            raise self._fail(
+                f"cannot connect to {self.options.host}:{self.options.port}: timed out after "
+                f"{self.connect_timeout:g} s"
+            ) from None
+        if proc.returncode != 0:
+            self._shared = None
+            err = (proc.stderr or b"").decode(errors="replace")
+            where = f"{self.options.host}:{self.options.port}"
+            raise self._fail(f"cannot connect to {where}: {_tail(err) or 'ssh failed'}")
+
+    @staticmethod
+    def _master_alive(path: Path) -> bool:
+        check = subprocess.run(
+            ["ssh", "-o", f"ControlPath={path}", "-O", "check", "x"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+        return check.returncode == 0
+
     def _ssh(
         self, remote: str, *, timeout: float, data: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
-        if self._master is None or self._master.poll() is not None:
+        if self.persist:
+            self.connect()
+        elif self._master is None or self._master.poll() is not None:
             if self._master is not None:
                 raise self._fail(f"the connection to {self.options.host} was lost")
             self.connect()
@@ -254,7 +348,7 @@ class OpenSshTransport(Transport):
 
     @contextlib.contextmanager
     def _forward(self, remote_host: str, remote_port: int) -> Iterator[int]:
-        if self._master is None:
+        if self._master is None or self.persist:
             self.connect()
         with socket.socket() as probe:  # a free port (the master binds it right after)
             probe.bind(("127.0.0.1", 0))
@@ -290,6 +384,13 @@ class OpenSshTransport(Transport):
         return self._forward(remote_host, remote_port)
 
     def close(self) -> None:
+        """Cancel this transport's forwards and end its master (a persistent one stays for
+        the next command: the point of it)."""
+        if self.persist:
+            for spec in list(self._forwards):
+                self._cancel(spec)
+            self._shared = None
+            return
         if self._master is None:
             return
         for spec in list(self._forwards):
@@ -318,3 +419,60 @@ class OpenSshTransport(Transport):
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def control_directory() -> Path:
+    """This user's directory of persistent masters: `$XDG_RUNTIME_DIR/lotdeploy-ssh`, else
+    (unset, or too long a path for a socket) `/tmp/lotdeploy-ssh-UID`; made 0700, and
+    refused unless it is a real directory of this user that no one else may enter (a
+    socket there is a logged-in connection)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    # a socket path has at most 107 bytes, and ssh adds 17 while it makes one
+    usable = runtime and len(runtime) <= 60 and Path(runtime).is_dir()
+    base = Path(runtime) if usable and runtime else Path("/tmp")
+    path = base / ("lotdeploy-ssh" if base != Path("/tmp") else f"lotdeploy-ssh-{os.geteuid()}")
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise LotdeployError(
+            f"refusing {path} for SSH control sockets: it must be a directory of this user "
+            "that no one else may open (mode 0700)"
+        )
+    return path
+
+
+def persist_seconds() -> int:
+    """`LOTDEPLOY_SSH_PERSIST` (seconds an idle master is kept), DEFAULT_PERSIST unset."""
+    text = os.environ.get(PERSIST_ENV, "").strip()
+    if not text:
+        return DEFAULT_PERSIST
+    if not text.isdigit() or int(text) > 86400:
+        raise LotdeployError(
+            f"{PERSIST_ENV} must be whole seconds from 0 to 86400, not {text[:40]!r}"
+        )
+    return int(text)
+
+
+def transport_kind() -> TransportKind:
+    """`transport: openssh`: everything over the `ssh` command with the options the
+    inventory gives Ansible, the master kept between commands (PERSIST_ENV)."""
+    from lotdeploy.model import Node, Site
+    from lotdeploy.transport import TransportKind
+    from lotdeploy.transport.base import TransportFactory
+    from lotdeploy.transport.sshopts import ssh_options
+
+    def factory(site: Site, accept_new_host_keys: bool) -> TransportFactory:
+        persist = persist_seconds()
+
+        def make(node: Node) -> Transport:
+            return OpenSshTransport(
+                node.name,
+                ssh_options(site, node),
+                accept_new_host_keys=accept_new_host_keys,
+                persist=persist,
+            )
+
+        return make
+
+    return TransportKind("openssh", factory)
