@@ -18,7 +18,7 @@ import yaml
 from lotdeploy.errors import LotdeployError
 from lotdeploy.transport.openssh import control_directory
 from tests.lab_fixtures import skip_unless_root
-from tests.test_apply import lab_up
+from tests.test_apply import ENV, lab_up
 
 
 def masters(runtime: Path) -> dict[str, int]:
@@ -86,6 +86,10 @@ def test_the_job_over_openssh_reuses_the_masters_of_the_command_before(tmp_path:
             bad = lab.cli("drift", site, env={**env, "LOTDEPLOY_SSH_PERSIST": "soon"}, expect=1)
             assert "LOTDEPLOY_SSH_PERSIST must be whole seconds" in bad.stderr
             assert "Traceback" not in bad.stderr
+            password = lab.workspace().secrets().get("cluster-password-v1")
+            assert password is not None
+            for secret in (password.reveal(), ENV["LOTDEPLOY_PASSPHRASE"]):
+                assert not [i for i, text in enumerate(lab.outputs) if secret in text]
     finally:
         end_masters(runtime)
         found = masters(runtime)
