@@ -13,8 +13,10 @@ from lotdeploy.lot.ast import SecretRef
 from lotdeploy.plan.changes import route_attrs
 from lotdeploy.plan.desired import CredentialFacts, DesiredRoute, desired_state
 from lotdeploy.plan.diff import NodeSteps, build_plan
+from lotdeploy.plan.document import read_plan, write_plan
 from lotdeploy.plan.live import NodeLive, reconcile, secrets_read
 from lotdeploy.plan.observed import Observed
+from lotdeploy.plan.text import steps_text
 from lotdeploy.routecode import comparable_attrs, comparable_code
 from lotdeploy.routesecret import broker_secret_name, choose, plan_notes
 from lotdeploy.secret import Secret
@@ -101,7 +103,7 @@ def test_drift_compares_get_secret_code_with_its_record() -> None:
         assert comparable_code(code) == comparable_attrs(route.attrs())
 
 
-def test_a_secret_missing_from_the_broker_is_drift_that_the_plan_sets_again() -> None:
+def test_a_secret_missing_from_the_broker_is_drift_that_the_plan_sets_again(tmp_path: Path) -> None:
     site = load_site(SITE).site
     name = site.nodes[0].name
     stored = desired_state(site, CredentialFacts(1, True, (1,)), frozenset({name}))
@@ -131,13 +133,18 @@ def test_a_secret_missing_from_the_broker_is_drift_that_the_plan_sets_again() ->
     assert step.secrets_set == [secret] and not step.routes_add and step
     assert step.to_json()["secrets_set"] == [secret]
     assert "secrets_set" not in NodeSteps(name).to_json()  # absent when empty
+    assert "secret set again " + secret in steps_text(step)
+    # a saved plan carries the step and reads back to the same plan (digest included)
+    saved = tmp_path / "plan.json"
+    write_plan(plan, saved)
+    assert read_plan(saved).steps[name].secrets_set == [secret]
 
 
 def test_a_text_listing_gives_its_names_or_none_never_an_empty_store() -> None:
-    """A 1.x broker answers -listSecrets in text: its names are read after the colon; a
-    text without that list is "not read" (None), never "the store is empty" (which a
-    refresh would report as every secret missing)."""
+    """A 1.x broker answers -listSecrets in text: its names are read after the colon, an
+    explicit count of none is an empty store; any other text is "not read" (None), never
+    "the store is empty" (which a refresh would report as every secret missing)."""
     assert text_names("1 secret(s): lotdeploy_cluster_v1") == ["lotdeploy_cluster_v1"]
     assert text_names("2 route(s): a, b") == ["a", "b"]
-    assert text_names("0 secret(s)") is None
+    assert text_names("0 secret(s)") == []  # an explicit count of none: an empty store
     assert text_names("Secrets listed") is None

@@ -113,9 +113,18 @@ def test_a_control_directory_others_may_enter_is_refused(monkeypatch: pytest.Mon
         with pytest.raises(LotdeployError, match="mode 0700"):
             control_directory()
         # a runtime directory too deep for a socket path: the short fallback in /tmp
+        fallback = Path(f"/tmp/lotdeploy-ssh-{os.geteuid()}")
+        there = fallback.exists()
         deep = runtime / ("d" * 70)
         deep.mkdir()
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
-        assert control_directory() == Path(f"/tmp/lotdeploy-ssh-{os.geteuid()}")
+        assert control_directory() == fallback
+        open_to_others = runtime / "shared"  # a runtime directory others may write to
+        open_to_others.mkdir(mode=0o777)
+        os.chmod(open_to_others, 0o777)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(open_to_others))
+        assert control_directory() == fallback
+        if not there:
+            fallback.rmdir()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)

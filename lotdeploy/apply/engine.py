@@ -271,10 +271,11 @@ def apply_plan(
             ),
         )
         if run.connect_timeout > 0:
+            awaited = {n: _awaited(desired[n], steps[n]) for n in targets}
             run.each(
                 "connected",
-                [n for n in targets if steps[n].routes_add],
-                lambda n: _connected(run, n, steps[n].routes_add),
+                [n for n in targets if awaited[n]],
+                lambda n: _connected(run, n, awaited[n]),
             )
         run.each(
             "retire",
@@ -440,6 +441,15 @@ def _secrets_for(
         if (r.name in adding or r.password_secret in steps.secrets_set)
         and r.password_secret in secrets
     }
+
+
+def _awaited(node: NodeDesired, steps: NodeSteps) -> list[str]:
+    """The routes apply waits to see Connected: those it added, and those that read a
+    broker secret it set again (whether a running route reads it again is the broker's:
+    the wait proves it, or apply says which route did not connect)."""
+    again = set(steps.secrets_set)
+    rereading = [r.name for r in node.routes if r.password_secret in again]
+    return [*steps.routes_add, *(r for r in rereading if r not in steps.routes_add)]
 
 
 def _routes(

@@ -48,6 +48,8 @@ T = TypeVar("T")
 
 
 _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
+#: a 1.x text listing of nothing: `0 secret(s)`, `0 route(s)`
+_NONE_LISTED = re.compile(r"0 [A-Za-z]+(\(s\)|s)?")
 #: The forbidden verbs as a broker that takes any case and kebab aliases reads them.
 _FORBIDDEN_KEYS = frozenset(verb_key(v) for v in FORBIDDEN_VERBS)
 #: Topic filters per SUBSCRIBE packet when reading many routes' code at once.
@@ -91,7 +93,10 @@ def routes_of(reply: Reply) -> list[dict[str, Any]]:
 
 def text_names(message: str) -> list[str] | None:
     """The names a 1.x plain-text listing gives after its colon (`2 route(s): a, b`,
-    protocol.build_text_reply); None when the message has no such list."""
+    protocol.build_text_reply), [] for an explicit count of none (`0 secret(s)`); None
+    when the message has no such list."""
+    if _NONE_LISTED.fullmatch(message.strip()):
+        return []
     _, colon, names = message.rpartition(": ")
     found = [n for n in (n.strip() for n in names.split(",")) if _ROUTE_NAME.fullmatch(n)]
     return found if colon and found else None
@@ -458,8 +463,12 @@ class BrokerClient:
 
     async def list_secrets(self) -> list[str] | None:
         """The names in the broker's secret store (never values); None when the reply
-        holds no list that can be read (a 1.x text reply without names): not "none"."""
-        reply = await self._checked(Verb.LIST_SECRETS)
+        holds no list that can be read, or the broker answered with a failure: not "none"
+        (a refresh then says nothing of the store rather than everything missing)."""
+        try:
+            reply = await self._checked(Verb.LIST_SECRETS)
+        except CommandFailed:
+            return None
         data = reply.data
         if isinstance(data, dict):
             data = data.get("secrets", list(data))

@@ -167,6 +167,8 @@ def steps_text(steps: NodeSteps) -> str:
         added = len(steps.routes_add) - len(replaced)
         removed = len(steps.routes_remove) - len(replaced)
         parts.append(f"routes +{added} ~{len(replaced)} -{removed}")
+    if steps.secrets_set:
+        parts.append("secret set again " + " ".join(steps.secrets_set))
     return ", ".join(parts)
 
 

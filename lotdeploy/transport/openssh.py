@@ -157,10 +157,13 @@ class OpenSshTransport(Transport):
         if self.accept_new_host_keys:
             extra = ["-o", "StrictHostKeyChecking=accept-new", *extra]  # first value wins
         control = ["-o", f"ControlPath={self._socket}"]
-        if self.persist:  # a command finding no master becomes one, kept `persist` seconds;
-            # a connection that died (a node gone) is noticed by the master within 45 s
-            control += ["-o", "ControlMaster=auto", "-o", f"ControlPersist={self.persist}s"]
+        if self.persist and master:  # kept `persist` seconds idle, in the background; a
+            # connection that died (a node gone) is noticed within 45 s
+            control += ["-M", "-N", "-f", "-o", f"ControlPersist={self.persist}s"]
             control += ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"]
+        elif self.persist:  # through the master only: where it is gone, ssh must not dial
+            # the node itself (a command would run on a new connection unnoticed)
+            control += ["-o", "ControlMaster=no", "-o", "ProxyCommand=/bin/false"]
         elif master:
             control += ["-M", "-N", "-o", "ControlPersist=no"]
         else:
@@ -228,47 +231,61 @@ class OpenSshTransport(Transport):
         )
 
     def _connect_shared(self) -> None:
-        """A master kept from an earlier command is used as it is (`-O check`, no round
-        trip); otherwise the first command (`true`) connects and stays as the master. A
-        socket whose master is gone is removed first (ssh would not multiplex past it)."""
+        """A master kept from an earlier command is used as it is (`-O check`: no round
+        trip); otherwise one is started in the background (`-f`: it forks once
+        authenticated; its stderr, and a jump host's ProxyCommand's, go to a file, never to
+        a pipe this process would wait on). A socket whose master is gone is removed first."""
         with self._connecting:
             if self._shared is None:
                 self._start_shared()
 
     def _start_shared(self) -> None:
         path = self._shared_socket()
+        self._shared = path
         if path.exists():
             if self._master_alive(path):
-                self._shared = path
                 return
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        self._shared = path
-        try:
-            proc = bounded_run(
-                [*self._base(), "true"], b"", self.connect_timeout + 5, MAX_OUTPUT_BYTES
-            )
-        except subprocess.TimeoutExpired:
+        where = f"{self.options.host}:{self.options.port}"
+        with tempfile.TemporaryFile() as log:
+            try:
+                proc = subprocess.run(
+                    self._base(master=True),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    timeout=self.connect_timeout + 5,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                self._shared = None
+                raise self._fail(
+                    f"cannot connect to {where}: timed out after {self.connect_timeout:g} s"
+                ) from None
+            log.seek(0)
+            err = log.read(MAX_OUTPUT_BYTES).decode(errors="replace")
+        if proc.returncode != 0 or not self._master_alive(path):
             self._shared = None
-            raise self._fail(
-                f"cannot connect to {self.options.host}:{self.options.port}: timed out after "
-                f"{self.connect_timeout:g} s"
-            ) from None
-        if proc.returncode != 0:
-            self._shared = None
-            err = (proc.stderr or b"").decode(errors="replace")
-            where = f"{self.options.host}:{self.options.port}"
             raise self._fail(f"cannot connect to {where}: {_tail(err) or 'ssh failed'}")
 
-    @staticmethod
-    def _master_alive(path: Path) -> bool:
-        check = subprocess.run(
-            ["ssh", "-o", f"ControlPath={path}", "-O", "check", "x"],
-            capture_output=True,
-            timeout=5,
-            check=False,
-        )
+    def _master_alive(self, path: Path) -> bool:
+        try:
+            check = subprocess.run(
+                ["ssh", "-o", f"ControlPath={path}", "-O", "check", "x"],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:  # alive, maybe, but not answering: not usable
+            raise self._fail(f"the SSH master at {path} does not answer") from None
         return check.returncode == 0
+
+    def _lost(self, what: str) -> TransportError:
+        """A persistent master gone mid-command: the next connect() starts another, and
+        this command is an error (never run again unnoticed)."""
+        self._shared = None
+        return self._fail(f"{what}the connection to {self.options.host} was lost")
 
     def _ssh(
         self, remote: str, *, timeout: float, data: bytes | None = None
@@ -287,6 +304,9 @@ class OpenSshTransport(Transport):
             ) from None
         if proc.stdout is None:  # bounded_run's mark: more output than allowed
             raise self._fail(output_overflow(remote))
+        shared = self._shared if self.persist and proc.returncode == 255 else None
+        if shared is not None and not self._master_alive(shared):
+            raise self._lost(f"`{command_label(remote)}`: ")
         return proc
 
     def run(
@@ -354,12 +374,21 @@ class OpenSshTransport(Transport):
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
         spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
-        proc = subprocess.run(
-            ["ssh", "-o", f"ControlPath={self._socket}", "-O", "forward", "-L", spec, "x"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
+
+        def ask() -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                ["ssh", "-o", f"ControlPath={self._socket}", "-O", "forward", "-L", spec, "x"],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+
+        proc = ask()
+        if proc.returncode != 0 and self.persist and not self._master_alive(Path(self._socket)):
+            # the kept master timed out since: a forward runs nothing, so ask a new one
+            self._shared = None
+            self.connect()
+            proc = ask()
         if proc.returncode != 0:
             tail = _tail(proc.stderr.decode(errors="replace"))
             raise self._fail(f"cannot forward to {remote_host}:{remote_port}: {tail}")
@@ -427,9 +456,11 @@ def control_directory() -> Path:
     refused unless it is a real directory of this user that no one else may enter (a
     socket there is a logged-in connection)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    # a socket path has at most 107 bytes, and ssh adds 17 while it makes one
-    usable = runtime and len(runtime) <= 60 and Path(runtime).is_dir()
-    base = Path(runtime) if usable and runtime else Path("/tmp")
+    base = Path(runtime) if runtime and _own_private(Path(runtime)) else Path("/tmp")
+    # a socket path has at most 107 bytes: this directory, "/lotdeploy-ssh/" (15), the
+    # name (16) and the 17 ssh adds while it makes the socket
+    if len(os.fsencode(str(base))) + 15 + 16 + 17 > 107:
+        base = Path("/tmp")
     path = base / ("lotdeploy-ssh" if base != Path("/tmp") else f"lotdeploy-ssh-{os.geteuid()}")
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
@@ -440,6 +471,16 @@ def control_directory() -> Path:
             "that no one else may open (mode 0700)"
         )
     return path
+
+
+def _own_private(path: Path) -> bool:
+    """A directory of this user that no one else may write to (else another user could
+    swap what lies in it)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def persist_seconds() -> int:
