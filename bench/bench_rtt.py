@@ -43,6 +43,7 @@ from bench.bench_apply import ENV, naive, run
 from bench.common import compile_bytecode, lotdeploy, table
 from lotdeploy.lab import control, labstate
 from lotdeploy.lab.hosts import Layout
+from lotdeploy.transport.openssh import exit_masters
 
 SHAPE = "eu:1,us:3"
 TARGETS = {
@@ -79,15 +80,7 @@ def lab(delay_ms: int, transport: str | None = None) -> Iterator[Path]:
 
 
 def end_masters(runtime: Path) -> None:
-    """`ssh -O exit` every master whose socket is in `runtime`'s lotdeploy-ssh."""
-    sockets = runtime / "lotdeploy-ssh"
-    for path in sockets.iterdir() if sockets.is_dir() else []:
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
+    exit_masters(runtime / "lotdeploy-ssh")
 
 
 def rollout_site(lab_dir: Path) -> Path:

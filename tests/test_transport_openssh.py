@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from lotdeploy.errors import LotdeployError
-from lotdeploy.transport.openssh import control_directory
+from lotdeploy.transport.openssh import control_directory, exit_masters
 from tests.lab_fixtures import skip_unless_root
 from tests.test_apply import ENV, lab_up
 
@@ -40,14 +40,7 @@ def masters(runtime: Path) -> dict[str, int]:
 
 
 def end_masters(runtime: Path) -> None:
-    sockets = runtime / "lotdeploy-ssh"
-    for path in sockets.iterdir() if sockets.is_dir() else []:
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
+    exit_masters(runtime / "lotdeploy-ssh")
 
 
 @pytest.mark.root

@@ -24,7 +24,6 @@ import secrets
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -279,14 +278,9 @@ def write_secret_files(
 
 def _close_masters(control_dir: Path) -> None:
     """End the SSH control masters of a run (ControlPersist would keep them a minute)."""
-    for socket_path in control_dir.iterdir():
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "lotdeploy"],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            )
+    from lotdeploy.transport.openssh import exit_masters
+
+    exit_masters(control_dir)
     shutil.rmtree(control_dir, ignore_errors=True)
 
 

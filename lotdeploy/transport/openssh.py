@@ -473,6 +473,18 @@ def control_directory() -> Path:
     return path
 
 
+def exit_masters(directory: Path) -> None:
+    """`ssh -O exit` every master whose socket is in `directory` (5 s each at most)."""
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "lotdeploy"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+
+
 def _own_private(path: Path) -> bool:
     """A directory of this user that no one else may write to (else another user could
     swap what lies in it)."""
