@@ -424,13 +424,7 @@ class OpenSshTransport(Transport):
             return
         for spec in list(self._forwards):
             self._cancel(spec)
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={self._socket}", "-O", "exit", "x"],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            )
+        exit_master(Path(self._socket))
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -473,16 +467,21 @@ def control_directory() -> Path:
     return path
 
 
+def exit_master(path: Path) -> None:
+    """`ssh -O exit` the master at socket `path` (5 s at most; gone already: nothing)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "lotdeploy"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+
+
 def exit_masters(directory: Path) -> None:
-    """`ssh -O exit` every master whose socket is in `directory` (5 s each at most)."""
+    """Every master whose socket is in `directory`, ended."""
     for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "lotdeploy"],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            )
+        exit_master(path)
 
 
 def _own_private(path: Path) -> bool:
