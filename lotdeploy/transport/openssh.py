@@ -214,15 +214,9 @@ class OpenSshTransport(Transport):
                 self._cleanup()
                 where = f"{self.options.host}:{self.options.port}"
                 raise self._fail(f"cannot connect to {where}: {_tail(err) or 'ssh exited'}")
-            if Path(self._socket).exists():
-                check = subprocess.run(
-                    ["ssh", "-o", f"ControlPath={self._socket}", "-O", "check", "x"],
-                    capture_output=True,
-                    timeout=5,
-                    check=False,
-                )
-                if check.returncode == 0:
-                    return
+            sock = self._socket
+            if Path(sock).exists() and _mux(sock, "check", timeout=5).returncode == 0:
+                return
             time.sleep(0.02)
         self._cleanup()
         raise self._fail(
@@ -271,15 +265,9 @@ class OpenSshTransport(Transport):
 
     def _master_alive(self, path: Path) -> bool:
         try:
-            check = subprocess.run(
-                ["ssh", "-o", f"ControlPath={path}", "-O", "check", "x"],
-                capture_output=True,
-                timeout=10,
-                check=False,
-            )
+            return _mux(path, "check", timeout=10).returncode == 0
         except subprocess.TimeoutExpired:  # alive, maybe, but not answering: not usable
             raise self._fail(f"the SSH master at {path} does not answer") from None
-        return check.returncode == 0
 
     def _lost(self, what: str) -> TransportError:
         """A persistent master gone mid-command: the next connect() starts another, and
@@ -376,12 +364,7 @@ class OpenSshTransport(Transport):
         spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
 
         def ask() -> subprocess.CompletedProcess[bytes]:
-            return subprocess.run(
-                ["ssh", "-o", f"ControlPath={self._socket}", "-O", "forward", "-L", spec, "x"],
-                capture_output=True,
-                timeout=10,
-                check=False,
-            )
+            return _mux(self._socket, "forward", "-L", spec, timeout=10)
 
         proc = ask()
         if proc.returncode != 0 and self.persist and not self._master_alive(Path(self._socket)):
@@ -400,12 +383,7 @@ class OpenSshTransport(Transport):
 
     def _cancel(self, spec: str) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={self._socket}", "-O", "cancel", "-L", spec, "x"],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            )
+            _mux(self._socket, "cancel", "-L", spec, timeout=5)
         with contextlib.suppress(ValueError):
             self._forwards.remove(spec)
 
@@ -467,15 +445,21 @@ def control_directory() -> Path:
     return path
 
 
+def _mux(path: Path | str, *words: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """One control command to the master at socket `path` (`ssh -O check|forward|cancel|
+    exit ...`): answered by the local master, no round trip to the node."""
+    return subprocess.run(
+        ["ssh", "-o", f"ControlPath={path}", "-O", *words, "lotdeploy"],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def exit_master(path: Path) -> None:
     """`ssh -O exit` the master at socket `path` (5 s at most; gone already: nothing)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "lotdeploy"],
-            capture_output=True,
-            timeout=5,
-            check=False,
-        )
+        _mux(path, "exit", timeout=5)
 
 
 def exit_masters(directory: Path) -> None:
