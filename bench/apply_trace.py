@@ -5,7 +5,8 @@ call wrapped (counted and timed), then prints one line per kind of call.
     LOTDEPLOY_PASSPHRASE=... .venv/bin/python bench/apply_trace.py apply SITE --auto-approve
 
 The counts do not depend on the machine's load (the timings do): they are the figures that
-prove a round trip saved. "Calls per node" is the median over nodes. Kinds:
+prove a round trip saved. `TRACE_TIMELINE=NODE` also prints that node's calls in order with their
+start and end (ms): the critical path, read off. "Calls per node" is the median over nodes. Kinds:
 
 - `ssh connect`, `ssh run <first word>`, `ssh put`, `ssh get`, `ssh forward`: transport calls
   (a `run` is one exec channel: at least one round trip; a `put` several SFTP requests);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import statistics
 import sys
 import threading
@@ -36,9 +38,18 @@ _node_of_thread: dict[int, str] = {}
 calls: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
 
 
+_T0 = time.perf_counter()
+#: TRACE_TIMELINE=eu1: also print that node's calls in order, with start and end times (ms),
+#: so the critical path (what waits on what) can be read off
+_TIMELINE = os.environ.get("TRACE_TIMELINE", "")
+
+
 def _note(node: str, kind: str, seconds: float) -> None:
     with _lock:
         calls[(node, kind)].append(seconds)
+        if node == _TIMELINE:
+            end = (time.perf_counter() - _T0) * 1000
+            print(f"  {end - seconds * 1000:7.0f} {end:7.0f}  {node} {kind}", file=sys.stderr)
 
 
 def _thread_node(node: str | None = None) -> str:
