@@ -650,7 +650,7 @@ class BrokerClient:
         deadline = loop.time() + timeout
         try:
             try:
-                await conn.subscribe([(f, 1) for f in filters], timeout)
+                await conn.subscribe([(f, 0) for f in filters], timeout)
             except MqttError as exc:
                 raise self._error(str(exc)) from None
             try:
@@ -697,7 +697,7 @@ class BrokerClient:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             try:
-                await conn.subscribe([(t, 1) for t in topics], timeout)
+                await conn.subscribe([(t, 0) for t in topics], timeout)
             except MqttError as exc:
                 raise self._error(str(exc)) from None
             try:
@@ -729,7 +729,7 @@ class BrokerClient:
         self._watchers.setdefault(topic, []).append(queue)
         try:
             try:
-                await conn.subscribe([(topic, 1)], timeout)
+                await conn.subscribe([(topic, 0)], timeout)
             except MqttError as exc:
                 raise self._error(str(exc)) from None
             try:
