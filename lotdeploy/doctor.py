@@ -756,21 +756,19 @@ async def probe_for_apply(
     client: BrokerClient,
     *,
     now_iso: str,
-    scratch_route: str = SCRATCH_ROUTE,
 ) -> BrokerFacts:
     """Only what activation needs, before apply's first activation on a node: the reply
     form and `-requestId` echo (read off the `-listRoutes` the session sent on connect, when
-    it was opened with `request_ids="auto"`), the CLUSTER_CONFIG keys (`-routeCode`), and
-    what re-adding a route does (the scratch route: add, add again, remove; whether it
-    exists already is read off the same listing). The rest of `probe_broker` (version,
+    it was opened with `request_ids="auto"`) and the CLUSTER_CONFIG keys (`-routeCode`).
+    What re-adding a route does is left "unknown": apply learns it from its first change
+    that re-adds a route in place (activate.apply_routes), so no scratch route is put on a
+    broker at first contact. The rest of `probe_broker` (version,
     password read-back, the extra logins, the secret store and the rights model) is
     `lotdeploy doctor`'s: left None here (so `password_source: auto` moves routes to the
     store only once doctor has found one: a change the operator sees in a plan), so
-    doctor's findings say "not checked" until doctor runs. About 4 round trips instead of
+    doctor's findings say "not checked" until doctor runs. One round trip instead of
     some 13 and 3 extra logins.
     """
-    if not re.fullmatch(ROUTE_NAME_PATTERN, scratch_route):
-        raise ValueError(f"scratch route name {scratch_route!r} is not a safe route name")
     listing = client.last_listing
     if listing is None:
         reply_format, echo = await _probe_replies(client)
@@ -778,15 +776,10 @@ async def probe_for_apply(
     else:
         reply_format, echo = reply_form(listing), bool(client.request_ids)
     keys, keys_read = await _probe_template(client)
-    listed = client.listed_at_connect()
-    known = None if listed is None else any(r.get("name") == scratch_route for r in listed)
-    readd, _ = await _probe_scratch_route(
-        client, scratch_route, keys, 0.0, exists=known, read_back=False
-    )
     return BrokerFacts(
         reply_format=reply_format,
         request_id_echo=echo,
-        readd=readd,
+        readd="unknown",
         cluster_keys=keys,
         cluster_keys_read=keys_read,
         version=None,

@@ -554,13 +554,23 @@ def test_a_full_disk_keeps_the_previous_release(converged: Lab) -> None:
 )
 def test_each_broker_dialect_applies(tmp_path: Path, words: str) -> None:
     skip_unless_root()
+    expected = "overwrite" if "overwrite" in words else "reject"
     with lab_up(tmp_path, "--nodes", "2", "--dialect", f"lab={words}") as lab:
         lab.cli("apply", lab.site_file, "--auto-approve")
         lab.wait_mesh()
-        lab.cli("doctor", lab.site_file)  # the dialect is learned and recorded
         facts = lab.state().nodes["node1"].broker
-        assert facts.get("readd") == ("overwrite" if "overwrite" in words else "reject")
-        changed = lab.variant("v.yaml", message_validity_sec=77)  # every route re-added
+        # a first apply re-adds nothing: what a re-add does is not asked (no scratch route)
+        assert facts.get("readd") == "unknown" and facts.get("reply_format")
+        first = lab.variant("v1.yaml", message_validity_sec=76)  # every route re-added
+        proc = lab.cli("apply", first, "--auto-approve")
+        assert "2 node(s) changed (0 reloaded)" in proc.stdout
+        # learned from that change, and nothing else of the record moved
+        assert lab.state().nodes["node1"].broker == {**facts, "readd": expected}
+        lab.wait_mesh()
+        lab.cli("doctor", lab.site_file)  # doctor's scratch route agrees
+        facts = lab.state().nodes["node1"].broker
+        assert facts.get("readd") == expected
+        changed = lab.variant("v.yaml", message_validity_sec=77)
         proc = lab.cli("apply", changed, "--auto-approve")
         assert "2 node(s) changed (0 reloaded)" in proc.stdout
         lab.cli("drift", changed)

@@ -91,12 +91,20 @@ def test_a_fresh_broker_gets_one_command_per_route(dialect: Dialect) -> None:
     run(main())
 
 
-@pytest.mark.parametrize("readd", ["reject", "overwrite"])
-def test_existing_routes_are_replaced_and_a_route_the_listing_missed_too(readd: str) -> None:
-    """`lotdeploy_a` exists when the session connects (listed: removed first unless the broker
-    overwrites); `lotdeploy_b` is added by another admin after the listing (missed: the
-    refused add is followed by a remove and the add again)."""
+@pytest.mark.parametrize(
+    ("readd", "known"),
+    [("reject", True), ("overwrite", True), ("reject", False), ("overwrite", False)],
+    ids=["reject", "overwrite", "reject-learned", "overwrite-learned"],
+)
+def test_existing_routes_are_replaced_and_a_route_the_listing_missed_too(
+    readd: str, known: bool
+) -> None:
+    """`lotdeploy_a` exists when the session connects (listed: removed first where the
+    broker is known to refuse a re-add, else added in place); `lotdeploy_b` is added by
+    another admin after the listing (missed: the refused add is followed by a remove and the
+    add again). Where the broker's re-add was not known, what it did is returned."""
     dialect = Dialect(readd=readd)  # type: ignore[arg-type]
+    learned: list[str] = []
 
     async def main() -> None:
         async with lab_node(dialect) as node, admin_client(node) as other:
@@ -109,7 +117,7 @@ def test_existing_routes_are_replaced_and_a_route_the_listing_missed_too(readd: 
                     other.add_route(route("lotdeploy_b")), loop
                 ).result(10)
                 verbs = counted(client._client)
-                apply_routes(
+                found = apply_routes(
                     client,
                     "lab",
                     [],
@@ -117,12 +125,19 @@ def test_existing_routes_are_replaced_and_a_route_the_listing_missed_too(readd: 
                         "lotdeploy_a": route("lotdeploy_a", 41),
                         "lotdeploy_b": route("lotdeploy_b", 42),
                     },
-                    remove_before_add=readd != "overwrite",
+                    remove_before_add=known and readd != "overwrite",
                 )
+                learned.append(found)
                 return verbs
 
             verbs = await in_thread(node, body)
-            if readd == "overwrite":
+            if not known:  # both added in place; the refused ones removed and added together
+                assert learned == [readd]
+                if readd == "overwrite":
+                    assert verbs == ["addRoute", "addRoute"]
+                else:
+                    assert verbs == ["addRoute"] * 2 + ["removeRoute"] * 2 + ["addRoute"] * 2
+            elif readd == "overwrite":
                 assert verbs == ["addRoute", "addRoute"]
             else:
                 assert verbs == [
@@ -150,12 +165,12 @@ def test_the_light_probe_agrees_with_doctor_on_what_activation_needs(dialect: Di
             assert node.state.routes == before  # the scratch route is gone again
             assert node.port is not None
             full = await probe_broker(c, host=HOST, port=node.port, tls=None, now_iso=NOW)
-            for field in ("reply_format", "request_id_echo", "readd", "cluster_keys"):
+            for field in ("reply_format", "request_id_echo", "cluster_keys"):
                 assert getattr(light, field) == getattr(full, field), field
             assert light.cluster_keys_read == full.cluster_keys_read
             assert light.version is None and light.factory_admin_accepted is None
-            # -routeCode, then the scratch route: add, add again, remove
-            assert asked == ["routeCode", "addRoute", "addRoute", "removeRoute"]
+            # -routeCode only: no scratch route (apply learns a re-add from its first one)
+            assert asked == ["routeCode"] and light.readd == "unknown"
 
     run(main())
 

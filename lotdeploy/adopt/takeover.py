@@ -82,9 +82,10 @@ def work_kinds(work: TakeoverWork) -> list[str]:
 
 
 def replace_in_place(state: State) -> dict[str, bool]:
-    """node -> whether its broker replaces a re-added route in place (what apply's
-    capability check recorded): where it does not, each route a phase changes is removed,
-    then added, and messages published on the node in between do not reach that peer."""
+    """node -> whether its broker is known to replace a re-added route in place (as doctor
+    found, or apply learned from a change): where it does not, or it is not known yet, each
+    route a phase changes may be removed, then added, and messages published on the node in
+    between do not reach that peer."""
     return {
         name: record.broker.get("readd") == "overwrite"
         for name, record in sorted(state.nodes.items())

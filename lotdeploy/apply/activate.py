@@ -23,6 +23,7 @@ from typing import Any
 
 from lotdeploy.broker.session import CommandFailed
 from lotdeploy.broker.sync import SyncBrokerClient
+from lotdeploy.doctor import Readd
 from lotdeploy.errors import BrokerError
 from lotdeploy.lot import format_route, parse
 from lotdeploy.model import Node, Site
@@ -71,7 +72,10 @@ def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
     return removed
 
 
-#: How often apply asks a broker whether the routes it added are Connected yet.
+#: How often apply asks a broker whether the routes it added are Connected yet: soon at
+#: first (a link to a near peer is up within tens of milliseconds, and every pause here is
+#: added whole to the apply and to each rollout gate), then every 0.5 s.
+CONNECTED_POLLS = (0.05, 0.1, 0.2, 0.3)
 CONNECTED_POLL = 0.5
 #: ... while an old route waits to be removed beside its replacement: every moment both run,
 #: each message goes twice (docs/adopt.md), so the new one is asked after more often.
@@ -88,6 +92,7 @@ def wait_connected(
     connection state (1.x text replies) cannot be waited for: that is said, not assumed."""
     started = time.monotonic()
     deadline = started + max(timeout, 0.0)
+    pauses = iter((poll,) if poll else CONNECTED_POLLS)
     while True:
         listed = {str(r.get("name")): r for r in client.list_routes()}
         states = {name: listed.get(name, {}).get("connection") for name in names}
@@ -99,7 +104,8 @@ def wait_connected(
             return f"{len(names)} route(s) Connected after {time.monotonic() - started:.1f}s"
         if time.monotonic() >= deadline:
             break
-        time.sleep(min(poll or CONNECTED_POLL, max(deadline - time.monotonic(), 0.0)))
+        pause = next(pauses, poll or CONNECTED_POLL)
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
     details = []
     for name in waiting[:5]:
         last = None
@@ -127,16 +133,22 @@ def apply_routes(
     owns: Callable[[str], bool] = PREFIX_ONLY_NODE,
     replacing: Mapping[str, str] | None = None,
     connect_wait: float = 0.0,
-) -> None:
+) -> Readd:
     """Remove, then add. Only routes lotdeploy owns are touched (`owns`: `Site.ownership`
     for the node, lotdeploy.ownership). The removals are sent together, then the adds
     together (one round trip each with a broker that echoes requestIds; one command at a
     time otherwise).
 
-    A route is removed before it is added again only where it exists: as the `-listRoutes`
-    the session sent on connect showed (no extra round trip), and, should that listing have
-    missed it, when the add is refused because the route already exists (then it is removed
-    and added again). A fresh node thus gets one command per route, not two.
+    With `remove_before_add`, a route is removed before it is added again only where it
+    exists: as the `-listRoutes` the session sent on connect showed (no extra round trip).
+    Without it (a broker that replaces a route re-added under its name, or one not known
+    yet) a changed route is added in place. Either way, an add refused because the route
+    already exists (the listing missed it, or the broker refuses a re-add) is removed and
+    added again, all such together. A fresh node thus gets one command per route.
+
+    Returns what a re-add did here, where a listed route was added in place: "overwrite"
+    (accepted), "reject" (refused as existing), else "unknown": how apply learns it from
+    its first change instead of asking with a scratch route.
 
     `replacing` (new name -> old name, the same peer: a take-over's renaming): the new
     route goes first and, with `connect_wait`, is waited for Connected before the old one
@@ -162,6 +174,7 @@ def apply_routes(
     if removing:
         client.remove_routes(removing)
     results: dict[str, Any] = client.add_routes(add) if add else {}
+    existing: list[str] = []
     for name, result in results.items():
         if not isinstance(result, BrokerError):
             continue
@@ -169,5 +182,13 @@ def apply_routes(
             raise result
         if name in removing or "already exist" not in result.reply.describe().lower():
             raise result
-        client.remove_route(name)  # it was there after all (the listing missed it)
-        client.add_route(add[name])
+        existing.append(name)  # it was there: remove it, then add it again
+    if existing:
+        client.remove_routes(existing)
+        for result in client.add_routes({name: add[name] for name in existing}).values():
+            if isinstance(result, BrokerError):
+                raise result
+    in_place = [n for n in add if n not in removing and present is not None and n in present]
+    if any(name in existing for name in in_place):
+        return "reject"
+    return "overwrite" if in_place else "unknown"

@@ -383,7 +383,7 @@ def _capabilities(run: _Run, name: str) -> str:
         problems.append(problem)
     if problems:
         raise BrokerError(name, "; ".join(p.removeprefix(f"node {name}: ") for p in problems))
-    return f"{facts.reply_format} replies, re-add {facts.readd}"
+    return f"{facts.reply_format} replies"
 
 
 def _users(run: _Run, name: str, users: dict[str, Secret]) -> str:
@@ -462,11 +462,13 @@ def _routes(
     texts = activate.route_texts(route_file.data().decode())
     add = {r: texts[r] for r in steps.routes_add if r in texts}
     facts = StateStore(run.workspace).read().nodes.get(name, NodeRecord()).broker
-    remove_first = facts.get("readd") != "overwrite"
+    # where a re-add is not known to be refused, a changed route is added in place (a
+    # refusal then removes and adds it): what the broker did is recorded for the next run
+    remove_first = facts.get("readd") == "reject"
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
     with activate.admin_session(run.site, node, run.transport(name)) as client:
         done = activate.set_secrets(client, secrets) if secrets else []
-        activate.apply_routes(
+        learned = activate.apply_routes(
             client,
             name,
             remove,
@@ -476,6 +478,8 @@ def _routes(
             steps.routes_replace,
             run.connect_timeout,
         )
+    if learned != "unknown" and learned != facts.get("readd"):
+        run.record(name, lambda r: r.broker.update(readd=learned))
     said = f"secret {', '.join(done)} set, " if done else ""
     return f"{said}{len(add)} added, {len(set(remove) - set(add))} removed"
 

@@ -512,9 +512,10 @@ def takeover(
             lossy = sorted(n for n, ok in replace_in_place(state).items() if not ok)
             if lossy and not work.rename:
                 say(
-                    f"note: the brokers of {', '.join(lossy)} refuse a re-added route (as "
-                    "`lotdeploy doctor` found): phase 2 removes each changed route there, then "
-                    "adds it, and what is published in between does not reach that peer; "
+                    f"note: the brokers of {', '.join(lossy)} refuse a re-added route, or "
+                    "are not known to replace one (`lotdeploy doctor` asks): phase 2 may "
+                    "remove each changed route there, then add it, and what is published in "
+                    "between does not reach that peer; "
                     "with --rename each new route is added before the old one goes "
                     "(duplicates instead of losses: docs/adopt.md)",
                     status="note",
@@ -533,8 +534,9 @@ def takeover(
             lossy = sorted(n for n, ok in replace_in_place(current).items() if not ok)
             if phase == 2 and lossy and "names" not in running(current):
                 say(
-                    f"note: the brokers of {', '.join(lossy)} refuse a re-added route: each "
-                    "route this phase changes there is removed, then added, and what is "
+                    f"note: the brokers of {', '.join(lossy)} refuse a re-added route or "
+                    "are not known to replace one: each route this phase changes there may "
+                    "be removed, then added, and what is "
                     "published on the node in between does not reach that peer (a take-over "
                     "with --rename adds each new route before the old one goes: "
                     "docs/adopt.md)",
