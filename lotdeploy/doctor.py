@@ -331,10 +331,11 @@ def key_problems(facts: BrokerFacts, site: Site, node: Node) -> list[str]:
     ]
 
 
-def needs_remove_before_add(facts: BrokerFacts) -> bool:
-    """Whether apply must remove a route before re-adding it: unless the broker is known to
-    overwrite, a re-add may fail with "already exists" (what the vendor's editor assumes)."""
-    return facts.readd != "overwrite"
+def needs_remove_before_add(readd: str | None) -> bool:
+    """Whether apply removes a route before re-adding it: only where the broker is known to
+    refuse a re-add. Elsewhere it adds in place, and a refusal is followed by the remove and
+    the add again (activate.apply_routes), which is how an unknown broker is learned."""
+    return readd == "reject"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +525,8 @@ def _readd_finding(facts: BrokerFacts) -> Finding:
         "warning",
         "readd",
         "could not tell what re-adding a route does (the scratch route test did not "
-        "complete): apply removes each route before adding it again",
+        "complete): apply's first change adds the route in place and learns it from the "
+        "answer (refused: removed and added again)",
     )
 
 

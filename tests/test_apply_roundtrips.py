@@ -9,6 +9,7 @@ Every broker here is the lab broker in-process on 127.0.0.1 (port 0); every wait
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from lotdeploy.apply.activate import apply_routes
-from lotdeploy.broker.session import BrokerClient
+from lotdeploy.broker.session import BrokerClient, CommandFailed
 from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.doctor import SCRATCH_ROUTE, probe_broker, probe_for_apply
 from lotdeploy.lab.broker.dialect import DIALECT_1X, DIALECT_2X, Dialect
@@ -162,7 +163,7 @@ def test_the_light_probe_agrees_with_doctor_on_what_activation_needs(dialect: Di
             verbs = counted(c)
             light = await probe_for_apply(c, now_iso=NOW)
             asked = list(verbs)
-            assert node.state.routes == before  # the scratch route is gone again
+            assert node.state.routes == before  # no scratch route was added
             assert node.port is not None
             full = await probe_broker(c, host=HOST, port=node.port, tls=None, now_iso=NOW)
             for field in ("reply_format", "request_id_echo", "cluster_keys"):
@@ -271,3 +272,42 @@ def test_folded_commands_fail_clearly_and_an_apply_resumes(tmp_path: Path) -> No
         assert not any(r.pending for r in lab.state().nodes.values())
         lab.wait_mesh()
         assert "No changes" in lab.cli("apply", lab.site_file, "--auto-approve").stdout
+
+
+@pytest.mark.parametrize("learn", [True, False], ids=["not-known", "known-to-overwrite"])
+def test_a_re_add_refused_in_other_words(learn: bool) -> None:
+    """A broker whose refusal of a re-add does not say "already exists": where its re-add is
+    not known, the listed route is removed and added again (as a remove-first would have)
+    and "reject" is learned; where it is known to overwrite, the refusal is the node's error
+    and the running route is left as it was."""
+
+    async def main() -> None:
+        async with lab_node(Dialect(readd="reject")) as node, admin_client(node) as other:
+            await other.add_route(route("lotdeploy_a"))
+            learned: list[str] = []
+
+            def body(client: SyncBrokerClient) -> None:
+                original = client._client.add_route
+
+                async def add_route(text: str) -> Any:
+                    try:
+                        return await original(text)
+                    except CommandFailed as exc:  # the same refusal, other words
+                        reply = dataclasses.replace(exc.reply, message="route busy", errors=())
+                        raise CommandFailed("lab", "addRoute", reply) from None
+
+                client._client.add_route = add_route  # type: ignore[method-assign]
+                new = {"lotdeploy_a": route("lotdeploy_a", 43)}
+                learned.append(apply_routes(client, "lab", [], new, False, learn=learn))
+
+            if learn:
+                await in_thread(node, body)
+                assert learned == ["reject"]
+                assert "MESSAGE_VALIDITY_SEC '43'" in node.state.routes["lotdeploy_a"]
+            else:
+                before = node.state.routes["lotdeploy_a"]
+                with pytest.raises(CommandFailed, match="route busy"):
+                    await in_thread(node, body)
+                assert node.state.routes["lotdeploy_a"] == before
+
+    run(main())

@@ -197,7 +197,7 @@ def test_probe_detects_the_dialect_and_touches_no_other_route(
         secret_store=dialect.secret_store,
         rights_model="named" if dialect.rights == "named" else "admin-only",
     )
-    assert needs_remove_before_add(facts) is (dialect.readd != "overwrite")
+    assert needs_remove_before_add(facts.readd) is (dialect.readd != "overwrite")
     assert BrokerFacts.from_json(json.loads(json.dumps(facts.to_json()))) == facts
     for text in [*(f.message for f in findings(facts)), *caplog.messages]:
         assert CLUSTER_PASSWORD not in text and ADMIN_PASSWORD not in text
@@ -215,7 +215,7 @@ def test_an_existing_route_of_the_scratch_name_is_left_alone() -> None:
             assert facts.readd == "unknown" and facts.route_code_shows_password is None
             assert node.state.routes == {SCRATCH_ROUTE: before}
             assert node.routes.links[SCRATCH_ROUTE].spec.client_id == "theirs"
-            assert needs_remove_before_add(facts)
+            assert not needs_remove_before_add(facts.readd)  # in place, learned from it
 
     run(body())
 

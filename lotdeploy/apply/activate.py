@@ -133,6 +133,7 @@ def apply_routes(
     owns: Callable[[str], bool] = PREFIX_ONLY_NODE,
     replacing: Mapping[str, str] | None = None,
     connect_wait: float = 0.0,
+    learn: bool = False,
 ) -> Readd:
     """Remove, then add. Only routes lotdeploy owns are touched (`owns`: `Site.ownership`
     for the node, lotdeploy.ownership). The removals are sent together, then the adds
@@ -147,8 +148,11 @@ def apply_routes(
     added again, all such together. A fresh node thus gets one command per route.
 
     Returns what a re-add did here, where a listed route was added in place: "overwrite"
-    (accepted), "reject" (refused as existing), else "unknown": how apply learns it from
-    its first change instead of asking with a scratch route.
+    (accepted), "reject" (refused), else "unknown": how apply learns it from its first
+    change instead of asking with a scratch route. With `learn` (the broker's re-add is not
+    known), a listed route's in-place add refused in any words is removed and added again,
+    as a remove-first would have done; a broker known to overwrite keeps a route whose
+    re-add it refused for another reason, and the refusal is this node's error.
 
     `replacing` (new name -> old name, the same peer: a take-over's renaming): the new
     route goes first and, with `connect_wait`, is waited for Connected before the old one
@@ -159,8 +163,11 @@ def apply_routes(
         if not owns(name):
             raise BrokerError(node, f"refusing to touch route {name}: lotdeploy does not own it")
     first = {new: old for new, old in (replacing or {}).items() if new in add and old in remove}
+    learned: Readd = "unknown"
     if first:
-        apply_routes(client, node, [], {new: add[new] for new in first}, remove_before_add, owns)
+        learned = apply_routes(
+            client, node, [], {n: add[n] for n in first}, remove_before_add, owns, learn=learn
+        )
         if connect_wait > 0:
             wait_connected(client, node, sorted(first), connect_wait, REPLACE_POLL)
         add = {name: text for name, text in add.items() if name not in first}
@@ -173,22 +180,31 @@ def apply_routes(
         removing += [n for n in add if n not in remove and (present is None or n in present)]
     if removing:
         client.remove_routes(removing)
+    in_place = [n for n in add if n not in removing and present is not None and n in present]
     results: dict[str, Any] = client.add_routes(add) if add else {}
-    existing: list[str] = []
+    existing: list[str] = []  # refused because they are there: removed, then added again
+    errors: list[BrokerError] = []
     for name, result in results.items():
         if not isinstance(result, BrokerError):
             continue
-        if not isinstance(result, CommandFailed):
-            raise result
-        if name in removing or "already exist" not in result.reply.describe().lower():
-            raise result
-        existing.append(name)  # it was there: remove it, then add it again
-    if existing:
+        refused_as_there = (
+            isinstance(result, CommandFailed)
+            and name not in removing
+            and ("already exist" in result.reply.describe().lower() or (learn and name in in_place))
+        )
+        if refused_as_there:
+            existing.append(name)
+        else:
+            errors.append(result)
+    if existing:  # the others' errors wait until these are in again
         client.remove_routes(existing)
         for result in client.add_routes({name: add[name] for name in existing}).values():
             if isinstance(result, BrokerError):
-                raise result
-    in_place = [n for n in add if n not in removing and present is not None and n in present]
+                errors.append(result)
+    if errors:
+        raise errors[0]
     if any(name in existing for name in in_place):
         return "reject"
-    return "overwrite" if in_place else "unknown"
+    if in_place:
+        return "overwrite"
+    return learned

@@ -2,7 +2,7 @@
 open the node's transport, forward to its broker's admin port, run one async check.
 
 Doctor's findings are stored in the node's state record (`broker`), so plan and apply use
-them: apply removes a route before re-adding it unless the broker overwrites on re-add.
+them: apply removes a route before re-adding it where the broker refuses a re-add.
 """
 
 from __future__ import annotations
@@ -125,5 +125,10 @@ def run_doctor(
     with StateStore(workspace).transaction() as state:
         for name, result in results.items():
             if result.facts is not None:
-                state.nodes.setdefault(name, NodeRecord()).broker = result.facts.to_json()
+                record = state.nodes.setdefault(name, NodeRecord())
+                found = result.facts.to_json()
+                if found["readd"] == "unknown" and record.broker.get("readd") != "unknown":
+                    # the scratch test could not tell: what apply learned still holds
+                    found["readd"] = record.broker.get("readd", "unknown")
+                record.broker = found
     return results

@@ -26,6 +26,7 @@ from typing import Any
 from lotdeploy.apply import activate
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.credentials import broker_users, password_secret_name
+from lotdeploy.doctor import needs_remove_before_add
 from lotdeploy.errors import BrokerError, LotdeployError, SecretStoreError
 from lotdeploy.model import Site
 from lotdeploy.node import release
@@ -464,7 +465,7 @@ def _routes(
     facts = StateStore(run.workspace).read().nodes.get(name, NodeRecord()).broker
     # where a re-add is not known to be refused, a changed route is added in place (a
     # refusal then removes and adds it): what the broker did is recorded for the next run
-    remove_first = facts.get("readd") == "reject"
+    remove_first = needs_remove_before_add(facts.get("readd"))
     remove = [r for r in steps.routes_remove if r not in add or remove_first]
     with activate.admin_session(run.site, node, run.transport(name)) as client:
         done = activate.set_secrets(client, secrets) if secrets else []
@@ -477,6 +478,7 @@ def _routes(
             run.site.ownership.of(name),
             steps.routes_replace,
             run.connect_timeout,
+            learn=facts.get("readd") not in ("reject", "overwrite"),
         )
     if learned != "unknown" and learned != facts.get("readd"):
         run.record(name, lambda r: r.broker.update(readd=learned))
