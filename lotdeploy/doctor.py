@@ -863,20 +863,15 @@ async def _probe_scratch_route(
     name: str,
     offered: frozenset[str],
     timeout: float,
-    *,
-    exists: bool | None = None,
-    read_back: bool = True,
 ) -> tuple[Readd, bool | None]:
     """Add the scratch route twice and read its code back; always remove it afterwards.
 
     Skipped ("unknown", None) without a template to build it from, or when a route of that
-    name already exists: that one is not ours to touch. `exists`: already known (from a
-    listing), else asked with -checkRouteConnection. `read_back=False`: no code read back.
+    name already exists (asked with -checkRouteConnection): that one is not ours to touch.
     """
     if not offered:
         return "unknown", None
-    if exists is None:
-        exists = await _route_exists(client, name)
+    exists = await _route_exists(client, name)
     if exists is not False:
         log.warning(
             "broker %s: route %s %s: skipping the scratch route test",
@@ -908,7 +903,7 @@ async def _probe_scratch_route(
             readd = "overwrite"
         elif "already exists" in again.describe().lower():
             readd = "reject"
-        if read_back and "PASSWORD" in offered:
+        if "PASSWORD" in offered:
             code = await client.read_route_code(name, timeout)
             if code:
                 shows = password.reveal() in code
