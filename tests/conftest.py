@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,61 @@ def run_cli(
         input=input,
         timeout=120,
     )
+
+
+# -- a failed case shows what its labs' brokers and sshds said ---------------------------------
+
+#: lines of a lab log that say why a connection ended or a node misbehaved (never a payload)
+_LAB_LOG_MARKS = (
+    "WARNING",
+    "ERROR",
+    "dropped",
+    "ended",
+    "take-over",
+    "Unhandled",
+    "fatal",
+    "Disconnected",
+    "Connection closed",
+    "Timeout",
+    "MaxStartups",
+)
+_LAB_LOG_WINDOW = 180.0  # seconds before the failure
+_LAB_LOG_LINES = 25  # per log file
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failed case, add the recent marked lines of every lab log under the run's temp
+    directory to its report: a connection dropped on CI is then explained by the log of the
+    lab that dropped it (labs and their logs are gone once the module tears them down)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        text = _recent_lab_logs(item.config)
+        if text:
+            report.sections.append(("lab logs (marked lines, last 3 min)", text))
+
+
+def _recent_lab_logs(config: pytest.Config) -> str:
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return ""
+    try:
+        base = factory.getbasetemp()
+    except OSError:
+        return ""
+    since = time.time() - _LAB_LOG_WINDOW
+    parts: list[str] = []
+    for log in sorted([*base.glob("**/nodes/*/broker.log"), *base.glob("**/nodes/*/sshd.log")]):
+        try:
+            if log.stat().st_mtime < since:
+                continue
+            lines = log.read_text(errors="replace").splitlines()[-2000:]
+        except OSError:
+            continue
+        marked = [line[:300] for line in lines if any(m in line for m in _LAB_LOG_MARKS)]
+        marked = [line for line in marked if "No data" not in line and "Failed to init" not in line]
+        if marked:
+            parts.append(f"--- {log.relative_to(base)}")
+            parts += marked[-_LAB_LOG_LINES:]
+    return "\n".join(parts)

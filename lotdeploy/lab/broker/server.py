@@ -31,6 +31,7 @@ import hmac
 import json
 import logging
 import ssl
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -45,6 +46,7 @@ from amqtt.mqtt.connack import (
     NOT_AUTHORIZED,
     ConnackPacket,
 )
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
@@ -233,11 +235,23 @@ class LabBroker(Broker):
                 StreamWriterAdapter(writer),
             )
         except Exception as exc:  # whatever a client sent, only its own connection ends
-            log.info("connection from %s dropped: %s", _peer(writer), type(exc).__name__)
+            # where it was raised, never its message (a command's argument may be a secret)
+            frames = traceback.extract_tb(exc.__traceback__)
+            at = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+            log.warning("connection from %s dropped: %s%s", _peer(writer), type(exc).__name__, at)
             log.debug("connection failure details", exc_info=True)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _handle_disconnect(
+        self, client_session: Session, handler: BrokerProtocolHandler, waiter: asyncio.Future[Any]
+    ) -> None:
+        """amqtt logs a session's end only at debug; a client that vanished without DISCONNECT
+        (its socket closed, or the broker's reader stopped) is worth a line in the lab log."""
+        if not isinstance(waiter.result(), DisconnectPacket):
+            log.info("client %s: connection ended without DISCONNECT", client_session.client_id)
+        await super()._handle_disconnect(client_session, handler, waiter)
 
     async def _handle_message_delivery(
         self,
