@@ -72,11 +72,16 @@ class NodeError(LotdeployError):
 
 
 class BrokerError(LotdeployError):
-    """The broker's command channel failed or refused; always names the node/broker."""
+    """The broker's command channel failed or refused; always names the node/broker.
 
-    def __init__(self, node: str, cause: str) -> None:
+    `lost`: the session had connected and its connection then ended (closed by the broker
+    or on the way), as opposed to a refusal or a timeout on a live connection: a reader may
+    try once more on a new session."""
+
+    def __init__(self, node: str, cause: str, *, lost: bool = False) -> None:
         self.node = node
         self.cause = cause
+        self.lost = lost
         super().__init__(f"broker {node}: {cause}")
 
 

@@ -64,8 +64,9 @@ _LAB_LOG_MARKS = (
     "take-over",
     "Unhandled",
     "fatal",
-    "Disconnected",
-    "Connection closed",
+    "error:",
+    "reset",
+    "Broken pipe",
     "Timeout",
     "MaxStartups",
 )

@@ -14,8 +14,10 @@ import dataclasses
 import json
 import os
 import re
+import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -313,6 +315,85 @@ def test_a_connection_dropped_mid_check_is_checked_again_on_a_new_one(vlab: Lab)
     assert "dropped mid-check: checked again" in ssh.reason
     others = [c for c in result.checks if c.kind == "ssh" and c.subject != "eu2"]
     assert others and not any("checked again" in c.reason for c in others)
+
+
+class _CuttingRelay:
+    """127.0.0.1 relay to `port` that closes both sides, without passing it on, when the
+    client's bytes contain `marker`: a broker session lost in the middle of its commands."""
+
+    def __init__(self, port: int, marker: bytes) -> None:
+        self.target, self.marker, self.cut = port, marker, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with client, socket.create_connection(("127.0.0.1", self.target), timeout=5) as up:
+                self._pump(client, up)
+
+    def _pump(self, client: socket.socket, up: socket.socket) -> None:
+        deadline = time.monotonic() + 30
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            ready, _, _ = select.select([client, up], [], [], 0.2)
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data or (sock is client and self.marker in data):
+                    self.cut.set() if data else None
+                    return
+                (up if sock is client else client).sendall(data)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+def test_a_broker_session_lost_mid_check_is_checked_again_on_a_new_one(vlab: Lab) -> None:
+    """The fault, injected precisely: eu2's first broker session ends as it sends its
+    first change (the probe user's password), its SSH connection unharmed (what a broker
+    restarting, or dropping a client, does). Verify checks eu2 once more, and says so."""
+    site = vlab.site()
+    real = transport_factory(site, False)
+    admin_port = site.node("eu2").broker.admin_port
+    relays: list[_CuttingRelay] = []
+
+    def factory(node: Any) -> Any:
+        transport = real(node)
+        if node.name != "eu2" or relays:
+            return transport
+        forward = transport.forward
+
+        @contextlib.contextmanager
+        def cut_forward(host: str, port: int) -> Iterator[int]:
+            with forward(host, port) as local:
+                if port != admin_port or relays:
+                    yield local
+                    return
+                relay = _CuttingRelay(local, b"changeUserPassword")
+                relays.append(relay)
+                try:
+                    yield relay.port
+                finally:
+                    relay.close()
+
+        transport.forward = cut_forward
+        return transport
+
+    result = run_verify(site, vlab.workspace(), factory, options=VerifyOptions(timeout=2.0))
+    assert relays and relays[0].cut.is_set(), "the fault was not injected"
+    assert result.ok, [c.to_json() for c in result.problems()]
+    ssh = next(c for c in result.checks if c.subject == "eu2" and c.kind == "ssh")
+    assert "dropped mid-check: checked again" in ssh.reason
 
 
 def test_a_wrong_cluster_password_fails_exactly_the_links_into_the_node(vlab: Lab) -> None:

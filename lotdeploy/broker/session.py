@@ -165,7 +165,8 @@ class BrokerClient:
         await self.close()
 
     def _error(self, cause: str) -> BrokerError:
-        return BrokerError(self.node_name, scrub(cause))
+        lost = self._conn is not None and not self._conn.connected
+        return BrokerError(self.node_name, scrub(cause), lost=lost)
 
     @staticmethod
     def _why(conn: MqttConnection | None) -> str:

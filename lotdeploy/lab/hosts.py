@@ -240,7 +240,7 @@ def sshd_config(layout: Layout, state: LabState, node: Node, listen_port: int) -
             "PrintMotd no",
             "AllowTcpForwarding yes",
             "MaxStartups 100:30:200",
-            "LogLevel ERROR",
+            "LogLevel INFO",  # a connection that ended early says how (reset, timeout)
             "Subsystem sftp internal-sftp",
             "",
         ]

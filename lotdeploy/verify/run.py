@@ -36,7 +36,7 @@ from lotdeploy.apply.engine import TransportFactory
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics
 from lotdeploy.broker.session import CommandFailed
-from lotdeploy.errors import LotdeployError
+from lotdeploy.errors import BrokerError, LotdeployError
 from lotdeploy.model import Link, Node, Site
 from lotdeploy.node import facts, release
 from lotdeploy.protocol import named_rights, parse_route_status
@@ -101,10 +101,15 @@ class _Visit:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     #: the node's connection (None: it never connected)
     transport: Transport | None = None
+    #: the broker's command channel connected, then its connection ended mid-check
+    session_lost: bool = False
 
     def lost(self) -> bool:
-        """Did the node's connection drop while it was checked? Asked only when a check
-        could not decide (one bounded command on the failure path, never on the good one)."""
+        """Did the node's connection, or its broker session, drop while it was checked?
+        The SSH connection is asked only when a check could not decide (one bounded
+        command on the failure path, never on the good one)."""
+        if self.session_lost:
+            return True
         undecided = any(
             c.status == "inconclusive" and c.subject == self.node and c.kind != "link"
             for c in self.checks
@@ -476,12 +481,14 @@ def _broker_part(
             if monitoring is not None:
                 visit.monitoring = monitoring.to_json()
             if failed is not None:
+                visit.session_lost = isinstance(failed, BrokerError) and failed.lost
                 visit.probe_unsupported = True
                 visit.probe_error = (
                     f"cannot create the probe user {options.probe_user} on {name}: "
                     f"{_cause(name, failed)}"
                 )
     except (LotdeployError, OSError) as exc:
+        visit.session_lost = isinstance(exc, BrokerError) and exc.lost
         visit.probe_error = visit.routes_error = (
             f"cannot use {name}'s command channel: {_cause(name, exc)}"
         )
