@@ -32,6 +32,7 @@ from lotdeploy.secret import Secret, scrub
 from lotdeploy.transport.base import COMMAND_TIMEOUT, RunResult, Transport, TransportFactory
 
 if TYPE_CHECKING:
+    from lotdeploy.broker.session import RequestIds
     from lotdeploy.broker.sync import SyncBrokerClient
 
 T = TypeVar("T")
@@ -72,18 +73,43 @@ def open_admin(
     """A new admin session on the node's broker through a port forwarded over `transport`,
     closed after the block: the one way a command channel is opened (a NodeSession keeps
     the one it opened for every phase of its run)."""
+    with (
+        transport.forward(node.broker.admin_host, node.broker.admin_port) as port,
+        admin_on_port(site, node, port, password) as client,
+    ):
+        yield client
+
+
+@contextlib.contextmanager
+def admin_on_port(
+    site: Site,
+    node: Node,
+    port: int,
+    password: Secret | None = None,
+    *,
+    request_ids: RequestIds = "auto",
+    connect_timeout: float = 10.0,
+) -> Iterator[SyncBrokerClient]:
+    """The admin session on `port` of 127.0.0.1, already forwarded to the node's broker
+    (verify keeps its forward open after the session, for the probes), closed after the
+    block. `request_ids`: what the node's record knows of the broker's echo, else "auto"."""
     from lotdeploy.broker.sync import SyncBrokerClient
 
     secret = password if password is not None else admin_password(site, node)
-    with transport.forward(node.broker.admin_host, node.broker.admin_port) as port:
-        client = SyncBrokerClient(
-            node.name, "127.0.0.1", port, node.broker.admin_user, secret, request_ids="auto"
-        )
-        try:
-            client.connect()
-            yield client
-        finally:
-            client.close()
+    client = SyncBrokerClient(
+        node.name,
+        "127.0.0.1",
+        port,
+        node.broker.admin_user,
+        secret,
+        request_ids=request_ids,
+        connect_timeout=connect_timeout,
+    )
+    try:
+        client.connect()
+        yield client
+    finally:
+        client.close()
 
 
 class NodeSession(Transport):

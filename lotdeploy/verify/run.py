@@ -25,13 +25,12 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from lotdeploy.apply import activate
 from lotdeploy.apply.engine import TransportFactory
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics
@@ -39,6 +38,7 @@ from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import BrokerError, LotdeployError
 from lotdeploy.model import Link, Node, Site
 from lotdeploy.node import facts, release
+from lotdeploy.node.session import admin_on_port
 from lotdeploy.protocol import named_rights, parse_route_status
 from lotdeploy.render import ROUTE_FILE
 from lotdeploy.secret import Secret, scrub
@@ -433,7 +433,9 @@ def _broker_part(
     echo = record.broker.get("request_id_echo") if record is not None else None
     request_ids: Any = echo if isinstance(echo, bool) else "auto"
     try:
-        with _admin(site, node, port, options.timeout, request_ids) as client:
+        with admin_on_port(
+            site, node, port, request_ids=request_ids, connect_timeout=options.timeout
+        ) as client:
             listing = client.listed_at_connect()  # the -listRoutes sent on connect, if any
             routes = listing if listing is not None else client.list_routes()
             listed = {str(r.get("name")): dict(r) for r in routes if r.get("name")}
@@ -516,28 +518,6 @@ def _endpoint(node: Node, forwarded: int, ca_bundle: bytes | None) -> Endpoint:
         server_hostname=node.address if tls is not None else None,
         fallback=("127.0.0.1", forwarded),
     )
-
-
-@contextlib.contextmanager
-def _admin(
-    site: Site, node: Node, port: int, timeout: float, request_ids: Any = "auto"
-) -> Iterator[Any]:
-    from lotdeploy.broker.sync import SyncBrokerClient
-
-    client = SyncBrokerClient(
-        node.name,
-        "127.0.0.1",
-        port,
-        node.broker.admin_user,
-        activate.admin_password(site, node),
-        request_ids=request_ids,
-        connect_timeout=timeout,
-    )
-    try:
-        client.connect()
-        yield client
-    finally:
-        client.close()
 
 
 async def _ensure_probe_user_async(
