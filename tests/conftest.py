@@ -70,6 +70,8 @@ _LAB_LOG_MARKS = (
     "Timeout",
     "MaxStartups",
 )
+#: marked lines that are no news: connections that closed before a CONNECT (TLS checks, probes)
+_LAB_LOG_NOISE = ("No data", "Failed to init")
 _LAB_LOG_WINDOW = 180.0  # seconds before the failure
 _LAB_LOG_LINES = 25  # per log file
 
@@ -84,7 +86,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and report.when in ("setup", "call"):
         text = _recent_lab_logs(item.config)
         if text:
-            report.sections.append(("lab logs (marked lines, last 3 min)", text))
+            title = f"lab logs (marked lines, last {_LAB_LOG_WINDOW:.0f} s)"
+            report.sections.append((title, text))
 
 
 def _recent_lab_logs(config: pytest.Config) -> str:
@@ -104,8 +107,11 @@ def _recent_lab_logs(config: pytest.Config) -> str:
             lines = log.read_text(errors="replace").splitlines()[-2000:]
         except OSError:
             continue
-        marked = [line[:300] for line in lines if any(m in line for m in _LAB_LOG_MARKS)]
-        marked = [line for line in marked if "No data" not in line and "Failed to init" not in line]
+        marked = [
+            line[:300]
+            for line in lines
+            if any(m in line for m in _LAB_LOG_MARKS) and not any(n in line for n in _LAB_LOG_NOISE)
+        ]
         if marked:
             parts.append(f"--- {log.relative_to(base)}")
             parts += marked[-_LAB_LOG_LINES:]

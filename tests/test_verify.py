@@ -347,8 +347,10 @@ class _CuttingRelay:
             ready, _, _ = select.select([client, up], [], [], 0.2)
             for sock in ready:
                 data = sock.recv(65536)
-                if not data or (sock is client and self.marker in data):
-                    self.cut.set() if data else None
+                if not data:
+                    return
+                if sock is client and self.marker in data:
+                    self.cut.set()
                     return
                 (up if sock is client else client).sendall(data)
 

@@ -71,8 +71,8 @@ def open_admin(
     site: Site, node: Node, transport: Transport, password: Secret | None = None
 ) -> Iterator[SyncBrokerClient]:
     """A new admin session on the node's broker through a port forwarded over `transport`,
-    closed after the block: the one way a command channel is opened (a NodeSession keeps
-    the one it opened for every phase of its run)."""
+    closed after the block (a NodeSession keeps the one it opened for every phase of its
+    run); the client itself is made by `admin_on_port`, as verify's is."""
     with (
         transport.forward(node.broker.admin_host, node.broker.admin_port) as port,
         admin_on_port(site, node, port, password) as client,
