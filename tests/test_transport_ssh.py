@@ -8,11 +8,14 @@ import dataclasses
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import paramiko
 import pytest
 
 from lotdeploy import protocol
@@ -346,6 +349,53 @@ def test_forward_to_the_broker_admin_port(lab: Lab, node1: SshTransport) -> None
     refused = r"cannot forward to 127.0.0.1:9 \(as seen from"
     with pytest.raises(TransportError, match=refused), node1.forward("127.0.0.1", 9):
         pass
+
+
+def _mqtt_connect(client_id: str, user: str, password: str) -> bytes:
+    """A raw MQTT 3.1.1 CONNECT with a login (clean session, keepalive 30 s)."""
+
+    def field(text: str) -> bytes:
+        data = text.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    body = (
+        field("MQTT") + bytes([4, 0xC2, 0, 30]) + field(client_id) + field(user) + field(password)
+    )
+    assert len(body) < 128
+    return bytes([0x10, len(body)]) + body
+
+
+@pytest.mark.root
+def test_a_forward_stopped_mid_tunnel_leaves_each_channel_to_its_reader(
+    lab: Lab, node1: SshTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's Channel.close() closes the pipe a reader waits on; a reader's next recv()
+    then reads a byte from that closed descriptor, which by then may belong to another
+    connection (admin sessions were cut "by peer" that way). So only the thread that reads a
+    tunnel's channel closes it, also when the forward is stopped with tunnels open."""
+    password = Layout(lab.dir).password_file.read_text().strip()
+    closers: list[str] = []
+    close = paramiko.Channel.close
+
+    def recording_close(channel: paramiko.Channel) -> None:
+        if sys._getframe(1).f_code.co_name != "__del__":  # collected: nobody reads it
+            closers.append(threading.current_thread().name)
+        close(channel)
+
+    monkeypatch.setattr(paramiko.Channel, "close", recording_close)
+    with node1.forward(protocol.DEFAULT_ADMIN_HOST, protocol.DEFAULT_ADMIN_PORT) as port:
+        tunnels = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        # every tunnel carries a logged-in session (CONNACK accepted came through it), so
+        # nothing ends it but the stop, and its reader waits on the channel
+        for number, raw in enumerate(tunnels):
+            raw.sendall(_mqtt_connect(f"tunnel-{number}", protocol.DEFAULT_ADMIN_USER, password))
+            assert raw.recv(4) == bytes([0x20, 2, 0, 0])
+    for raw in tunnels:
+        raw.settimeout(5)
+        assert raw.recv(16) == b""  # each tunnel was ended by the stop
+        raw.close()
+    assert len(closers) == 3
+    assert all(name.endswith("-pump") for name in closers), closers
 
 
 @pytest.mark.root

@@ -850,7 +850,6 @@ class _Forward:
         self.port: int = self.listener.getsockname()[1]
         self.threads: list[threading.Thread] = []
         self.sockets: list[socket.socket] = []
-        self.channels: list[paramiko.Channel] = []
         self._lock = threading.Lock()
         acceptor = threading.Thread(target=self._accept, name=f"forward-{self.port}", daemon=True)
         self.threads.append(acceptor)
@@ -881,7 +880,6 @@ class _Forward:
                     channel.close()
                     return
                 self.sockets.append(client)
-                self.channels.append(channel)
                 pump = threading.Thread(
                     target=self._pump,
                     args=(client, channel),
@@ -906,8 +904,8 @@ class _Forward:
                     if not data:
                         break
                     client.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
+        except (OSError, ValueError, EOFError, paramiko.SSHException):
+            pass  # ValueError: `stop` closed the socket of a pump that did not end in time
         finally:
             with contextlib.suppress(Exception):
                 channel.close()
@@ -915,27 +913,36 @@ class _Forward:
                 client.close()
 
     def stop(self) -> None:
-        """Close the listener and every tunnel; join the threads (bounded)."""
+        """Close the listener and end every tunnel; join the threads (bounded).
+
+        Each tunnel's pump closes its own channel and socket; this only wakes it (a socket
+        shut down reads as closed). paramiko's `Channel.close()` closes the pipe that a
+        reader of the channel waits on, and that reader's next `recv()` then reads one byte
+        from the closed descriptor, which another thread may have reused by then for
+        another connection: that connection loses a byte of its stream (seen as admin
+        sessions "closed by peer" mid-command). So a channel is only ever closed by the
+        thread that reads it. A pump that does not end in time has its socket closed here,
+        as before (its channel ends with the connection)."""
         self.stopping.set()
-        if self.first is not None:  # never used
+        if self.first is not None:  # never used: no reader
             with contextlib.suppress(Exception):
                 self.first.close()
         with contextlib.suppress(OSError):
             self.listener.close()
         with self._lock:
-            for channel in self.channels:
-                with contextlib.suppress(Exception):
-                    channel.close()
             for sock in self.sockets:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    sock.close()
             threads = list(self.threads)
         deadline = time.monotonic() + FORWARD_JOIN
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            if any(t.is_alive() for t in threads if t is not threading.current_thread()):
+                for sock in self.sockets:
+                    with contextlib.suppress(OSError):
+                        sock.close()
 
 
 def transport_kind() -> TransportKind:
