@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
 from lotdeploy.protocol import parse_reply
 from lotdeploy.secret import Secret
-from tests.broker_fixtures import ADMIN_PASSWORD, LabFactory, lab_factory, run
+from tests.broker_fixtures import ADMIN_PASSWORD, LabFactory, cluster_route, lab_factory, run
 
 
 @pytest.fixture
@@ -117,11 +118,13 @@ class TinyBroker:
     mode "v1": a 1.x broker: plain text replies, no requestId echo (and a stale reply of
     "another admin" on the Output topic before our first command).
     mode "silent": never answers a command.
+    Every SUBSCRIBE and UNSUBSCRIBE is kept in `subscriptions`, in the order it came.
     """
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.commands: list[str] = []
+        self.subscriptions: list[tuple[str, str]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -138,7 +141,12 @@ class TinyBroker:
                 kind = first >> 4
                 if kind == 1:
                     writer.write(b"\x20\x02\x00\x00")
-                elif kind == 8:
+                elif kind in (8, 10):
+                    self.subscriptions.append(("sub" if kind == 8 else "unsub", _topic(body)))
+                    if kind == 10:
+                        writer.write(b"\xb0\x02" + body[:2])
+                        await writer.drain()
+                        continue
                     if self.mode == "v1":  # another admin's reply, stale before our command
                         self.reply(writer, "Route 'Other' removed successfully")
                     writer.write(b"\x90\x03" + body[:2] + b"\x01")
@@ -168,6 +176,12 @@ class TinyBroker:
         topic = b"$SYS/Coreflux/Command/Output"
         body = struct.pack("!H", len(topic)) + topic + text.encode()
         writer.write(bytes([0x30, len(body)]) + body)
+
+
+def _topic(body: bytes) -> str:
+    """The first topic filter of a SUBSCRIBE or UNSUBSCRIBE body (after the packet id)."""
+    length = struct.unpack("!H", body[2:4])[0]
+    return body[4 : 4 + length].decode()
 
 
 @contextlib.asynccontextmanager
@@ -223,6 +237,29 @@ def test_silent_broker_times_out_with_a_broker_error() -> None:
     run(body())
 
 
+def test_an_unsubscribe_not_waited_for_still_goes_before_the_next_subscribe() -> None:
+    """A read's UNSUBSCRIBE is sent without waiting for its UNSUBACK; a read of the same
+    topic right after must not overtake it (the broker applies them in the order they
+    arrive: the other order would drop the new subscription)."""
+
+    async def body() -> None:
+        async with tiny("127.0.0.52", "silent") as (broker, port):
+            client = BrokerClient("n", "127.0.0.52", port, "root", Secret("pw-pw-pw"))
+            async with client:
+                for _ in range(2):
+                    assert await client.route_status("R", timeout=0.2) is None
+                await asyncio.sleep(0.2)
+            topic = "$SYS/Coreflux/Routes/R/status"
+            assert [s for s in broker.subscriptions if s[1] == topic] == [
+                ("sub", topic),
+                ("unsub", topic),
+                ("sub", topic),
+                ("unsub", topic),
+            ]
+
+    run(body())
+
+
 # -- against the lab broker --------------------------------------------------------------------
 
 
@@ -263,3 +300,68 @@ def test_sync_wrapper(lab: LabFactory) -> None:
     ) as client:
         assert client.list_routes() == []
         assert client.route_code("MQTT_CLUSTER").startswith("DEFINE ROUTE")
+
+
+# -- waiting for routes to connect (apply's wait, the route gate) -------------------------------
+
+
+def test_a_link_coming_up_is_seen_from_its_status_not_the_next_listing(lab: LabFactory) -> None:
+    """The route cannot log in until the peer has its user; the wait lists only once (its
+    next listing would come 30 s later), so returning Connected at once means the route's
+    status message was read as it changed."""
+    a = lab("127.0.0.47")
+    b = lab("127.0.0.48")
+
+    async def body() -> None:
+        async with a.client() as ca, b.client() as cb:
+            await ca.add_route(cluster_route("ToB", b.host, b.port, "a-to-b"))
+            waiting = asyncio.ensure_future(ca.await_connected(["ToB"], 20.0, (), 30.0))
+            await asyncio.sleep(0.3)  # the first listing has seen it not Connected
+            assert not waiting.done()
+            started = time.monotonic()
+            await cb.add_user("cluster", Secret("cluster-pass"))
+            seen = await waiting
+            assert seen.all_connected() and seen.listed == {"ToB"} and not seen.stateless
+            assert time.monotonic() - started < 5.0
+            # the subscriptions went with the wait: a second wait works the same way
+            assert (await ca.await_connected(["ToB"], 5.0, (), 30.0)).all_connected()
+
+    run(body())
+
+
+def test_a_link_that_never_comes_up_is_reported_when_the_wait_ends(lab: LabFactory) -> None:
+    a = lab("127.0.0.49")
+
+    async def body() -> None:
+        async with a.client() as client:
+            await client.add_route(cluster_route("Nowhere", "127.0.0.50", 9, "a-to-x"))
+            started = time.monotonic()
+            seen = await client.await_connected(["Nowhere", "Absent"], 1.5, (0.05,), 0.2)
+            assert 1.4 < time.monotonic() - started < 5.0
+            assert seen.waiting() == ["Nowhere", "Absent"] and seen.listed == {"Nowhere"}
+            assert seen.states["Absent"] is None and seen.states["Nowhere"] != "Connected"
+
+    run(body())
+
+
+def test_reading_the_same_retained_topics_twice_in_a_row_gets_them_both_times(
+    lab: LabFactory,
+) -> None:
+    """On a real broker, the reads' UNSUBSCRIBEs not waited for (the order of the packets
+    is checked on the tiny broker above)."""
+    node = lab("127.0.0.51")
+
+    async def body() -> None:
+        async with node.client() as client:
+            await client.add_route(cluster_route("Twice", "127.0.0.50", 9, "twice"))
+            for _ in range(3):
+                code = await client.read_route_code("Twice", timeout=5.0)
+                assert "Twice" in (code or "")
+                assert (await client.route_status("Twice", timeout=5.0)) is not None
+
+    run(body())
+    with SyncBrokerClient(
+        node.host, node.host, node.port, "root", Secret(ADMIN_PASSWORD), reply_timeout=5
+    ) as sync:
+        for _ in range(3):
+            assert "Twice" in (sync.read_route_codes(["Twice"], timeout=5.0)["Twice"] or "")

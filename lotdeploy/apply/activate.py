@@ -72,9 +72,10 @@ def remove_users(client: SyncBrokerClient, names: list[str]) -> list[str]:
     return removed
 
 
-#: How often apply asks a broker whether the routes it added are Connected yet: soon at
-#: first (a link to a near peer is up within tens of milliseconds, and every pause here is
-#: added whole to the apply and to each rollout gate), then every 0.5 s.
+#: How often apply lists a broker's routes while it waits for the ones it added to be
+#: Connected: soon at first, then every 0.5 s. The routes' status topics usually say so
+#: first (a change is seen as it happens); the listings are what a broker that publishes
+#: no status is seen by, and what says a route is not on the broker at all.
 CONNECTED_POLLS = (0.05, 0.1, 0.2, 0.3)
 CONNECTED_POLL = 0.5
 #: ... while an old route waits to be removed beside its replacement: every moment both run,
@@ -88,31 +89,25 @@ def wait_connected(
     """Wait (bounded by `timeout`) until the broker reports every route in `names`
     Connected; raise naming those that are not, with the broker's last error for each.
 
+    A route is seen Connected when its status topic says so or a listing does
+    (`BrokerClient.await_connected`), so a link that comes up is seen as it happens.
     What it returns says what was seen (for the event). A broker whose listing reports no
     connection state (1.x text replies) cannot be waited for: that is said, not assumed."""
     started = time.monotonic()
-    deadline = started + max(timeout, 0.0)
-    pauses = iter((poll,) if poll else CONNECTED_POLLS)
-    while True:
-        listed = {str(r.get("name")): r for r in client.list_routes()}
-        states = {name: listed.get(name, {}).get("connection") for name in names}
-        present = [n for n in names if n in listed]
-        if present and all(states[n] is None for n in present):
-            return "this broker reports no connection state: not waited for"
-        waiting = [n for n in names if states[n] != "Connected"]
-        if not waiting:
-            return f"{len(names)} route(s) Connected after {time.monotonic() - started:.1f}s"
-        if time.monotonic() >= deadline:
-            break
-        pause = next(pauses, poll or CONNECTED_POLL)
-        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+    pauses = (poll,) if poll else CONNECTED_POLLS
+    seen = client.call(lambda c: c.await_connected(names, timeout, pauses, poll or CONNECTED_POLL))
+    if seen.stateless:
+        return "this broker reports no connection state: not waited for"
+    waiting = seen.waiting()
+    if not waiting:
+        return f"{len(names)} route(s) Connected after {time.monotonic() - started:.1f}s"
     details = []
     for name in waiting[:5]:
         last = None
-        if name in listed:
+        if name in seen.listed:
             with contextlib.suppress(CommandFailed):
                 last = client.check_route_connection(name).get("lastError")
-        state = states[name] or "not on the broker"
+        state = seen.states[name] or "not on the broker"
         details.append(f"{name} ({state}{f': {last}' if last else ''})")
     more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
     raise BrokerError(

@@ -16,7 +16,7 @@ import re
 import ssl
 import uuid
 from collections.abc import Awaitable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from lotdeploy.broker.mqtt import BoundedQueue, ConnectRefused, Message, MqttConnection, MqttError
@@ -32,9 +32,11 @@ from lotdeploy.protocol import (
     USER_RIGHT_FLAGS,
     VERSION_TOPIC,
     Reply,
+    RouteStatus,
     Verb,
     command_payload,
     parse_reply,
+    parse_route_status,
     route_code_topic,
     route_status_topic,
     topic_matches,
@@ -77,6 +79,32 @@ class CommandFailed(BrokerError):
 
 
 RequestIds = bool | Literal["auto", "probing"]
+
+
+@dataclass
+class RoutesSeen:
+    """What `await_connected` saw: each route's last connection state (None: not reported,
+    or not on the broker), the routes on the broker at the last listing, and whether the
+    broker's listing carries no connection state at all (1.x text replies)."""
+
+    states: dict[str, str | None]
+    listed: set[str]
+    stateless: bool
+
+    def all_connected(self) -> bool:
+        return all(state == "Connected" for state in self.states.values())
+
+    def waiting(self) -> list[str]:
+        return [name for name, state in self.states.items() if state != "Connected"]
+
+
+def _status_of(msg: Message) -> RouteStatus | None:
+    """A route status document, or None when the payload is not one."""
+    try:
+        doc = parse_json(msg.payload)
+    except UnreadableFile:
+        return None
+    return parse_route_status(doc) if isinstance(doc, dict) else None
 
 
 def routes_of(reply: Reply) -> list[dict[str, Any]]:
@@ -153,6 +181,9 @@ class BrokerClient:
         #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
         #: connect is one): the routes the broker ran then, with no further round trip.
         self.last_listing: Reply | None = None
+        #: UNSUBSCRIBEs not waited for on the caller's path (`_unsubscribe_soon`): each with
+        #: its topics, so a new SUBSCRIBE to one of them waits until it is through
+        self._unsubscribing: dict[asyncio.Future[None], frozenset[str]] = {}
 
     def __repr__(self) -> str:
         return f"BrokerClient({self.node_name!r}, {self.host}:{self.port}, user={self.username!r})"
@@ -229,6 +260,11 @@ class BrokerClient:
         return self._conn is not None and self._conn.connected
 
     async def close(self) -> None:
+        # an UNSUBSCRIBE still in flight is moot: DISCONNECT ends every subscription
+        for task in list(self._unsubscribing):
+            task.cancel()
+        if self._unsubscribing:
+            await asyncio.wait(set(self._unsubscribing), timeout=1.0)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -633,6 +669,95 @@ class BrokerClient:
             return None
         return doc if isinstance(doc, dict) else None
 
+    async def await_connected(
+        self, names: list[str], timeout: float, pauses: tuple[float, ...], pause: float
+    ) -> RoutesSeen:
+        """Until every route in `names` is Connected, or `timeout`: `-listRoutes` (after each
+        of `pauses`, then every `pause`) and, between listings, the routes' status topics,
+        which the broker publishes on every change (docs/coreflux-interface.md §3). A link
+        that comes up is seen as it happens, not at the next listing; a broker that
+        publishes no status is still seen by the listings.
+
+        Either source is the broker's own word that the route was Connected at a moment
+        after it was added, so whichever came last counts."""
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise self._error(f"not connected{self._why(conn)}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        topics = {route_status_topic(name): name for name in names}
+        arrived = BoundedQueue(maxsize=len(names) * 4 + 16)
+        for topic in topics:
+            self._watchers.setdefault(topic, []).append(arrived)
+        # the SUBSCRIBE leaves with the first listing (one round trip, not two); a refused
+        # or unanswered one leaves the listings
+        subscribed = asyncio.ensure_future(self._subscribe_quietly(conn, list(topics)))
+        await asyncio.sleep(0)
+        seen = RoutesSeen(dict.fromkeys(names), set(), False)
+        waits = iter(pauses)
+        try:
+            for _ in range(100_000):  # bounded in count as well as in time
+                listed = {str(r.get("name")): r for r in await self.list_routes()}
+                seen.listed = set(listed) & set(names)
+                for name in names:
+                    seen.states[name] = listed.get(name, {}).get("connection")
+                if seen.listed and all(seen.states[n] is None for n in seen.listed):
+                    seen.stateless = True
+                    break
+                next_listing = min(loop.time() + next(waits, pause), deadline)
+                while not seen.all_connected() and loop.time() < next_listing:
+                    try:
+                        msg = await asyncio.wait_for(arrived.get(), next_listing - loop.time())
+                    except TimeoutError:
+                        break
+                    status = _status_of(msg)
+                    if status is not None and status.connection is not None:
+                        seen.states[topics[msg.topic]] = status.connection
+                if seen.all_connected() or loop.time() >= deadline:
+                    break
+            return seen
+        finally:
+            subscribed.cancel()
+            for topic in topics:
+                self._watchers[topic].remove(arrived)
+                if not self._watchers[topic]:
+                    del self._watchers[topic]
+            self._unsubscribe_soon(conn, list(topics))
+
+    async def _subscribe_quietly(self, conn: MqttConnection, topics: list[str]) -> None:
+        for start in range(0, len(topics), _TOPICS_PER_SUBSCRIBE):
+            with contextlib.suppress(BrokerError):
+                await self._subscribe(conn, topics[start : start + _TOPICS_PER_SUBSCRIBE], 5.0)
+
+    def _unsubscribe_soon(self, conn: MqttConnection, topics: list[str]) -> None:
+        """UNSUBSCRIBE without waiting for the UNSUBACK on the caller's path: nothing needs
+        it (the watchers are gone, so whatever still comes on those topics is dropped).
+        `close` waits for what is still in flight, bounded."""
+
+        async def unsubscribe() -> None:
+            for start in range(0, len(topics), _TOPICS_PER_SUBSCRIBE):
+                with contextlib.suppress(MqttError):
+                    if conn.connected:
+                        await conn.unsubscribe(topics[start : start + _TOPICS_PER_SUBSCRIBE], 5.0)
+
+        if topics and conn.connected:
+            task = asyncio.ensure_future(unsubscribe())
+            self._unsubscribing[task] = frozenset(topics)
+            task.add_done_callback(lambda done: self._unsubscribing.pop(done, None))
+
+    async def _subscribe(self, conn: MqttConnection, topics: list[str], timeout: float) -> None:
+        """SUBSCRIBE (QoS 0) once any UNSUBSCRIBE of the same topics still in flight is
+        through: the broker applies them in the order they arrive, and the other order
+        would drop the new subscription."""
+        wanted = set(topics)
+        earlier = [task for task, gone in self._unsubscribing.items() if wanted & gone]
+        if earlier:
+            await asyncio.wait(earlier, timeout=timeout)
+        try:
+            await conn.subscribe([(t, 0) for t in topics], timeout)  # a refused one brings nothing
+        except MqttError as exc:
+            raise self._error(str(exc)) from None
+
     async def read_topics(
         self, filters: list[str], timeout: float = 2.0, quiet: float = 0.3, limit: int = 200
     ) -> dict[str, bytes]:
@@ -650,10 +775,7 @@ class BrokerClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            try:
-                await conn.subscribe([(f, 0) for f in filters], timeout)
-            except MqttError as exc:
-                raise self._error(str(exc)) from None
+            await self._subscribe(conn, filters, timeout)
             try:
                 for _ in range(limit):  # bounded in count as well as in time
                     remaining = deadline - loop.time()
@@ -665,9 +787,7 @@ class BrokerClient:
                         break
                     found[msg.topic] = msg.payload
             finally:
-                with contextlib.suppress(MqttError):
-                    if conn.connected:
-                        await conn.unsubscribe(filters, timeout)
+                self._unsubscribe_soon(conn, filters)
         finally:
             for watcher in watchers:
                 self._filter_watchers.remove(watcher)
@@ -697,10 +817,7 @@ class BrokerClient:
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
-            try:
-                await conn.subscribe([(t, 0) for t in topics], timeout)
-            except MqttError as exc:
-                raise self._error(str(exc)) from None
+            await self._subscribe(conn, topics, timeout)
             try:
                 for _ in range(len(topics) * 4):  # bounded in count as well as in time
                     remaining = deadline - loop.time()
@@ -712,9 +829,7 @@ class BrokerClient:
                         break
                     found.setdefault(msg.topic, msg)
             finally:
-                with contextlib.suppress(MqttError):
-                    if conn.connected:
-                        await conn.unsubscribe(topics, timeout)
+                self._unsubscribe_soon(conn, topics)
         finally:
             for topic in topics:
                 self._watchers[topic].remove(arrived)
@@ -729,18 +844,13 @@ class BrokerClient:
         queue = BoundedQueue(maxsize=100)
         self._watchers.setdefault(topic, []).append(queue)
         try:
-            try:
-                await conn.subscribe([(topic, 0)], timeout)
-            except MqttError as exc:
-                raise self._error(str(exc)) from None
+            await self._subscribe(conn, [topic], timeout)
             try:
                 return await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
                 return None
             finally:
-                with contextlib.suppress(MqttError):
-                    if conn.connected:
-                        await conn.unsubscribe([topic], timeout)
+                self._unsubscribe_soon(conn, [topic])
         finally:
             self._watchers[topic].remove(queue)
             if not self._watchers[topic]:

@@ -33,6 +33,9 @@ from lotdeploy.state import StateStore
 from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
 
+#: How often the route gate lists a node's routes while it waits for them.
+_ROUTE_POLL = 0.5
+
 
 @dataclass(frozen=True)
 class GateProblem:
@@ -143,7 +146,9 @@ def _routes_connected(
     peers: set[str],
     deadline: float,
 ) -> list[GateProblem]:
-    """Poll the node's routes to `peers` until all are Connected or the deadline passes."""
+    """Wait until the node's routes to `peers` are all Connected or the deadline passes
+    (`BrokerClient.await_connected`: their status as it changes, a listing every
+    `_ROUTE_POLL` seconds)."""
     node = site.node(name)
     applied = applied_names(StateStore(workspace).read())  # a rename may be under way
     want = {
@@ -152,20 +157,19 @@ def _routes_connected(
         if link.target in peers
     }
     with activate.admin_session(site, node, transport) as client:
-        while True:
-            seen = {str(r.get("name")): r for r in client.list_routes()}
-            problems = []
-            for route, peer in sorted(want.items()):
-                entry = seen.get(route)
-                if entry is None:
-                    problems.append(GateProblem((name, peer), f"{name} has no route {route}"))
-                    continue
-                state = entry.get("connection")
-                if state not in (None, "Connected"):
-                    problems.append(GateProblem((name, peer), f"{name}'s route {route} is {state}"))
-            if not problems or time.monotonic() > deadline:
-                return problems
-            time.sleep(0.5)
+        seen = client.call(
+            lambda c: c.await_connected(
+                sorted(want), max(deadline - time.monotonic(), 0.0), (), _ROUTE_POLL
+            )
+        )
+    problems = []
+    for route, peer in sorted(want.items()):
+        state = seen.states[route]
+        if route not in seen.listed:
+            problems.append(GateProblem((name, peer), f"{name} has no route {route}"))
+        elif not seen.stateless and state != "Connected":
+            problems.append(GateProblem((name, peer), f"{name}'s route {route} is {state}"))
+    return problems
 
 
 def _messages_cross(
