@@ -437,23 +437,14 @@ def _broker_part(
             site, node, port, request_ids=request_ids, connect_timeout=options.timeout
         ) as client:
             listing = client.listed_at_connect()  # the -listRoutes sent on connect, if any
-            routes = listing if listing is not None else client.list_routes()
-            listed = {str(r.get("name")): dict(r) for r in routes if r.get("name")}
-            owns = site.ownership.of(name)
-            for route_name, entry in listed.items():
-                if owns(route_name) and entry.get("connection") not in (
-                    "Connected",
-                    None,
-                ):
-                    with contextlib.suppress(LotdeployError):
-                        status = parse_route_status(client.check_route_connection(route_name))
-                        if status.last_error:
-                            entry["lastError"] = status.last_error
-            visit.routes = listed
 
-            async def both(raw: Any) -> tuple[Any, Any]:
-                # the monitoring topics (informational: never a reason to fail) and the
-                # probe user at once: one wait, not two
+            async def at_once(raw: Any) -> tuple[Any, Any, Any]:
+                # the routes (unless the connect's listing has them), the monitoring topics
+                # (informational: never a reason to fail) and the probe user at once: one
+                # wait, not three
+                async def routes() -> Any:
+                    return listing if listing is not None else await raw.list_routes()
+
                 async def topics() -> Any:
                     try:
                         return await read_cluster_topics(
@@ -476,10 +467,22 @@ def _broker_part(
                         return exc
                     return None
 
-                found = await asyncio.gather(topics(), probe_user())
-                return found[0], found[1]
+                found = await asyncio.gather(routes(), topics(), probe_user())
+                return found[0], found[1], found[2]
 
-            monitoring, failed = client.call(both)
+            routes, monitoring, failed = client.call(at_once)
+            listed = {str(r.get("name")): dict(r) for r in routes if r.get("name")}
+            owns = site.ownership.of(name)
+            for route_name, entry in listed.items():
+                if owns(route_name) and entry.get("connection") not in (
+                    "Connected",
+                    None,
+                ):
+                    with contextlib.suppress(LotdeployError):
+                        status = parse_route_status(client.check_route_connection(route_name))
+                        if status.last_error:
+                            entry["lastError"] = status.last_error
+            visit.routes = listed
             if monitoring is not None:
                 visit.monitoring = monitoring.to_json()
             if failed is not None:
@@ -523,18 +526,34 @@ def _endpoint(node: Node, forwarded: int, ca_bundle: bytes | None) -> Endpoint:
 async def _ensure_probe_user_async(
     client: Any, user: str, password: Secret, revoke_rights: bool = False
 ) -> None:
-    """Set the probe user's password; create the user the first time (one command either
-    way once it exists). `revoke_rights` (a broker with the named rights model): every
-    right flag it holds is taken away, as for the cluster users (a probe needs none)."""
-    try:
-        await client.change_user_password(user, password)
-    except CommandFailed as failed:
-        text = failed.reply.describe().lower()
-        if "not found" not in text and "exist" not in text:
-            raise
-        await client.add_user(user, password)
+    """Set the probe user's password; create the user the first time. With a broker that
+    echoes requestIds both commands go at once (one round trip): whichever applies
+    succeeds, and the other's refusal (no such user; the user exists) is the expected one.
+    `revoke_rights` (a broker with the named rights model): every right flag it holds is
+    taken away, as for the cluster users (a probe needs none)."""
+    if client.request_ids is True and client.echoes_ids:
+        changed, added = await client.together(
+            [client.change_user_password(user, password), client.add_user(user, password)]
+        )
+        if isinstance(changed, BrokerError) and isinstance(added, BrokerError):
+            raise changed if not _user_missing(changed) else added
+    else:
+        try:
+            await client.change_user_password(user, password)
+        except CommandFailed as failed:
+            if not _user_missing(failed):
+                raise
+            await client.add_user(user, password)
     if revoke_rights:
         await client.revoke_rights([user])
+
+
+def _user_missing(failed: BrokerError) -> bool:
+    """A refusal that says the user is not there (so adding it is the way)."""
+    if not isinstance(failed, CommandFailed):
+        return False
+    text = failed.reply.describe().lower()
+    return "not found" in text or "exist" in text
 
 
 def _close_all(visits: list[_Visit], parallelism: int) -> None:
