@@ -523,7 +523,8 @@ def _parse_text(text: str, verb: str) -> Reply:
 # Route status (§3): `$SYS/Coreflux/Routes/<Name>/status` and `-checkRouteConnection` data
 # ---------------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(?:(\d+)\.)?(\d+):([0-5]?\d):([0-5]?\d)(?:\.(\d+))?")
+#: digits bounded: a status is the broker's text, and `int()` of thousands of digits raises
+_DURATION = re.compile(r"(?:(\d{1,9})\.)?(\d{1,12}):([0-5]?\d):([0-5]?\d)(?:\.(\d{1,12}))?")
 
 
 def parse_duration(value: Any) -> float | None:

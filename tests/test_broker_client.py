@@ -118,6 +118,8 @@ class TinyBroker:
     mode "v1": a 1.x broker: plain text replies, no requestId echo (and a stale reply of
     "another admin" on the Output topic before our first command).
     mode "silent": never answers a command.
+    mode "ghost": lists no route, yet answers a SUBSCRIBE to a route's status topic with a
+    status saying Connected (a status for a route the broker does not run).
     Every SUBSCRIBE and UNSUBSCRIBE is kept in `subscriptions`, in the order it came.
     """
 
@@ -150,12 +152,16 @@ class TinyBroker:
                     if self.mode == "v1":  # another admin's reply, stale before our command
                         self.reply(writer, "Route 'Other' removed successfully")
                     writer.write(b"\x90\x03" + body[:2] + b"\x01")
+                    if self.mode == "ghost" and _topic(body).endswith("/status"):
+                        self.reply(writer, '{"connection": "Connected"}', _topic(body))
                 elif kind == 3:
                     tlen = struct.unpack("!H", body[:2])[0]
                     pid = body[2 + tlen : 4 + tlen]
                     payload = body[4 + tlen :].decode()
                     writer.write(b"\x40\x02" + pid)
                     self.commands.append(payload)
+                    if self.mode == "ghost":
+                        self.reply(writer, '{"success": true, "data": []}')
                     if self.mode == "v1":
                         verb = payload.split()[0]
                         text = (
@@ -172,8 +178,10 @@ class TinyBroker:
         writer.close()
 
     @staticmethod
-    def reply(writer: asyncio.StreamWriter, text: str) -> None:
-        topic = b"$SYS/Coreflux/Command/Output"
+    def reply(
+        writer: asyncio.StreamWriter, text: str, on: str = "$SYS/Coreflux/Command/Output"
+    ) -> None:
+        topic = on.encode()
         body = struct.pack("!H", len(topic)) + topic + text.encode()
         writer.write(bytes([0x30, len(body)]) + body)
 
@@ -256,6 +264,23 @@ def test_an_unsubscribe_not_waited_for_still_goes_before_the_next_subscribe() ->
                 ("sub", topic),
                 ("unsub", topic),
             ]
+
+    run(body())
+
+
+def test_a_status_for_a_route_the_broker_does_not_list_does_not_end_the_wait() -> None:
+    """Only a route the last listing showed can be seen Connected by its status: "Apply
+    complete" must not rest on a status alone."""
+
+    async def body() -> None:
+        async with tiny("127.0.0.53", "ghost") as (broker, port):
+            client = BrokerClient("n", "127.0.0.53", port, "root", Secret("pw-pw-pw"))
+            async with client:
+                seen = await client.await_connected(["Ghost"], 0.8, (), 0.2)
+            assert any(
+                s == ("sub", "$SYS/Coreflux/Routes/Ghost/status") for s in broker.subscriptions
+            )
+            assert seen.listed == set() and seen.waiting() == ["Ghost"]
 
     run(body())
 

@@ -32,11 +32,9 @@ from lotdeploy.protocol import (
     USER_RIGHT_FLAGS,
     VERSION_TOPIC,
     Reply,
-    RouteStatus,
     Verb,
     command_payload,
     parse_reply,
-    parse_route_status,
     route_code_topic,
     route_status_topic,
     topic_matches,
@@ -98,13 +96,14 @@ class RoutesSeen:
         return [name for name, state in self.states.items() if state != "Connected"]
 
 
-def _status_of(msg: Message) -> RouteStatus | None:
-    """A route status document, or None when the payload is not one."""
+def _connection_of(msg: Message) -> str | None:
+    """The connection state a route status document gives, or None when it gives none."""
     try:
         doc = parse_json(msg.payload)
     except UnreadableFile:
         return None
-    return parse_route_status(doc) if isinstance(doc, dict) else None
+    state = doc.get("connection") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) else None
 
 
 def routes_of(reply: Reply) -> list[dict[str, Any]]:
@@ -678,8 +677,10 @@ class BrokerClient:
         that comes up is seen as it happens, not at the next listing; a broker that
         publishes no status is still seen by the listings.
 
-        Either source is the broker's own word that the route was Connected at a moment
-        after it was added, so whichever came last counts."""
+        Either source is the broker's word that the route was Connected at a moment after
+        the wait began (status topics are not retained, and the caller added the routes
+        before), which is what the wait is for; a listing resets what the statuses said,
+        and a status counts only for a route the last listing showed on the broker."""
         conn = self._conn
         if conn is None or not conn.connected:
             raise self._error(f"not connected{self._why(conn)}")
@@ -710,9 +711,9 @@ class BrokerClient:
                         msg = await asyncio.wait_for(arrived.get(), next_listing - loop.time())
                     except TimeoutError:
                         break
-                    status = _status_of(msg)
-                    if status is not None and status.connection is not None:
-                        seen.states[topics[msg.topic]] = status.connection
+                    route, state = topics[msg.topic], _connection_of(msg)
+                    if state is not None and route in seen.listed:
+                        seen.states[route] = state
                 if seen.all_connected() or loop.time() >= deadline:
                     break
             return seen
@@ -732,7 +733,7 @@ class BrokerClient:
     def _unsubscribe_soon(self, conn: MqttConnection, topics: list[str]) -> None:
         """UNSUBSCRIBE without waiting for the UNSUBACK on the caller's path: nothing needs
         it (the watchers are gone, so whatever still comes on those topics is dropped).
-        `close` waits for what is still in flight, bounded."""
+        `close` cancels what is still in flight (DISCONNECT ends every subscription)."""
 
         async def unsubscribe() -> None:
             for start in range(0, len(topics), _TOPICS_PER_SUBSCRIBE):

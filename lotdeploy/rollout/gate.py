@@ -168,7 +168,8 @@ def _routes_connected(
         if route not in seen.listed:
             problems.append(GateProblem((name, peer), f"{name} has no route {route}"))
         elif not seen.stateless and state != "Connected":
-            problems.append(GateProblem((name, peer), f"{name}'s route {route} is {state}"))
+            what = state or "without a connection state in the listing"
+            problems.append(GateProblem((name, peer), f"{name}'s route {route} is {what}"))
     return problems
 
 

@@ -887,7 +887,7 @@ class _Forward:
                     daemon=True,
                 )
                 self.threads.append(pump)
-            pump.start()
+                pump.start()  # inside the lock: `stop` never joins a thread not started
 
     def _pump(self, client: socket.socket, channel: paramiko.Channel) -> None:
         """Copy bytes both ways until either side closes or the forward stops."""

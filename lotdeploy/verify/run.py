@@ -430,12 +430,10 @@ def _broker_part(
         why = _cause(name, exc)
         visit.probe_error = visit.routes_error = f"cannot reach {name}'s broker: {why}"
         return Check(name, "routes", "inconclusive", visit.routes_error)
-    echo = record.broker.get("request_id_echo") if record is not None else None
-    request_ids: Any = echo if isinstance(echo, bool) else "auto"
     try:
-        with admin_on_port(
-            site, node, port, request_ids=request_ids, connect_timeout=options.timeout
-        ) as client:
+        # request ids "auto", as every admin session: the probe rides with the session's
+        # SUBSCRIBE and brings the listing, and an echo seen lets commands go together
+        with admin_on_port(site, node, port, connect_timeout=options.timeout) as client:
             listing = client.listed_at_connect()  # the -listRoutes sent on connect, if any
 
             async def at_once(raw: Any) -> tuple[Any, Any, Any]:
@@ -443,7 +441,12 @@ def _broker_part(
                 # (informational: never a reason to fail) and the probe user at once: one
                 # wait, not three
                 async def routes() -> Any:
-                    return listing if listing is not None else await raw.list_routes()
+                    if listing is not None:
+                        return listing
+                    try:
+                        return await raw.list_routes()
+                    except LotdeployError as exc:  # raised once the others are through
+                        return exc
 
                 async def topics() -> Any:
                     try:
@@ -471,6 +474,8 @@ def _broker_part(
                 return found[0], found[1], found[2]
 
             routes, monitoring, failed = client.call(at_once)
+            if isinstance(routes, LotdeployError):
+                raise routes
             listed = {str(r.get("name")): dict(r) for r in routes if r.get("name")}
             owns = site.ownership.of(name)
             for route_name, entry in listed.items():
