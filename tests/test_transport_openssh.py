@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -121,3 +122,35 @@ def test_a_control_directory_others_may_enter_is_refused(monkeypatch: pytest.Mon
             fallback.rmdir()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_a_forward_whose_port_was_taken_meanwhile_takes_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master binds the forward's port itself, so the port is picked free first; when
+    something takes it in between (seen with four nodes forwarding at once), the master
+    says "Port forwarding failed" and another port is tried, not the command failed."""
+    skip_unless_root()
+    from lotdeploy import protocol
+    from lotdeploy.transport import openssh
+    from lotdeploy.transport.base import opened
+    from lotdeploy.transport.sshopts import ssh_options
+
+    with lab_up(tmp_path, "--nodes", "1") as lab, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        picks = iter([taken.getsockname()[1], taken.getsockname()[1]])
+        free = openssh._free_port
+        monkeypatch.setattr(openssh, "_free_port", lambda: next(picks, None) or free())
+        site = lab.site()
+        node = site.node(lab.nodes[0])
+        transport = openssh.OpenSshTransport(node.name, ssh_options(site, node))
+        with (
+            opened(transport),
+            transport.forward(protocol.DEFAULT_ADMIN_HOST, protocol.DEFAULT_ADMIN_PORT) as port,
+        ):
+            assert port != taken.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 0]))
+                assert raw.recv(4)[:1] == b"\x20"  # the broker answered through it

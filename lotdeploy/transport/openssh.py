@@ -62,6 +62,8 @@ _HOST_KEY_WORDS = ("host key verification failed", "remote host identification h
 #: Seconds an idle master of `transport: openssh` is kept (0: closed with each command).
 PERSIST_ENV = "LOTDEPLOY_SSH_PERSIST"
 DEFAULT_PERSIST = 60
+#: ports tried for one forward: the free port picked may be taken before the master binds it
+FORWARD_PORT_TRIES = 5
 
 
 def bounded_run(
@@ -358,20 +360,26 @@ class OpenSshTransport(Transport):
     def _forward(self, remote_host: str, remote_port: int) -> Iterator[int]:
         if self._master is None or self.persist:
             self.connect()
-        with socket.socket() as probe:  # a free port (the master binds it right after)
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
 
-        def ask() -> subprocess.CompletedProcess[bytes]:
+        def ask(port: int) -> subprocess.CompletedProcess[bytes]:
+            spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
             return _mux(self._socket, "forward", "-L", spec, timeout=10)
 
-        proc = ask()
-        if proc.returncode != 0 and self.persist and not self._master_alive(Path(self._socket)):
-            # the kept master timed out since: a forward runs nothing, so ask a new one
-            self._shared = None
-            self.connect()
-            proc = ask()
+        # The master binds the port itself, so it is picked free beforehand; between the
+        # two, another connection (any process's, or another node's forward picking the
+        # same number) may take it: the master then says "Port forwarding failed" and
+        # another port is tried (a local bind: nothing reached the node).
+        for _ in range(FORWARD_PORT_TRIES):
+            port = _free_port()
+            proc = ask(port)
+            if proc.returncode != 0 and self.persist and not self._master_alive(Path(self._socket)):
+                # the kept master timed out since: a forward runs nothing, so ask a new one
+                self._shared = None
+                self.connect()
+                proc = ask(port)
+            if proc.returncode == 0 or b"forwarding failed" not in proc.stderr:
+                break
+        spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
         if proc.returncode != 0:
             tail = _tail(proc.stderr.decode(errors="replace"))
             raise self._fail(f"cannot forward to {remote_host}:{remote_port}: {tail}")
@@ -443,6 +451,13 @@ def control_directory() -> Path:
             "that no one else may open (mode 0700)"
         )
     return path
+
+
+def _free_port() -> int:
+    """A port of 127.0.0.1 free now (for the master to bind right after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _mux(path: Path | str, *words: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
