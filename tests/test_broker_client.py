@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lotdeploy.broker.session import BrokerClient, CommandFailed
+from lotdeploy.broker.session import BrokerClient, CommandFailed, RequestIds
 from lotdeploy.broker.sync import SyncBrokerClient
 from lotdeploy.errors import BrokerError
 from lotdeploy.protocol import parse_reply
@@ -365,6 +365,35 @@ def test_a_link_that_never_comes_up_is_reported_when_the_wait_ends(lab: LabFacto
             assert 1.4 < time.monotonic() - started < 5.0
             assert seen.waiting() == ["Nowhere", "Absent"] and seen.listed == {"Nowhere"}
             assert seen.states["Absent"] is None and seen.states["Nowhere"] != "Connected"
+
+    run(body())
+
+
+@pytest.mark.parametrize("request_ids", ["auto", True], ids=["together", "in-turn"])
+def test_ensure_users_makes_new_users_and_rekeys_existing_ones(
+    lab: LabFactory, request_ids: RequestIds
+) -> None:
+    """Both ways (every -addUser and -changeUserPassword at once where the broker echoes
+    requestIds; adds, then changes where a user exists, otherwise) end with each user
+    logging in with its new password only; a refusal neither explains is raised."""
+    node = lab("127.0.0.54" if request_ids == "auto" else "127.0.0.55")
+
+    async def body() -> None:
+        async with node.client(request_ids=request_ids) as client:
+            assert client.echoes_ids is (request_ids == "auto")
+            first, second = Secret("alice-pass-1"), Secret("alice-pass-2")
+            assert await client.ensure_users({"alice": first}) == ["alice"]
+            assert await client.ensure_users({"alice": second, "bob": Secret("bob-pass-1")}) == [
+                "alice",
+                "bob",
+            ]
+            logins = {"alice": second, "bob": Secret("bob-pass-1")}
+            assert await client.check_logins(logins) == {"alice": True, "bob": True}
+            assert await client.check_logins({"alice": first}) == {"alice": False}
+            # the admin exists (so -addUser's refusal is the expected one) and may not be
+            # re-keyed: -changeUserPassword's refusal is the one raised
+            with pytest.raises(CommandFailed, match="Permission denied"):
+                await client.ensure_users({"root": Secret("not-the-admin-password")})
 
     run(body())
 

@@ -52,8 +52,16 @@ _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
 _NONE_LISTED = re.compile(r"0 [A-Za-z]+(\(s\)|s)?")
 #: The forbidden verbs as a broker that takes any case and kebab aliases reads them.
 _FORBIDDEN_KEYS = frozenset(verb_key(v) for v in FORBIDDEN_VERBS)
-#: Topic filters per SUBSCRIBE packet when reading many routes' code at once.
+#: Topic filters per SUBSCRIBE (and UNSUBSCRIBE) packet: many routes' topics at once.
 _TOPICS_PER_SUBSCRIBE = 100
+
+
+def _packets(topics: list[str]) -> list[list[str]]:
+    """`topics` split into SUBSCRIBE (or UNSUBSCRIBE) packets of `_TOPICS_PER_SUBSCRIBE`."""
+    return [
+        topics[start : start + _TOPICS_PER_SUBSCRIBE]
+        for start in range(0, len(topics), _TOPICS_PER_SUBSCRIBE)
+    ]
 
 
 def _is_reply_to(reply: Reply, verb: str, rid: str | None) -> bool:
@@ -104,6 +112,11 @@ def _connection_of(msg: Message) -> str | None:
         return None
     state = doc.get("connection") if isinstance(doc, dict) else None
     return state if isinstance(state, str) else None
+
+
+def _user_exists(result: object) -> bool:
+    """A refusal of `-addUser` because the user is there already."""
+    return isinstance(result, CommandFailed) and "exist" in result.reply.describe().lower()
 
 
 def routes_of(reply: Reply) -> list[dict[str, Any]]:
@@ -547,12 +560,29 @@ class BrokerClient:
     # -- several at once (`together`: one round trip with a broker that echoes ids) --------
 
     async def ensure_users(self, users: dict[str, Secret]) -> list[str]:
-        """Create each user, or set its password where it exists already; the names done."""
+        """Create each user, or set its password where it exists already; the names done.
+
+        With a broker that echoes requestIds, `-addUser` and `-changeUserPassword` of every
+        user go at once (one round trip whether the users exist or not): whichever applies
+        succeeds, and the other's refusal (the user exists; no such user) is the expected
+        one. Without, the adds go first and the changes only where a user exists."""
         names = sorted(users)
+        if self.request_ids is True and self.echoes_ids:
+            both = await self.together(
+                [
+                    call
+                    for n in names
+                    for call in (self.add_user(n, users[n]), self.change_user_password(n, users[n]))
+                ]
+            )
+            for add, change in zip(both[::2], both[1::2], strict=True):
+                if isinstance(add, BrokerError) and isinstance(change, BrokerError):
+                    raise change if _user_exists(add) else add
+            return names
         added = await self.together([self.add_user(n, users[n]) for n in names])
         again = []
         for name, result in zip(names, added, strict=True):
-            if isinstance(result, CommandFailed) and "exist" in result.reply.describe().lower():
+            if _user_exists(result):
                 again.append(name)
             elif isinstance(result, BrokerError):
                 raise result
@@ -726,9 +756,8 @@ class BrokerClient:
             self._unsubscribe_soon(conn, list(topics))
 
     async def _subscribe_quietly(self, conn: MqttConnection, topics: list[str]) -> None:
-        for start in range(0, len(topics), _TOPICS_PER_SUBSCRIBE):
-            with contextlib.suppress(BrokerError):
-                await self._subscribe(conn, topics[start : start + _TOPICS_PER_SUBSCRIBE], 5.0)
+        with contextlib.suppress(BrokerError):
+            await self._subscribe(conn, topics, 5.0)
 
     def _unsubscribe_soon(self, conn: MqttConnection, topics: list[str]) -> None:
         """UNSUBSCRIBE without waiting for the UNSUBACK on the caller's path: nothing needs
@@ -736,10 +765,10 @@ class BrokerClient:
         `close` cancels what is still in flight (DISCONNECT ends every subscription)."""
 
         async def unsubscribe() -> None:
-            for start in range(0, len(topics), _TOPICS_PER_SUBSCRIBE):
+            for packet in _packets(topics):
                 with contextlib.suppress(MqttError):
                     if conn.connected:
-                        await conn.unsubscribe(topics[start : start + _TOPICS_PER_SUBSCRIBE], 5.0)
+                        await conn.unsubscribe(packet, 5.0)
 
         if topics and conn.connected:
             task = asyncio.ensure_future(unsubscribe())
@@ -755,7 +784,8 @@ class BrokerClient:
         if earlier:
             await asyncio.wait(earlier, timeout=timeout)
         try:
-            await conn.subscribe([(t, 0) for t in topics], timeout)  # a refused one brings nothing
+            for packet in _packets(topics):  # a refused one brings nothing
+                await conn.subscribe([(t, 0) for t in packet], timeout)
         except MqttError as exc:
             raise self._error(str(exc)) from None
 

@@ -361,8 +361,7 @@ class OpenSshTransport(Transport):
         if self._master is None or self.persist:
             self.connect()
 
-        def ask(port: int) -> subprocess.CompletedProcess[bytes]:
-            spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
+        def ask(spec: str) -> subprocess.CompletedProcess[bytes]:
             return _mux(self._socket, "forward", "-L", spec, timeout=10)
 
         # The master binds the port itself, so it is picked free beforehand; between the
@@ -371,15 +370,15 @@ class OpenSshTransport(Transport):
         # another port is tried (a local bind: nothing reached the node).
         for _ in range(FORWARD_PORT_TRIES):
             port = _free_port()
-            proc = ask(port)
+            spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
+            proc = ask(spec)
             if proc.returncode != 0 and self.persist and not self._master_alive(Path(self._socket)):
                 # the kept master timed out since: a forward runs nothing, so ask a new one
                 self._shared = None
                 self.connect()
-                proc = ask(port)
+                proc = ask(spec)
             if proc.returncode == 0 or b"forwarding failed" not in proc.stderr:
                 break
-        spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
         if proc.returncode != 0:
             tail = _tail(proc.stderr.decode(errors="replace"))
             raise self._fail(f"cannot forward to {remote_host}:{remote_port}: {tail}")

@@ -34,7 +34,6 @@ from typing import Any
 from lotdeploy.apply.engine import TransportFactory
 from lotdeploy.apply.events import Event, Reporter, silent
 from lotdeploy.broker.monitoring import READ_TIMEOUT, read_cluster_topics
-from lotdeploy.broker.session import CommandFailed
 from lotdeploy.errors import BrokerError, LotdeployError
 from lotdeploy.model import Link, Node, Site
 from lotdeploy.node import facts, release
@@ -531,34 +530,13 @@ def _endpoint(node: Node, forwarded: int, ca_bundle: bytes | None) -> Endpoint:
 async def _ensure_probe_user_async(
     client: Any, user: str, password: Secret, revoke_rights: bool = False
 ) -> None:
-    """Set the probe user's password; create the user the first time. With a broker that
-    echoes requestIds both commands go at once (one round trip): whichever applies
-    succeeds, and the other's refusal (no such user; the user exists) is the expected one.
-    `revoke_rights` (a broker with the named rights model): every right flag it holds is
-    taken away, as for the cluster users (a probe needs none)."""
-    if client.request_ids is True and client.echoes_ids:
-        changed, added = await client.together(
-            [client.change_user_password(user, password), client.add_user(user, password)]
-        )
-        if isinstance(changed, BrokerError) and isinstance(added, BrokerError):
-            raise changed if not _user_missing(changed) else added
-    else:
-        try:
-            await client.change_user_password(user, password)
-        except CommandFailed as failed:
-            if not _user_missing(failed):
-                raise
-            await client.add_user(user, password)
+    """Set the probe user's password, creating the user the first time
+    (`BrokerClient.ensure_users`, as for the cluster users). `revoke_rights` (a broker with
+    the named rights model): every right flag it holds is taken away, as for the cluster
+    users (a probe needs none)."""
+    await client.ensure_users({user: password})
     if revoke_rights:
         await client.revoke_rights([user])
-
-
-def _user_missing(failed: BrokerError) -> bool:
-    """A refusal that says the user is not there (so adding it is the way)."""
-    if not isinstance(failed, CommandFailed):
-        return False
-    text = failed.reply.describe().lower()
-    return "not found" in text or "exist" in text
 
 
 def _close_all(visits: list[_Visit], parallelism: int) -> None:
