@@ -245,10 +245,11 @@ def test_silent_broker_times_out_with_a_broker_error() -> None:
     run(body())
 
 
-def test_an_unsubscribe_not_waited_for_still_goes_before_the_next_subscribe() -> None:
-    """A read's UNSUBSCRIBE is sent without waiting for its UNSUBACK; a read of the same
-    topic right after must not overtake it (the broker applies them in the order they
-    arrive: the other order would drop the new subscription)."""
+def test_a_reads_unsubscribe_goes_before_the_next_subscribe() -> None:
+    """Each read of a topic subscribes and unsubscribes within itself, so a read of the same
+    topic right after never has its SUBSCRIBE overtaken by the first one's UNSUBSCRIBE (the
+    broker applies them in the order they arrive: the other order would drop the new
+    subscription)."""
 
     async def body() -> None:
         async with tiny("127.0.0.52", "silent") as (broker, port):

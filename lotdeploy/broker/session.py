@@ -193,9 +193,6 @@ class BrokerClient:
         #: The reply to the `-listRoutes` this session sent last (the request-id probe sent on
         #: connect is one): the routes the broker ran then, with no further round trip.
         self.last_listing: Reply | None = None
-        #: UNSUBSCRIBEs not waited for on the caller's path (`_unsubscribe_soon`): each with
-        #: its topics, so a new SUBSCRIBE to one of them waits until it is through
-        self._unsubscribing: dict[asyncio.Future[None], frozenset[str]] = {}
 
     def __repr__(self) -> str:
         return f"BrokerClient({self.node_name!r}, {self.host}:{self.port}, user={self.username!r})"
@@ -272,11 +269,6 @@ class BrokerClient:
         return self._conn is not None and self._conn.connected
 
     async def close(self) -> None:
-        # an UNSUBSCRIBE still in flight is moot: DISCONNECT ends every subscription
-        for task in list(self._unsubscribing):
-            task.cancel()
-        if self._unsubscribing:
-            await asyncio.wait(set(self._unsubscribing), timeout=1.0)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -749,40 +741,29 @@ class BrokerClient:
             return seen
         finally:
             subscribed.cancel()
+            await asyncio.wait([subscribed], timeout=1.0)  # over within this call, as all is
             for topic in topics:
                 self._watchers[topic].remove(arrived)
                 if not self._watchers[topic]:
                     del self._watchers[topic]
-            self._unsubscribe_soon(conn, list(topics))
+            await self._unsubscribe(conn, list(topics), 5.0)
 
     async def _subscribe_quietly(self, conn: MqttConnection, topics: list[str]) -> None:
         with contextlib.suppress(BrokerError):
             await self._subscribe(conn, topics, 5.0)
 
-    def _unsubscribe_soon(self, conn: MqttConnection, topics: list[str]) -> None:
-        """UNSUBSCRIBE without waiting for the UNSUBACK on the caller's path: nothing needs
-        it (the watchers are gone, so whatever still comes on those topics is dropped).
-        `close` cancels what is still in flight (DISCONNECT ends every subscription)."""
-
-        async def unsubscribe() -> None:
-            for packet in _packets(topics):
-                with contextlib.suppress(MqttError):
-                    if conn.connected:
-                        await conn.unsubscribe(packet, 5.0)
-
-        if topics and conn.connected:
-            task = asyncio.ensure_future(unsubscribe())
-            self._unsubscribing[task] = frozenset(topics)
-            task.add_done_callback(lambda done: self._unsubscribing.pop(done, None))
+    @staticmethod
+    async def _unsubscribe(conn: MqttConnection, topics: list[str], timeout: float) -> None:
+        """UNSUBSCRIBE, the UNSUBACK awaited (bounded). Not left to a task of its own: a
+        SyncBrokerClient's loop runs only during a call, so such a task would go out at the
+        next call, in the middle of other commands (rollouts lost admin sessions that way)."""
+        for packet in _packets(topics):
+            with contextlib.suppress(MqttError):
+                if conn.connected:
+                    await conn.unsubscribe(packet, timeout)
 
     async def _subscribe(self, conn: MqttConnection, topics: list[str], timeout: float) -> None:
-        """SUBSCRIBE (QoS 0) once any UNSUBSCRIBE of the same topics still in flight is
-        through: the broker applies them in the order they arrive, and the other order
-        would drop the new subscription."""
-        wanted = set(topics)
-        earlier = [task for task, gone in self._unsubscribing.items() if wanted & gone]
-        if earlier:
-            await asyncio.wait(earlier, timeout=timeout)
+        """SUBSCRIBE (QoS 0: retained messages all at once), in packets."""
         try:
             for packet in _packets(topics):  # a refused one brings nothing
                 await conn.subscribe([(t, 0) for t in packet], timeout)
@@ -818,7 +799,7 @@ class BrokerClient:
                         break
                     found[msg.topic] = msg.payload
             finally:
-                self._unsubscribe_soon(conn, filters)
+                await self._unsubscribe(conn, filters, timeout)
         finally:
             for watcher in watchers:
                 self._filter_watchers.remove(watcher)
@@ -860,7 +841,7 @@ class BrokerClient:
                         break
                     found.setdefault(msg.topic, msg)
             finally:
-                self._unsubscribe_soon(conn, topics)
+                await self._unsubscribe(conn, topics, timeout)
         finally:
             for topic in topics:
                 self._watchers[topic].remove(arrived)
@@ -881,7 +862,7 @@ class BrokerClient:
             except TimeoutError:
                 return None
             finally:
-                self._unsubscribe_soon(conn, [topic])
+                await self._unsubscribe(conn, [topic], timeout)
         finally:
             self._watchers[topic].remove(queue)
             if not self._watchers[topic]:
