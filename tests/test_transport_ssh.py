@@ -85,6 +85,52 @@ def test_no_ssh_config_and_defaults(tmp_path: Path) -> None:
         SshTransport("n", SshTarget(host="h"), ssh_config=tmp_path / "missing")._resolve()
 
 
+def test_openssh_and_ansible_resolve_settings_as_the_ssh_transport_does(tmp_path: Path) -> None:
+    """One resolution for every transport: where the spec is silent the ssh config's Port,
+    User, UserKnownHostsFile and ProxyJump apply to OpenSSH and the inventory too, passed
+    explicitly, and the real `ssh -G` (which reads the same file, connects nowhere) agrees."""
+    from lotdeploy.ansible.inventory import host_vars
+    from lotdeploy.transport.sshopts import ssh_options
+
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh")
+    config = _config(
+        tmp_path,
+        "Host web1\n  HostName 10.9.8.7\n  Port 2222\n  User deploy\n"
+        "  UserKnownHostsFile ~/kh-from-config\n  ProxyJump ops@bastion:2200\n"
+        "Host web2\n  HostName 10.9.8.8\n  Port 2222\n  User deploy\n",
+    )
+    spec = tmp_path / "site.yaml"
+    spec.write_text(
+        "site: s\nnodes:\n"
+        "  - {name: web1, address: 198.18.0.11, ssh: {host: web1}}\n"
+        "  - {name: web2, address: 198.18.0.12,"
+        " ssh: {host: web2, port: 2200, user: admin, known_hosts: kh}}\n"
+    )
+    site = load_site(spec).site
+    for node in site.nodes:
+        ssh = SshTransport.for_node(node, ssh_config=config, base_dir=site.base_dir)
+        hop, jump, _, known_hosts = ssh._resolve()
+        options = ssh_options(site, node, ssh_config=config)
+        assert (options.port, options.user) == (hop.port, hop.user)
+        assert options.known_hosts == str(known_hosts)
+        shown = subprocess.run(
+            [*options.argv(), "-G"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.splitlines()
+        assert f"hostname {hop.host}" in shown and f"port {hop.port}" in shown
+        assert f"user {hop.user}" in shown
+        if jump is None:
+            assert options.jump is None
+            assert not any(x.startswith(("proxycommand", "proxyjump")) for x in shown)
+            continue
+        assert options.jump == f"{jump.user}@bastion:{jump.port}"
+        proxy = next(x for x in shown if x.startswith("proxycommand "))
+        assert "-p 2200 -l ops" in proxy and "proxyjump" not in " ".join(shown)
+    web1 = host_vars(site, site.node("web1"))
+    assert (web1["ansible_port"], web1["ansible_user"]) == (22, "root")  # no -F: ssh's own
+    assert host_vars(site, site.node("web2"))["ansible_port"] == 2200
+
+
 def test_command_label_is_short() -> None:
     assert command_label("kill -HUP 42") == "kill -HUP …"
     assert command_label("true") == "true"

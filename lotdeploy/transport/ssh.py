@@ -23,7 +23,6 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,37 +47,23 @@ from lotdeploy.transport.base import (
     command_label,
     output_overflow,
 )
-from lotdeploy.transport.sshopts import split_jump
+from lotdeploy.transport.sshopts import (
+    Hop,
+    SshSettingsError,
+    load_ssh_config,
+    local_path,
+    resolve,
+)
 
 # paramiko logs handshake failures with tracebacks; without a handler of its own, Python's
 # last-resort handler would print them on stderr. Errors reach the user as TransportError.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-#: The model's built-in defaults: a value equal to one of them counts as "the spec is
-#: silent", so the ssh config's Port/User for the host applies (the model keeps no None).
-DEFAULT_SSH_PORT: int = SshTarget(host="-").port
-DEFAULT_SSH_USER: str = SshTarget(host="-").user
 #: Bound of one SFTP request (a dead link otherwise blocks a read for ever).
 SFTP_TIMEOUT = COMMAND_TIMEOUT
 #: Bound of joining a forward's threads on close.
 FORWARD_JOIN = 2.0
 _KNOWN_HOSTS_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Hop:
-    """One SSH server to log in to (the node, or its jump host), settings decided."""
-
-    label: str  # "198.18.0.11:22", for messages
-    host: str
-    port: int
-    user: str
-    key_files: tuple[str, ...]  # from the ssh config, when the spec names no key
-
-    @property
-    def known_hosts_name(self) -> str:
-        """The name paramiko and OpenSSH look the host up under in known_hosts."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -132,27 +117,6 @@ def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as fh:
         fh.seek(-1, os.SEEK_END)
         return fh.read(1) == b"\n"
-
-
-def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
-    """The ssh config: `path` alone when given, else ~/.ssh/config then /etc/ssh/ssh_config
-    (as OpenSSH: the first value found for an option wins)."""
-    paths = (
-        [path]
-        if path is not None
-        else [Path("~/.ssh/config").expanduser(), Path("/etc/ssh/ssh_config")]
-    )
-    config = paramiko.SSHConfig()
-    for candidate in paths:
-        if path is None and not candidate.is_file():
-            continue
-        try:
-            with open(candidate) as fh:
-                config.parse(fh)
-        except (OSError, UnicodeDecodeError, ValueError, paramiko.SSHException) as exc:
-            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise TransportError("-", f"cannot read ssh config {candidate}: {cause}") from None
-    return config
 
 
 def _tail(text: str, lines: int = 3, chars: int = 400) -> str:
@@ -233,83 +197,16 @@ class SshTransport(Transport):
         return TransportError(self.node, scrub(cause))
 
     def _local(self, path: Path | str) -> Path:
-        path = Path(path).expanduser()
-        if not path.is_absolute() and self.base_dir is not None:
-            path = self.base_dir / path
-        return path
-
-    def _hop(
-        self,
-        config: paramiko.SSHConfig,
-        host: str,
-        port: int | None,
-        user: str | None,
-        *,
-        spec_port: int,
-        spec_user: str,
-    ) -> tuple[Hop, dict[str, Any]]:
-        """Settings of one hop: explicit values, else the ssh config's, else the spec's."""
-        found = config.lookup(host)
-        hostname = str(found.get("hostname", host))
-        if port is None:
-            port = (
-                int(found["port"])
-                if spec_port == DEFAULT_SSH_PORT and "port" in found
-                else spec_port
-            )
-        if user is None:
-            user = (
-                str(found["user"])
-                if spec_user == DEFAULT_SSH_USER and "user" in found
-                else spec_user
-            )
-        key_files = tuple(
-            str(Path(k).expanduser())
-            for k in found.get("identityfile", [])
-            if Path(k).expanduser().is_file()
-        )
-        label = f"{hostname}:{port}"
-        return Hop(label, hostname, port, user, key_files), dict(found)
+        return local_path(path, self.base_dir)
 
     def _resolve(self) -> tuple[Hop, Hop | None, str | None, Path]:
-        """Decide host, port, user, jump and known_hosts (spec > ssh config > defaults)."""
+        """Decide host, port, user, jump and known_hosts (sshopts.resolve: spec > ssh config
+        > defaults, the same for every transport)."""
         try:
-            config = load_ssh_config(self.ssh_config_path)
-        except TransportError as exc:
+            found = resolve(self.target, load_ssh_config(self.ssh_config_path), self.base_dir)
+        except SshSettingsError as exc:
             raise self._fail(exc.cause) from None
-        t = self.target
-        hop, found = self._hop(config, t.host, None, None, spec_port=t.port, spec_user=t.user)
-        if t.known_hosts is not None:
-            known_hosts = self._local(t.known_hosts)
-        elif found.get("userknownhostsfile"):
-            known_hosts = Path(str(found["userknownhostsfile"]).split()[0]).expanduser()
-        else:
-            known_hosts = Path("~/.ssh/known_hosts").expanduser()
-        jump = t.jump or found.get("proxyjump")
-        proxy_command = None
-        if jump is not None and str(jump).lower() == "none":
-            jump = None
-        if (
-            jump is None
-            and found.get("proxycommand")
-            and str(found["proxycommand"]).lower() != "none"
-        ):
-            proxy_command = str(found["proxycommand"])
-        jump_hop = None
-        if jump is not None:
-            jump = str(jump)
-            if "," in jump:
-                raise self._fail(f"jump {jump!r}: only one jump host is supported")
-            juser, jhost, jport_text = split_jump(jump)
-            try:
-                jport = int(jport_text) if jport_text else None
-            except ValueError:
-                raise self._fail(f"jump {jump!r}: the port is not a number") from None
-            # user@ given: it; else the jump host's ssh config User; else the node's user
-            jump_hop, _ = self._hop(
-                config, jhost, jport, juser or None, spec_port=DEFAULT_SSH_PORT, spec_user=hop.user
-            )
-        return hop, jump_hop, proxy_command, known_hosts
+        return found.hop, found.jump, found.proxy_command, found.known_hosts
 
     def _auth_kwargs(self, hop: Hop) -> dict[str, Any]:
         """The spec's key alone (no agent, no default keys), else ssh config keys + agent."""
