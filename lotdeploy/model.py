@@ -241,9 +241,9 @@ class Site:
     base_dir: Path = Path(".")  # where relative paths in the spec start; not part of digest
     mesh: Mesh = Mesh()
     rollout: RolloutPolicy = RolloutPolicy()
-    #: how apply delivers files ("ssh" or "ansible"); not part of the digest: the same site
-    #: means the same node state whichever transport delivers it
-    transport: str = "ssh"
+    #: how lotdeploy reaches the nodes (lotdeploy.transport.KINDS); not part of the digest:
+    #: the same site means the same node state whichever transport delivers it
+    transport: str = "openssh"
     ansible_vault_password_file: Path | None = None
     ansible_python_interpreter: str = "/usr/bin/python3"
     #: the site as its spec says, when this one is bound to workspace facts (adopted

@@ -485,7 +485,7 @@ def test_the_site_chooses_the_transport_and_a_wrong_one_names_its_line(tmp_path:
     from lotdeploy.errors import SpecError
     from lotdeploy.spec import load_site_text
 
-    assert load_site_text(SITE, "site.yaml", tmp_path).site.transport == "ssh"
+    assert load_site_text(SITE, "site.yaml", tmp_path).site.transport == "openssh"
     text = SITE + "transport: ansible\nansible:\n  vault_password_file: vault.txt\n"
     site = load_site_text(text, "site.yaml", tmp_path).site
     assert site.transport == "ansible" and site.ansible_vault_password_file == Path("vault.txt")

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,15 @@ def masters(runtime: Path) -> dict[str, int]:
         if check.returncode == 0 and pid:
             found[path.name] = int(pid.group(1))
     return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a master forks away from us: no one of ours reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def end_masters(runtime: Path) -> None:
@@ -154,3 +164,115 @@ def test_a_forward_whose_port_was_taken_meanwhile_takes_another(
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                 raw.sendall(bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 0]))
                 assert raw.recv(4)[:1] == b"\x20"  # the broker answered through it
+
+
+@pytest.mark.root
+def test_host_keys_are_refused_in_the_words_of_the_ssh_transport(tmp_path: Path) -> None:
+    """A changed host key and an unknown one read as the ssh transport says them (the
+    operator learns which it is, and what to do), with OpenSSH's own words after."""
+    skip_unless_root()
+    import dataclasses
+
+    from lotdeploy.transport.base import HostKeyError
+    from lotdeploy.transport.openssh import OpenSshTransport
+    from lotdeploy.transport.sshopts import ssh_options
+
+    with lab_up(tmp_path, "--nodes", "1") as lab:
+        site = lab.site()
+        node = site.node(lab.nodes[0])
+        options = ssh_options(site, node)
+        host, _, key = Path(options.known_hosts).read_text().split(maxsplit=2)
+        other = tmp_path / "other"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+            check=True,
+            timeout=30,
+        )
+        changed = tmp_path / "known_changed"
+        changed.write_text(
+            f"{host} {other.with_suffix('.pub').read_text().split()[0]} "
+            f"{other.with_suffix('.pub').read_text().split()[1]}\n"
+        )
+        cases = {
+            changed: f"host key for {host} does not match known_hosts {changed}: refusing to "
+            "connect (",
+            tmp_path / "none": f"host key for {host} is not in known_hosts {tmp_path / 'none'} "
+            "(the file does not exist); add it, or run with --accept-new-host-keys (",
+        }
+        for known, said in cases.items():
+            transport = OpenSshTransport(
+                node.name, dataclasses.replace(options, known_hosts=str(known))
+            )
+            with pytest.raises(HostKeyError) as info:
+                transport.connect()
+            transport.close()
+            assert str(info.value).startswith(f"node {node.name}: {said}"), str(info.value)
+        assert key  # the lab's own line was there to replace
+
+
+def test_no_ssh_command_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """openssh is the default transport: a controller without the `ssh` command gets the
+    package to install and the other choice, never a traceback."""
+    from lotdeploy.transport.base import TransportError
+    from lotdeploy.transport.openssh import OpenSshTransport
+    from lotdeploy.transport.sshopts import SshOptions
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on it
+    options = SshOptions("127.0.0.1", 22, "root", None, str(tmp_path / "kh"), None)
+    with pytest.raises(TransportError) as info:
+        OpenSshTransport("n1", options, persist=60).connect()
+    assert str(info.value) == (
+        "node n1: the ssh command is not installed (Debian package openssh-client): install "
+        "it, or choose `transport: ssh` (fabric/paramiko) in the site or --transport ssh"
+    )
+
+
+@pytest.mark.root
+def test_a_master_that_idled_out_is_started_again_and_one_lost_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within one command: a kept master that ended by its idle timeout between two calls
+    (the operator took long to say yes) is started again, as nothing ran on it; one that
+    ended under a call is that call's error and every later call's, until close()."""
+    skip_unless_root()
+    from lotdeploy.transport.base import TransportError
+    from lotdeploy.transport.openssh import OpenSshTransport, exit_master
+    from lotdeploy.transport.sshopts import ssh_options
+
+    runtime = Path(tempfile.mkdtemp(prefix="ld-run-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    try:
+        with lab_up(tmp_path, "--nodes", "1") as lab:
+            site = lab.site()
+            node = site.node(lab.nodes[0])
+            transport = OpenSshTransport(node.name, ssh_options(site, node), persist=2)
+            assert transport.run("echo one").stdout == "one\n"
+            first = masters(runtime)
+            (pid,) = first.values()
+            deadline = time.monotonic() + 15  # ControlPersist=2s; watched by its pid, as
+            while _running(pid) and time.monotonic() < deadline:  # `-O check` is activity
+                time.sleep(0.2)
+            assert not _running(pid), "the master did not idle out"
+            assert transport.run("echo two").stdout == "two\n"  # a new master, said nothing
+            assert masters(runtime) and masters(runtime) != first
+            # lost under a call (what a node gone does): an error now and on the next call
+            real = transport._base
+
+            def losing(master: bool = False) -> list[str]:
+                exit_master(Path(transport._socket))
+                return real(master)
+
+            monkeypatch.setattr(transport, "_base", losing)
+            with pytest.raises(TransportError, match="was lost"):
+                transport.run("echo three")
+            monkeypatch.setattr(transport, "_base", real)
+            with pytest.raises(TransportError, match="was lost"):
+                transport.run("echo four")
+            transport.close()
+            assert transport.run("echo five").stdout == "five\n"
+            transport.close()
+    finally:
+        end_masters(runtime)
+        left = masters(runtime)
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert left == {}

@@ -32,6 +32,7 @@ from lotdeploy.credentials import cluster_password
 from lotdeploy.lab import labstate
 from lotdeploy.lab.hosts import Layout
 from lotdeploy.transport import transport_factory
+from lotdeploy.transport.openssh import exit_master
 from lotdeploy.verify import VerifyOptions, run_verify
 from lotdeploy.verify.result import VerifyResult
 from lotdeploy.verify.run import PROBE_SECRET
@@ -283,13 +284,22 @@ def test_a_cut_node_fails_its_checks_and_exactly_its_links(vlab: Lab, tmp_path: 
     wait_passing(vlab)
 
 
-def test_a_connection_dropped_mid_check_is_checked_again_on_a_new_one(vlab: Lab) -> None:
-    """The fault, injected precisely: eu2's first SSH connection loses its TCP connection as
-    its first command starts (what a WAN blip or a killed sshd session does). Verify only
-    reads, so it checks eu2 once more on a new connection, and says so."""
+@pytest.mark.parametrize("kind", ["ssh", "openssh"])
+def test_a_connection_dropped_mid_check_is_checked_again_on_a_new_one(vlab: Lab, kind: str) -> None:
+    """The fault, injected precisely: eu2's first SSH connection is lost as its first
+    command starts (what a WAN blip or a killed sshd session does): paramiko's TCP socket
+    shut down, or OpenSSH's master ended. Verify only reads, so it checks eu2 once more on
+    a new connection, and says so."""
     site = vlab.site()
-    real = transport_factory(site, False)
+    real = transport_factory(site, False, override=kind)
     dropped: list[Any] = []
+
+    def lose(transport: Any) -> None:
+        if kind == "ssh":
+            transport._conn.client.get_transport().sock.shutdown(socket.SHUT_RDWR)
+        else:
+            transport.connect()
+            exit_master(Path(transport._socket))
 
     def factory(node: Any) -> Any:
         transport = real(node)
@@ -301,8 +311,7 @@ def test_a_connection_dropped_mid_check_is_checked_again_on_a_new_one(vlab: Lab)
         def run(command: str, **kwargs: Any) -> Any:
             if len(dropped) == 1:
                 dropped.append(command)
-                sock = transport._conn.client.get_transport().sock
-                sock.shutdown(socket.SHUT_RDWR)
+                lose(transport)
             return original(command, **kwargs)
 
         transport.run = run

@@ -61,9 +61,10 @@ transport_option = click.option(
     "--transport",
     type=click.Choice(["ssh", "ansible", "openssh"]),
     default=None,
-    help="How to reach the nodes: ssh (fabric), ansible (ansible-runner playbooks, OpenSSH "
-    "for the command channel) or openssh (the ssh command, its connection kept between "
-    "commands); default: the site's `transport:`, else ssh.",
+    help="How to reach the nodes: openssh (the ssh command, its connection kept between "
+    "commands), ssh (fabric/paramiko, a connection per command) or ansible (ansible-runner "
+    "playbooks, OpenSSH for the command channel); default: the site's `transport:`, else "
+    "openssh.",
 )
 
 

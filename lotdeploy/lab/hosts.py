@@ -425,7 +425,9 @@ def lab_processes(lab_dir: Path) -> list[int]:
     """Our processes of this lab found by command line (after a crash, before pids were saved).
 
     A process counts only if its command line names this lab's directory AND is one of the
-    kinds the lab starts (sshd, or a lotdeploy.lab module).
+    kinds the lab starts (sshd, or a lotdeploy.lab module) or an SSH master kept to its
+    nodes by `transport: openssh` (the default: `ssh ... ControlPersist=...` with the lab's
+    key and known_hosts), which would otherwise outlive the lab by its idle timeout.
     """
     needle = str(lab_dir.resolve()) + "/"
     me = os.getpid()
@@ -439,7 +441,8 @@ def lab_processes(lab_dir: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if needle in cmd and ("sshd" in cmd or "lotdeploy.lab." in cmd):
+        kept_master = cmd.startswith("ssh ") and "ControlPersist=" in cmd
+        if needle in cmd and ("sshd" in cmd or "lotdeploy.lab." in cmd or kept_master):
             found.append(int(entry.name))
     return found
 

@@ -430,9 +430,10 @@ class SiteSpec(_Strict):
         None, description="roll apply out in waves with a verify gate (docs/rollout.md)"
     )
     transport: Literal["ssh", "ansible", "openssh"] = Field(
-        "ssh",
-        description="how lotdeploy reaches the nodes: ssh (fabric), ansible (ansible-runner) "
-        "or openssh (the ssh command, its master kept between commands; docs/transport.md)",
+        "openssh",
+        description="how lotdeploy reaches the nodes: openssh (the ssh command, its master "
+        "kept 60 s between commands as Ansible's ControlPersist), ssh (fabric/paramiko, a "
+        "connection per command) or ansible (ansible-runner); docs/transport.md",
     )
     ansible: AnsibleSettings = Field(default_factory=lambda: AnsibleSettings())
 

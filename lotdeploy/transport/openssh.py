@@ -143,6 +143,8 @@ class OpenSshTransport(Transport):
         self._master: subprocess.Popen[bytes] | None = None
         self._forwards: list[str] = []
         self._shared: Path | None = None  # the persistent master's socket, once it works
+        self._gone = False  # the persistent master was lost mid-command (see _lost)
+        self._last_used: float | None = None  # when the last call or forward ended
         self._connecting = threading.Lock()
 
     @property
@@ -185,16 +187,30 @@ class OpenSshTransport(Transport):
         return control_directory() / digest.hexdigest()[:16]
 
     def _fail(self, cause: str) -> TransportError:
+        """The ssh transport's words for a host key (changed, or not in the file), so an
+        operator reads the same whichever transport met it."""
         text = scrub(cause)
-        if any(w in text.lower() for w in _HOST_KEY_WORDS):
-            return HostKeyError(
-                self.node,
-                f"host key for {self.options.host} not verified against known_hosts "
-                f"{self.options.known_hosts}: refusing to connect ({text})",
+        lower = text.lower()
+        if not any(w in lower for w in _HOST_KEY_WORDS):
+            return TransportError(self.node, text)
+        known = self.options.known_hosts
+        if "has changed" in lower or "identification has changed" in lower:
+            said = f"does not match known_hosts {known}: refusing to connect"
+        else:
+            missing = "" if Path(known).exists() else " (the file does not exist)"
+            said = (
+                f"is not in known_hosts {known}{missing}; add it, or run with "
+                "--accept-new-host-keys"
             )
-        return TransportError(self.node, text)
+        return HostKeyError(self.node, f"host key for {self.options.host} {said} ({text})")
 
     def connect(self) -> None:
+        if shutil.which("ssh") is None:  # the default transport: say what to do, no traceback
+            raise self._fail(
+                "the ssh command is not installed (Debian package openssh-client): install "
+                "it, or choose `transport: ssh` (fabric/paramiko) in the site or --transport ssh"
+            )
+        self._gone = False
         if self.persist:
             self._connect_shared()
             return
@@ -272,16 +288,35 @@ class OpenSshTransport(Transport):
             raise self._fail(f"the SSH master at {path} does not answer") from None
 
     def _lost(self, what: str) -> TransportError:
-        """A persistent master gone mid-command: the next connect() starts another, and
-        this command is an error (never run again unnoticed)."""
+        """A persistent master gone mid-command: this command is an error (never run again
+        unnoticed), and so is every later call until connect() or close() (the transport
+        contract: no silent new connection; a caller that only reads may choose a new one,
+        as verify does)."""
         self._shared = None
+        self._gone = True
         return self._fail(f"{what}the connection to {self.options.host} was lost")
+
+    def _require(self) -> None:
+        """The connection of every call: the one this transport had, else an error. One
+        exception: a kept master that ended by its own idle timeout (ControlPersist: no
+        channel for `persist` seconds, e.g. while apply waits for the operator's yes) is
+        started again, since nothing was running on it; the master is asked only when this
+        transport has been idle that long."""
+        if self._gone:
+            raise self._fail(f"the connection to {self.options.host} was lost")
+        idle = time.monotonic() - self._last_used if self._last_used is not None else 0.0
+        shared = self._shared
+        long_idle = shared is not None and not self._forwards and idle >= max(self.persist - 1, 0)
+        if long_idle and shared is not None and not self._master_alive(shared):
+            with self._connecting:
+                self._shared = None
+        self.connect()
 
     def _ssh(
         self, remote: str, *, timeout: float, data: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         if self.persist:
-            self.connect()
+            self._require()
         elif self._master is None or self._master.poll() is not None:
             if self._master is not None:
                 raise self._fail(f"the connection to {self.options.host} was lost")
@@ -292,6 +327,8 @@ class OpenSshTransport(Transport):
             raise self._fail(
                 f"`{command_label(remote)}` did not finish within {timeout:g} s"
             ) from None
+        finally:
+            self._last_used = time.monotonic()
         if proc.stdout is None:  # bounded_run's mark: more output than allowed
             raise self._fail(output_overflow(remote))
         shared = self._shared if self.persist and proc.returncode == 255 else None
@@ -359,7 +396,7 @@ class OpenSshTransport(Transport):
     @contextlib.contextmanager
     def _forward(self, remote_host: str, remote_port: int) -> Iterator[int]:
         if self._master is None or self.persist:
-            self.connect()
+            self._require()
 
         def ask(spec: str) -> subprocess.CompletedProcess[bytes]:
             return _mux(self._socket, "forward", "-L", spec, timeout=10)
@@ -373,10 +410,7 @@ class OpenSshTransport(Transport):
             spec = f"127.0.0.1:{port}:{remote_host}:{remote_port}"
             proc = ask(spec)
             if proc.returncode != 0 and self.persist and not self._master_alive(Path(self._socket)):
-                # the kept master timed out since: a forward runs nothing, so ask a new one
-                self._shared = None
-                self.connect()
-                proc = ask(spec)
+                raise self._lost(f"forward to {remote_host}:{remote_port}: ")
             if proc.returncode == 0 or b"forwarding failed" not in proc.stderr:
                 break
         if proc.returncode != 0:
@@ -387,6 +421,7 @@ class OpenSshTransport(Transport):
             yield port
         finally:
             self._cancel(spec)
+            self._last_used = time.monotonic()
 
     def _cancel(self, spec: str) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -404,6 +439,7 @@ class OpenSshTransport(Transport):
             for spec in list(self._forwards):
                 self._cancel(spec)
             self._shared = None
+            self._gone = False
             return
         if self._master is None:
             return

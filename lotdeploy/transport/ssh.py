@@ -843,8 +843,8 @@ class _Forward:
 
 
 def transport_kind() -> TransportKind:
-    """`transport: ssh` (the default): fabric/paramiko, strict host keys; files go over each
-    node's own connection."""
+    """`transport: ssh`: fabric/paramiko, strict host keys, one connection per node and
+    command; files go over each node's own connection."""
 
     def factory(site: Site, accept_new_host_keys: bool) -> TransportFactory:
         def make(node: Node) -> Transport:
