@@ -5,6 +5,7 @@ Python client; then a no-op apply, a `drift` and a `plan --refresh` of the large
 Prints medians and ratios.
 
     sudo .venv/bin/python bench/bench_apply.py [--repeat 3] [--sizes 1,3,10] [--skip-naive]
+        [--transport openssh|ssh]   (written into the lab's site; default: the site's default)
 
 A one-node site has no links: its apply is files and the capability check only (no users,
 no routes), so the 10-node/1-node ratio is a pessimistic measure of parallel scaling.
@@ -90,12 +91,19 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120
     return time.perf_counter() - started
 
 
+#: `--transport`: written into every lab's site (None: the site's default)
+TRANSPORT: list[str] = []
+
+
 @contextlib.contextmanager
 def lab(size: int) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="lotapply-bench-") as tmp:
         lab_dir = Path(tmp) / "lab"
         try:
             control.up(lab_dir, labstate.parse_shape(size, None))
+            if TRANSPORT:
+                site = Layout(lab_dir).site
+                site.write_text(site.read_text() + f"transport: {TRANSPORT[0]}\n")
             yield lab_dir
         finally:
             control.down(lab_dir)
@@ -201,7 +209,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,3,10")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive loop")
     parser.add_argument("--noop-repeat", type=int, default=5, help="no-op turns per lab")
+    parser.add_argument("--transport", help="openssh or ssh (default: the site's default)")
     args = parser.parse_args()
+    if args.transport:
+        TRANSPORT[:] = [args.transport]
     if os.geteuid() != 0:
         raise SystemExit("bench_apply needs root (a root-mode lab)")
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -4,7 +4,7 @@ divided by D is the number of round trips the command waits for one after anothe
 machine's speed cancels out; only waiting on the network remains).
 
     sudo .venv/bin/python bench/bench_rtt.py [--repeat 3] [--delays 100,250] [--skip-naive]
-        [--transports ssh,openssh]
+        [--transports openssh,ssh] [--warm]
 
 Per round and delay: a fresh root lab `eu:1,us:3` with every node `lab delay NODE D` (ingress:
 one round trip to a node costs D), then, timed: a fresh `apply`, a no-op `apply` (which reads
@@ -12,11 +12,14 @@ every node first), `plan --refresh`, `drift`, `status`, `verify`; a rollout of 3
 gates (a validity change); the same fresh apply with `--transport ansible` on a second lab;
 and a naive sequential loop of `ssh`/`scp` doing the same pushes (bench_apply.naive).
 
-`--warm`: an untimed `status` before the fresh apply (with `openssh`, it makes the masters
-the fresh apply then finds). `--transports ssh,openssh`: the same commands once per
-transport, each on its own lab, in one run (`transport: openssh` in the lab's site: masters kept between commands,
-LOTDEPLOY_SSH_PERSIST, in a private directory of this run, ended afterwards; the fresh
-apply is the first command and makes the masters, every later command finds them).
+`--transports openssh,ssh`: the same commands once per transport, each on its own lab, in
+one run, the transport written into the lab's site (`openssh`, the default: masters kept
+between commands, LOTDEPLOY_SSH_PERSIST, in a private directory of this run, ended
+afterwards; the fresh apply is the first command and makes the masters, every later command
+finds them; `ssh`: fabric/paramiko, a connection per command). The naive loop runs with the
+first transport's lab. `--warm`: an untimed `status` before the fresh apply (with
+`openssh`, it makes the masters the fresh apply then finds: an apply after any other
+command within a minute).
 
 Targets (issue 20, 4 nodes): fresh apply <= 15; no-op apply <= 10; plan --refresh, drift,
 status <= 8; verify <= 12; rollout of 3 waves <= 3 x (apply + verify).
@@ -140,7 +143,9 @@ def main() -> None:
     parser.add_argument("--delays", default="100,250")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-ansible", action="store_true")
-    parser.add_argument("--transports", default="ssh", help="comma-separated: ssh,openssh")
+    parser.add_argument(
+        "--transports", default="openssh", help="comma-separated: openssh (the default), ssh"
+    )
     parser.add_argument("--warm", action="store_true", help="an untimed status first")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -150,10 +155,11 @@ def main() -> None:
     started = time.monotonic()
     for _ in range(args.repeat):
         for delay in delays:  # in turns, so slow drift of the machine hits every delay alike
-            for transport in args.transports.split(","):
-                tag = "" if transport == "ssh" else f" [{transport}]"
-                with lab(delay, None if transport == "ssh" else transport) as lab_dir:
-                    skip_naive = args.skip_naive or transport != "ssh"
+            transports = args.transports.split(",")
+            for transport in transports:
+                tag = f" [{transport}]"
+                with lab(delay, transport) as lab_dir:
+                    skip_naive = args.skip_naive or transport != transports[0]
                     for name, seconds in measure(lab_dir, skip_naive, args.warm).items():
                         samples.setdefault((name + tag, delay), []).append(seconds)
             if not args.skip_ansible:
