@@ -250,6 +250,7 @@ class OpenSshTransport(Transport):
         with self._connecting:
             if self._shared is None:
                 self._start_shared()
+                self._last_used = time.monotonic()  # idle from here, for _require
 
     def _start_shared(self) -> None:
         path = self._shared_socket()
