@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,10 @@ class TinyBroker:
     mode "silent": never answers a command.
     mode "ghost": lists no route, yet answers a SUBSCRIBE to a route's status topic with a
     status saying Connected (a status for a route the broker does not run).
+    mode "held" (or "refused"): a 2.x broker (JSON replies echoing requestIds) whose CONNACK
+    (a refusal: bad user name or password) waits until a PUBLISH came (at most 2 s), what it
+    answers meanwhile queued behind the CONNACK; `before_connack`: the packet types that came
+    before it.
     Every SUBSCRIBE and UNSUBSCRIBE is kept in `subscriptions`, in the order it came.
     """
 
@@ -127,6 +132,8 @@ class TinyBroker:
         self.mode = mode
         self.commands: list[str] = []
         self.subscriptions: list[tuple[str, str]] = []
+        self.before_connack: list[int] = []
+        self.held: bytearray | None = None  # answers waiting for the held CONNACK
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -141,27 +148,39 @@ class TinyBroker:
                         break
                 body = await reader.readexactly(length)
                 kind = first >> 4
+                if self.held is not None or (kind == 1 and self.mode in ("held", "refused")):
+                    self.before_connack.append(kind)
+                if kind == 1 and self.mode in ("held", "refused"):
+                    self.held = bytearray()
+                    asyncio.get_running_loop().call_later(2.0, self.release, writer)
+                    continue
+                out = writer if self.held is None else _Held(self.held)
                 if kind == 1:
                     writer.write(b"\x20\x02\x00\x00")
                 elif kind in (8, 10):
                     self.subscriptions.append(("sub" if kind == 8 else "unsub", _topic(body)))
                     if kind == 10:
-                        writer.write(b"\xb0\x02" + body[:2])
+                        out.write(b"\xb0\x02" + body[:2])
                         await writer.drain()
                         continue
                     if self.mode == "v1":  # another admin's reply, stale before our command
-                        self.reply(writer, "Route 'Other' removed successfully")
-                    writer.write(b"\x90\x03" + body[:2] + b"\x01")
+                        self.reply(out, "Route 'Other' removed successfully")
+                    out.write(b"\x90\x03" + body[:2] + b"\x01")
                     if self.mode == "ghost" and _topic(body).endswith("/status"):
-                        self.reply(writer, '{"connection": "Connected"}', _topic(body))
+                        self.reply(out, '{"connection": "Connected"}', _topic(body))
                 elif kind == 3:
                     tlen = struct.unpack("!H", body[:2])[0]
                     pid = body[2 + tlen : 4 + tlen]
                     payload = body[4 + tlen :].decode()
-                    writer.write(b"\x40\x02" + pid)
+                    out.write(b"\x40\x02" + pid)
                     self.commands.append(payload)
                     if self.mode == "ghost":
-                        self.reply(writer, '{"success": true, "data": []}')
+                        self.reply(out, '{"success": true, "data": []}')
+                    if self.mode == "held":
+                        rid = payload.split(" -requestId ")[-1]
+                        self.reply(out, f'{{"success": true, "requestId": "{rid}", "data": []}}')
+                    if self.held is not None:
+                        self.release(writer)
                     if self.mode == "v1":
                         verb = payload.split()[0]
                         text = (
@@ -169,21 +188,40 @@ class TinyBroker:
                             if verb == "-addRoute"
                             else f"{verb[1:]} done successfully"
                         )
-                        self.reply(writer, text)
+                        self.reply(out, text)
                 elif kind == 12:
-                    writer.write(b"\xd0\x00")
+                    out.write(b"\xd0\x00")
                 elif kind == 14:
                     break
                 await writer.drain()
         writer.close()
 
+    def release(self, writer: asyncio.StreamWriter) -> None:
+        """Send the held CONNACK, then what was answered behind it (a refusal: nothing)."""
+        held, self.held = self.held, None
+        if held is None:
+            return
+        if self.mode == "refused":
+            writer.write(b"\x20\x02\x00\x04")
+            writer.close()
+            return
+        writer.write(b"\x20\x02\x00\x00" + bytes(held))
+
     @staticmethod
-    def reply(
-        writer: asyncio.StreamWriter, text: str, on: str = "$SYS/Coreflux/Command/Output"
-    ) -> None:
+    def reply(writer: Any, text: str, on: str = "$SYS/Coreflux/Command/Output") -> None:
         topic = on.encode()
         body = struct.pack("!H", len(topic)) + topic + text.encode()
         writer.write(bytes([0x30, len(body)]) + body)
+
+
+class _Held:
+    """Where a held broker's answers go until its CONNACK is out."""
+
+    def __init__(self, held: bytearray) -> None:
+        self.held = held
+
+    def write(self, data: bytes) -> None:
+        self.held += data
 
 
 def _topic(body: bytes) -> str:
@@ -200,6 +238,65 @@ async def tiny(host: str, mode: str) -> AsyncIterator[tuple[TinyBroker, int]]:
         yield broker, server.sockets[0].getsockname()[1]
     finally:
         server.close()
+
+
+def test_the_login_sends_its_subscribe_and_probe_without_waiting_for_the_connack() -> None:
+    """The admin login is one round trip: the SUBSCRIBE to the Output topic and the
+    request-id probe leave right behind the CONNECT (MQTT 3.1.1 lets a client send before
+    the CONNACK; a broker reads them in order, after accepting the CONNECT). This broker
+    holds its CONNACK until a PUBLISH came: a client waiting for it first would wait 2 s."""
+
+    async def body() -> None:
+        async with tiny("127.0.0.53", "held") as (broker, port):
+            client = BrokerClient(
+                "n", "127.0.0.53", port, "root", Secret("pw-pw-pw"), request_ids="auto"
+            )
+            started = time.monotonic()
+            async with client:
+                assert time.monotonic() - started < 1.5
+                assert broker.before_connack == [1, 8, 3]  # CONNECT, SUBSCRIBE, PUBLISH
+                assert client.request_ids is True
+                assert client.last_listing is not None
+                assert await client.list_routes() == []
+
+    run(body())
+
+
+def test_the_login_in_turn_waits_for_the_connack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOTDEPLOY_MQTT_LOGIN_IN_TURN=1 (a broker that drops what comes before its CONNACK):
+    nothing follows the CONNECT until the CONNACK came."""
+    monkeypatch.setenv("LOTDEPLOY_MQTT_LOGIN_IN_TURN", "1")
+
+    async def body() -> None:
+        async with tiny("127.0.0.55", "held") as (broker, port):
+            client = BrokerClient(
+                "n", "127.0.0.55", port, "root", Secret("pw-pw-pw"), request_ids="auto"
+            )
+            async with client:
+                assert broker.before_connack == [1]
+                assert client.request_ids is True
+
+    run(body())
+
+
+def test_a_refused_login_says_so_when_the_subscribe_and_probe_were_sent_with_it() -> None:
+    """A refusal of the CONNECT that the SUBSCRIBE and the probe already followed is said as
+    the refusal, at once: not a timeout of the probe, nor a lost connection."""
+
+    async def body() -> None:
+        async with tiny("127.0.0.54", "refused") as (broker, port):
+            client = BrokerClient(
+                "edge-9", "127.0.0.54", port, "root", Secret("pw-pw-pw"), request_ids="auto"
+            )
+            started = time.monotonic()
+            with pytest.raises(BrokerError, match="bad user name or password") as err:
+                await client.connect()
+            assert time.monotonic() - started < 1.5
+            assert broker.before_connack == [1, 8, 3]
+            assert "edge-9" in str(err.value) and "pw-pw-pw" not in str(err.value)
+            assert not client.connected
+
+    run(body())
 
 
 def test_v1_broker_without_request_ids() -> None:

@@ -191,6 +191,41 @@ def _hang_up(client: aiomqtt.Client) -> None:
         client._client.disconnect()
 
 
+def _signal_when_written(client: aiomqtt.Client) -> asyncio.Event:
+    """An event set once paho has connected and written the CONNECT (aiomqtt dials in a
+    worker thread and exposes no such moment: its dialling call is wrapped). TCP_NODELAY is
+    set there too, before anything else is written: aiomqtt sets it only later, and Nagle
+    would hold a packet sent after the CONNECT until the CONNECT's acknowledgement. Where
+    aiomqtt (pinned) has no such call, the event is never set: no packet goes early."""
+    written = asyncio.Event()
+    dial = getattr(client, "_client_connect", None)
+    if dial is None:
+        return written
+    loop = asyncio.get_running_loop()
+
+    def dial_then_signal() -> None:
+        dial()
+        sock = client._client.socket()
+        if isinstance(sock, socket.socket):  # a TLS socket is one too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop.call_soon_threadsafe(written.set)
+
+    client._client_connect = dial_then_signal  # type: ignore[method-assign]
+    return written
+
+
+async def _first(written: asyncio.Event, entering: asyncio.Future[Any]) -> bool:
+    """Wait until the CONNECT is written (True) or the connect ended first (False: it failed,
+    or its CONNACK was read before this task ran again)."""
+    waiting = asyncio.ensure_future(written.wait())
+    try:
+        await asyncio.wait({waiting, entering}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    return written.is_set() and not entering.done()
+
+
 class MqttConnection:
     """One MQTT 3.1.1 client connection (clean session). Not reconnecting: callers own retries.
 
@@ -250,8 +285,17 @@ class MqttConnection:
     def connected(self) -> bool:
         return self._client is not None and not self.closed.is_set()
 
-    async def connect(self) -> None:
-        """Connect (TLS if configured) and wait for CONNACK, all within connect_timeout."""
+    async def connect(self, early: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Connect (TLS if configured) and wait for CONNACK, all within connect_timeout.
+
+        `early` is awaited once the CONNECT is written, before its CONNACK, with the
+        connection usable: MQTT 3.1.1 (§3.1.4) lets a client send further packets at once,
+        and a server reads them in order, only after it accepted the CONNECT. What `early`
+        starts (a SUBSCRIBE, a command) thus leaves with the CONNECT and is answered in the
+        same round trip. Where the CONNACK came first, `early` runs after it instead; where
+        the CONNECT is refused, the refusal is raised and what `early` started fails with
+        the connection. Either way `early` runs at most once, and only starts work: the
+        caller awaits what it started."""
         tls: Any = self._tls
         if tls is not None and self._server_hostname and self._server_hostname != self.host:
             tls = _VerifyAs(tls, self._server_hostname)
@@ -286,21 +330,34 @@ class MqttConnection:
         # aiomqtt does not expose it, the paho Client it wraps does.
         client._client.connect_timeout = self._connect_timeout
         _cap_packets(client._client, self._max_packet, self._note_oversize)
+        written = _signal_when_written(client) if early is not None else None
         entering = asyncio.ensure_future(client.__aenter__())
         try:
+            if early is not None and written is not None and await _first(written, entering):
+                self._client = client  # usable before the CONNACK: `early` sends now
+                self._lost = asyncio.get_running_loop().create_future()
+                await early()
+                early = None
             await asyncio.shield(entering)
         except asyncio.CancelledError:
             # paho connects in a worker thread that cannot be interrupted: drop what it opens
             entering.add_done_callback(lambda _: _hang_up(client))
+            self._client = None
+            self._fail("connect cancelled")
             raise
         except Exception as exc:
             error = self._connect_error(exc)
             if not isinstance(error, ConnectRefused):
                 _hang_up(client)  # e.g. no CONNACK in time: the socket is still open
+            self._client = None
+            self._fail(str(error))  # what `early` started ends with the connection
             raise error from None
         self._client = client
-        self._lost = asyncio.get_running_loop().create_future()
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch(client), name=f"mqtt-{self.where}")
+        if early is not None:
+            await early()
 
     def _connect_error(self, exc: BaseException) -> MqttError:
         if isinstance(exc, MqttConnectError):

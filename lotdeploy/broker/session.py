@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import ssl
 import uuid
@@ -52,6 +53,13 @@ _ROUTE_NAME = re.compile(r"[A-Za-z]\w*")
 _NONE_LISTED = re.compile(r"0 [A-Za-z]+(\(s\)|s)?")
 #: The forbidden verbs as a broker that takes any case and kebab aliases reads them.
 _FORBIDDEN_KEYS = frozenset(verb_key(v) for v in FORBIDDEN_VERBS)
+#: Set (to 1) for a broker that drops what a client sends before its CONNACK: the admin
+#: login then waits for the CONNACK before its SUBSCRIBE and probe (one round trip more).
+LOGIN_IN_TURN_ENV = "LOTDEPLOY_MQTT_LOGIN_IN_TURN"
+_IN_TURN_HINT = (
+    f" (sent right behind the CONNECT, as MQTT 3.1.1 allows; for a broker that drops what "
+    f"comes before its CONNACK, set {LOGIN_IN_TURN_ENV}=1)"
+)
 #: Topic filters per SUBSCRIBE (and UNSUBSCRIBE) packet: many routes' topics at once.
 _TOPICS_PER_SUBSCRIBE = 100
 
@@ -227,40 +235,44 @@ class BrokerClient:
             connect_timeout=self._connect_timeout,
             on_message=self._on_message,
         )
+        started: list[asyncio.Future[Any]] = []
+
+        async def subscribe_and_probe() -> None:
+            # the SUBSCRIBE and the request-id probe leave together, right behind the
+            # CONNECT (MqttConnection.connect): one round trip for the three. A broker
+            # handles one client's packets in order, so the probe's reply finds the
+            # subscription in place, and nothing of it is read if the login is refused.
+            self._conn = conn
+            started.append(
+                asyncio.ensure_future(conn.subscribe([(OUTPUT_TOPIC, 1)], self._connect_timeout))
+            )
+            await asyncio.sleep(0)  # the SUBSCRIBE is handed to paho first
+            if self.request_ids == "auto":
+                started.append(asyncio.ensure_future(self._detect_request_ids()))
+
+        in_turn = os.environ.get(LOGIN_IN_TURN_ENV, "") not in ("", "0")
         try:
-            await conn.connect()
-        except MqttError as exc:
-            await conn.close()
-            raise self._error(str(exc)) from None
-        # the SUBSCRIBE and the request-id probe leave together (one round trip, not two):
-        # a broker handles one client's packets in order, so the probe's reply finds the
-        # subscription in place
-        subscribed = asyncio.ensure_future(
-            conn.subscribe([(OUTPUT_TOPIC, 1)], self._connect_timeout)
-        )
-        await asyncio.sleep(0)  # the SUBSCRIBE is handed to paho first
-        self._conn = conn
-        probe = (
-            asyncio.ensure_future(self._detect_request_ids())
-            if self.request_ids == "auto"
-            else None
-        )
-        try:
-            codes = await subscribed
-        except MqttError as exc:
+            await conn.connect(early=None if in_turn else subscribe_and_probe)
+            if in_turn:
+                await subscribe_and_probe()
+            try:
+                codes = await started[0]
+            except MqttError as exc:
+                hint = "" if in_turn or "no SUBACK" not in str(exc) else _IN_TURN_HINT
+                raise MqttError(f"{exc}{hint}") from None
+            if codes and codes[0] == 0x80:
+                raise MqttError(f"subscription to {OUTPUT_TOPIC} refused")
+            for probe in started[1:]:
+                await probe
+        except BaseException as exc:  # a refusal, a lost connection, a cancelled connect
             self._conn = None
-            if probe is not None:
-                probe.cancel()
+            for task in started:
+                task.cancel()
+            await asyncio.gather(*started, return_exceptions=True)
             await conn.close()
-            raise self._error(str(exc)) from None
-        if codes and codes[0] == 0x80:
-            self._conn = None
-            if probe is not None:
-                probe.cancel()
-            await conn.close()
-            raise self._error(f"subscription to {OUTPUT_TOPIC} refused")
-        if probe is not None:
-            await probe
+            if isinstance(exc, MqttError):
+                raise self._error(str(exc)) from None
+            raise
 
     @property
     def connected(self) -> bool:
