@@ -10,8 +10,9 @@ Prints medians and ratios.
 A one-node site has no links: its apply is files and the capability check only (no users,
 no routes), so the 10-node/1-node ratio is a pessimistic measure of parallel scaling.
 Round trips per node (a count the machine's load does not change): bench/apply_trace.py.
-Beside each fresh apply: the CPU seconds the whole machine was busy during it (controller,
-every node's sshd and broker, kernel; /proc/stat). The lab's nodes share the machine's
+Beside each fresh apply, the no-op apply and drift: the CPU seconds the whole machine was
+busy during it (controller, every node's sshd and broker, kernel; /proc/stat); run with
+`--transport openssh` and `--transport ssh` for the CPU per node of each. The lab's nodes share the machine's
 cores, so that busy time over the core count is a floor no parallel apply can beat here.
 
 Targets: 10-node apply <= 2x the smallest one; >= 3x faster than the naive loop at 10 nodes;
@@ -195,11 +196,15 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
-def apply_fresh(lab_dir: Path) -> tuple[float, float]:
-    """(wall seconds, busy CPU seconds of the whole machine) of a fresh apply."""
+def run_busy(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, busy CPU seconds of the whole machine) of one command."""
     before = busy_cpu_seconds()
-    wall = run(lotdeploy("apply", str(Layout(lab_dir).site), "--auto-approve"), ENV)
+    wall = run(argv, ENV)
     return wall, busy_cpu_seconds() - before
+
+
+def apply_fresh(lab_dir: Path) -> tuple[float, float]:
+    return run_busy(lotdeploy("apply", str(Layout(lab_dir).site), "--auto-approve"))
 
 
 def main() -> None:
@@ -221,6 +226,8 @@ def main() -> None:
     cpu: dict[int, list[float]] = {n: [] for n in sizes}
     loop: list[float] = []
     noop: list[float] = []
+    noop_cpu: list[float] = []
+    drift_cpu: list[float] = []
     noop_recorded: list[float] = []
     drift: list[float] = []
     refresh: list[float] = []
@@ -233,8 +240,12 @@ def main() -> None:
                 if size == big:
                     site = str(Layout(lab_dir).site)
                     for _turn in range(args.noop_repeat):  # in turns: paired differences
-                        drift.append(run(lotdeploy("drift", site), ENV))
-                        noop.append(run(lotdeploy("apply", site, "--auto-approve"), ENV))
+                        wall, busy = run_busy(lotdeploy("drift", site))
+                        drift.append(wall)
+                        drift_cpu.append(busy)
+                        wall, busy = run_busy(lotdeploy("apply", site, "--auto-approve"))
+                        noop.append(wall)
+                        noop_cpu.append(busy)
                         noop_recorded.append(
                             run(lotdeploy("apply", site, "--auto-approve", "--refresh=false"), ENV)
                         )
@@ -289,7 +300,23 @@ def main() -> None:
             "<= 0.33",
         )
     )
+    rows.append(
+        (
+            f"  machine CPU busy, no-op apply, {big} nodes",
+            f"{statistics.median(noop_cpu):.2f}",
+            f"{statistics.median(noop_cpu) / big:.3f} s per node",
+            "",
+        )
+    )
     rows.append((f"drift, {big} nodes", f"{drift_s:.2f}", "", ""))
+    rows.append(
+        (
+            f"  machine CPU busy, drift, {big} nodes",
+            f"{statistics.median(drift_cpu):.2f}",
+            f"{statistics.median(drift_cpu) / big:.3f} s per node",
+            "",
+        )
+    )
     over = statistics.median(a - d for a, d in zip(noop, drift, strict=True))
     rows.append(
         (
