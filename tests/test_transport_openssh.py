@@ -276,3 +276,47 @@ def test_a_master_that_idled_out_is_started_again_and_one_lost_is_an_error(
         left = masters(runtime)
         shutil.rmtree(runtime, ignore_errors=True)
     assert left == {}
+
+
+@pytest.mark.root
+def test_warmed_sessions_connect_in_the_background_and_say_an_error_where_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Sessions.warm` (a refreshing apply calls it at its start): each node's SSH handshake
+    runs in the background while the command plans; the phase that needs the node finds the
+    connection made, or meets the error the handshake met (once: the next phase tries again).
+    """
+    skip_unless_root()
+    from lotdeploy.cli.common import node_sessions
+    from lotdeploy.lab import control
+    from lotdeploy.spec import load_site
+    from lotdeploy.transport.base import TransportError
+
+    runtime = Path(tempfile.mkdtemp(prefix="ld-run-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    try:
+        with lab_up(tmp_path, "--nodes", "2") as lab:
+            good, bad = lab.nodes[0], lab.nodes[1]
+            control.set_delay(lab.dir, good, 300)  # a handshake of ~12 round trips: ~3.5 s
+            doc = yaml.safe_load(lab.site_file.read_text())
+            for entry in doc["nodes"]:
+                if entry["name"] == bad:
+                    entry["ssh"]["port"] = 1  # nothing listens there: refused
+            path = lab.dir / "warm.yaml"
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            site = load_site(path).site
+            with node_sessions(site, False, "openssh") as sessions:
+                sessions.warm(site.nodes, parallelism=1)  # one at a time: both within 6 s
+                time.sleep(6)  # the command's own work, meanwhile
+                started = time.monotonic()
+                session = sessions(site.node(good))
+                session.connect()
+                assert time.monotonic() - started < 0.5
+                assert session.run("echo hi").stdout == "hi\n"
+                for _ in range(2):  # the background's error, then a new attempt's
+                    with pytest.raises(TransportError, match="cannot connect") as err:
+                        sessions(site.node(bad)).connect()
+                    assert bad in str(err.value)
+    finally:
+        end_masters(runtime)
+        shutil.rmtree(runtime, ignore_errors=True)

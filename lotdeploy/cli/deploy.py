@@ -278,6 +278,10 @@ def apply(
         if not refresh_only:
             _rollout_standing(workspace, resume, abandon_rollout, as_json)
         live = None
+        if refresh or refresh_only:
+            # it reads every chosen node first: their SSH handshakes start now, beside the
+            # planning, rendering and the question (--refresh=false touches no node unasked)
+            sessions.warm((n for n in site.nodes if only is None or n.name in only), parallelism)
         if refresh or refresh_only:  # what the nodes run, before anything changes
             live = _refresh(site, workspace, sessions, parallelism, only, as_json)
         if refresh_only:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from lotdeploy.broker.sync import SyncBrokerClient
 
 T = TypeVar("T")
+#: How long the end of a command waits for a background connect still under way.
+WARM_JOIN_SECONDS = 1.0
 
 
 def admin_password(site: Site, node: Node) -> Secret:
@@ -123,12 +125,38 @@ class NodeSession(Transport):
         self._lock = threading.RLock()
         self._admin: SyncBrokerClient | None = None
         self._admin_stack = contextlib.ExitStack()
+        self._warming: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
 
     # -- the Transport interface: delegated, but close() keeps the connection ----------------
 
     def connect(self) -> None:
+        warming = self._warming
+        if warming is not None and warming is not threading.current_thread():
+            warming.join()  # bounded: the transport's own connect timeout
+            with self._lock:
+                self._warming = None
+                error, self._warm_error = self._warm_error, None
+            if error is not None:  # said once, by the phase that needed the node
+                raise error
         with self._lock:
             self.transport.connect()
+
+    def warm(self, slots: threading.Semaphore | None = None) -> None:
+        """Start connecting in the background (`Sessions.warm`); the next `connect()` waits
+        for it and raises what it met. `slots` bounds how many connect at once."""
+        if self._warming is not None:
+            return
+
+        def connect() -> None:
+            try:
+                with slots if slots is not None else contextlib.nullcontext():
+                    self.connect()
+            except (LotdeployError, OSError) as exc:
+                self._warm_error = exc
+
+        self._warming = threading.Thread(target=connect, name=f"connect-{self.node}", daemon=True)
+        self._warming.start()
 
     def run(
         self,
@@ -183,7 +211,11 @@ class NodeSession(Transport):
         self._admin_stack = contextlib.ExitStack()
 
     def shutdown(self) -> None:
-        """End the admin session and the connection (the end of the command)."""
+        """End the admin session and the connection (the end of the command). A connect
+        still under way in the background (the command ended early) is given a moment; past
+        it, the process's end drops what it opens."""
+        if self._warming is not None:
+            self._warming.join(WARM_JOIN_SECONDS)
         with self._lock:
             self._drop_admin()
             with contextlib.suppress(LotdeployError, OSError):
@@ -215,6 +247,18 @@ class Sessions:
 
     def fresh(self, node: Node) -> Transport:
         return self.factory(node)
+
+    def warm(self, nodes: Iterable[Node], parallelism: int) -> None:
+        """Start connecting to every node of `nodes` now, in the background, at most
+        `parallelism` at once, while the command still works on the controller (it plans,
+        opens the secret store, renders, asks): the first phase that needs a node finds its
+        connection made, or the error it met (said there, as without this). For a command
+        that reads every node first anyway (a refreshing apply): the SSH handshake, the
+        longest wait of a first contact, then overlaps the local work instead of following
+        it."""
+        slots = threading.BoundedSemaphore(max(1, parallelism))
+        for node in nodes:
+            self(node).warm(slots)
 
     def __enter__(self) -> Sessions:
         return self
