@@ -278,9 +278,11 @@ def apply(
         if not refresh_only:
             _rollout_standing(workspace, resume, abandon_rollout, as_json)
         live = None
-        if refresh or refresh_only:
-            # it reads every chosen node first: their SSH handshakes start now, beside the
-            # planning, rendering and the question (--refresh=false touches no node unasked)
+        if refresh and not refresh_only:
+            # every chosen node is read or changed: the SSH handshakes start now, in the
+            # background. A node with a record overlaps the opening of the secret store (its
+            # passphrase prompt too) and the state; one never applied, which the refresh
+            # skips, everything up to its first change (--refresh=false: no node unasked)
             sessions.warm((n for n in site.nodes if only is None or n.name in only), parallelism)
         if refresh or refresh_only:  # what the nodes run, before anything changes
             live = _refresh(site, workspace, sessions, parallelism, only, as_json)

@@ -126,34 +126,47 @@ class NodeSession(Transport):
         self._admin: SyncBrokerClient | None = None
         self._admin_stack = contextlib.ExitStack()
         self._warming: threading.Thread | None = None
-        self._warm_error: BaseException | None = None
+        self._warm_error: Exception | None = None
+        self._closing = False  # shutdown() came: a connect still warming closes itself
 
     # -- the Transport interface: delegated, but close() keeps the connection ----------------
 
     def connect(self) -> None:
-        warming = self._warming
-        if warming is not None and warming is not threading.current_thread():
-            warming.join()  # bounded: the transport's own connect timeout
-            with self._lock:
-                self._warming = None
-                error, self._warm_error = self._warm_error, None
-            if error is not None:  # said once, by the phase that needed the node
-                raise error
+        self._settle()
         with self._lock:
             self.transport.connect()
 
-    def warm(self, slots: threading.Semaphore | None = None) -> None:
+    def _settle(self) -> None:
+        """Wait for a background connect (`warm`) and raise what it met: every call on the
+        node does, so none races it (a transport connects on first use)."""
+        warming = self._warming
+        if warming is None:
+            return
+        warming.join()  # bounded: the slots of the others' connects, then its own timeout
+        with self._lock:
+            self._warming = None
+            error, self._warm_error = self._warm_error, None
+        if error is not None:  # said once, by the phase that needed the node
+            raise error
+
+    def warm(self, slots: threading.Semaphore) -> None:
         """Start connecting in the background (`Sessions.warm`); the next `connect()` waits
-        for it and raises what it met. `slots` bounds how many connect at once."""
+        for it and raises what it met, whatever it was. `slots` bounds how many connect at
+        once. Not to be called while another thread may call `connect()`."""
         if self._warming is not None:
             return
 
         def connect() -> None:
             try:
-                with slots if slots is not None else contextlib.nullcontext():
-                    self.connect()
-            except (LotdeployError, OSError) as exc:
+                with slots, self._lock:
+                    if not self._closing:
+                        self.transport.connect()
+            except Exception as exc:
                 self._warm_error = exc
+            finally:
+                if self._closing:  # the command ended meanwhile: nobody will use it
+                    with self._lock, contextlib.suppress(Exception):
+                        self.transport.close()
 
         self._warming = threading.Thread(target=connect, name=f"connect-{self.node}", daemon=True)
         self._warming.start()
@@ -166,15 +179,19 @@ class NodeSession(Transport):
         check: bool = True,
         input: bytes | None = None,
     ) -> RunResult:
+        self._settle()
         return self.transport.run(command, timeout=timeout, check=check, input=input)
 
     def put(self, data: bytes, path: str, mode: int) -> None:
+        self._settle()
         self.transport.put(data, path, mode)
 
     def get(self, path: str, max_bytes: int = 16 * 1024 * 1024) -> bytes | None:
+        self._settle()
         return self.transport.get(path, max_bytes)
 
     def forward(self, remote_host: str, remote_port: int) -> contextlib.AbstractContextManager[int]:
+        self._settle()
         return self.transport.forward(remote_host, remote_port)
 
     def close(self) -> None:
@@ -191,6 +208,7 @@ class NodeSession(Transport):
             with self._open_admin(password) as client:
                 yield client
             return
+        self._settle()  # before the lock: a background connect (warm) needs it to end
         with self._lock:
             if self._admin is None or not self._admin.connected:
                 self._drop_admin()
@@ -212,10 +230,15 @@ class NodeSession(Transport):
 
     def shutdown(self) -> None:
         """End the admin session and the connection (the end of the command). A connect
-        still under way in the background (the command ended early) is given a moment; past
-        it, the process's end drops what it opens."""
-        if self._warming is not None:
-            self._warming.join(WARM_JOIN_SECONDS)
+        still under way in the background (the command ended before it needed the node) is
+        given a moment; past it, that connect closes what it opened when it ends, or the
+        process's end drops it."""
+        self._closing = True
+        warming = self._warming
+        if warming is not None:
+            warming.join(WARM_JOIN_SECONDS)
+            if warming.is_alive():
+                return
         with self._lock:
             self._drop_admin()
             with contextlib.suppress(LotdeployError, OSError):
