@@ -125,6 +125,8 @@ class TinyBroker:
     (a refusal: bad user name or password) waits until a PUBLISH came (at most 2 s), what it
     answers meanwhile queued behind the CONNACK; `before_connack`: the packet types that came
     before it.
+    mode "deaf": as "held", but its CONNACK leaves after 0.2 s and what came before it is
+    dropped unanswered (a broker the login in turn is for).
     Every SUBSCRIBE and UNSUBSCRIBE is kept in `subscriptions`, in the order it came.
     """
 
@@ -148,12 +150,16 @@ class TinyBroker:
                         break
                 body = await reader.readexactly(length)
                 kind = first >> 4
-                if self.held is not None or (kind == 1 and self.mode in ("held", "refused")):
+                holding = ("held", "refused", "deaf")
+                if self.held is not None or (kind == 1 and self.mode in holding):
                     self.before_connack.append(kind)
-                if kind == 1 and self.mode in ("held", "refused"):
+                if kind == 1 and self.mode in holding:
                     self.held = bytearray()
-                    asyncio.get_running_loop().call_later(2.0, self.release, writer)
+                    wait = 0.2 if self.mode == "deaf" else 2.0
+                    asyncio.get_running_loop().call_later(wait, self.release, writer)
                     continue
+                if self.held is not None and self.mode == "deaf":
+                    continue  # not heard
                 out = writer if self.held is None else _Held(self.held)
                 if kind == 1:
                     writer.write(b"\x20\x02\x00\x00")
@@ -176,7 +182,7 @@ class TinyBroker:
                     self.commands.append(payload)
                     if self.mode == "ghost":
                         self.reply(out, '{"success": true, "data": []}')
-                    if self.mode == "held":
+                    if self.mode in ("held", "deaf"):
                         rid = payload.split(" -requestId ")[-1]
                         self.reply(out, f'{{"success": true, "requestId": "{rid}", "data": []}}')
                     if self.held is not None:
@@ -517,3 +523,30 @@ def test_reading_the_same_retained_topics_twice_in_a_row_gets_them_both_times(
     ) as sync:
         for _ in range(3):
             assert "Twice" in (sync.read_route_codes(["Twice"], timeout=5.0)["Twice"] or "")
+
+
+def test_a_broker_deaf_before_its_connack_is_named_with_the_setting_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that drops what comes before its CONNACK (MQTT 3.1.1 lets a client send it;
+    whether Coreflux reads it is ASSUMED): the login fails within its two budgets, naming
+    LOTDEPLOY_MQTT_LOGIN_IN_TURN, and with that set it logs in."""
+
+    async def body() -> None:
+        async with tiny("127.0.0.56", "deaf") as (broker, port):
+            client = BrokerClient(
+                "edge-4", "127.0.0.56", port, "root", Secret("pw-pw-pw"), connect_timeout=0.5
+            )
+            started = time.monotonic()
+            with pytest.raises(BrokerError, match="LOTDEPLOY_MQTT_LOGIN_IN_TURN=1") as err:
+                await client.connect()
+            assert 0.9 < time.monotonic() - started < 2.5  # the CONNACK's and SUBACK's 0.5 s
+            assert "edge-4" in str(err.value) and "no SUBACK" in str(err.value)
+            assert broker.before_connack[:2] == [1, 8]
+            monkeypatch.setenv("LOTDEPLOY_MQTT_LOGIN_IN_TURN", "1")
+            async with BrokerClient(
+                "edge-4", "127.0.0.56", port, "root", Secret("pw-pw-pw"), connect_timeout=0.5
+            ) as again:
+                assert again.request_ids is True
+
+    run(body())

@@ -191,11 +191,25 @@ def _hang_up(client: aiomqtt.Client) -> None:
         client._client.disconnect()
 
 
+def _hang_up_when_done(entering: asyncio.Future[Any], client: aiomqtt.Client) -> None:
+    """Once a connect nobody awaits any more ends (paho dials in a worker thread that cannot
+    be interrupted): read its outcome, so asyncio reports no "exception never retrieved",
+    and drop what it opened."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()
+        _hang_up(client)
+
+    entering.add_done_callback(done)
+
+
 def _signal_when_written(client: aiomqtt.Client) -> asyncio.Event:
-    """An event set once paho has connected and written the CONNECT (aiomqtt dials in a
+    """An event set once paho has connected and queued the CONNECT (aiomqtt dials in a
     worker thread and exposes no such moment: its dialling call is wrapped). TCP_NODELAY is
     set there too, before anything else is written: aiomqtt sets it only later, and Nagle
-    would hold a packet sent after the CONNECT until the CONNECT's acknowledgement. Where
+    would hold a packet sent after the CONNECT until the CONNECT's acknowledgement. paho
+    writes its packets in the order they were queued, so what follows leaves behind it. Where
     aiomqtt (pinned) has no such call, the event is never set: no packet goes early."""
     written = asyncio.Event()
     dial = getattr(client, "_client_connect", None)
@@ -341,7 +355,7 @@ class MqttConnection:
             await asyncio.shield(entering)
         except asyncio.CancelledError:
             # paho connects in a worker thread that cannot be interrupted: drop what it opens
-            entering.add_done_callback(lambda _: _hang_up(client))
+            _hang_up_when_done(entering, client)
             self._client = None
             self._fail("connect cancelled")
             raise
@@ -349,6 +363,8 @@ class MqttConnection:
             error = self._connect_error(exc)
             if not isinstance(error, ConnectRefused):
                 _hang_up(client)  # e.g. no CONNACK in time: the socket is still open
+            if not entering.done():  # `early` failed: the CONNACK's wait is nobody's now
+                _hang_up_when_done(entering, client)
             self._client = None
             self._fail(str(error))  # what `early` started ends with the connection
             raise error from None

@@ -58,7 +58,7 @@ _FORBIDDEN_KEYS = frozenset(verb_key(v) for v in FORBIDDEN_VERBS)
 LOGIN_IN_TURN_ENV = "LOTDEPLOY_MQTT_LOGIN_IN_TURN"
 _IN_TURN_HINT = (
     f" (sent right behind the CONNECT, as MQTT 3.1.1 allows; for a broker that drops what "
-    f"comes before its CONNACK, set {LOGIN_IN_TURN_ENV}=1)"
+    f"comes before its CONNACK, or closes the connection for it, set {LOGIN_IN_TURN_ENV}=1)"
 )
 #: Topic filters per SUBSCRIBE (and UNSUBSCRIBE) packet: many routes' topics at once.
 _TOPICS_PER_SUBSCRIBE = 100
@@ -236,6 +236,10 @@ class BrokerClient:
             on_message=self._on_message,
         )
         started: list[asyncio.Future[Any]] = []
+        in_turn = os.environ.get(LOGIN_IN_TURN_ENV, "") not in ("", "0")
+        # sent before the CONNACK, the SUBACK's wait holds the CONNACK's too: the two
+        # budgets of a login in turn
+        suback_timeout = self._connect_timeout * (1 if in_turn else 2)
 
         async def subscribe_and_probe() -> None:
             # the SUBSCRIBE and the request-id probe leave together, right behind the
@@ -244,22 +248,20 @@ class BrokerClient:
             # subscription in place, and nothing of it is read if the login is refused.
             self._conn = conn
             started.append(
-                asyncio.ensure_future(conn.subscribe([(OUTPUT_TOPIC, 1)], self._connect_timeout))
+                asyncio.ensure_future(conn.subscribe([(OUTPUT_TOPIC, 1)], suback_timeout))
             )
             await asyncio.sleep(0)  # the SUBSCRIBE is handed to paho first
             if self.request_ids == "auto":
                 started.append(asyncio.ensure_future(self._detect_request_ids()))
 
-        in_turn = os.environ.get(LOGIN_IN_TURN_ENV, "") not in ("", "0")
         try:
             await conn.connect(early=None if in_turn else subscribe_and_probe)
             if in_turn:
                 await subscribe_and_probe()
             try:
                 codes = await started[0]
-            except MqttError as exc:
-                hint = "" if in_turn or "no SUBACK" not in str(exc) else _IN_TURN_HINT
-                raise MqttError(f"{exc}{hint}") from None
+            except MqttError as exc:  # the CONNECT was accepted: what followed it was not
+                raise MqttError(f"{exc}{'' if in_turn else _IN_TURN_HINT}") from None
             if codes and codes[0] == 0x80:
                 raise MqttError(f"subscription to {OUTPUT_TOPIC} refused")
             for probe in started[1:]:
