@@ -179,6 +179,46 @@ def test_connection_refused_on_loopback(tmp_path: Path) -> None:
     t.close()
 
 
+def test_a_broken_handshake_is_one_line_without_paramikos_traceback(tmp_path: Path) -> None:
+    """A peer that breaks off the key exchange: paramiko logs it at ERROR with a traceback,
+    which the CLI's stderr handler would print beside lotdeploy's own line. Run as the CLI
+    runs (its logging set up), in a process of its own."""
+    script = f"""
+import socket, sys, threading
+from pathlib import Path
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+def serve():
+    peer, _ = server.accept()
+    peer.sendall(b"SSH-2.0-OpenSSH_9.2\\r\\n")
+    peer.recv(100)
+    peer.sendall(b"\\x00\\x00\\x00\\x0c\\x0a\\x14" + b"not-a-kexinit!")
+    peer.close()
+threading.Thread(target=serve, daemon=True).start()
+from lotdeploy.cli.app import scrub_all_logging
+scrub_all_logging()
+from lotdeploy.model import SshTarget
+from lotdeploy.transport.base import TransportError
+from lotdeploy.transport.ssh import SshTransport
+here = Path({str(tmp_path)!r})
+(here / "cfg").write_text("")
+target = SshTarget(host="127.0.0.1", port=server.getsockname()[1], known_hosts=here / "kh")
+transport = SshTransport("n1", target, ssh_config=here / "cfg", connect_timeout=2)
+try:
+    transport.connect()
+except TransportError as error:
+    print(error, file=sys.stderr)
+transport.close()
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert proc.stderr.startswith("node n1: cannot connect to 127.0.0.1:"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- against a root lab -------------------------------------------------------------------------
 
 

@@ -55,9 +55,12 @@ from lotdeploy.transport.sshopts import (
     resolve,
 )
 
-# paramiko logs handshake failures with tracebacks; without a handler of its own, Python's
-# last-resort handler would print them on stderr. Errors reach the user as TransportError.
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
+# paramiko logs handshake failures and lost sockets at ERROR, with tracebacks; through the
+# CLI's stderr handler (or Python's last resort) they would reach the user beside the one
+# line that says the same. Every such failure reaches the user as a TransportError.
+_PARAMIKO_LOG = logging.getLogger("paramiko")
+_PARAMIKO_LOG.addHandler(logging.NullHandler())
+_PARAMIKO_LOG.propagate = False
 
 #: Bound of one SFTP request (a dead link otherwise blocks a read for ever).
 SFTP_TIMEOUT = COMMAND_TIMEOUT
