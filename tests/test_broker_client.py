@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import struct
+import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -429,6 +432,39 @@ def test_sync_wrapper(lab: LabFactory) -> None:
     ) as client:
         assert client.list_routes() == []
         assert client.route_code("MQTT_CLUSTER").startswith("DEFINE ROUTE")
+
+
+def test_the_sync_wrapper_closes_its_event_loop_with_the_session(
+    lab: LabFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`close()` (open_admin's way, beside `with`) ends the private event loop too: what is
+    still pending on it is cancelled there, not destroyed by the garbage collector once the
+    worker thread that ran it ends (which printed "Task was destroyed but it is pending!"
+    on an interrupted apply's stderr). Run in a thread of its own, as apply's fan-out does."""
+    node = lab("127.0.0.57")
+    kept: list[asyncio.Future[None]] = []
+
+    async def leave_pending(client: BrokerClient) -> None:
+        kept.append(asyncio.ensure_future(asyncio.sleep(300)))  # a wait nobody awaits
+
+    def session() -> None:
+        client = SyncBrokerClient(
+            node.host, node.host, node.port, "root", Secret(ADMIN_PASSWORD), reply_timeout=5
+        )
+        client.connect()
+        client.call(leave_pending)
+        client.close()
+        client.close()  # idempotent
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        worker = threading.Thread(target=session)
+        worker.start()
+        worker.join(30)
+        kept.clear()
+        gc.collect()
+    assert not [w for w in caught if "unclosed event loop" in str(w.message)]
+    assert "Task was destroyed" not in caplog.text
 
 
 # -- waiting for routes to connect (apply's wait, the route gate) -------------------------------

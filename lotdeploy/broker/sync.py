@@ -28,15 +28,29 @@ class SyncBrokerClient:
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return self._runner.run(coro)
 
-    def __enter__(self) -> SyncBrokerClient:
+    def connect(self) -> None:
         self._run(self._client.connect())
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """End the session and its event loop: what is still pending on the loop is
+        cancelled and awaited here, not left to the garbage collector (which would close
+        the loop first and print "Task was destroyed" on the user's stderr). Idempotent."""
+        try:
+            if self._runner.get_loop().is_closed():
+                return
+        except RuntimeError:  # the runner is closed
+            return
         try:
             self._run(self._client.close())
         finally:
             self._runner.close()
+
+    def __enter__(self) -> SyncBrokerClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def connected(self) -> bool:
