@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lotdeploy.errors import LotdeployError
-from lotdeploy.model import Site
+from lotdeploy.model import Node, Site
 
 
 def _matches(site: Site, word: str) -> set[str]:
@@ -42,3 +42,9 @@ def select_nodes(
     if not chosen:
         raise LotdeployError("--limit/--exclude leave no node to act on")
     return chosen
+
+
+def chosen_nodes(site: Site, only: set[str] | None) -> list[Node]:
+    """The site's nodes that `only` (from `select_nodes`; None: every node) names, in the
+    site's order."""
+    return [n for n in site.nodes if only is None or n.name in only]

@@ -25,6 +25,7 @@ from lotdeploy.doctor import (
 from lotdeploy.model import Node, Site, username_for_version
 from lotdeploy.node.session import on_nodes
 from lotdeploy.secret import Secret
+from lotdeploy.selection import chosen_nodes
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport, TransportFactory
 from lotdeploy.workspace import Workspace
@@ -114,7 +115,7 @@ def run_doctor(
     only: set[str] | None = None,
 ) -> dict[str, DoctorResult]:
     """Doctor every chosen node (concurrently) and record each broker's facts in state."""
-    nodes = [n for n in site.nodes if only is None or n.name in only]
+    nodes = chosen_nodes(site, only)
 
     found = on_nodes(
         nodes, transports, lambda node, t: doctor_node(site, workspace, node, t), parallelism

@@ -27,6 +27,7 @@ from lotdeploy.plan.live import ROUTE_FILE, NodeLive, Refresh, reconcile, secret
 from lotdeploy.protocol import named_rights
 from lotdeploy.routecode import comparable_attrs, comparable_code
 from lotdeploy.secret import Secret
+from lotdeploy.selection import chosen_nodes
 from lotdeploy.sitefacts import bind_site
 from lotdeploy.state import NodeRecord, StateStore
 from lotdeploy.transport.base import Transport, TransportFactory
@@ -182,7 +183,7 @@ def read_drift(
     state = StateStore(workspace).read()
     site = bind_site(site, state)  # which routes are lotdeploy's (lotdeploy.sitefacts)
     report = DriftReport()
-    chosen = [n for n in site.nodes if only is None or n.name in only]
+    chosen = chosen_nodes(site, only)
     nodes = [
         n
         for n in chosen

@@ -9,6 +9,7 @@ from lotdeploy.apply.activate import admin_session
 from lotdeploy.broker.monitoring import shown_cluster_topics
 from lotdeploy.model import Node, Site
 from lotdeploy.node.session import on_nodes
+from lotdeploy.selection import chosen_nodes
 from lotdeploy.transport.base import Transport, TransportFactory
 
 
@@ -31,7 +32,7 @@ def read_status(
     site: Site, transports: TransportFactory, parallelism: int = 10, only: set[str] | None = None
 ) -> dict[str, NodeStatus]:
     """`-listRoutes` of every chosen node's broker (concurrently, bounded)."""
-    nodes = [n for n in site.nodes if only is None or n.name in only]
+    nodes = chosen_nodes(site, only)
     monitoring: dict[str, dict[str, str]] = {}
 
     def job(node: Node, transport: Transport) -> list[dict[str, Any]]:

@@ -238,7 +238,7 @@ def apply(
     from lotdeploy.plan.make import make_plan
     from lotdeploy.plan.text import iter_text
     from lotdeploy.secret import dumps, scrub
-    from lotdeploy.selection import select_nodes
+    from lotdeploy.selection import chosen_nodes, select_nodes
     from lotdeploy.transport import chosen
 
     saved = None
@@ -283,7 +283,7 @@ def apply(
             # background. A node with a record overlaps the opening of the secret store (its
             # passphrase prompt too) and the state; one never applied, which the refresh
             # skips, everything up to its first change (--refresh=false: no node unasked)
-            sessions.warm((n for n in site.nodes if only is None or n.name in only), parallelism)
+            sessions.warm(chosen_nodes(site, only), parallelism)
         if refresh or refresh_only:  # what the nodes run, before anything changes
             live = _refresh(site, workspace, sessions, parallelism, only, as_json)
         if refresh_only:
