@@ -278,13 +278,14 @@ def apply(
         if not refresh_only:
             _rollout_standing(workspace, resume, abandon_rollout, as_json)
         live = None
-        if refresh and not refresh_only:
-            # every chosen node is read or changed: the SSH handshakes start now, in the
-            # background. A node with a record overlaps the opening of the secret store (its
-            # passphrase prompt too) and the state; one never applied, which the refresh
-            # skips, everything up to its first change (--refresh=false: no node unasked)
-            sessions.warm(chosen_nodes(site, only), parallelism)
         if refresh or refresh_only:  # what the nodes run, before anything changes
+            if not refresh_only:
+                # every chosen node is read or changed: the SSH handshakes start now, in the
+                # background. A node with a record overlaps the opening of the secret store
+                # (its passphrase prompt too) and the state; one never applied, which the
+                # refresh skips, everything up to its first change (--refresh=false: no node
+                # unasked)
+                sessions.warm(chosen_nodes(site, only), parallelism)
             live = _refresh(site, workspace, sessions, parallelism, only, as_json)
         if refresh_only:
             _record_refresh(workspace, live, as_json, auto_approve)

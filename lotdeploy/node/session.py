@@ -273,12 +273,11 @@ class Sessions:
 
     def warm(self, nodes: Iterable[Node], parallelism: int) -> None:
         """Start connecting to every node of `nodes` now, in the background, at most
-        `parallelism` at once, while the command still works on the controller (it plans,
-        opens the secret store, renders, asks): the first phase that needs a node finds its
-        connection made, or the error it met (said there, as without this). For a command
-        that reads every node first anyway (a refreshing apply): the SSH handshake, the
-        longest wait of a first contact, then overlaps the local work instead of following
-        it."""
+        `parallelism` at once, while the command still works on the controller: the first
+        phase that needs a node finds its connection made, or the error it met (said there,
+        as without this). For a command that will reach every node anyway (a refreshing
+        apply): the SSH handshake, the longest wait of a first contact, then overlaps the
+        local work before that phase instead of following it."""
         slots = threading.BoundedSemaphore(max(1, parallelism))
         for node in nodes:
             self(node).warm(slots)
